@@ -1,0 +1,39 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Each creates .venv and
+# installs what it needs (CPU torch pinned: an unpinned torch pulls a multi-GB CUDA build).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_CPU := torch==2.13.0
+SEED ?= 0
+DEMO_DIR ?= runs/demo
+
+.PHONY: demo test install install-test bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH_CPU)
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+demo: $(VENV)/.installed-test
+	$(BIN)/lightman demo --out $(DEMO_DIR) seed=$(SEED)
+
+test: $(VENV)/.installed-test
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q tests
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/ingest.py
+
+clean:
+	rm -rf runs .pytest_cache
