@@ -1,0 +1,488 @@
+"""The Parquet clip index and its manifest (DESIGN.md, "Contracts / Index").
+
+Layout of an index root (a local folder or an s3:// prefix):
+
+    manifest.json                                   the only entry point for readers
+    _v/<version>/dataset=casme2/expression=micro/part-00000.parquet
+    _v/<version>/dataset=ckplus/expression=macro/part-00000.parquet
+
+Every file holds whole rows of `INDEX_SCHEMA` (the hive folders only group them), with
+the sampled frames materialised as uint8 bytes plus their shape, so training never
+decodes a JPEG again. Files are cut into row groups of `row_group_size` rows, so Ray
+Data and the subject filter can work on parts of a file.
+
+Commit protocol (atomic locally and on S3; one writer at a time):
+1. the rows of one dataset go to a fresh version folder `_v/<uuid>/`;
+2. `manifest.json` is replaced in one atomic write (local: temp file + rename; S3: one
+   PUT) and lists exactly the files of the current index: the new dataset's plus the
+   other datasets' files from the previous manifest;
+3. version folders that the new manifest does not list are deleted.
+Readers read the manifest first and then only the files it lists, so a failed or
+interrupted write leaves the previous index as it was (its manifest never saw the new
+folder, and the next commit collects it).
+
+Content hash: each row is hashed over all its columns as stored (after Arrow's type
+conversion, so the hash can be recomputed from the files); a dataset's hash is over its
+sorted row hashes, and the index's over the sorted (dataset, hash) pairs. The same rows
+give the same hash whatever their order and whenever they were written. Re-writing a
+dataset whose content hash is unchanged keeps its existing files, so re-running an
+ingest leaves the manifest unchanged apart from timestamps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from lightman.platform import storage
+from lightman.platform.versions import versions
+from lightman.tasks.schema import EXPRESSIONS, INDEX_COLUMNS, INDEX_SCHEMA, SCHEMA_VERSION
+
+MANIFEST = "manifest.json"
+VERSIONS_DIR = "_v"
+FORMAT = "lightman-index"
+ROW_GROUP_SIZE = 128  # rows per Parquet row group (8×64×64×3 frames: ~12 MiB a group)
+ROWS_PER_FILE = 1024  # rows per file: Ray Data reads files in parallel
+_REQUIRED_ENTRY_KEYS = ("dataset", "label_scheme")
+_WRITER_KEYS = ("counts", "repairs", "files", "content_hash", "version", "versions", "written_at")
+
+
+class BadIndexError(ValueError):
+    """The index is missing, corrupt, or the request does not fit it (message names the URI)."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A committed index: its root URI and the parsed manifest.json."""
+
+    uri: str
+    data: dict
+
+    @property
+    def content_hash(self) -> str:
+        return self.data["content_hash"]
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        return tuple(sorted(self.data["datasets"]))
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Data files relative to the index root."""
+        return tuple(self.data["files"])
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.data["num_rows"])
+
+    def entry(self, dataset: str) -> dict:
+        if dataset not in self.data["datasets"]:
+            raise BadIndexError(f"dataset {dataset!r} not in index at {self.uri}; it has {list(self.datasets)}")
+        return self.data["datasets"][dataset]
+
+
+# ---------------------------------------------------------------- content hash
+
+
+def _value_bytes(value) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def row_digest(row: dict) -> bytes:
+    """sha256 of one row over every column of INDEX_SCHEMA (name, length and value)."""
+    h = hashlib.sha256()
+    for name in INDEX_COLUMNS:
+        b = _value_bytes(row[name])
+        h.update(name.encode() + b"\0" + len(b).to_bytes(8, "little") + b)
+    return h.digest()
+
+
+def table_digests(table: pa.Table) -> list[bytes]:
+    """Row digests of a table holding all INDEX_SCHEMA columns (values as stored)."""
+    return [row_digest(r) for r in table.select(list(INDEX_COLUMNS)).to_pylist()]
+
+
+def combine_digests(digests: Iterable[bytes]) -> str:
+    """Order-independent hash of a multiset of row digests: sha256 over the sorted digests."""
+    h = hashlib.sha256()
+    for d in sorted(digests):
+        h.update(d)
+    return "sha256:" + h.hexdigest()
+
+
+def index_hash(dataset_hashes: dict[str, str]) -> str:
+    """The index's hash from its datasets' hashes (sorted by dataset name)."""
+    text = "\n".join(f"{name}:{dataset_hashes[name]}" for name in sorted(dataset_hashes))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- row checks
+
+
+def _check_row(row: dict, dataset: str, class_names: tuple[str, ...], n: int) -> None:
+    """Raise a ValueError naming the clip (or row number) and field for a malformed row."""
+    if not isinstance(row, dict):
+        raise ValueError(f"row {n}: expected a dict of index columns, got {type(row).__name__}")
+    who = f"row {n} ({row.get('clip_id', '<no clip_id>')})"
+    missing = [c for c in INDEX_COLUMNS if c not in row]
+    extra = sorted(set(row) - set(INDEX_COLUMNS))
+    if missing or extra:
+        raise ValueError(f"{who}: missing columns {missing}, unknown columns {extra}")
+    if row["dataset"] != dataset:
+        raise ValueError(f"{who}: dataset {row['dataset']!r} differs from the entry's dataset {dataset!r}")
+    if row["expression"] not in EXPRESSIONS:
+        raise ValueError(f"{who}: expression must be one of {EXPRESSIONS}, got {row['expression']!r}")
+    if not isinstance(row["label"], (int, np.integer)) or not 0 <= row["label"] < len(class_names):
+        raise ValueError(f"{who}: label {row['label']!r} is outside the scheme's {len(class_names)} classes {list(class_names)}")
+    shape = list(row["frames_shape"])
+    size = 1
+    for s in shape:
+        size *= int(s)
+    if len(shape) != 4 or size != len(row["frames"]):
+        raise ValueError(f"{who}: frames hold {len(row['frames'])} bytes but frames_shape is {shape} (M, H, W, C)")
+
+
+def _to_table(rows: list[dict]) -> pa.Table:
+    """Rows → Arrow table of INDEX_SCHEMA; a conversion error names the clip and column."""
+    try:
+        return pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as err:
+        for row in rows:
+            for col in INDEX_SCHEMA:
+                try:
+                    pa.array([row[col.name]], type=col.type)
+                except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as e:
+                    raise ValueError(f"{row['clip_id']}: column {col.name!r} = {row[col.name]!r:.80}: {e}") from e
+        raise ValueError(f"cannot convert rows to the index schema: {err}") from err
+
+
+# ---------------------------------------------------------------- writing
+
+
+@dataclass
+class _Partition:
+    """Buffered rows and the open file of one (dataset, expression) partition."""
+
+    folder: storage.Location
+    expression: str
+    rows: list = field(default_factory=list)
+    files: list = field(default_factory=list)  # [{"path", "expression", "rows"}], relative to the root
+    writer: pq.ParquetWriter | None = None
+
+
+@dataclass
+class _Written:
+    """What streaming the rows produced: files, row digests and the tallies of the manifest."""
+
+    files: list = field(default_factory=list)
+    digests: list = field(default_factory=list)
+    labels: Counter = field(default_factory=Counter)
+    subjects: Counter = field(default_factory=Counter)
+    expressions: Counter = field(default_factory=Counter)
+    repairs: dict = field(default_factory=dict)
+
+
+def _flush(p: _Partition, root: storage.Location, rows_per_file: int) -> list[bytes]:
+    """Write the buffered rows as one row group (a new file when the last is full); their digests."""
+    if not p.rows:
+        return []
+    table = _to_table(p.rows)
+    p.rows = []
+    if p.writer is None:
+        loc = p.folder.join(f"part-{len(p.files):05d}.parquet")
+        p.writer = pq.ParquetWriter(loc.path, INDEX_SCHEMA, filesystem=loc.fs)
+        p.files.append({"path": posixpath.relpath(loc.path, root.path), "expression": p.expression, "rows": 0})
+    p.writer.write_table(table, row_group_size=table.num_rows)
+    p.files[-1]["rows"] += table.num_rows
+    if p.files[-1]["rows"] >= rows_per_file:
+        _close(p)
+    return table_digests(table)
+
+
+def _close(p: _Partition) -> None:
+    if p.writer is not None:
+        p.writer.close()
+        p.writer = None
+
+
+def _write_rows(
+    rows: Iterable[dict], root: storage.Location, vdir: storage.Location, dataset: str,
+    class_names: tuple[str, ...], row_group_size: int, rows_per_file: int,
+) -> _Written:
+    """Stream rows into partition files under `vdir`; memory holds one row group a partition."""
+    out = _Written()
+    parts: dict[str, _Partition] = {}
+    seen: set[str] = set()
+    try:
+        for n, row in enumerate(rows):
+            _check_row(row, dataset, class_names, n)
+            if row["clip_id"] in seen:
+                raise ValueError(f"duplicate clip_id {row['clip_id']!r} (row {n}): clip ids must be unique")
+            seen.add(row["clip_id"])
+            expr = row["expression"]
+            if expr not in parts:
+                folder = vdir.join(f"dataset={dataset}", f"expression={expr}")
+                folder.fs.create_dir(folder.path, recursive=True)
+                parts[expr] = _Partition(folder, expr)
+            parts[expr].rows.append(row)
+            if len(parts[expr].rows) >= row_group_size:
+                out.digests += _flush(parts[expr], root, rows_per_file)
+            out.labels[int(row["label"])] += 1
+            out.subjects[row["subject"]] += 1
+            out.expressions[expr] += 1
+            if row["repairs"]:
+                out.repairs[row["clip_id"]] = list(row["repairs"])
+        for p in parts.values():
+            out.digests += _flush(p, root, rows_per_file)
+    finally:
+        for p in parts.values():
+            _close(p)
+    out.files = sorted((f for p in parts.values() for f in p.files), key=lambda f: f["path"])
+    return out
+
+
+def _check_entry(entry: dict) -> tuple[str, tuple[str, ...]]:
+    """The dataset name and class names of a caller's dataset entry, or a clear error."""
+    missing = [k for k in _REQUIRED_ENTRY_KEYS if k not in entry]
+    if missing:
+        raise ValueError(f"dataset entry lacks {missing}; it needs {list(_REQUIRED_ENTRY_KEYS)}")
+    scheme = entry["label_scheme"]
+    if not isinstance(scheme, dict) or "name" not in scheme or "class_names" not in scheme:
+        raise ValueError(f"dataset entry's label_scheme must be {{'name', 'class_names'}}, got {scheme!r}")
+    name = entry["dataset"]
+    if not name or "/" in name or "=" in name:
+        raise ValueError(f"dataset name {name!r} must be non-empty without '/' or '='")
+    return name, tuple(scheme["class_names"])
+
+
+def _counts(w: _Written, class_names: tuple[str, ...]) -> dict:
+    return {
+        "clips": sum(w.labels.values()),
+        "per_class": {class_names[i]: w.labels.get(i, 0) for i in range(len(class_names))},
+        "per_subject": dict(sorted(w.subjects.items())),
+        "per_expression": dict(sorted(w.expressions.items())),
+    }
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _assemble(previous: dict | None, dataset: str, entry: dict) -> dict:
+    """The new manifest: the previous one with `dataset`'s entry replaced, totals recomputed."""
+    datasets = dict(previous["datasets"]) if previous else {}
+    datasets[dataset] = entry
+    files = sorted(f["path"] for e in datasets.values() for f in e["files"])
+    return {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "content_hash": index_hash({n: e["content_hash"] for n, e in datasets.items()}),
+        "num_rows": sum(e["counts"]["clips"] for e in datasets.values()),
+        "files": files,
+        "datasets": dict(sorted(datasets.items())),
+        "written_at": _now(),
+    }
+
+
+def _referenced_versions(manifest: dict) -> set[str]:
+    return {e["version"] for e in manifest["datasets"].values()}
+
+
+def _collect_garbage(root: storage.Location, manifest: dict) -> None:
+    """Delete version folders and stale manifest temp files the manifest does not reference."""
+    keep = _referenced_versions(manifest)
+    vroot = root.join(VERSIONS_DIR)
+    if storage.exists(vroot):
+        for info in storage.list_dir(vroot):
+            if info.base_name not in keep:
+                if info.type == storage.pafs.FileType.Directory:
+                    root.fs.delete_dir(info.path)
+                else:
+                    root.fs.delete_file(info.path)
+    if not root.is_s3:
+        for info in storage.list_dir(root):
+            if info.base_name.startswith(MANIFEST + ".tmp-"):
+                root.fs.delete_file(info.path)
+
+
+def _discard(loc: storage.Location) -> None:
+    """Best-effort removal of an uncommitted version folder (the next commit collects leftovers)."""
+    try:
+        storage.delete_dir(loc)
+    except OSError:
+        pass
+
+
+def write_index(
+    rows: Iterable[dict], out_uri: str, dataset_entry: dict, *,
+    row_group_size: int = ROW_GROUP_SIZE, rows_per_file: int = ROWS_PER_FILE,
+) -> Manifest:
+    """Write one dataset's rows into the index at `out_uri`, replacing that dataset only.
+
+    `dataset_entry` describes the dataset: `dataset`, `label_scheme` {name, class_names}
+    (required) and whatever else the caller records (adapter, source_uri, preprocess,
+    ingest, skipped, ...). The writer adds counts, repairs, files, content_hash, version,
+    versions and written_at. Atomic: on any error (including one raised by `rows`) the
+    previous index is left untouched and the error propagates.
+    """
+    if row_group_size < 1 or rows_per_file < 1:
+        raise ValueError(f"row_group_size and rows_per_file must be >= 1, got {row_group_size}, {rows_per_file}")
+    dataset, class_names = _check_entry(dataset_entry)
+    root = storage.resolve(out_uri)
+    previous = _read_manifest_or_none(root)
+    version = uuid.uuid4().hex
+    vdir = root.join(VERSIONS_DIR, version)
+    try:
+        written = _write_rows(rows, root, vdir, dataset, class_names, row_group_size, rows_per_file)
+        counts = _counts(written, class_names)
+        _check_files_exist(root, [f["path"] for f in written.files])
+    except BaseException:
+        _discard(vdir)
+        raise
+    entry = {k: v for k, v in dataset_entry.items() if k not in _WRITER_KEYS}
+    entry.update(
+        counts=counts,
+        repairs=dict(sorted(written.repairs.items())),
+        files=written.files,
+        content_hash=combine_digests(written.digests),
+        version=version,
+        versions=versions(),
+        written_at=_now(),
+    )
+    old = (previous or {}).get("datasets", {}).get(dataset)
+    if old is not None and old["content_hash"] == entry["content_hash"]:
+        # same rows as the committed files: keep those (idempotent re-runs)
+        _discard(vdir)
+        entry.update(files=old["files"], version=old["version"])
+    manifest = _assemble(previous, dataset, entry)
+    storage.write_bytes(root.join(MANIFEST), json.dumps(manifest, indent=1, sort_keys=True).encode())
+    _collect_garbage(root, manifest)
+    return Manifest(root.uri, manifest)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _check_files_exist(root: storage.Location, rel_paths: list[str]) -> None:
+    if not rel_paths:
+        return
+    infos = root.fs.get_file_info([root.join(p).path for p in rel_paths])
+    missing = [p for p, i in zip(rel_paths, infos) if i.type != storage.pafs.FileType.File]
+    if missing:
+        raise BadIndexError(f"index at {root.uri} is corrupt: manifest lists missing files {missing[:5]}")
+
+
+def _parse_manifest(root: storage.Location, raw: bytes) -> dict:
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        raise BadIndexError(f"index at {root.uri}: {MANIFEST} is not valid JSON ({e})") from e
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise BadIndexError(f"index at {root.uri}: {MANIFEST} is not a Lightman index manifest")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise BadIndexError(
+            f"index at {root.uri} has schema version {data.get('schema_version')}; this Lightman reads "
+            f"version {SCHEMA_VERSION}: re-run `lightman ingest` into a new location"
+        )
+    return data
+
+
+def _read_manifest_or_none(root: storage.Location) -> dict | None:
+    loc = root.join(MANIFEST)
+    if not storage.exists(loc):
+        return None
+    return _parse_manifest(root, storage.read_bytes(loc))
+
+
+def read_manifest(uri: str) -> dict:
+    """The parsed manifest.json of the index at `uri` (local path or s3://)."""
+    root = storage.resolve(uri)
+    data = _read_manifest_or_none(root)
+    if data is None:
+        raise BadIndexError(f"no index at {root.uri}: {MANIFEST} not found")
+    return data
+
+
+def select_files(
+    manifest: dict, uri: str, datasets: Iterable[str] | None, expression: str | None,
+) -> list[str]:
+    """Relative paths of the files holding `datasets` (all when None) and `expression`."""
+    have = sorted(manifest["datasets"])
+    wanted = have if datasets is None else [datasets] if isinstance(datasets, str) else list(datasets)
+    unknown = [d for d in wanted if d not in manifest["datasets"]]
+    if unknown:
+        raise BadIndexError(f"datasets {unknown} not in index at {uri}; it has {have}")
+    if expression is not None and expression not in EXPRESSIONS:
+        raise ValueError(f"expression must be one of {EXPRESSIONS} or None, got {expression!r}")
+    return sorted(
+        f["path"] for d in wanted for f in manifest["datasets"][d]["files"]
+        if expression is None or f["expression"] == expression
+    )
+
+
+def check_subjects(subjects: Iterable[str] | None) -> list[str] | None:
+    """Subject filters must be dataset-prefixed ids ("casme2/sub01"): ids collide across datasets."""
+    if subjects is None:
+        return None
+    subjects = [subjects] if isinstance(subjects, str) else list(subjects)
+    bare = [s for s in subjects if "/" not in s]
+    if bare:
+        raise ValueError(f"subjects {bare} must be prefixed by their dataset, e.g. 'casme2/{bare[0]}'")
+    return subjects
+
+
+def check_columns(columns: Iterable[str] | None) -> list[str]:
+    cols = list(INDEX_COLUMNS) if columns is None else list(columns)
+    unknown = [c for c in cols if c not in INDEX_COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown index columns {unknown}; valid columns: {list(INDEX_COLUMNS)}")
+    return cols
+
+
+def index_files(uri: str, *, datasets: Iterable[str] | None = None, expression: str | None = None) -> list[str]:
+    """URIs of the data files of the committed index (what Ray Data reads), filtered."""
+    root = storage.resolve(uri)
+    manifest = read_manifest(root.uri)
+    return [root.join(p).uri for p in select_files(manifest, root.uri, datasets, expression)]
+
+
+def read_table(
+    uri: str, *, datasets: Iterable[str] | None = None, expression: str | None = None,
+    subjects: Iterable[str] | None = None, columns: Iterable[str] | None = None,
+) -> pa.Table:
+    """Rows of the committed index as one Arrow table, filtered.
+
+    Dataset and expression select files (from the manifest); subjects are pushed down
+    to the Parquet reader (row-group statistics). Rows come in file order.
+    """
+    root = storage.resolve(uri)
+    manifest = read_manifest(root.uri)
+    rel = select_files(manifest, root.uri, datasets, expression)
+    cols = check_columns(columns)
+    subjects = check_subjects(subjects)
+    if not rel:
+        return INDEX_SCHEMA.empty_table().select(cols)
+    _check_files_exist(root, rel)
+    data = pads.dataset([root.join(p).path for p in rel], schema=INDEX_SCHEMA, format="parquet", filesystem=root.fs)
+    filt = pc.field("subject").isin(subjects) if subjects is not None else None
+    return data.to_table(columns=cols, filter=filt)
+
+
+def iter_rows(table: pa.Table, batch_size: int = 64) -> Iterator[dict]:
+    """Rows of a table as dicts, a batch at a time (frames stay bytes)."""
+    for batch in table.to_batches(max_chunksize=batch_size):
+        yield from batch.to_pylist()

@@ -1,0 +1,145 @@
+"""Shared fixtures: a real S3 endpoint (moto_server), a local Ray, and tiny index rows.
+
+`s3_endpoint` starts the `moto_server` console script from this virtualenv on a free
+127.0.0.1 port and points the standard AWS variables at it for the whole session;
+`ray_local` starts a 2-CPU local Ray. Tests using them are marked `integration`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lightman.tasks.schema import ClipRecord, Preprocessed, row_from_record
+
+S3_BUCKET = "lightman-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited with code {proc.returncode} before answering {url}")
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return  # it answered, with an HTTP error status: up
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"moto_server did not answer {url} within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """(endpoint_url, bucket) of a real moto_server with the AWS variables pointing at it."""
+    import boto3
+
+    server = Path(sys.executable).with_name("moto_server")
+    if not server.exists():
+        pytest.fail(f"{server} not found: install the test extras (pip install -e '.[test]')")
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [str(server), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    mp = pytest.MonkeyPatch()
+    try:
+        _wait_http(endpoint, proc)
+        mp.setenv("AWS_ENDPOINT_URL", endpoint)
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        for var in ("AWS_REGION", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+            mp.delenv(var, raising=False)
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=S3_BUCKET)
+        yield endpoint, S3_BUCKET
+    finally:
+        mp.undo()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local 2-CPU Ray for the session (token auth off, no dashboard, quiet Ray Data)."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def make_index_rows(
+    dataset: str = "casme2", n: int = 6, *, expression: str = "micro", subjects: int = 2,
+    classes: int = 3, frames: int = 3, size: int = 8, channels: int = 3, seed: int = 0,
+    repairs_every: int = 0,
+) -> list[dict]:
+    """`n` index rows built with `row_from_record` from random uint8 frames (M, H, W, C)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        subject = f"{dataset}/s{i % subjects:02d}"
+        rec = ClipRecord(
+            dataset=dataset, subject=subject, filename=f"{expression}_{i:03d}", expression=expression,
+            emotion=f"emotion{i % classes}", onset=10 * i, apex=10 * i + 4, offset=10 * i + 8, fps=200.0,
+            source_uri=f"/data/{dataset}/{i}",
+            repairs=(f"apex: missing, estimated for clip {i}",) if repairs_every and i % repairs_every == 0 else (),
+        )
+        pre = Preprocessed(
+            frames=rng.integers(0, 256, size=(frames, size, size, channels), dtype=np.uint8),
+            apex=rec.apex, apex_source="annotated", offset=rec.offset, num_frames=9,
+            sampled=tuple(np.linspace(rec.onset, rec.offset, frames).astype(int)), face_box=(0, 0, size, size),
+        )
+        rows.append(row_from_record(rec, pre, label=i % classes, flow=None))
+    return rows
+
+
+@pytest.fixture
+def index_rows():
+    """Factory of tiny index rows: `index_rows(dataset, n, expression=..., seed=...)`."""
+    return make_index_rows
+
+
+def entry_for(dataset: str, classes: int = 3, **extra) -> dict:
+    """A minimal dataset entry for `write_index` matching `make_index_rows`."""
+    return {
+        "dataset": dataset,
+        "label_scheme": {"name": "native", "class_names": [f"emotion{i}" for i in range(classes)]},
+        **extra,
+    }
+
+
+@pytest.fixture
+def dataset_entry():
+    """Factory of minimal dataset entries: `dataset_entry(dataset, classes=3, **extra)`."""
+    return entry_for
