@@ -209,7 +209,9 @@ def preprocess_clip(
 
     Returns the Preprocessed (frames (M, size, size, C) uint8) and the onset→apex flow
     (1, size, size, 3) float32, or None when `cfg.flow` is off. Raises `ClipError` for a
-    clip that cannot be used, including unreadable frames.
+    clip that cannot be used, including unreadable frames. Sampling runs over the
+    positions of the frames on disk in [onset, offset], so a missing file is never
+    asked for; for a gapless clip it equals `sample_indices(onset, offset, M)`.
     """
     try:
         clip = ClipFrames(rec)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import pickle
-import socket
 from fractions import Fraction
 
 import cv2
@@ -348,31 +347,18 @@ def test_config_checks():
 # --- s3 ----------------------------------------------------------------------------------------
 
 @pytest.mark.integration
-def test_frames_and_video_from_s3(tmp_path, monkeypatch):
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
+def test_frames_and_video_from_s3(s3_endpoint):
+    import boto3
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
-        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
-        s3.create_bucket(Bucket="frames")
-        s3.upload_file(CARPHONE, "frames", "v/carphone.mp4")
-        img = _texture(20, 30)
-        png = cv2.imencode(".png", img)[1].tobytes()
-        s3.put_object(Bucket="frames", Key="f/img1.png", Body=png)
-        np.testing.assert_array_equal(read_image("s3://frames/f/img1.png")[..., 0], img)
-        local = read_video_frames(CARPHONE, [3, 50])
-        remote = read_video_frames("s3://frames/v/carphone.mp4", [3, 50])
-        np.testing.assert_array_equal(remote, local)
-        with pytest.raises(FrameReadError, match="s3://frames/v/missing.mp4"):
-            video_length("s3://frames/v/missing.mp4")
-    finally:
-        server.stop()
+    endpoint, bucket = s3_endpoint
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3.upload_file(CARPHONE, bucket, "preprocess/v/carphone.mp4")
+    img = _texture(20, 30)
+    png = cv2.imencode(".png", img)[1].tobytes()
+    s3.put_object(Bucket=bucket, Key="preprocess/f/img1.png", Body=png)
+    root = f"s3://{bucket}/preprocess"
+    np.testing.assert_array_equal(read_image(f"{root}/f/img1.png")[..., 0], img)
+    remote = read_video_frames(f"{root}/v/carphone.mp4", [3, 50])  # decord reads a BytesIO
+    np.testing.assert_array_equal(remote, read_video_frames(CARPHONE, [3, 50]))
+    with pytest.raises(FrameReadError, match=f"{root}/v/missing.mp4"):
+        video_length(f"{root}/v/missing.mp4")
