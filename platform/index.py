@@ -236,7 +236,8 @@ def _write_rows(
             expr = row["expression"]
             if expr not in parts:
                 folder = vdir.join(f"dataset={dataset}", f"expression={expr}")
-                folder.fs.create_dir(folder.path, recursive=True)
+                if not folder.is_s3:  # S3 has no folders; creating one leaves a marker object
+                    folder.fs.create_dir(folder.path, recursive=True)
                 parts[expr] = _Partition(folder, expr)
             parts[expr].rows.append(row)
             if len(parts[expr].rows) >= row_group_size:

@@ -1,0 +1,136 @@
+"""Ray Data over the committed index: read it, shard it per worker, load the episode pool.
+
+`read_dataset` reads exactly the files the manifest lists (never a folder listing, so
+an uncommitted write is invisible). `worker_shards` / `ExactlyOnceDataConfig` give W
+workers disjoint shards that together hold every row once per epoch: Ray Train's
+default `streaming_split(equal=True)` drops the remainder rows (RAY_NOTES.md), which
+would silently lose clips from datasets of a few hundred. `load_pool` materialises
+a filtered table as the in-memory `ClipPool` that episodes are sampled from.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+import numpy as np
+import pyarrow as pa
+import ray
+from ray.train import DataConfig
+
+from lightman.platform import storage
+from lightman.platform.index import (
+    BadIndexError, INDEX_SCHEMA, check_columns, check_subjects, read_manifest, read_table, select_files,
+)
+
+if TYPE_CHECKING:
+    from ray.data import DataIterator, Dataset
+
+    from lightman.tasks.episodes import ClipPool
+
+
+def read_dataset(
+    uri: str, *, datasets: Iterable[str] | None = None, expression: str | None = None,
+    subjects: Iterable[str] | None = None, columns: Iterable[str] | None = None,
+) -> Dataset:
+    """A Ray Dataset of the index at `uri` (local or s3://), filtered.
+
+    Dataset and expression choose the files from the manifest; the subject filter and
+    the column projection are Ray Data expressions, which its optimiser pushes into the
+    Parquet read.
+    """
+    root = storage.resolve(uri)
+    manifest = read_manifest(root.uri)
+    rel = select_files(manifest, root.uri, datasets, expression)
+    cols = check_columns(columns)
+    subjects = check_subjects(subjects)
+    if not rel:
+        return ray.data.from_arrow(INDEX_SCHEMA.empty_table().select(cols))
+    ds = ray.data.read_parquet([root.join(p).path for p in rel], filesystem=root.fs, partitioning=None)
+    if subjects is not None:
+        from ray.data.expressions import col
+
+        ds = ds.filter(expr=col("subject").is_in(subjects))
+    if columns is not None:
+        ds = ds.select_columns(cols)
+    return ds
+
+
+def worker_shards(ds: Dataset, world_size: int) -> list[DataIterator]:
+    """`world_size` iterators over disjoint parts of `ds` that cover every row once per epoch.
+
+    Blocks are handed out dynamically (`equal=False`), so shard sizes can differ. The
+    iterators must be consumed concurrently (one per worker/thread), as Ray Train does.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    return ds.streaming_split(world_size, equal=False)
+
+
+class ExactlyOnceDataConfig(DataConfig):
+    """Ray Train `DataConfig` whose split datasets reach every row exactly once per epoch.
+
+    Same as Ray's `DataConfig` except `streaming_split(..., equal=False)`: Ray's default
+    (`equal=True`) trims the shards to equal length and drops the remainder. Datasets
+    not in `datasets_to_split` still go whole to every worker.
+    """
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        split = set(datasets) if self._datasets_to_split == "all" else set(self._datasets_to_split)
+        hints = worker_node_ids if self._enable_shard_locality else None
+        output: list[dict] = [{} for _ in range(world_size)]
+        for name, ds in datasets.items():
+            if ds.name is None:
+                ds.set_name(name)
+            ds = ds.copy(ds)
+            ds.context.execution_options = self._resolve_execution_options(name)
+            if name in split:
+                its = ds.streaming_split(world_size, equal=False, locality_hints=hints)
+            else:
+                its = [ds.iterator() for _ in range(world_size)]
+            for rank, it in enumerate(its):
+                output[rank][name] = it
+        return output
+
+
+def unified_labels(table: pa.Table, manifest: dict) -> tuple[pa.Table, tuple[str, ...]]:
+    """Relabel rows of several datasets onto one class list, by class name.
+
+    Each dataset's `label` indexes its own manifest entry's class names. When the
+    datasets in `table` share one class list it is kept; otherwise the classes are the
+    union in sorted-dataset order (as `labels.build_scheme` orders a combined scheme)
+    and every label is mapped through its class name.
+    """
+    names = sorted(set(table.column("dataset").to_pylist()))
+    per_dataset = {d: tuple(manifest["datasets"][d]["label_scheme"]["class_names"]) for d in names}
+    lists = set(per_dataset.values())
+    if len(lists) <= 1:
+        return table, (lists.pop() if lists else ())
+    union: list[str] = []
+    for d in names:
+        union += [c for c in per_dataset[d] if c not in union]
+    dataset_col = np.asarray(table.column("dataset").to_pylist(), dtype=object)
+    old = table.column("label").to_numpy()
+    new = np.empty_like(old)
+    for d in names:
+        lookup = np.array([union.index(c) for c in per_dataset[d]], dtype=old.dtype)
+        rows = dataset_col == d
+        new[rows] = lookup[old[rows]]
+    i = table.schema.get_field_index("label")
+    return table.set_column(i, table.schema.field(i), pa.array(new, type=pa.int32())), tuple(union)
+
+
+def load_pool(
+    uri: str, *, datasets: Iterable[str] | None = None, expression: str | None = None,
+    subjects: Iterable[str] | None = None,
+) -> ClipPool:
+    """The filtered index as an in-memory `ClipPool` (frames (n, M, H, W, C) uint8)."""
+    from lightman.tasks.episodes import ClipPool
+
+    manifest = read_manifest(uri)
+    table = read_table(uri, datasets=datasets, expression=expression, subjects=subjects)
+    if table.num_rows == 0:
+        raise BadIndexError(
+            f"no clips in index at {uri} match datasets={datasets}, expression={expression}, subjects={subjects}"
+        )
+    table, class_names = unified_labels(table, manifest)
+    return ClipPool.from_table(table, class_names)
