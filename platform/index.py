@@ -130,6 +130,23 @@ def index_hash(dataset_hashes: dict[str, str]) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
+# ---------------------------------------------------------------- repairs
+
+REPAIR_KINDS = ("apex", "onset/offset", "onset", "offset", "emotion", "face", "eyes")
+
+
+def repair_kind(note: str) -> str:
+    """What a repair note is about: the first annotation field it names, else "other".
+
+    Notes are free text written by adapters and preprocessing ("apex missing in row 7;
+    estimated later", "offset 250 past last frame 240; clamped", "face not found on
+    onset frame; used centre crop"), so the earliest field word decides.
+    """
+    low = note.lower()
+    found = [(low.find(k), -len(k), k) for k in REPAIR_KINDS if k in low]
+    return min(found)[2] if found else "other"
+
+
 # ---------------------------------------------------------------- row checks
 
 
@@ -276,6 +293,7 @@ def _counts(w: _Written, class_names: tuple[str, ...]) -> dict:
         "per_class": {class_names[i]: w.labels.get(i, 0) for i in range(len(class_names))},
         "per_subject": dict(sorted(w.subjects.items())),
         "per_expression": dict(sorted(w.expressions.items())),
+        "repairs_by_kind": dict(sorted(Counter(repair_kind(n) for ns in w.repairs.values() for n in ns).items())),
     }
 
 

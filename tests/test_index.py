@@ -234,3 +234,46 @@ def test_empty_dataset_is_committed_with_its_skips(tmp_path, dataset_entry):
     assert m.entry("samm")["counts"]["clips"] == 0 and m.files == ()
     assert m.entry("samm")["skipped"] == skipped
     assert index.read_table(str(tmp_path)).num_rows == 0
+
+
+def test_inspect_report_and_contact_sheet(tmp_path, index_rows, dataset_entry):
+    import cv2
+
+    from lightman.platform.inspect import inspect_index, key_frames, magnified_difference, sample_clips
+
+    root = str(tmp_path / "idx")
+    skipped = [{"dataset": "casme2", "clip": "casme2/s05/EP01", "reason": "onset 9 is after offset 3"}]
+    rows = index_rows("casme2", 8, repairs_every=3)
+    index.write_index(rows, root, dataset_entry("casme2", skipped=skipped, source_uri="/data/CASME2"))
+    index.write_index(index_rows("ckplus", 3, expression="macro", classes=2), root, dataset_entry("ckplus", classes=2))
+
+    png = tmp_path / "sheet.png"
+    report = inspect_index(root, str(png), clips=4)
+    assert "11 clips in 2 dataset(s)" in report
+    assert "casme2: 8 clips from /data/CASME2" in report and "ckplus: 3 clips" in report
+    assert "per class: emotion0 3, emotion1 3, emotion2 2" in report
+    assert "per subject (2): casme2/s00 4, casme2/s01 4" in report
+    assert "casme2/s05/EP01: onset 9 is after offset 3" in report
+    assert "repaired clips: 3 (apex 3)" in report and "casme2/s00/micro_006: apex: missing" in report
+    assert "contact sheet (4 clips)" in report
+    img = cv2.imread(str(png))
+    assert img is not None and img.shape[0] > img.shape[1]  # 4 rows of 4 panels: taller than wide
+
+    # the sample covers every (dataset, class) group before repeating one
+    ids = [f"c{i}" for i in range(9)]
+    groups = ["a"] * 5 + ["b"] * 3 + ["c"]
+    pick = sample_clips(ids, groups, 3, seed=1)
+    assert sorted(groups[ids.index(p)] for p in pick) == ["a", "b", "c"]
+    assert sample_clips(ids, groups, 20) == sample_clips(ids, groups, 20) and len(sample_clips(ids, groups, 20)) == 9
+
+    # key frames: first/last sampled and the one nearest the apex; difference ×10, clipped
+    onset, apex, offset, apex_n = key_frames(rows[1])
+    frames = frames_from_row(rows[1])
+    nearest = int(np.argmin([abs(s - rows[1]["apex"]) for s in rows[1]["sampled_frames"]]))
+    assert apex_n == rows[1]["sampled_frames"][nearest]
+    np.testing.assert_array_equal(onset, frames[0])
+    np.testing.assert_array_equal(apex, frames[nearest])
+    np.testing.assert_array_equal(offset, frames[-1])
+    a = np.zeros((2, 2, 3), np.uint8)
+    b = np.array([[[3, 3, 3], [0, 0, 30]], [[255, 255, 255], [1, 2, 3]]], np.uint8)
+    np.testing.assert_allclose(magnified_difference(a, b), [[30 / 255, 100 / 255], [1.0, 20 / 255]], rtol=1e-6)
