@@ -93,6 +93,13 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
             f"unknown config key(s) {[prefix + k for k in unknown]}; valid keys: "
             f"{[prefix + k for k in valid_keys(cls)]}"
         )
+    for f in dataclasses.fields(cls):  # a partial nested mapping updates the field's default
+        value = data.get(f.name)
+        if isinstance(value, dict) and _is_dataclass_type(types_[f.name]):
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            if dataclasses.is_dataclass(default):
+                data = {**data, f.name: _merge(to_dict(default), value)}
     kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in data.items()}
     try:
         return cls(**kwargs)
