@@ -1,0 +1,58 @@
+"""CASME adapter: 195 micro-expression clips of 19 subjects, 60 fps (lit.).
+
+Expected layout (first match wins, in the order listed):
+<root>/CASME*.xlsx, not CASME2/CASMEII (e.g. casme.xlsx, CASME_A_Section.xlsx; last in name order)
+<root>/CASME_raw_selected/subNN/EPxx_y/<frames numbered in their names>,
+  else Cropped/, else <root>/subNN/
+sheet columns (by name): Subject, Filename, OnsetF, ApexF1, ApexF2, OffsetF,
+  Action Units, Emotion
+
+Sheet quirks handled: blank columns (3rd and 8th) are ignored because columns are
+located by header name; `Subject` may be an integer (1 -> folder `sub01`); `ApexF1`
+is the apex (`ApexF2`, a second apex some rows carry, is not used); onset/offset
+values that disagree with the frames on disk are left to preprocessing, which
+clamps and records them. Subjects are `casme/subNN`; clip ids `casme/subNN/EPxx_y`.
+"""
+
+from __future__ import annotations
+
+import pyarrow.fs as pafs
+
+from lightman.platform import storage
+from lightman.platform.storage import Location
+from lightman.tasks.datasets.base import (
+    ScanResult, child, coding_candidates, collect, frames_root, layout_error, layout_of,
+    numbered_folder, open_coding_sheet, pick,
+)
+
+DATASET = "casme"
+TITLE = "CASME"
+LAYOUT = layout_of(__doc__)
+FPS = 60.0
+# 'casme' followed by nothing or a separator: excludes CASME2-*, CASMEII-*, CASME3-*.
+SHEETS = (r"casme([^0-9a-z].*)?\.xlsx",)
+FRAME_DIRS = (r"casme_raw_selected", r"cropped")
+REQUIRED = {
+    "subject": ("Subject",),
+    "filename": ("Filename",),
+    "onset": ("OnsetF", "OnsetFrame"),
+    "apex": ("ApexF1", "ApexFrame"),
+    "offset": ("OffsetF", "OffsetFrame"),
+    "emotion": ("Emotion", "Estimated Emotion"),
+}
+OPTIONAL = {"action_units": ("Action Units", "AUs")}
+
+
+def scan(root: Location, *, limit: int | None = None, subjects=None,
+         expression: str | None = None) -> ScanResult:
+    """All CASME clips under `root` (see the module docstring for the layout)."""
+    infos = storage.list_dir(root)
+    sheet_info = pick(infos, SHEETS, pafs.FileType.File)
+    if sheet_info is None:
+        raise layout_error(TITLE, LAYOUT, root, "no CASME*.xlsx sheet")
+    frames = frames_root(root, infos, FRAME_DIRS, r"sub\d+", TITLE, LAYOUT)
+    sheet = open_coding_sheet(child(root, sheet_info), REQUIRED, OPTIONAL, TITLE, LAYOUT, root)
+    candidates, row_skips = coding_candidates(
+        DATASET, sheet, subject_folder=numbered_folder("sub", 2), frames=frames, fps=FPS)
+    return collect(DATASET, candidates, row_skips, limit=limit, subjects=subjects,
+                   expression=expression)

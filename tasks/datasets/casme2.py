@@ -1,0 +1,57 @@
+"""CASME II adapter: 247+ micro-expression clips of 26 subjects, recorded at 200 fps.
+
+Expected layout (first match wins, in the order listed):
+<root>/CASME2-coding-updated.xlsx, else <root>/CASME2-coding-*.xlsx (last in name order)
+<root>/CASME2_RAW_selected/subNN/EPxx_yy/imgN.jpg,
+  else CASME2_RAW/, else Cropped/ (reg_imgN.jpg), else <root>/subNN/
+sheet columns (by name): Subject, Filename, OnsetFrame, ApexFrame, OffsetFrame,
+  Action Units, Estimated Emotion
+
+Sheet quirks handled: `Subject` is an integer (1 -> folder `sub01`); two unnamed blank
+columns (3rd and 7th) are ignored because columns are located by header name; a
+missing apex ('/', blank, 0) gives apex=None with a repair note (estimated later);
+an offset beyond the clip's frames is kept as annotated (preprocessing clamps it).
+Subjects are `casme2/subNN`; clip ids `casme2/subNN/EPxx_yy`.
+"""
+
+from __future__ import annotations
+
+import pyarrow.fs as pafs
+
+from lightman.platform import storage
+from lightman.platform.storage import Location
+from lightman.tasks.datasets.base import (
+    ScanResult, child, coding_candidates, collect, frames_root, layout_error, layout_of,
+    numbered_folder, open_coding_sheet, pick,
+)
+
+DATASET = "casme2"
+TITLE = "CASME II"
+LAYOUT = layout_of(__doc__)
+FPS = 200.0
+SHEETS = (r"casme2-coding-updated\.xlsx", r"casme2-coding.*\.xlsx")
+FRAME_DIRS = (r"casme2_raw_selected", r"casme2_raw", r"cropped")
+REQUIRED = {
+    "subject": ("Subject",),
+    "filename": ("Filename",),
+    "onset": ("OnsetFrame", "Onset"),
+    "apex": ("ApexFrame", "Apex"),
+    "offset": ("OffsetFrame", "Offset"),
+    "emotion": ("Estimated Emotion", "Emotion"),
+}
+OPTIONAL = {"action_units": ("Action Units", "AUs")}
+
+
+def scan(root: Location, *, limit: int | None = None, subjects=None,
+         expression: str | None = None) -> ScanResult:
+    """All CASME II clips under `root` (see the module docstring for the layout)."""
+    infos = storage.list_dir(root)
+    sheet_info = pick(infos, SHEETS, pafs.FileType.File)
+    if sheet_info is None:
+        raise layout_error(TITLE, LAYOUT, root, "no CASME2-coding-*.xlsx sheet")
+    frames = frames_root(root, infos, FRAME_DIRS, r"sub\d+", TITLE, LAYOUT)
+    sheet = open_coding_sheet(child(root, sheet_info), REQUIRED, OPTIONAL, TITLE, LAYOUT, root)
+    candidates, row_skips = coding_candidates(
+        DATASET, sheet, subject_folder=numbered_folder("sub", 2), frames=frames, fps=FPS)
+    return collect(DATASET, candidates, row_skips, limit=limit, subjects=subjects,
+                   expression=expression)

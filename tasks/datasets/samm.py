@@ -1,0 +1,57 @@
+"""SAMM adapter: 159 micro-movement clips of 32 participants, greyscale, 200 fps (lit.).
+
+Expected layout (first match wins, in the order listed):
+<root>/SAMM_Micro_FACS_Codes*.xlsx (last in name order, so _v2 beats the original)
+<root>/SAMM/NNN/NNN_I_K/NNN_FFFFF.jpg, else <root>/NNN/NNN_I_K/NNN_FFFFF.jpg
+sheet: ~12 text rows, then the header row: Subject, Filename, Inducement Code,
+  Onset Frame, Apex Frame, Offset Frame, Duration, Micro, Action Units, Notes,
+  Estimated Emotion, Objective Classes
+
+Sheet quirks handled: the header row is found by its 'Subject' and 'Filename' cells,
+not by position; `Subject` may be an integer (6 -> folder `006`); 'Others' and 'others'
+are the same class (`other`, recorded as a repair); rows without apex get apex=None
+and a repair note; AU cells with "or" alternatives are kept verbatim. Every row of
+this sheet is a micro-expression (the `Micro` column is not interpreted). Subjects
+are `samm/NNN`; clip ids `samm/NNN/NNN_I_K`.
+"""
+
+from __future__ import annotations
+
+import pyarrow.fs as pafs
+
+from lightman.platform import storage
+from lightman.platform.storage import Location
+from lightman.tasks.datasets.base import (
+    ScanResult, child, coding_candidates, collect, frames_root, layout_error, layout_of,
+    numbered_folder, open_coding_sheet, pick,
+)
+
+DATASET = "samm"
+TITLE = "SAMM"
+LAYOUT = layout_of(__doc__)
+FPS = 200.0
+SHEETS = (r"samm_micro_facs_codes.*\.xlsx",)
+REQUIRED = {
+    "subject": ("Subject",),
+    "filename": ("Filename",),
+    "onset": ("Onset Frame", "Onset"),
+    "apex": ("Apex Frame", "Apex"),
+    "offset": ("Offset Frame", "Offset"),
+    "emotion": ("Estimated Emotion", "Emotion"),
+}
+OPTIONAL = {"action_units": ("Action Units", "AUs")}
+
+
+def scan(root: Location, *, limit: int | None = None, subjects=None,
+         expression: str | None = None) -> ScanResult:
+    """All SAMM clips under `root` (see the module docstring for the layout)."""
+    infos = storage.list_dir(root)
+    sheet_info = pick(infos, SHEETS, pafs.FileType.File)
+    if sheet_info is None:
+        raise layout_error(TITLE, LAYOUT, root, "no SAMM_Micro_FACS_Codes*.xlsx sheet")
+    frames = frames_root(root, infos, (r"samm",), r"\d+", TITLE, LAYOUT)
+    sheet = open_coding_sheet(child(root, sheet_info), REQUIRED, OPTIONAL, TITLE, LAYOUT, root)
+    candidates, row_skips = coding_candidates(
+        DATASET, sheet, subject_folder=numbered_folder("", 3), frames=frames, fps=FPS)
+    return collect(DATASET, candidates, row_skips, limit=limit, subjects=subjects,
+                   expression=expression)
