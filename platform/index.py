@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 
 from lightman.platform import storage
 from lightman.platform.versions import versions
-from lightman.tasks.schema import EXPRESSIONS, INDEX_COLUMNS, INDEX_SCHEMA, SCHEMA_VERSION
+from lightman.tasks.schema import EXPRESSIONS, INDEX_COLUMNS, INDEX_SCHEMA, SCHEMA_VERSION, Skipped
 
 MANIFEST = "manifest.json"
 VERSIONS_DIR = "_v"
@@ -211,6 +211,7 @@ class _Written:
     subjects: Counter = field(default_factory=Counter)
     expressions: Counter = field(default_factory=Counter)
     repairs: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)  # Skipped items met in the stream
 
 
 def _flush(p: _Partition, root: storage.Location, rows_per_file: int) -> list[bytes]:
@@ -237,7 +238,7 @@ def _close(p: _Partition) -> None:
 
 
 def _write_rows(
-    rows: Iterable[dict], root: storage.Location, vdir: storage.Location, dataset: str,
+    rows: Iterable[dict | Skipped], root: storage.Location, vdir: storage.Location, dataset: str,
     class_names: tuple[str, ...], row_group_size: int, rows_per_file: int,
 ) -> _Written:
     """Stream rows into partition files under `vdir`; memory holds one row group a partition."""
@@ -246,6 +247,9 @@ def _write_rows(
     seen: set[str] = set()
     try:
         for n, row in enumerate(rows):
+            if isinstance(row, Skipped):
+                out.skipped.append(row.to_dict())
+                continue
             _check_row(row, dataset, class_names, n)
             if row["clip_id"] in seen:
                 raise ValueError(f"duplicate clip_id {row['clip_id']!r} (row {n}): clip ids must be unique")
@@ -347,16 +351,18 @@ def _discard(loc: storage.Location) -> None:
 
 
 def write_index(
-    rows: Iterable[dict], out_uri: str, dataset_entry: dict, *,
+    rows: Iterable[dict | Skipped], out_uri: str, dataset_entry: dict, *,
     row_group_size: int = ROW_GROUP_SIZE, rows_per_file: int = ROWS_PER_FILE,
 ) -> Manifest:
     """Write one dataset's rows into the index at `out_uri`, replacing that dataset only.
 
     `dataset_entry` describes the dataset: `dataset`, `label_scheme` {name, class_names}
     (required) and whatever else the caller records (adapter, source_uri, preprocess,
-    ingest, skipped, ...). The writer adds counts, repairs, files, content_hash, version,
-    versions and written_at. Atomic: on any error (including one raised by `rows`) the
-    previous index is left untouched and the error propagates.
+    ingest, skipped, ...). `rows` may also yield `Skipped` items (clips that failed while
+    the rows were being made): they are appended to the entry's `skipped` list. The
+    writer adds counts, repairs, files, content_hash, version, versions and written_at.
+    Atomic: on any error (including one raised by `rows`) the previous index is left
+    untouched and the error propagates.
     """
     if row_group_size < 1 or rows_per_file < 1:
         raise ValueError(f"row_group_size and rows_per_file must be >= 1, got {row_group_size}, {rows_per_file}")
@@ -374,6 +380,7 @@ def write_index(
         raise
     entry = {k: v for k, v in dataset_entry.items() if k not in _WRITER_KEYS}
     entry.update(
+        skipped=list(entry.get("skipped", [])) + written.skipped,
         counts=counts,
         repairs=dict(sorted(written.repairs.items())),
         files=written.files,

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lightman.platform import index
-from lightman.tasks.schema import INDEX_COLUMNS, frames_from_row
+from lightman.tasks.schema import INDEX_COLUMNS, Skipped, frames_from_row
 
 
 def _strip_times(obj):
@@ -60,7 +60,8 @@ def test_manifest_contents(tmp_path, index_rows, dataset_entry):
     skipped = [{"dataset": "casme2", "clip": "casme2/s09/x", "reason": "unknown emotion 'meh'"}]
     entry = dataset_entry("casme2", source_uri="/data/casme2", adapter="casme2", skipped=skipped,
                           preprocess={"frames": 3, "size": 8})
-    index.write_index(rows, str(tmp_path), entry)
+    late = Skipped("casme2", "casme2/s01/late", "onset 5 is not a frame on disk")  # met while rows are made
+    index.write_index(rows[:4] + [late] + rows[4:], str(tmp_path), entry)
     man = index.read_manifest(str(tmp_path))
     assert man["schema_version"] == 1 and man["format"] == "lightman-index"
     e = man["datasets"]["casme2"]
@@ -71,7 +72,7 @@ def test_manifest_contents(tmp_path, index_rows, dataset_entry):
     assert e["counts"]["per_expression"] == {"micro": 9}
     assert e["repairs"] == {r["clip_id"]: r["repairs"] for r in rows if r["repairs"]}
     assert len(e["repairs"]) == 5
-    assert e["skipped"] == skipped and e["source_uri"] == "/data/casme2" and e["preprocess"]["size"] == 8
+    assert e["skipped"] == skipped + [late.to_dict()] and e["source_uri"] == "/data/casme2" and e["preprocess"]["size"] == 8
     assert {"python", "lightman", "numpy", "pyarrow", "decord"} <= set(e["versions"])
     assert man["files"] == sorted(f["path"] for f in e["files"]) == _parquet_files(tmp_path)
     assert sum(f["rows"] for f in e["files"]) == 9
