@@ -1,0 +1,291 @@
+"""What every meta-learner shares: its config, its interface, and the pure inner loop.
+
+A learner turns a meta-batch of tasks into the SUM over the tasks of its outer
+gradient (`Learner.meta_grads`); the trainer all-reduces the sums across workers and
+divides by the global task count, so 2 workers x T/2 tasks == 1 worker x T tasks.
+At test time it adapts to an unseen task's support set (`adapt`) and classifies the
+query set (`predict`).
+
+The algorithms are free functions over a dict of parameters θ (name -> tensor) that
+never change a tensor in place (STYLE.md 1); the model is called functionally,
+``torch.func.functional_call(model, (params, buffers), (x,), {"head": ...})``.
+
+The bi-level core (paper Eq. 1 and Eq. 4, written out in DESIGN.md):
+  inner, task i:  θ_i^{k+1} = θ_i^k − α ∇ L_inner(θ_i^k),  θ_i^0 = θ,  k < inner_steps
+  outer:          ∇θ Σ_i CE(h_pri(g(query_i)); θ_i)   (second order: through the inner steps)
+Each task's outer gradient is computed and its graph freed before the next task
+starts, so memory holds one task's graph, not the meta-batch's.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Literal, Protocol, Sequence, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from lightman.models.mmd import mmd2, paper_eq3
+
+Params = dict[str, Tensor]
+# params -> (scalar loss, named detached values for the metrics)
+Objective = Callable[[Params], tuple[Tensor, dict[str, Tensor]]]
+AuxLossFn = Callable[[Tensor, Tensor], Tensor]
+
+LearnerName = Literal["lightman", "maml", "anil", "reptile", "protonet", "supervised"]
+AuxLossName = Literal["mmd", "mmd_unbiased", "paper_eq3"]
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """How a learner learns; the same names in code, YAML, CLI and reports (STYLE.md 2)."""
+
+    name: LearnerName = "lightman"
+    """Algorithm: lightman | maml | anil | reptile | protonet | supervised."""
+    inner_lr: float = 0.1
+    """α, the inner (task-level) SGD step. Paper 5.1: 0.2; 0.1 is steadier for the
+    default Conv4 with batch-statistics normalisation (one step still lowers the support
+    loss on every task shape we tried, where 0.2 sometimes overshoots). Also the
+    test-time fine-tuning step of `supervised` and `reptile`."""
+    outer_lr: float = 1e-3
+    """β, the learning rate of the trainer's Adam. Paper 5.1: 0.1, which is far too large
+    for Adam (it normalises the step to ~β per weight); 1e-3 is Adam's usual value."""
+    weight_decay: float = 1e-4
+    """Adam's weight decay (paper 5.1)."""
+    inner_steps: int = 1
+    """Inner SGD steps per task during meta-training (MAML family: lightman, maml, anil)."""
+    test_inner_steps: int = 1
+    """Adaptation steps on an unseen task's support set (paper 4.2: "usually only 1");
+    0 predicts with θ itself."""
+    lambda_pri: float = 0.55
+    """λ1, weight of the primary CE in the inner loss; λ2 = 1 − λ1 weighs L_aux
+    (paper 5.4: best 0.55 / 0.45). λ1 = 1 turns the auxiliary branch off (= maml)."""
+    sigma: tuple[float, ...] = (1.0,)
+    """Gaussian-kernel bandwidth(s) σ of L_aux (Eq. 3); several σ sum their kernels (mmd only)."""
+    aux_loss: AuxLossName = "mmd"
+    """L_aux: mmd (squared MMD, biased) | mmd_unbiased | paper_eq3 (Eq. 3 as printed; see mmd.py)."""
+    first_order: bool = False
+    """Drop the second-order term: treat each inner gradient as a constant (FOMAML)."""
+    reptile_steps: int = 5
+    """k, Reptile's SGD steps per task on its support + query clips (Nichol & Schulman: 5-10)."""
+
+    def __post_init__(self) -> None:
+        if self.name not in get_args(LearnerName):
+            raise ValueError(f"name must be one of {list(get_args(LearnerName))}, got {self.name!r}")
+        if self.aux_loss not in get_args(AuxLossName):
+            raise ValueError(f"aux_loss must be one of {list(get_args(AuxLossName))}, got {self.aux_loss!r}")
+        for field in ("inner_lr", "outer_lr"):
+            if not getattr(self, field) > 0:
+                raise ValueError(f"{field} must be > 0, got {getattr(self, field)!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        for field, low in (("inner_steps", 1), ("test_inner_steps", 0), ("reptile_steps", 1)):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{field} must be an integer >= {low}, got {value!r}")
+        if not 0 <= self.lambda_pri <= 1:
+            raise ValueError(f"lambda_pri (λ1) must lie in [0, 1] (λ2 = 1 − λ1), got {self.lambda_pri!r}")
+        if not self.sigma or not all(s > 0 for s in self.sigma):
+            raise ValueError(f"sigma must be one or more bandwidths > 0, got {self.sigma!r}")
+        if self.aux_loss == "paper_eq3" and len(self.sigma) != 1:
+            raise ValueError(f"aux_loss=paper_eq3 takes exactly one sigma (Eq. 3 has one kernel), got {self.sigma!r}")
+
+    @property
+    def lambda_aux(self) -> float:
+        """λ2 = 1 − λ1."""
+        return 1.0 - self.lambda_pri
+
+
+class TaskLike(Protocol):
+    """One episode τ_i; `lightman.tasks.episodes.Episode` satisfies it."""
+
+    support_x: Tensor  # (N*K, M, C, H, W)
+    support_y: Tensor  # (N*K,) int64, episode-relative 0..N-1
+    query_x: Tensor  # (N*Q, M, C, H, W)
+    query_y: Tensor  # (N*Q,) int64
+    aux_x: Tensor | None  # (A, M, C, H, W) macro clips for the auxiliary branch
+
+
+class Learner(ABC):
+    """The interface every learner implements; subclasses only wire pure functions."""
+
+    def __init__(self, cfg: LearnerConfig):
+        self.cfg = cfg
+
+    @abstractmethod
+    def meta_grads(
+        self, model: nn.Module, params: Params, buffers: Params, tasks: Sequence[TaskLike]
+    ) -> tuple[Params, dict[str, float]]:
+        """(Σ_i outer gradient of task i, one tensor per name of `params`; metrics summed
+        over the tasks, with "tasks": their number). Deterministic given its inputs."""
+
+    @abstractmethod
+    def adapt(
+        self, model: nn.Module, params: Params, buffers: Params, support_x: Tensor, support_y: Tensor,
+        aux_x: Tensor | None = None, steps: int | None = None,
+    ) -> Params:
+        """Parameters fitted to an unseen task's support set (`steps` defaults to
+        `cfg.test_inner_steps`); detached, `params` untouched."""
+
+    def predict(self, model: nn.Module, params: Params, buffers: Params, task: TaskLike) -> Tensor:
+        """Query logits (N*Q, ways) after adapting on the task's support set."""
+        adapted = self.adapt(model, params, buffers, task.support_x, task.support_y, task.aux_x)
+        with torch.no_grad():
+            return forward(model, adapted, buffers, task.query_x, "pri")
+
+
+# ---- pure helpers ---------------------------------------------------------------------
+
+
+def forward(model: nn.Module, params: Params, buffers: Params, x: Tensor, head: str,
+            update_stats: bool = False):
+    """f_θ(x) with θ = params: logits (head="pri"), aux features, both, or the embedding."""
+    return functional_call(model, (params, buffers), (x,), {"head": head, "update_stats": update_stats})
+
+
+def aux_loss_fn(cfg: LearnerConfig) -> AuxLossFn:
+    """L_aux(micro features (n, d), macro features (m, d)) -> 0-d tensor, as configured."""
+    if cfg.aux_loss == "paper_eq3":
+        return partial(paper_eq3, sigma=cfg.sigma[0])
+    return partial(mmd2, sigmas=cfg.sigma, unbiased=cfg.aux_loss == "mmd_unbiased")
+
+
+def accuracy(logits: Tensor, y: Tensor) -> Tensor:
+    """Share of argmax hits, a detached 0-d tensor."""
+    return (logits.detach().argmax(dim=1) == y).float().mean()
+
+
+def require_aux(aux_x: Tensor | None, learner: str, where: str) -> Tensor:
+    """aux_x, or a clear error: the auxiliary branch needs macro-expression clips."""
+    if aux_x is None or aux_x.shape[0] == 0:
+        raise ValueError(
+            f"{learner}: {where} has no auxiliary macro clips (aux_x), but lambda_pri < 1 needs them "
+            "for L_aux; give the episodes an auxiliary pool (data.auxiliary, episode.aux_shots > 0) "
+            "or set learner.lambda_pri=1"
+        )
+    return aux_x
+
+
+def sgd_step(params: Params, grads: Params, lr: float) -> Params:
+    """θ' = θ − α g for the names in `grads`; every other entry is the same tensor."""
+    return {name: p - lr * grads[name] if name in grads else p for name, p in params.items()}
+
+
+def grads_of(loss: Tensor, params: Params, names: Sequence[str], create_graph: bool) -> Params:
+    """∇ loss w.r.t. params[names]; names the loss does not reach are left out."""
+    grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph, allow_unused=True)
+    return {n: g for n, g in zip(names, grads) if g is not None}
+
+
+def inner_loop(objective: Objective, params: Params, names: Sequence[str], lr: float, steps: int,
+               create_graph: bool) -> tuple[Params, dict[str, Tensor]]:
+    """θ^{k+1} = θ^k − α ∇_{θ^k[names]} L_inner(θ^k) for k < steps (Eq. 4, first level).
+
+    create_graph=True keeps each inner gradient differentiable, so a loss at the
+    returned θ^K differentiates to second order w.r.t. θ^0; False makes the inner
+    gradients constants (first order). Returns θ^K and the objective's metrics at θ^0.
+    """
+    first: dict[str, Tensor] = {}
+    for step in range(steps):
+        loss, metrics = objective(params)
+        if step == 0:
+            first = metrics
+        params = sgd_step(params, grads_of(loss, params, names, create_graph), lr)
+    return params, first
+
+
+def full_grads(loss: Tensor, params: Params) -> Params:
+    """∇θ loss for every name of params (zeros where the loss does not reach); frees the graph."""
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True, materialize_grads=True)
+    return dict(zip(params, grads))
+
+
+def trainable(params: Params, names: Sequence[str] | None = None) -> Params:
+    """The same values as fresh leaves (detached: storage shared, nothing copied) that
+    require grad on `names` (all if None); the caller's tensors are never touched."""
+    return {n: p.detach().requires_grad_(names is None or n in names) for n, p in params.items()}
+
+
+def accumulate(total: Params | None, grads: Params) -> Params:
+    """total + grads, name by name (None: the first task's grads)."""
+    if total is None:
+        return grads
+    return {name: total[name] + g for name, g in grads.items()}
+
+
+def sum_metrics(rows: Sequence[dict[str, Tensor]]) -> dict[str, float]:
+    """Per-task metrics summed over the tasks, as floats, plus "tasks": the count."""
+    out: dict[str, float] = {}
+    for row in rows:
+        for key, value in row.items():
+            out[key] = out.get(key, 0.0) + float(value)
+    out["tasks"] = float(len(rows))
+    return out
+
+
+def task_outer_grads(model: nn.Module, params: Params, buffers: Params, task: TaskLike, objective: Objective,
+                     names: Sequence[str], lr: float, steps: int, first_order: bool) -> tuple[Params, dict[str, Tensor]]:
+    """One task's outer gradient ∇θ CE(h_pri(g(query)); θ_i), θ_i = inner_loop(θ) (Eq. 4).
+
+    `params` must be leaves that require grad (see `trainable`). The task's whole graph
+    (inner steps and query pass) is freed before returning. Metrics (detached 0-d
+    tensors): the objective's own at θ, plus outer_loss, query_acc and the support
+    CE after adaptation, support_loss_after.
+    """
+    adapted, metrics = inner_loop(objective, params, names, lr, steps, create_graph=not first_order)
+    # The outer/query pass is the one that may update running norm statistics (norm.py).
+    logits = forward(model, adapted, buffers, task.query_x, "pri", update_stats=True)  # (N*Q, ways)
+    loss = F.cross_entropy(logits, task.query_y)
+    grads = full_grads(loss, params)
+    with torch.no_grad():
+        support_logits = forward(model, adapted, buffers, task.support_x, "pri")
+        after = F.cross_entropy(support_logits, task.support_y)
+    return grads, {**metrics, "outer_loss": loss.detach(), "query_acc": accuracy(logits, task.query_y),
+                   "support_loss_after": after}
+
+
+class BilevelLearner(Learner):
+    """The MAML family's wiring (lightman, maml, anil): subclasses say which inner
+    objective they minimise and which parameters the inner loop adapts."""
+
+    @abstractmethod
+    def make_objective(self, model: nn.Module, params: Params, buffers: Params, x: Tensor, y: Tensor,
+                       aux_x: Tensor | None, where: str) -> Objective:
+        """L_inner of one task's support set (x, y) and macro clips aux_x; `params` is θ
+        (for work done once per task); `where` names the task in errors."""
+
+    def adapted_names(self, model: nn.Module, params: Params) -> tuple[str, ...]:
+        """Names the inner loop updates (all parameters unless overridden)."""
+        return tuple(params)
+
+    def meta_grads(self, model, params, buffers, tasks):
+        if not tasks:
+            raise ValueError(f"{self.cfg.name}.meta_grads: the meta-batch has no tasks")
+        cfg = self.cfg
+        names = self.adapted_names(model, params)
+        theta = trainable(params)
+        total, rows = None, []
+        with torch.enable_grad():
+            for i, task in enumerate(tasks):
+                objective = self.make_objective(model, theta, buffers, task.support_x, task.support_y,
+                                                task.aux_x, f"task {i} of the meta-batch")
+                grads, metrics = task_outer_grads(model, theta, buffers, task, objective, names,
+                                                  cfg.inner_lr, cfg.inner_steps, cfg.first_order)
+                total = accumulate(total, grads)  # the task's graph is gone; only its gradient stays
+                rows.append(metrics)
+        return total, sum_metrics(rows)
+
+    def adapt(self, model, params, buffers, support_x, support_y, aux_x=None, steps=None):
+        steps = self.cfg.test_inner_steps if steps is None else steps
+        if steps == 0:
+            return {n: p.detach() for n, p in params.items()}
+        names = self.adapted_names(model, params)
+        theta = trainable(params, names)
+        with torch.enable_grad():
+            objective = self.make_objective(model, theta, buffers, support_x, support_y, aux_x, "the support set")
+            adapted, _ = inner_loop(objective, theta, names, self.cfg.inner_lr, steps, create_graph=False)
+        return {n: p.detach() for n, p in adapted.items()}

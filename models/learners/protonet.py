@@ -1,0 +1,70 @@
+"""Prototypical networks (Snell et al. 2017) on the clip embedding g(x) (head="embed").
+
+Per task: prototype c_j = mean of the support embeddings of way j; query logits are
+−||g(x_q) − c_j||²; the loss is their cross-entropy. No inner loop: `adapt` returns θ
+and `predict` classifies by the nearest prototype. Support and query clips go through
+g in one batch, as in the paper's reference implementation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightman.models.learners.base import (
+    Learner, Params, TaskLike, accumulate, accuracy, forward, full_grads, sum_metrics, trainable,
+)
+
+
+def prototypes(z: Tensor, y: Tensor, ways: int) -> Tensor:
+    """Per-way mean of embeddings z: (S, D) with labels y: (S,) in 0..ways-1 -> (ways, D)."""
+    onehot = F.one_hot(y, ways).to(z.dtype).T  # (ways, S)
+    return (onehot @ z) / onehot.sum(dim=1, keepdim=True)
+
+
+def proto_logits(z: Tensor, protos: Tensor) -> Tensor:
+    """−||z_q − c_j||²: (Q, D), (ways, D) -> (Q, ways)."""
+    return -(z.unsqueeze(1) - protos.unsqueeze(0)).pow(2).sum(-1)
+
+
+def episode_ways(support_y: Tensor, where: str) -> int:
+    """N, checking that every way 0..N-1 has at least one support clip."""
+    ways = int(support_y.max()) + 1
+    counts = torch.bincount(support_y, minlength=ways)
+    if int(support_y.min()) < 0 or bool((counts == 0).any()):
+        raise ValueError(f"protonet: {where}: support labels must cover 0..N-1, got counts {counts.tolist()}")
+    return ways
+
+
+def task_logits(model: nn.Module, params: Params, buffers: Params, task: TaskLike, update_stats: bool,
+                where: str) -> Tensor:
+    """Query logits (N*Q, N) from the prototypes of the task's support set."""
+    ways = episode_ways(task.support_y, where)
+    n_support = task.support_x.shape[0]
+    z = forward(model, params, buffers, torch.cat((task.support_x, task.query_x)), "embed", update_stats)
+    return proto_logits(z[n_support:], prototypes(z[:n_support], task.support_y, ways))
+
+
+class ProtoNet(Learner):
+    """Outer gradient ∇θ CE(−||g(query) − c||², y_query) summed over tasks."""
+
+    def meta_grads(self, model, params, buffers, tasks):
+        if not tasks:
+            raise ValueError("protonet.meta_grads: the meta-batch has no tasks")
+        theta = trainable(params)
+        total, rows = None, []
+        with torch.enable_grad():
+            for i, task in enumerate(tasks):
+                logits = task_logits(model, theta, buffers, task, True, f"task {i} of the meta-batch")
+                loss = F.cross_entropy(logits, task.query_y)
+                total = accumulate(total, full_grads(loss, theta))
+                rows.append({"outer_loss": loss.detach(), "query_acc": accuracy(logits, task.query_y)})
+        return total, sum_metrics(rows)
+
+    def adapt(self, model, params, buffers, support_x, support_y, aux_x=None, steps=None):
+        return {n: p.detach() for n, p in params.items()}
+
+    def predict(self, model, params, buffers, task):
+        with torch.no_grad():
+            return task_logits(model, params, buffers, task, False, "predict")

@@ -1,0 +1,259 @@
+"""The learners' behaviour on the tiny LightmanNet: adaptation lowers the support loss,
+meta-gradients reach every parameter, predictions have the right shape, ProtoNet's
+logits and the registry/config checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import get_args
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightman.models.learners import LEARNERS, LearnerConfig, build_learner
+from lightman.models.learners.anil import ANIL
+from lightman.models.learners.base import LearnerName, aux_loss_fn, forward, inner_loop, trainable
+from lightman.models.learners.lightman import Lightman, dual_branch_loss, dual_branch_objective
+from lightman.models.learners.maml import MAML, cross_entropy_objective
+from lightman.models.learners.protonet import ProtoNet
+from lightman.models.learners.reptile import Reptile
+from lightman.models.learners.supervised import Supervised
+from lightman.models.net import build_model
+from lightman.platform.config import ConfigError, from_dict, load_config
+
+
+@dataclass(frozen=True)
+class Task:
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+    aux_x: Tensor | None
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = build_model("tiny").train()
+    c = model.cfg
+    shape = (c.frames, c.in_channels, c.image_size, c.image_size)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(c.ways)
+
+    def task() -> Task:
+        return Task(torch.rand((2 * c.ways, *shape), generator=g), labels.repeat(2),
+                    torch.rand((3 * c.ways, *shape), generator=g), labels.repeat(3),
+                    torch.rand((4, *shape), generator=g))
+
+    return model, dict(model.named_parameters()), dict(model.named_buffers()), [task(), task()]
+
+
+# ---- adaptation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["lightman", "maml", "anil"])
+def test_one_inner_step_lowers_the_inner_loss(setup, name):
+    model, params, buffers, tasks = setup
+    learner = build_learner(LearnerConfig(name=name, inner_lr=0.01))
+    names = learner.adapted_names(model, params)
+    for t in tasks:
+        theta = trainable(params, names)
+        objective = learner.make_objective(model, theta, buffers, t.support_x, t.support_y, t.aux_x, "test")
+        before, _ = objective(theta)
+        adapted, _ = inner_loop(objective, theta, names, learner.cfg.inner_lr, 1, create_graph=False)
+        after, _ = objective(adapted)
+        assert float(after.detach()) < float(before.detach())
+
+
+def test_adapt_lowers_the_support_cross_entropy(setup):
+    model, params, buffers, tasks = setup
+    t = tasks[0]
+    for name in ("maml", "anil", "reptile", "supervised"):
+        learner = build_learner(LearnerConfig(name=name, inner_lr=0.05))
+        adapted = learner.adapt(model, params, buffers, t.support_x, t.support_y, steps=3)
+        before = F.cross_entropy(forward(model, params, buffers, t.support_x, "pri"), t.support_y)
+        after = F.cross_entropy(forward(model, adapted, buffers, t.support_x, "pri"), t.support_y)
+        assert float(after) < float(before), name
+        assert all(not p.requires_grad for p in adapted.values())
+
+
+def test_adapt_with_zero_steps_returns_theta(setup):
+    model, params, buffers, tasks = setup
+    adapted = build_learner("lightman").adapt(model, params, buffers, tasks[0].support_x, tasks[0].support_y,
+                                              steps=0)
+    assert all(torch.equal(adapted[k], params[k]) for k in params)
+
+
+# ---- meta-gradients -----------------------------------------------------------------------
+
+
+def test_lightman_gradient_reaches_every_parameter_second_order_only_for_the_aux_head(setup):
+    model, params, buffers, tasks = setup
+    cfg = LearnerConfig(inner_lr=0.1)
+    second, _ = build_learner(cfg).meta_grads(model, params, buffers, tasks)
+    for name, g in second.items():
+        assert torch.isfinite(g).all(), name
+        assert g.abs().sum() > 0, f"{name} gets no meta-gradient"
+    # h_aux enters the inner loss only: with first_order its outer gradient is exactly 0,
+    # while the rest of the model still learns from the query loss.
+    first, _ = build_learner(replace(cfg, first_order=True)).meta_grads(model, params, buffers, tasks)
+    for name, g in first.items():
+        if name.startswith("head_aux."):
+            assert torch.equal(g, torch.zeros_like(g)), name
+        else:
+            assert torch.isfinite(g).all() and g.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("name", list(get_args(LearnerName)))
+def test_meta_grads_contract(setup, name):
+    """Sums over tasks (split meta-batches add up), deterministic, params untouched."""
+    model, params, buffers, tasks = setup
+    learner = build_learner(LearnerConfig(name=name, inner_lr=0.05, reptile_steps=2))
+    before = {k: v.detach().clone() for k, v in params.items()}
+    whole, metrics = learner.meta_grads(model, params, buffers, tasks)
+    again, metrics_again = learner.meta_grads(model, params, buffers, tasks)
+    first, m1 = learner.meta_grads(model, params, buffers, tasks[:1])
+    second, m2 = learner.meta_grads(model, params, buffers, tasks[1:])
+    assert set(whole) == set(params)
+    for k in params:
+        assert whole[k].shape == params[k].shape
+        assert torch.equal(whole[k], again[k]), k
+        torch.testing.assert_close(whole[k], first[k] + second[k], rtol=1e-5, atol=1e-6)
+        assert torch.equal(params[k], before[k]) and params[k].grad is None
+    assert metrics == metrics_again
+    assert metrics["tasks"] == 2 and m1["tasks"] == m2["tasks"] == 1
+    assert metrics["outer_loss"] == pytest.approx(m1["outer_loss"] + m2["outer_loss"])
+    assert 0 <= metrics["query_acc"] <= 2
+
+
+def test_lightman_needs_macro_clips(setup):
+    model, params, buffers, tasks = setup
+    broken = [tasks[0], replace(tasks[1], aux_x=None)]
+    with pytest.raises(ValueError, match=r"task 1 .*aux_x.*lambda_pri=1"):
+        build_learner("lightman").meta_grads(model, params, buffers, broken)
+    with pytest.raises(ValueError, match="aux_x"):
+        build_learner("supervised").meta_grads(model, params, buffers, broken)
+
+
+def test_empty_meta_batch_is_an_error(setup):
+    model, params, buffers, _ = setup
+    for name in get_args(LearnerName):
+        with pytest.raises(ValueError, match="no tasks"):
+            build_learner(name).meta_grads(model, params, buffers, [])
+
+
+# ---- prediction ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(get_args(LearnerName)))
+def test_predict_returns_query_logits(setup, name):
+    model, params, buffers, tasks = setup
+    t = tasks[0]
+    with torch.no_grad():  # as an evaluator calls it; adaptation still gets its gradients
+        logits = build_learner(LearnerConfig(name=name)).predict(model, params, buffers, t)
+    assert logits.shape == (t.query_x.shape[0], model.cfg.ways)
+    assert torch.isfinite(logits).all() and not logits.requires_grad
+
+
+def test_protonet_logits_are_negative_squared_distances_to_class_means(setup):
+    model, params, buffers, tasks = setup
+    t = tasks[0]
+    logits = build_learner("protonet").predict(model, params, buffers, t)
+    with torch.no_grad():
+        z = model(torch.cat((t.support_x, t.query_x)), head="embed").double()
+    zs, zq = z[: len(t.support_y)], z[len(t.support_y):]
+    want = torch.empty(len(zq), model.cfg.ways, dtype=torch.float64)
+    for j in range(model.cfg.ways):
+        proto = zs[t.support_y == j].mean(dim=0)
+        for i in range(len(zq)):
+            want[i, j] = -((zq[i] - proto) ** 2).sum()
+    torch.testing.assert_close(logits.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_protonet_rejects_a_way_without_support(setup):
+    model, params, buffers, tasks = setup
+    t = replace(tasks[0], support_y=torch.where(tasks[0].support_y == 2, 0, tasks[0].support_y))
+    with pytest.raises(ValueError, match=r"task 0 .*counts"):
+        build_learner("protonet").meta_grads(model, params, buffers, [t])
+
+
+def test_supervised_step_lowers_its_loss(setup):
+    model, params, buffers, tasks = setup
+    cfg = LearnerConfig(name="supervised")
+    learner = build_learner(cfg)
+    grads, metrics = learner.meta_grads(model, params, buffers, tasks)
+    stepped = {k: (v - 0.01 * grads[k] / len(tasks)).detach() for k, v in params.items()}
+    _, after = learner.meta_grads(model, stepped, buffers, tasks)
+    assert after["outer_loss"] < metrics["outer_loss"]
+    # The loss it reports is λ1 CE + λ2 MMD on the task's support + query clips.
+    with torch.no_grad():
+        want = sum(float(dual_branch_loss(model, params, buffers, torch.cat((u.support_x, u.query_x)),
+                                          torch.cat((u.support_y, u.query_y)), u.aux_x, cfg.lambda_pri,
+                                          aux_loss_fn(cfg)).total) for u in tasks)
+    assert metrics["outer_loss"] == pytest.approx(want, rel=1e-5)
+
+
+def test_dual_branch_objective_weighs_the_two_losses(setup):
+    model, params, buffers, tasks = setup
+    t = tasks[0]
+    cfg = LearnerConfig(lambda_pri=0.3)
+    with torch.no_grad():
+        total, metrics = dual_branch_objective(model, buffers, t.support_x, t.support_y, t.aux_x, 0.3,
+                                               aux_loss_fn(cfg))(params)
+        ce, _ = cross_entropy_objective(model, buffers, t.support_x, t.support_y)(params)
+    assert float(metrics["support_loss_before"]) == pytest.approx(float(ce))
+    assert float(total) == pytest.approx(0.3 * float(ce) + 0.7 * float(metrics["aux_loss"]))
+
+
+# ---- registry and config ------------------------------------------------------------------
+
+
+def test_registry_covers_every_name():
+    assert set(LEARNERS) == set(get_args(LearnerName))
+    classes = {"lightman": Lightman, "maml": MAML, "anil": ANIL, "reptile": Reptile, "protonet": ProtoNet,
+               "supervised": Supervised}
+    for name, cls in classes.items():
+        learner = build_learner(LearnerConfig(name=name))
+        assert type(learner) is cls and learner.cfg.name == name
+    assert build_learner("maml").cfg == LearnerConfig(name="maml")
+    with pytest.raises(TypeError, match="LearnerConfig"):
+        build_learner(3)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("name", "mamll", "name must be one of"),
+    ("aux_loss", "kl", "aux_loss must be one of"),
+    ("inner_lr", 0.0, "inner_lr must be > 0"),
+    ("outer_lr", -1e-3, "outer_lr must be > 0"),
+    ("weight_decay", -1.0, "weight_decay must be >= 0"),
+    ("inner_steps", 0, "inner_steps must be an integer >= 1"),
+    ("test_inner_steps", -1, "test_inner_steps must be an integer >= 0"),
+    ("reptile_steps", 0, "reptile_steps must be an integer >= 1"),
+    ("lambda_pri", 1.5, r"lambda_pri \(λ1\) must lie in \[0, 1\]"),
+    ("lambda_pri", -0.1, "lambda_pri"),
+    ("sigma", (), "sigma must be one or more bandwidths"),
+    ("sigma", (1.0, -2.0), "sigma must be one or more bandwidths"),
+])
+def test_config_rejects_bad_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        LearnerConfig(**{field: value})
+
+
+def test_paper_eq3_takes_one_bandwidth():
+    with pytest.raises(ValueError, match="exactly one sigma"):
+        LearnerConfig(aux_loss="paper_eq3", sigma=(1.0, 2.0))
+    assert LearnerConfig(aux_loss="mmd", sigma=(1.0, 2.0)).sigma == (1.0, 2.0)
+
+
+def test_config_loads_from_yaml_and_overrides(tmp_path):
+    path = tmp_path / "learner.yaml"
+    path.write_text("name: anil\ninner_lr: 0.2\nsigma: [0.5, 2.0]\n")
+    cfg = load_config(LearnerConfig, path, ["lambda_pri=0.7", "first_order=true"])
+    assert (cfg.name, cfg.inner_lr, cfg.sigma, cfg.lambda_pri, cfg.first_order) == ("anil", 0.2, (0.5, 2.0), 0.7, True)
+    assert cfg.lambda_aux == pytest.approx(0.3)
+    with pytest.raises(ConfigError, match="valid keys"):
+        from_dict(LearnerConfig, {"lamda_pri": 0.5})
+    with pytest.raises(ConfigError, match="lambda_pri"):
+        from_dict(LearnerConfig, {"lambda_pri": 2})

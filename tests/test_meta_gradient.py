@@ -1,0 +1,306 @@
+"""The meta-learners' gradients against independent computations, in float64.
+
+References here are written from the definitions (DESIGN.md, "LightmanNet meta-step"):
+a plain per-task loop with torch.autograd.grad(create_graph=True), central finite
+differences of the outer loss, FOMAML's definition, and Reptile's plain SGD loop with
+torch.optim.SGD on a copy of the model.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from lightman.models.learners import LearnerConfig, build_learner
+from lightman.models.learners.anil import head_objective
+from lightman.models.learners.base import inner_loop, trainable
+from lightman.models.net import build_model
+
+DT = torch.float64
+
+
+@dataclass(frozen=True)
+class Task:
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+    aux_x: Tensor | None
+
+
+def make_tasks(n: int, shape: tuple[int, ...], ways: int, shots: int = 2, query: int = 2, aux: int = 4,
+               seed: int = 0) -> list[Task]:
+    g = torch.Generator().manual_seed(seed)
+
+    def clips(k: int) -> Tensor:
+        return torch.rand((k, *shape), generator=g, dtype=DT)
+
+    labels = torch.arange(ways)
+    return [Task(clips(ways * shots), labels.repeat(shots), clips(ways * query), labels.repeat(query), clips(aux))
+            for _ in range(n)]
+
+
+# ---- a hand-written smooth model: pure function + the same math as an nn.Module ----------
+
+
+def ref_forward(p: dict[str, Tensor], x: Tensor, head: str):
+    """Mean over (H, W), flatten (M, C), tanh layer -> embedding; linear heads."""
+    z = torch.tanh(x.mean(dim=(3, 4)).flatten(1) @ p["body.weight"].T + p["body.bias"])  # (B, D)
+    logits = z @ p["pri.weight"].T + p["pri.bias"]
+    feats = z @ p["aux.weight"].T + p["aux.bias"]
+    return {"pri": logits, "aux": feats, "both": (logits, feats), "embed": z}[head]
+
+
+class SmoothNet(nn.Module):
+    """ref_forward's math with nn.Linear layers, behind LightmanNet's forward signature."""
+
+    def __init__(self, frames: int = 3, channels: int = 2, dim: int = 5, ways: int = 3, aux_dim: int = 4):
+        super().__init__()
+        self.body = nn.Linear(frames * channels, dim)
+        self.pri = nn.Linear(dim, ways)
+        self.aux = nn.Linear(dim, aux_dim)
+
+    def forward(self, x: Tensor, head: str = "pri", update_stats: bool = False):
+        z = torch.tanh(self.body(x.mean(dim=(3, 4)).flatten(1)))
+        if head == "embed":
+            return z
+        if head == "pri":
+            return self.pri(z)
+        if head == "aux":
+            return self.aux(z)
+        return self.pri(z), self.aux(z)
+
+    def head_param_names(self) -> tuple[str, ...]:
+        return ("pri.weight", "pri.bias")
+
+
+def gaussian(a: Tensor, b: Tensor, sigma: float) -> Tensor:
+    return torch.exp(-((a[:, None, :] - b[None, :, :]) ** 2).sum(-1) / (2 * sigma**2))
+
+
+def ref_aux(kind: str, x: Tensor, y: Tensor, sigma: float) -> Tensor:
+    """Squared MMD (biased / unbiased) and paper Eq. 3, from their textbook definitions."""
+    kxx, kyy, kxy = gaussian(x, x, sigma), gaussian(y, y, sigma), gaussian(x, y, sigma)
+    n, m = len(x), len(y)
+    if kind == "mmd":
+        return kxx.sum() / n**2 + kyy.sum() / m**2 - 2 * kxy.sum() / (n * m)
+    if kind == "mmd_unbiased":
+        return ((kxx.sum() - kxx.trace()) / (n * (n - 1)) + (kyy.sum() - kyy.trace()) / (m * (m - 1))
+                - 2 * kxy.sum() / (n * m))
+    return kxy.sum() / (n * m)
+
+
+def ref_meta_grad(fwd, params: dict[str, Tensor], tasks: list[Task], cfg: LearnerConfig) -> dict[str, Tensor]:
+    """Σ_i ∇θ CE(query_i; θ_i), θ_i by inner_steps steps on λ1 CE + λ2 L_aux, create_graph=True.
+
+    fwd(params, x, head) is called once per head (no "both"), so the learner's single
+    backbone pass is checked too.
+    """
+    theta = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+    total = {k: torch.zeros_like(v) for k, v in theta.items()}
+    for t in tasks:
+        p = dict(theta)
+        for _ in range(cfg.inner_steps):
+            ce = F.cross_entropy(fwd(p, t.support_x, "pri"), t.support_y)
+            aux = ref_aux(cfg.aux_loss, fwd(p, t.support_x, "aux"), fwd(p, t.aux_x, "aux"), cfg.sigma[0])
+            loss = cfg.lambda_pri * ce + (1 - cfg.lambda_pri) * aux
+            grads = torch.autograd.grad(loss, list(p.values()), create_graph=True)
+            p = {k: v - cfg.inner_lr * g for (k, v), g in zip(p.items(), grads)}
+        outer = F.cross_entropy(fwd(p, t.query_x, "pri"), t.query_y)
+        for k, g in zip(theta, torch.autograd.grad(outer, list(theta.values()), allow_unused=True)):
+            if g is not None:
+                total[k] += g
+    return total
+
+
+def assert_close(got: dict[str, Tensor], want: dict[str, Tensor], rtol: float = 1e-9, atol: float = 1e-12) -> None:
+    assert set(got) == set(want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=rtol, atol=atol, msg=f"gradient of {k}")
+
+
+@pytest.fixture(scope="module")
+def smooth():
+    torch.manual_seed(0)
+    model = SmoothNet().to(DT)
+    return model, dict(model.named_parameters()), make_tasks(3, (3, 2, 4, 4), ways=3)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = build_model("tiny").to(DT).train()
+    c = model.cfg
+    tasks = make_tasks(2, (c.frames, c.in_channels, c.image_size, c.image_size), ways=c.ways, shots=1, query=1)
+    return model, dict(model.named_parameters()), dict(model.named_buffers()), tasks
+
+
+# ---- lightman's second-order meta-gradient --------------------------------------------
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("aux_loss", ["mmd", "mmd_unbiased", "paper_eq3"])
+def test_lightman_matches_plain_loop_on_smooth_model(smooth, steps, aux_loss):
+    model, params, tasks = smooth
+    cfg = LearnerConfig(inner_lr=0.3, inner_steps=steps, lambda_pri=0.55, sigma=(1.5,), aux_loss=aux_loss)
+    got, metrics = build_learner(cfg).meta_grads(model, params, {}, tasks)
+    assert_close(got, ref_meta_grad(ref_forward, params, tasks, cfg))
+    assert metrics["tasks"] == len(tasks)
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("aux_loss", ["mmd", "paper_eq3"])
+def test_lightman_matches_plain_loop_on_tiny_lightmannet(tiny, steps, aux_loss):
+    model, params, buffers, tasks = tiny
+
+    def fwd(p, x, head):
+        return functional_call(model, (p, buffers), (x,), {"head": head})
+
+    cfg = LearnerConfig(inner_lr=0.1, inner_steps=steps, sigma=(2.0,), aux_loss=aux_loss)
+    got, _ = build_learner(cfg).meta_grads(model, params, buffers, tasks)
+    assert_close(got, ref_meta_grad(fwd, params, tasks, cfg), rtol=1e-7, atol=1e-10)
+
+
+def outer_loss(model, params: dict[str, Tensor], tasks: list[Task], cfg: LearnerConfig) -> float:
+    """Σ_i CE(query_i; θ_i) by the reference model's pure function (no autograd in θ)."""
+    total = 0.0
+    for t in tasks:
+        p = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+        for _ in range(cfg.inner_steps):
+            ce = F.cross_entropy(ref_forward(p, t.support_x, "pri"), t.support_y)
+            aux = ref_aux(cfg.aux_loss, ref_forward(p, t.support_x, "aux"), ref_forward(p, t.aux_x, "aux"),
+                          cfg.sigma[0])
+            loss = cfg.lambda_pri * ce + (1 - cfg.lambda_pri) * aux
+            grads = torch.autograd.grad(loss, list(p.values()))
+            p = {k: (v - cfg.inner_lr * g).detach().requires_grad_() for (k, v), g in zip(p.items(), grads)}
+        total += float(F.cross_entropy(ref_forward(p, t.query_x, "pri"), t.query_y).detach())
+    return total
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_lightman_matches_finite_differences(smooth, steps):
+    model, params, tasks = smooth
+    cfg = LearnerConfig(inner_lr=0.3, inner_steps=steps, sigma=(1.5,))
+    got, _ = build_learner(cfg).meta_grads(model, params, {}, tasks)
+    g = torch.Generator().manual_seed(1)
+    eps = 1e-5
+    for _ in range(3):
+        u = {k: torch.randn(v.shape, generator=g, dtype=DT) for k, v in params.items()}
+        plus = outer_loss(model, {k: v + eps * u[k] for k, v in params.items()}, tasks, cfg)
+        minus = outer_loss(model, {k: v - eps * u[k] for k, v in params.items()}, tasks, cfg)
+        numeric = (plus - minus) / (2 * eps)
+        analytic = float(sum((got[k] * u[k]).sum() for k in params))
+        assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-8)
+
+
+def test_first_order_is_the_query_gradient_at_the_adapted_parameters(smooth):
+    model, params, tasks = smooth
+    cfg = LearnerConfig(inner_lr=0.3, inner_steps=2, first_order=True, sigma=(1.5,))
+    got, _ = build_learner(cfg).meta_grads(model, params, {}, tasks)
+    want = {k: torch.zeros_like(v) for k, v in params.items()}
+    for t in tasks:
+        p = {k: v.detach() for k, v in params.items()}
+        for _ in range(cfg.inner_steps):  # θ_i by plain SGD, nothing kept
+            p = {k: v.requires_grad_() for k, v in p.items()}
+            loss = (cfg.lambda_pri * F.cross_entropy(ref_forward(p, t.support_x, "pri"), t.support_y)
+                    + cfg.lambda_aux * ref_aux("mmd", ref_forward(p, t.support_x, "aux"),
+                                               ref_forward(p, t.aux_x, "aux"), 1.5))
+            grads = torch.autograd.grad(loss, list(p.values()))
+            p = {k: (v - cfg.inner_lr * g).detach() for (k, v), g in zip(p.items(), grads)}
+        leaf = {k: v.requires_grad_() for k, v in p.items()}  # a function of θ_i only
+        outer = F.cross_entropy(ref_forward(leaf, t.query_x, "pri"), t.query_y)
+        for k, g in zip(leaf, torch.autograd.grad(outer, list(leaf.values()), allow_unused=True)):
+            if g is not None:
+                want[k] += g
+    assert_close(got, want)
+    # h_aux enters only the inner loss: without the second-order term it gets nothing.
+    assert torch.equal(got["aux.weight"], torch.zeros_like(got["aux.weight"]))
+
+
+def test_lambda_pri_one_is_maml_exactly(tiny):
+    model, params, buffers, tasks = tiny
+    no_aux = [replace(t, aux_x=None) for t in tasks]  # λ2 = 0 needs no macro clips
+    cfg = LearnerConfig(inner_lr=0.1, inner_steps=2, lambda_pri=1.0)
+    light, light_m = build_learner(cfg).meta_grads(model, params, buffers, no_aux)
+    maml, maml_m = build_learner(replace(cfg, name="maml")).meta_grads(model, params, buffers, tasks)
+    assert all(torch.equal(light[k], maml[k]) for k in params)
+    assert light_m == maml_m
+
+
+def test_maml_matches_plain_loop(tiny):
+    model, params, buffers, tasks = tiny
+    cfg = LearnerConfig(name="maml", inner_lr=0.1, inner_steps=2, lambda_pri=1.0)
+
+    def fwd(p, x, head):
+        return functional_call(model, (p, buffers), (x,), {"head": head})
+
+    # λ1 = 1 makes the reference's inner loss the plain CE; its aux term has weight 0.
+    got, _ = build_learner(replace(cfg, lambda_pri=0.3)).meta_grads(model, params, buffers, tasks)
+    assert_close(got, ref_meta_grad(fwd, params, tasks, cfg), rtol=1e-7, atol=1e-10)
+
+
+# ---- ANIL -------------------------------------------------------------------------------
+
+
+def test_anil_inner_loop_leaves_the_backbone_unchanged(tiny):
+    model, params, buffers, tasks = tiny
+    head = set(model.head_param_names())
+    theta = trainable(params)
+    t = tasks[0]
+    objective = head_objective(model, theta, buffers, t.support_x, t.support_y)
+    adapted, _ = inner_loop(objective, theta, sorted(head), lr=0.1, steps=3, create_graph=True)
+    for name in params:
+        if name in head:
+            assert not torch.equal(adapted[name], theta[name]), name
+        else:
+            assert adapted[name] is theta[name], name
+
+
+def test_anil_matches_plain_loop_over_the_full_model(tiny):
+    model, params, buffers, tasks = tiny
+    head = model.head_param_names()
+    cfg = LearnerConfig(name="anil", inner_lr=0.2, inner_steps=2)
+    got, _ = build_learner(cfg).meta_grads(model, params, buffers, tasks)
+    theta = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+    want = {k: torch.zeros_like(v) for k, v in theta.items()}
+    for t in tasks:
+        p = dict(theta)
+        for _ in range(cfg.inner_steps):  # the whole model runs every step; only the head moves
+            loss = F.cross_entropy(functional_call(model, (p, buffers), (t.support_x,)), t.support_y)
+            grads = torch.autograd.grad(loss, [p[n] for n in head], create_graph=True)
+            p = {**p, **{n: p[n] - cfg.inner_lr * g for n, g in zip(head, grads)}}
+        outer = F.cross_entropy(functional_call(model, (p, buffers), (t.query_x,)), t.query_y)
+        for k, g in zip(theta, torch.autograd.grad(outer, list(theta.values()), allow_unused=True)):
+            if g is not None:
+                want[k] += g
+    assert_close(got, want, rtol=1e-7, atol=1e-10)
+    backbone = [k for k in params if k.startswith("backbone.")]
+    assert any(got[k].abs().sum() > 0 for k in backbone)  # the outer gradient reaches g
+
+
+# ---- Reptile ------------------------------------------------------------------------------
+
+
+def test_reptile_meta_gradient_is_theta_minus_sgd_result(tiny):
+    model, params, buffers, tasks = tiny
+    cfg = LearnerConfig(name="reptile", inner_lr=0.05, reptile_steps=3)
+    got, metrics = build_learner(cfg).meta_grads(model, params, buffers, tasks)
+    want = {k: torch.zeros_like(v) for k, v in params.items()}
+    for t in tasks:
+        clone = copy.deepcopy(model)
+        opt = torch.optim.SGD(clone.parameters(), lr=cfg.inner_lr)
+        x, y = torch.cat((t.support_x, t.query_x)), torch.cat((t.support_y, t.query_y))
+        for _ in range(cfg.reptile_steps):
+            opt.zero_grad()
+            F.cross_entropy(clone(x), y).backward()
+            opt.step()
+        for k, p in clone.named_parameters():
+            want[k] += params[k].detach() - p.detach()
+    assert_close(got, want, rtol=1e-9, atol=1e-12)
+    assert metrics["tasks"] == len(tasks)
