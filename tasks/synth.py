@@ -665,6 +665,12 @@ class SynthReport:
     hashes: tuple[tuple[str, str], ...]  # (dataset, sha256 over its files)
     content_hash: str  # sha256 over all datasets' hashes
 
+    def summary(self) -> str:
+        """What `lightman synth` prints: one line per dataset, then the manifest and hash."""
+        counts = dict(self.counts)
+        lines = [f"{d:<9} {counts[d]:>4} clips  {root}" for d, root in self.roots]
+        return "\n".join([*lines, f"manifest  {self.manifest}", f"hash      {self.content_hash}"])
+
 
 def _image_params(pattern: str, cfg: SynthConfig) -> list[int]:
     ext = pattern.rsplit(".", 1)[-1]
