@@ -8,15 +8,16 @@ emotion, or outside the scheme), or from preprocessing (`ClipError`, or any othe
 per-clip exception, recorded with its type). Results keep the scan's clip order
 whatever the number of workers, so 1 and N workers write the same index.
 
-Parallelism: a process pool (spawned workers, one OpenCV thread each). On the 2-core
-reference machine it beat Ray tasks for this workload (see benchmarks/ingest.py and
-the note in `_parallel_map`).
+Parallelism (`parallel_map`): a local process pool, or Ray tasks when Ray is already
+running; benchmarks/ingest.py measures both.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +32,10 @@ from lightman.tasks.datasets import scan
 from lightman.tasks.labels import LabelScheme, UnknownEmotion, build_scheme
 from lightman.tasks.preprocess import ClipError, PreprocessConfig, preprocess_clip
 from lightman.tasks.schema import EXPRESSIONS, ClipRecord, Skipped, row_from_record
+
+
+class IngestError(ValueError):
+    """Nothing usable to ingest; the index is left as it was. The message gives reasons."""
 
 
 @dataclass(frozen=True)
@@ -135,20 +140,68 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)  # one process per core: OpenCV's own threads would oversubscribe
 
 
-def _parallel_map(jobs: list, cfg: PreprocessConfig, workers: int) -> Iterator[dict | Skipped]:
-    """process_clip over jobs, results in job order.
+def pool_map(jobs: list, cfg: PreprocessConfig, workers: int) -> Iterator[dict | Skipped]:
+    """process_clip over jobs in a local process pool, results in job order.
 
-    A spawned process pool: Ray tasks cost a Ray start (~5 s when none is running) plus
-    per-task scheduling and object-store copies of the frames, and measured slower on 2
-    cores; fork is unsafe once the S3 client (scan from s3://) has started its threads.
+    Workers fork from a forkserver that has imported this module once: a fresh process
+    per worker would spend ~1 s importing, and forking the caller itself is unsafe once
+    it has threads (the S3 client's, after a scan of s3://). Like any spawn/forkserver
+    pool, a script calling `ingest` needs the `if __name__ == "__main__":` guard.
     """
-    if workers == 1:
-        yield from (process_clip(j, cfg) for j in jobs)
-        return
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
     chunk = max(1, min(8, len(jobs) // (4 * workers)))
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
         yield from pool.map(process_clip, jobs, [cfg] * len(jobs), chunksize=chunk)
+
+
+def ray_map(jobs: list, cfg: PreprocessConfig, workers: int) -> Iterator[dict | Skipped]:
+    """process_clip over jobs as Ray tasks (at most 2 × workers in flight), results in job order."""
+    import ray
+
+    task = ray.remote(num_cpus=1)(process_clip)
+    cfg_ref = ray.put(cfg)
+    pending: deque = deque()
+    for job in jobs:
+        pending.append(task.remote(job, cfg_ref))
+        if len(pending) >= 2 * workers:
+            yield ray.get(pending.popleft())
+    while pending:
+        yield ray.get(pending.popleft())
+
+
+def parallel_map(jobs: list, cfg: PreprocessConfig, workers: int) -> Iterator[dict | Skipped]:
+    """process_clip over jobs with `workers` in parallel, results in job order.
+
+    Measured on 2 cores (benchmarks/ingest.py): starting a local Ray costs ~5-6 s, more
+    than preprocessing a few hundred clips, so without a running Ray the work goes to a
+    process pool; inside a running Ray (a job on a cluster) Ray tasks are used, with no
+    start-up cost and every node's CPUs.
+    """
+    if workers == 1:
+        return (process_clip(j, cfg) for j in jobs)
+    ray = sys.modules.get("ray")  # never imported: certainly not running (and not worth importing)
+    return ray_map(jobs, cfg, workers) if ray and ray.is_initialized() else pool_map(jobs, cfg, workers)
+
+
+def _examples(skipped: Sequence[Skipped], k: int = 3) -> str:
+    return "; ".join(f"{s.clip}: {s.reason}" for s in skipped[:k])
+
+
+def require_rows(results: Iterator[dict | Skipped], jobs: int) -> Iterator[dict | Skipped]:
+    """Pass results through; raise IngestError at the end if none of `jobs` gave a row.
+
+    Raised inside the row stream, so `write_index` aborts and the dataset's previous
+    rows stay in the index (an ingest whose every clip failed, e.g. S3 credentials
+    missing on the workers, must not replace good data with nothing).
+    """
+    failed: list[Skipped] = []
+    for r in results:
+        if isinstance(r, Skipped):
+            failed.append(r)
+        yield r
+    if jobs and len(failed) == jobs:
+        raise IngestError(f"all {jobs} clips failed preprocessing; the index was not changed. e.g. {_examples(failed)}")
 
 
 def dataset_entry(dataset: str, src: str, cfg: IngestConfig, scheme: LabelScheme, skipped: list[Skipped]) -> dict:
@@ -171,8 +224,9 @@ def ingest(dataset: str, src: str, out: str, cfg: IngestConfig = IngestConfig())
     """Scan `src`, label, preprocess and write `dataset` into the index at `out` (local or s3://).
 
     Replaces `dataset` in the index and keeps the others. Raises LayoutError for a
-    source in the wrong layout and ValueError for a scheme that does not cover the
-    dataset; clips that cannot be used are skipped, not raised.
+    source in the wrong layout, ValueError for a scheme that does not cover the
+    dataset, and IngestError when no clip is usable (the index is then unchanged);
+    single clips that cannot be used are skipped, not raised.
     """
     start = time.perf_counter()
     src_uri, out_uri = storage.resolve(src).uri, storage.resolve(out).uri
@@ -182,8 +236,13 @@ def ingest(dataset: str, src: str, out: str, cfg: IngestConfig = IngestConfig())
         scheme = build_scheme(cfg.label_scheme, [dataset], extra_emotions=tuple(r.emotion for r in found.records))
     jobs, label_skips = label_records(found.records, scheme)
     skipped_before = list(found.skipped) + label_skips
+    if not jobs:
+        raise IngestError(
+            f"no usable {dataset} clips in {src_uri} ({len(skipped_before)} skipped); the index was not "
+            f"changed. e.g. {_examples(skipped_before) or 'the scan found no clips'}"
+        )
 
-    results = _parallel_map(jobs, cfg.preprocess, cfg.workers)
+    results = require_rows(parallel_map(jobs, cfg.preprocess, cfg.workers), len(jobs))
     bar = tqdm(results, total=len(jobs), desc=f"ingest {dataset}", unit="clip", disable=None)
     manifest = write_index(
         bar, out_uri, dataset_entry(dataset, src_uri, cfg, scheme, skipped_before),

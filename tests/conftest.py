@@ -81,8 +81,12 @@ def s3_endpoint():
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """A local 2-CPU Ray for the session (token auth off, no dashboard, quiet Ray Data)."""
+def ray_local(s3_endpoint):
+    """A local 2-CPU Ray for the session (token auth off, no dashboard, quiet Ray Data).
+
+    Started after `s3_endpoint`, so its worker processes inherit the AWS variables and
+    Ray tasks can read s3:// URIs of the test endpoint.
+    """
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

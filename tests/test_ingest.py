@@ -12,7 +12,9 @@ import pytest
 
 from lightman.platform import index
 from lightman.platform.config import ConfigError, load_config
-from lightman.platform.ingest import IngestConfig, format_summary, ingest, label_records, process_clip
+from lightman.platform.ingest import (
+    IngestConfig, IngestError, format_summary, ingest, label_records, pool_map, process_clip, ray_map,
+)
 from lightman.tasks.datasets import LayoutError, scan
 from lightman.tasks.labels import build_scheme
 from lightman.tasks.preprocess import PreprocessConfig
@@ -94,7 +96,7 @@ def test_skipped_clips_and_reasons_reach_the_manifest(synth_root, casme2_src, tm
     gone = truth[ids[0]]
     shutil.rmtree(casme2_src.parent / gone["path"])
     # 2. preprocessing: the onset frame of another clip is missing on disk
-    broken = truth[ids[1]]
+    broken = next(truth[c] for c in ids[1:] if truth[c]["emotion"] in ("happiness", "surprise", "disgust"))
     (casme2_src.parent / broken["path"] / f"img{broken['onset']}.jpg").unlink()
     # 3. the label scheme: composite3 drops 'others' (and fear/sadness) in CASME II
     out = str(tmp_path / "idx")
@@ -103,12 +105,36 @@ def test_skipped_clips_and_reasons_reach_the_manifest(synth_root, casme2_src, tm
     skipped = {s["clip"]: s["reason"] for s in index.read_manifest(out)["datasets"]["casme2"]["skipped"]}
     assert {s.clip: s.reason for s in summary.skipped} == skipped
     assert ids[0] in skipped and "casme2" in skipped[ids[0]].lower()
-    assert f"onset {broken['onset']} is not a frame on disk" in skipped[ids[1]]
-    outside = {cid for cid, t in truth.items() if t["emotion"] in ("others", "fear", "sadness")} - {ids[0], ids[1]}
+    broken_id = f"casme2/{broken['subject']}/{broken['clip']}"
+    assert f"onset {broken['onset']} is not a frame on disk" in skipped[broken_id]
+    outside = {cid for cid, t in truth.items() if t["emotion"] in ("others", "fear", "sadness")} - {ids[0]}
     assert outside and all("outside the composite3 scheme" in skipped[c] for c in outside)
     kept = set(truth) - set(skipped)
     assert set(index.read_table(out).column("clip_id").to_pylist()) == kept and summary.ingested == len(kept)
     assert f"skipped: {len(skipped)}" in format_summary(summary)
+
+
+def _rows_equal(a: list, b: list) -> None:
+    assert [type(x) for x in a] == [type(x) for x in b]
+    assert [x if isinstance(x, Skipped) else index.row_digest(x) for x in a] == \
+        [x if isinstance(x, Skipped) else index.row_digest(x) for x in b]
+
+
+def _jobs(src):
+    jobs, _ = label_records(scan("casme2", str(src)).records, build_scheme("native", ["casme2"]))
+    return jobs + [(ClipRecord(dataset="casme2", subject="casme2/sub09", filename="EP00", expression="micro",
+                               emotion="others", onset=1, apex=2, offset=3, fps=200.0), 4)]
+
+
+def test_process_pool_gives_the_rows_in_order(casme2_src):
+    jobs = _jobs(casme2_src)
+    _rows_equal(list(pool_map(jobs, TINY, 2)), [process_clip(j, TINY) for j in jobs])
+
+
+@pytest.mark.integration
+def test_ray_tasks_give_the_rows_in_order(ray_local, casme2_src):
+    jobs = _jobs(casme2_src)
+    _rows_equal(list(ray_map(jobs, TINY, 2)), [process_clip(j, TINY) for j in jobs])
 
 
 def test_one_and_two_workers_write_the_same_index(casme2_src, tmp_path):
@@ -190,3 +216,16 @@ def test_ingest_generic_video_classes_come_from_its_csv(tmp_path):
     assert summary.ingested == table.num_rows == 5
     assert entry["label_scheme"]["class_names"] == sorted(set(emotions))
     assert [entry["label_scheme"]["class_names"][lab] for lab in table.column("label").to_pylist()] == emotions
+
+
+def test_nothing_usable_leaves_the_index_unchanged(casme2_src, tmp_path):
+    out = str(tmp_path / "idx")
+    ingest("casme2", str(casme2_src), out, IngestConfig(preprocess=TINY))
+    before = (Path(out) / "manifest.json").read_bytes()
+    for jpg in casme2_src.rglob("*.jpg"):  # every clip now fails in preprocessing
+        jpg.write_bytes(b"not a jpeg")
+    with pytest.raises(IngestError, match=r"all 12 clips failed preprocessing; the index was not changed"):
+        ingest("casme2", str(casme2_src), out, IngestConfig(preprocess=TINY))
+    with pytest.raises(IngestError, match=r"no usable casme2 clips .* \(0 skipped\).* the scan found no clips"):
+        ingest("casme2", str(casme2_src), out, IngestConfig(preprocess=TINY, expression="macro"))
+    assert (Path(out) / "manifest.json").read_bytes() == before
