@@ -44,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lightman.platform import storage
@@ -332,7 +333,7 @@ def _collect_garbage(root: storage.Location, manifest: dict) -> None:
     if storage.exists(vroot):
         for info in storage.list_dir(vroot):
             if info.base_name not in keep:
-                if info.type == storage.pafs.FileType.Directory:
+                if info.type == pafs.FileType.Directory:
                     root.fs.delete_dir(info.path)
                 else:
                     root.fs.delete_file(info.path)
@@ -395,6 +396,8 @@ def write_index(
         _discard(vdir)
         entry.update(files=old["files"], version=old["version"])
     manifest = _assemble(previous, dataset, entry)
+    # the commit point; if this write fails the new folder stays (an S3 PUT may have
+    # landed even though it reported an error) and the next commit collects it
     storage.write_bytes(root.join(MANIFEST), json.dumps(manifest, indent=1, sort_keys=True).encode())
     _collect_garbage(root, manifest)
     return Manifest(root.uri, manifest)
@@ -407,7 +410,7 @@ def _check_files_exist(root: storage.Location, rel_paths: list[str]) -> None:
     if not rel_paths:
         return
     infos = root.fs.get_file_info([root.join(p).path for p in rel_paths])
-    missing = [p for p, i in zip(rel_paths, infos) if i.type != storage.pafs.FileType.File]
+    missing = [p for p, i in zip(rel_paths, infos) if i.type != pafs.FileType.File]
     if missing:
         raise BadIndexError(f"index at {root.uri} is corrupt: manifest lists missing files {missing[:5]}")
 

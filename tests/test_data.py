@@ -113,3 +113,4 @@ def test_load_pool(small_index):
     np.testing.assert_array_equal(pool.frames[0], frames_from_row(table.slice(0, 1).to_pylist()[0]))
     with pytest.raises(index.BadIndexError, match="no clips in index"):
         data.load_pool(small_index, subjects=["casme2/s99"])
+
