@@ -41,7 +41,8 @@ def format_report(uri: str, manifest: dict) -> str:
             "",
             f"{name}: {c['clips']} clips from {e.get('source_uri', '?')}, written {e['written_at']}",
             f"  label scheme {scheme['name']} ({len(scheme['class_names'])} classes)",
-            f"  per class: {_counts_line(c['per_class'])}",
+            # in class-index order (the manifest's JSON keys are sorted)
+            f"  per class: {_counts_line({k: c['per_class'][k] for k in scheme['class_names']})}",
             f"  per expression: {_counts_line(c['per_expression'])}",
             f"  per subject ({len(c['per_subject'])}): {_counts_line(c['per_subject'])}",
         ]
