@@ -73,8 +73,9 @@ def test_adapt_lowers_the_support_cross_entropy(setup):
     for name in ("maml", "anil", "reptile", "supervised"):
         learner = build_learner(LearnerConfig(name=name, inner_lr=0.05))
         adapted = learner.adapt(model, params, buffers, t.support_x, t.support_y, steps=3)
-        before = F.cross_entropy(forward(model, params, buffers, t.support_x, "pri"), t.support_y)
-        after = F.cross_entropy(forward(model, adapted, buffers, t.support_x, "pri"), t.support_y)
+        with torch.no_grad():
+            before = F.cross_entropy(forward(model, params, buffers, t.support_x, "pri"), t.support_y)
+            after = F.cross_entropy(forward(model, adapted, buffers, t.support_x, "pri"), t.support_y)
         assert float(after) < float(before), name
         assert all(not p.requires_grad for p in adapted.values())
 
@@ -126,6 +127,23 @@ def test_meta_grads_contract(setup, name):
     assert metrics["tasks"] == 2 and m1["tasks"] == m2["tasks"] == 1
     assert metrics["outer_loss"] == pytest.approx(m1["outer_loss"] + m2["outer_loss"])
     assert 0 <= metrics["query_acc"] <= 2
+
+
+@pytest.mark.parametrize("name", ["lightman", "maml", "anil"])
+def test_support_loss_after_is_logged_on_request(setup, name):
+    model, params, buffers, tasks = setup
+    cfg = LearnerConfig(name=name, inner_lr=0.01)
+    _, quiet = build_learner(cfg).meta_grads(model, params, buffers, tasks)
+    assert "support_loss_after" not in quiet
+    _, logged = build_learner(replace(cfg, log_support_after=True)).meta_grads(model, params, buffers, tasks)
+    want = 0.0
+    for t in tasks:  # the support CE at θ_i = adapt(θ), one step
+        adapted = build_learner(cfg).adapt(model, params, buffers, t.support_x, t.support_y, t.aux_x, steps=1)
+        with torch.no_grad():
+            want += float(F.cross_entropy(forward(model, adapted, buffers, t.support_x, "pri"), t.support_y))
+    assert logged["support_loss_after"] == pytest.approx(want, rel=1e-5)
+    assert logged["support_loss_after"] < logged["support_loss_before"]
+    assert {k: v for k, v in logged.items() if k != "support_loss_after"} == quiet
 
 
 def test_lightman_needs_macro_clips(setup):
