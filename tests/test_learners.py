@@ -94,9 +94,15 @@ def test_lightman_gradient_reaches_every_parameter_second_order_only_for_the_aux
     model, params, buffers, tasks = setup
     cfg = LearnerConfig(inner_lr=0.1)
     second, _ = build_learner(cfg).meta_grads(model, params, buffers, tasks)
+    # L_aux compares micro and macro features through ||x - y|| only, so it is blind to a
+    # shift of both: the bias of h_aux's output layer gets no gradient (float noise only).
+    shift = "head_aux.out.bias"
     for name, g in second.items():
         assert torch.isfinite(g).all(), name
-        assert g.abs().sum() > 0, f"{name} gets no meta-gradient"
+        if name == shift:
+            assert g.abs().max() < 1e-6, name
+        else:
+            assert g.abs().max() > 1e-3, f"{name} gets no meta-gradient"
     # h_aux enters the inner loss only: with first_order its outer gradient is exactly 0,
     # while the rest of the model still learns from the query loss.
     first, _ = build_learner(replace(cfg, first_order=True)).meta_grads(model, params, buffers, tasks)
@@ -104,7 +110,7 @@ def test_lightman_gradient_reaches_every_parameter_second_order_only_for_the_aux
         if name.startswith("head_aux."):
             assert torch.equal(g, torch.zeros_like(g)), name
         else:
-            assert torch.isfinite(g).all() and g.abs().sum() > 0, name
+            assert torch.isfinite(g).all() and g.abs().max() > 1e-3, name
 
 
 @pytest.mark.parametrize("name", list(get_args(LearnerName)))

@@ -5,6 +5,8 @@ Inner, per task i (first level), inner_steps times:
 Outer (second level): ∇θ Σ_i CE(h_pri(g(query_i)); θ_i), second order by default.
 The auxiliary loss acts in the inner level only; its head h_aux gets an outer gradient
 only through the inner step's effect on the query loss (so none with first_order).
+Every L_aux here depends on the features through ||x − y|| alone, so the bias of
+h_aux's output layer, which shifts micro and macro features alike, never gets one.
 λ2 = 1 − λ1; λ1 = 1 is exactly MAML (the auxiliary pass is skipped).
 """
 
