@@ -116,6 +116,35 @@ def subject_split(
     return split
 
 
+def episode_ready_split(
+    pool: ClipPool, *, eval_fraction: float, val_fraction: float, seed: int,
+    ways: int, min_clips: int, attempts: int = 500,
+) -> tuple[SubjectSplit, int]:
+    """A `subject_split` whose three parts can each supply `ways`-way episodes.
+
+    MER data sets are imbalanced per subject (a CASME II subject may have no
+    "happiness" clip), so a random subject split often leaves a part with fewer than
+    `ways` classes of `min_clips` (= shots + query) clips. Draws are tried in a fixed
+    order (seed, seed+1, ...) and the first feasible one is returned with its attempt
+    number, so the split is deterministic and reported, never hand-picked.
+    """
+    def ready(subjects: tuple[str, ...]) -> bool:
+        counts = pool.by_subjects(subjects).class_counts() if subjects else np.zeros(1, int)
+        return int((counts >= min_clips).sum()) >= ways
+
+    for attempt in range(attempts):
+        split = subject_split(pool.subjects, eval_fraction=eval_fraction,
+                              val_fraction=val_fraction, seed=seed + attempt)
+        parts = (split.train, split.val, split.test) if val_fraction > 0 else (split.train, split.test)
+        if all(ready(p) for p in parts):
+            return split, attempt
+    raise SplitError(
+        f"no subject split of pool {pool.name!r} in {attempts} draws gives every part {ways} classes "
+        f"with >= {min_clips} clips; class counts {dict(zip(pool.class_names, pool.class_counts().tolist()))}; "
+        f"use fewer ways/shots/query or smaller eval/val fractions"
+    )
+
+
 def split_pools(pool: ClipPool, split: SubjectSplit) -> tuple[ClipPool, ClipPool, ClipPool]:
     """(train, val, test) pools of the split's subjects, named "train", "val", "test"."""
     assert_disjoint(split, pool.subjects.tolist())

@@ -1,0 +1,107 @@
+"""Few-shot evaluation on held-out subjects: adapt on each episode's support set, predict its
+query set, and summarise ACC / macro-F1 / UAR / UF1 as mean ± 95% CI over episodes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lightman.models.checkpoint import load_checkpoint
+from lightman.models.learners import build_learner
+from lightman.platform.config import from_dict
+from lightman.models.learners import LearnerConfig
+from lightman.platform.data import load_pool
+from lightman.tasks.episodes import EpisodeConfig, fixed_episodes
+from lightman.tasks.metrics import episode_summary
+
+METRICS = ("acc", "macro_f1", "uar", "uf1")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation of a checkpoint; ways must match the checkpoint's classifier."""
+
+    shots: int = 0  # K; 0 = the shots the model was trained with
+    query: int = 0  # query clips per class; 0 = as trained
+    episodes: int = 600  # fixed evaluation episodes (paper: >= 600)
+    seed: int = 0  # seeds the evaluation episodes
+    test_inner_steps: int = 0  # adaptation steps; 0 = the learner's own setting
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1 or min(self.shots, self.query, self.test_inner_steps) < 0:
+            raise ValueError("episodes >= 1 and shots, query, test_inner_steps >= 0 are required")
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    metrics: dict
+    table: str
+
+
+def evaluate_episodes(learner, model, params, buffers, episodes) -> dict:
+    """Adapt on each support set and predict its query set; metric -> (mean, 95% CI half-width)."""
+    model.eval()
+    pairs = []
+    for ep in episodes:
+        with torch.enable_grad():  # test-time adaptation takes gradient steps
+            logits = learner.predict(model, params, buffers, ep)
+        pairs.append((ep.query_y.numpy(), logits.argmax(-1).detach().numpy()))
+    model.train()
+    return episode_summary(pairs)
+
+
+def format_table(rows: list[dict]) -> str:
+    """Markdown table: one row per run, mean ± 95% CI in percent."""
+    head = "| learner | task | ACC | macro-F1 | UAR | UF1 | train s | BN |"
+    lines = [head, "|" + "---|" * 8]
+    for r in rows:
+        cells = [f"{100 * r['test'][m][0]:.2f} ± {100 * r['test'][m][1]:.2f}" for m in METRICS]
+        task = f"{r['ways']}-way {r['shots']}-shot"
+        lines.append(f"| {r['learner']} | {task} | " + " | ".join(cells)
+                     + f" | {r.get('train_seconds', '-')} | {r.get('bn_mode', '-')} |")
+    return "\n".join(lines)
+
+
+def write_results(out: str | Path, result: dict) -> None:
+    """results.json (everything, with config and versions) and results.csv (the table)."""
+    out = Path(out)
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+    m = result["metrics"]
+    with (out / "results.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["learner", "ways", "shots", *[f"{k}_{s}" for k in METRICS for s in ("mean", "ci95")]])
+        w.writerow([m["learner"], m["ways"], m["shots"], *[v for k in METRICS for v in m["test"][k]]])
+
+
+def evaluate_checkpoint(checkpoint: str, index: str, protocol: str, cfg: EvalConfig, out: str | None) -> EvalResult:
+    """Few-shot evaluation of a training run's checkpoint on the test subjects it recorded."""
+    if protocol != "fewshot":
+        raise ValueError(f"protocol {protocol!r} is not available yet; use fewshot")
+    model, model_cfg, ckpt = load_checkpoint(checkpoint)
+    meta = ckpt["extra"]  # what train.py recorded: config, split, learner, versions
+    train_cfg = meta["config"]
+    learner_dict = dict(meta["learner"])
+    if cfg.test_inner_steps:
+        learner_dict["test_inner_steps"] = cfg.test_inner_steps
+    learner = build_learner(from_dict(LearnerConfig, learner_dict))
+    ep = dict(train_cfg["episode"])
+    ep["shots"] = cfg.shots or ep["shots"]
+    ep["query"] = cfg.query or ep["query"]
+    ep_cfg = from_dict(EpisodeConfig, ep)
+    data = train_cfg["data"]
+    test_subjects = tuple(meta["split"]["test"])
+    pool = load_pool(index, datasets=tuple(data["primary"]), expression="micro").by_subjects(test_subjects)
+    aux = load_pool(index, datasets=tuple(data["auxiliary"]), expression="macro") if data["auxiliary"] else None
+    episodes = fixed_episodes(pool, ep_cfg, cfg.episodes, seed=cfg.seed, aux_pool=aux)
+    summary = evaluate_episodes(learner, model, dict(model.named_parameters()), dict(model.named_buffers()), episodes)
+    metrics = {"learner": learner.cfg.name, "ways": ep_cfg.ways, "shots": ep_cfg.shots, "bn_mode": model_cfg.bn_mode,
+               "test": summary, "test_episodes": cfg.episodes, "test_subjects": list(test_subjects),
+               "checkpoint": checkpoint}
+    out_dir = Path(out) if out else Path(checkpoint).parent / f"eval-{protocol}-{ep_cfg.ways}w{ep_cfg.shots}s"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_results(out_dir, {"metrics": metrics, "eval_config": cfg.__dict__, "train_meta": meta})
+    return EvalResult(metrics, format_table([metrics]))
