@@ -304,3 +304,115 @@ def test_reptile_meta_gradient_is_theta_minus_sgd_result(tiny):
             want[k] += params[k].detach() - p.detach()
     assert_close(got, want, rtol=1e-9, atol=1e-12)
     assert metrics["tasks"] == len(tasks)
+
+
+# ---- memory="low": the checkpointed second-order backward --------------------------------
+
+
+def test_checkpointed_backward_matches_plain_loop_on_tiny_lightmannet(tiny):
+    model, params, buffers, tasks = tiny
+
+    def fwd(p, x, head):
+        return functional_call(model, (p, buffers), (x,), {"head": head})
+
+    cfg = LearnerConfig(inner_lr=0.1, inner_steps=2, sigma=(2.0,), memory="low")
+    got, _ = build_learner(cfg).meta_grads(model, params, buffers, tasks)
+    assert_close(got, ref_meta_grad(fwd, params, tasks, cfg), rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_checkpointed_backward_matches_finite_differences(smooth, steps):
+    model, params, tasks = smooth
+    cfg = LearnerConfig(inner_lr=0.3, inner_steps=steps, sigma=(1.5,), memory="low")
+    got, _ = build_learner(cfg).meta_grads(model, params, {}, tasks)
+    assert_close(got, ref_meta_grad(ref_forward, params, tasks, cfg))
+    g = torch.Generator().manual_seed(2)
+    u = {k: torch.randn(v.shape, generator=g, dtype=DT) for k, v in params.items()}
+    eps = 1e-5
+    plus = outer_loss(model, {k: v + eps * u[k] for k, v in params.items()}, tasks, cfg)
+    minus = outer_loss(model, {k: v - eps * u[k] for k, v in params.items()}, tasks, cfg)
+    analytic = float(sum((got[k] * u[k]).sum() for k in params))
+    assert analytic == pytest.approx((plus - minus) / (2 * eps), rel=1e-4, abs=1e-8)
+
+
+@pytest.mark.parametrize("name", ["lightman", "maml", "anil"])
+def test_low_and_fast_memory_give_the_same_gradients_and_metrics(tiny, name):
+    model, params, buffers, tasks = tiny
+    cfg = LearnerConfig(name=name, inner_lr=0.2, inner_steps=3, log_support_after=True)
+    fast, fast_m = build_learner(cfg).meta_grads(model, params, buffers, tasks)
+    low, low_m = build_learner(replace(cfg, memory="low")).meta_grads(model, params, buffers, tasks)
+    assert_close(low, fast, rtol=1e-9, atol=1e-13)
+    assert low_m.keys() == fast_m.keys()
+    for k in fast_m:
+        assert low_m[k] == pytest.approx(fast_m[k], rel=1e-12), k
+
+
+def test_low_memory_first_order_is_first_order(tiny):
+    model, params, buffers, tasks = tiny
+    cfg = LearnerConfig(inner_lr=0.1, inner_steps=2, first_order=True)
+    fast, _ = build_learner(cfg).meta_grads(model, params, buffers, tasks)
+    low, _ = build_learner(replace(cfg, memory="low")).meta_grads(model, params, buffers, tasks)
+    assert all(torch.equal(low[k], fast[k]) for k in params)
+
+
+class SavedBytes:
+    """Bytes of the tensors autograd keeps for backward, counted once per storage while any
+    graph holds it (torch.autograd.graph.saved_tensors_hooks); `peak` is the maximum."""
+
+    def __init__(self):
+        self.refs: dict[int, int] = {}
+        self.now = self.peak = 0
+
+    def pack(self, t: Tensor):
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key not in self.refs:
+            self.refs[key] = 0
+            self.now += storage.nbytes()
+            self.peak = max(self.peak, self.now)
+        self.refs[key] += 1
+        return _Saved(self, key, storage.nbytes(), t)
+
+    def release(self, key: int, nbytes: int) -> None:
+        self.refs[key] -= 1
+        if self.refs[key] == 0:
+            del self.refs[key]
+            self.now -= nbytes
+
+
+class _Saved:
+    def __init__(self, owner: SavedBytes, key: int, nbytes: int, tensor: Tensor):
+        self.owner, self.key, self.nbytes, self.tensor = owner, key, nbytes, tensor
+
+    def __del__(self):
+        self.owner.release(self.key, self.nbytes)
+
+
+def saved_peak(learner, model, params, buffers, tasks) -> int:
+    counter = SavedBytes()
+    with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda s: s.tensor):
+        learner.meta_grads(model, params, buffers, tasks)
+    assert counter.now == 0 and not counter.refs  # every graph was freed
+    return counter.peak
+
+
+def test_low_memory_holds_one_inner_step_not_all_of_them():
+    torch.manual_seed(0)
+    model = build_model("tiny").train()
+    c = model.cfg
+    tasks = [Task(*(t.float() if t.is_floating_point() else t for t in (u.support_x, u.support_y, u.query_x,
+                                                                        u.query_y, u.aux_x)))
+             for u in make_tasks(1, (c.frames, c.in_channels, c.image_size, c.image_size), ways=c.ways)]
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    peak = {(steps, memory): saved_peak(build_learner(LearnerConfig(inner_steps=steps, memory=memory)),
+                                        model, params, buffers, tasks)
+            for steps in (1, 3) for memory in ("fast", "low")}
+    # fast keeps every step's second-order graph and the query pass at once; low rebuilds
+    # one step at a time, so its peak does not grow with the steps.
+    assert peak[3, "low"] == peak[1, "low"] < peak[1, "fast"]
+    assert peak[3, "fast"] > 3 * peak[3, "low"]
+
+
+def test_memory_mode_is_checked():
+    with pytest.raises(ValueError, match=r"memory must be one of \['fast', 'low'\], got 'small'"):
+        LearnerConfig(memory="small")

@@ -15,6 +15,14 @@ The bi-level core (paper Eq. 1 and Eq. 4, written out in DESIGN.md):
   outer:          ∇θ Σ_i CE(h_pri(g(query_i)); θ_i)   (second order: through the inner steps)
 Each task's outer gradient is computed and its graph freed before the next task
 starts, so memory holds one task's graph, not the meta-batch's.
+
+Two ways to take the second-order outer gradient, the same numbers up to float
+rounding (`LearnerConfig.memory`; measured in benchmarks/meta_step.py):
+  fast: one autograd graph through the unrolled inner loop (every step's
+        create_graph backward stays alive until the query loss is differentiated);
+  low:  `checkpointed_outer_grads`, reverse mode through the inner loop with per-step
+        recomputation: only θ_i^k is stored, and each step's graph is rebuilt during
+        the backward pass, so memory holds one step's graph, not inner_steps of them.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ AuxLossFn = Callable[[Tensor, Tensor], Tensor]
 
 LearnerName = Literal["lightman", "maml", "anil", "reptile", "protonet", "supervised"]
 AuxLossName = Literal["mmd", "mmd_unbiased", "paper_eq3"]
+MemoryMode = Literal["fast", "low"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,12 @@ class LearnerConfig:
     """Drop the second-order term: treat each inner gradient as a constant (FOMAML)."""
     reptile_steps: int = 5
     """k, Reptile's SGD steps per task on its support + query clips (Nichol & Schulman: 5-10)."""
+    memory: MemoryMode = "fast"
+    """Second-order outer gradient of the MAML family (lightman, maml, anil):
+    fast: backprop through the retained graph of the unrolled inner loop; low: the
+    checkpointed exact backward (`checkpointed_outer_grads`): peak memory of one inner
+    step instead of inner_steps of them and never the query pass on top, for one more
+    support forward+backward per inner step. Same gradients; no effect with first_order."""
     log_support_after: bool = False
     """MAML family: also report support_loss_after, the support CE at the adapted θ_i.
     It costs one more forward pass over the support set per task (~9% of a meta-step
@@ -80,6 +95,8 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         if self.name not in get_args(LearnerName):
             raise ValueError(f"name must be one of {list(get_args(LearnerName))}, got {self.name!r}")
+        if self.memory not in get_args(MemoryMode):
+            raise ValueError(f"memory must be one of {list(get_args(MemoryMode))}, got {self.memory!r}")
         if self.aux_loss not in get_args(AuxLossName):
             raise ValueError(f"aux_loss must be one of {list(get_args(AuxLossName))}, got {self.aux_loss!r}")
         for field in ("inner_lr", "outer_lr"):
@@ -231,27 +248,71 @@ def sum_metrics(rows: Sequence[dict[str, Tensor]]) -> dict[str, float]:
     return out
 
 
+def outer_pass(model: nn.Module, adapted: Params, buffers: Params, task: TaskLike,
+               support_after: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+    """CE(h_pri(g(query)); θ_i), the outer loss at the adapted θ_i, and its metrics
+    (detached 0-d tensors): outer_loss, query_acc and, if `support_after`,
+    support_loss_after, the support CE at θ_i (one more forward pass)."""
+    # The outer/query pass is the one that may update running norm statistics (norm.py).
+    logits = forward(model, adapted, buffers, task.query_x, "pri", update_stats=True)  # (N*Q, ways)
+    loss = F.cross_entropy(logits, task.query_y)
+    metrics = {"outer_loss": loss.detach(), "query_acc": accuracy(logits, task.query_y)}
+    if support_after:
+        with torch.no_grad():
+            support_logits = forward(model, adapted, buffers, task.support_x, "pri")
+            metrics["support_loss_after"] = F.cross_entropy(support_logits, task.support_y)
+    return loss, metrics
+
+
 def task_outer_grads(model: nn.Module, params: Params, buffers: Params, task: TaskLike, objective: Objective,
                      names: Sequence[str], lr: float, steps: int, first_order: bool,
                      support_after: bool = False) -> tuple[Params, dict[str, Tensor]]:
     """One task's outer gradient ∇θ CE(h_pri(g(query)); θ_i), θ_i = inner_loop(θ) (Eq. 4).
 
     `params` must be leaves that require grad (see `trainable`). The task's whole graph
-    (inner steps and query pass) is freed before returning. Metrics (detached 0-d
-    tensors): the objective's own at θ, outer_loss, query_acc and, if `support_after`,
-    support_loss_after, the support CE at θ_i (one more forward pass).
+    (inner steps and query pass) is alive at once and freed before returning. Metrics:
+    the objective's own at θ and `outer_pass`'s.
     """
     adapted, metrics = inner_loop(objective, params, names, lr, steps, create_graph=not first_order)
-    # The outer/query pass is the one that may update running norm statistics (norm.py).
-    logits = forward(model, adapted, buffers, task.query_x, "pri", update_stats=True)  # (N*Q, ways)
-    loss = F.cross_entropy(logits, task.query_y)
-    grads = full_grads(loss, params)
-    metrics = {**metrics, "outer_loss": loss.detach(), "query_acc": accuracy(logits, task.query_y)}
-    if support_after:
-        with torch.no_grad():
-            support_logits = forward(model, adapted, buffers, task.support_x, "pri")
-            metrics["support_loss_after"] = F.cross_entropy(support_logits, task.support_y)
-    return grads, metrics
+    loss, outer = outer_pass(model, adapted, buffers, task, support_after)
+    return full_grads(loss, params), {**metrics, **outer}
+
+
+def checkpointed_outer_grads(model: nn.Module, params: Params, buffers: Params, task: TaskLike,
+                             make_objective: Callable[[Params], Objective], names: Sequence[str], lr: float,
+                             steps: int, support_after: bool = False) -> tuple[Params, dict[str, Tensor]]:
+    """`task_outer_grads`' second-order gradient and metrics, by reverse mode through the
+    inner loop with per-step recomputation (LearnerConfig.memory="low").
+
+    With Φ(θ) = θ − α ∇_{θ[names]} L_inner(θ) and θ^{k+1} = Φ(θ^k) (Eq. 4, first level),
+    the chain rule takes v^K = ∇ CE(query; θ^K) back to the outer gradient v^0 by
+        v^k = J_Φ(θ^k)ᵀ v^{k+1} = v^{k+1} − α ∇θ ⟨∇_{θ[names]} L_inner(θ^k), v^{k+1}[names]⟩
+    (the Hessian is symmetric): one Hessian-vector product per step. Forward: first-order
+    steps whose graphs are freed at once; θ^0..θ^{K-1} are kept (parameter copies only).
+    Backward: step k's graph is rebuilt at θ^k, differentiated twice and freed. So the
+    peak holds one step's second-order graph or the plain query pass, never both, at the
+    price of one more forward+backward of L_inner per step. `make_objective(θ)` binds
+    L_inner to the leaves θ (ANIL computes its support embedding from them).
+    """
+    theta = trainable(params, names)
+    objective = make_objective(theta)
+    points: list[Params] = []  # θ^0 .. θ^{K-1}, detached
+    metrics: dict[str, Tensor] = {}
+    for step in range(steps):
+        points.append(theta)
+        loss, first = objective(theta)
+        metrics = first if step == 0 else metrics
+        theta = trainable(sgd_step(theta, grads_of(loss, theta, names, create_graph=False), lr), names)
+    adapted = trainable(theta)
+    loss, outer = outer_pass(model, adapted, buffers, task, support_after)
+    v = full_grads(loss, adapted)  # v^K; the query graph is gone from here on
+    for point in reversed(points):
+        leaves = trainable(point)
+        loss, _ = make_objective(leaves)(leaves)
+        inner = grads_of(loss, leaves, names, create_graph=True)  # ∇ L_inner(θ^k), differentiable
+        hvp = full_grads(sum((g * v[n]).sum() for n, g in inner.items()), leaves)  # H(θ^k) v^{k+1}
+        v = {n: v[n] - lr * hvp[n] for n in v}
+    return v, {**metrics, **outer}
 
 
 class BilevelLearner(Learner):
@@ -276,13 +337,18 @@ class BilevelLearner(Learner):
         cfg = self.cfg
         names = self.adapted_names(model, params)
         theta = trainable(params)
+        checkpointed = cfg.memory == "low" and not cfg.first_order
         total, rows = None, []
         with torch.enable_grad():
             for i, task in enumerate(tasks):
-                objective = self.make_objective(model, theta, buffers, task.support_x, task.support_y,
-                                                task.aux_x, f"task {i} of the meta-batch")
-                grads, metrics = task_outer_grads(model, theta, buffers, task, objective, names, cfg.inner_lr,
-                                                  cfg.inner_steps, cfg.first_order, cfg.log_support_after)
+                bind = partial(self.make_objective, model, buffers=buffers, x=task.support_x, y=task.support_y,
+                               aux_x=task.aux_x, where=f"task {i} of the meta-batch")
+                if checkpointed:
+                    grads, metrics = checkpointed_outer_grads(model, params, buffers, task, bind, names,
+                                                              cfg.inner_lr, cfg.inner_steps, cfg.log_support_after)
+                else:
+                    grads, metrics = task_outer_grads(model, theta, buffers, task, bind(theta), names, cfg.inner_lr,
+                                                      cfg.inner_steps, cfg.first_order, cfg.log_support_after)
                 total = accumulate(total, grads)  # the task's graph is gone; only its gradient stays
                 rows.append(metrics)
         return total, sum_metrics(rows)
