@@ -27,7 +27,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 demo: $(VENV)/.installed-test
-	$(BIN)/lightman demo --out $(DEMO_DIR) seed=$(SEED)
+	$(BIN)/lightman demo --config configs/demo.yaml --out $(DEMO_DIR) seed=$(SEED)
 
 test: $(VENV)/.installed-test
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q tests

@@ -1,7 +1,7 @@
 """`lightman demo`: the main job on the embedded default data, end to end.
 
-generate the stand-in releases → ingest CASME II (micro) and CK+ (macro) into one
-Parquet index → inspect it (counts + contact sheet) → meta-train each learner on the
+generate the stand-in releases → ingest every generated layout into one Parquet
+index (CASME II under the 5-class scheme) → inspect it (counts + contact sheet) → meta-train each learner on the
 same subjects and episodes → print the few-shot table with 95% CIs beside the paper's.
 """
 
@@ -31,8 +31,8 @@ class DemoConfig:
 
     seed: int = 0  # seeds the data, the split, the episodes and the models
     synth: SynthConfig = field(default_factory=SynthConfig)
-    ingest_micro: IngestConfig = field(default_factory=IngestConfig)  # CASME II
-    ingest_macro: IngestConfig = field(default_factory=IngestConfig)  # CK+
+    ingest_primary: IngestConfig = field(default_factory=IngestConfig)  # the training datasets (train.data.primary)
+    ingest_other: IngestConfig = field(default_factory=IngestConfig)  # every other generated dataset
     train: TrainConfig = field(default_factory=TrainConfig)
     learners: tuple[str, ...] = ("lightman", "maml")  # each trained with train's settings
 
@@ -50,7 +50,8 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> str:
     print(f"[demo] generated {dict(synth.counts)} in {time.perf_counter() - t0:.0f} s (hash {synth.content_hash[:12]})")
 
     index = str(out / "index")
-    for dataset, icfg in (("casme2", cfg.ingest_micro), ("ckplus", cfg.ingest_macro)):
+    for dataset in cfg.synth.datasets:  # every generated layout goes through its adapter
+        icfg = cfg.ingest_primary if dataset in cfg.train.data.primary else cfg.ingest_other
         print(format_summary(ingest(dataset, roots[dataset], index, icfg)))
     print(inspect_index(index, str(out / "contact_sheet.png")))
 

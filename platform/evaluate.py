@@ -11,10 +11,9 @@ from pathlib import Path
 import torch
 
 from lightman.models.checkpoint import load_checkpoint
-from lightman.models.learners import build_learner
+from lightman.models.learners import LearnerConfig, build_learner
 from lightman.platform.config import from_dict
-from lightman.models.learners import LearnerConfig
-from lightman.platform.data import load_pool
+from lightman.platform.selection import DataSelection, auxiliary_pool, primary_pool
 from lightman.tasks.episodes import EpisodeConfig, fixed_episodes
 from lightman.tasks.metrics import episode_summary
 
@@ -92,10 +91,10 @@ def evaluate_checkpoint(checkpoint: str, index: str, protocol: str, cfg: EvalCon
     ep["shots"] = cfg.shots or ep["shots"]
     ep["query"] = cfg.query or ep["query"]
     ep_cfg = from_dict(EpisodeConfig, ep)
-    data = train_cfg["data"]
+    data = from_dict(DataSelection, {**train_cfg["data"], "index": index})
     test_subjects = tuple(meta["split"]["test"])
-    pool = load_pool(index, datasets=tuple(data["primary"]), expression="micro").by_subjects(test_subjects)
-    aux = load_pool(index, datasets=tuple(data["auxiliary"]), expression="macro") if data["auxiliary"] else None
+    pool = primary_pool(data).by_subjects(test_subjects, name="test")
+    aux = auxiliary_pool(data)
     episodes = fixed_episodes(pool, ep_cfg, cfg.episodes, seed=cfg.seed, aux_pool=aux)
     summary = evaluate_episodes(learner, model, dict(model.named_parameters()), dict(model.named_buffers()), episodes)
     metrics = {"learner": learner.cfg.name, "ways": ep_cfg.ways, "shots": ep_cfg.shots, "bn_mode": model_cfg.bn_mode,

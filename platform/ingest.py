@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from lightman.platform import storage
 from lightman.platform.config import to_dict
-from lightman.platform.index import ROW_GROUP_SIZE, repair_kind, write_index
+from lightman.platform.index import ROW_GROUP_SIZE, write_index
 from lightman.tasks.datasets import scan
 from lightman.tasks.labels import LabelScheme, UnknownEmotion, build_scheme
 from lightman.tasks.preprocess import ClipError, PreprocessConfig, preprocess_clip

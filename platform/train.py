@@ -24,27 +24,10 @@ from lightman.models.learners import LearnerConfig, build_learner
 from lightman.models.net import ModelConfig, build_model
 from lightman.platform.config import to_dict
 from lightman.platform.evaluate import evaluate_episodes, format_table, write_results
-from lightman.platform.data import load_pool
+from lightman.platform.selection import DataSelection, auxiliary_pool, primary_pool
 from lightman.platform.versions import versions
 from lightman.tasks.episodes import EpisodeConfig, EpisodeSampler, fixed_episodes
 from lightman.tasks.splits import episode_ready_split, split_pools
-
-
-@dataclass(frozen=True)
-class DataSelection:
-    """Which clips of the index train and evaluate the model."""
-
-    index: str = "data/index"  # index URI (local path or s3://)
-    primary: tuple[str, ...] = ("casme2",)  # micro-expression datasets (primary MER tasks)
-    auxiliary: tuple[str, ...] = ("ckplus",)  # macro-expression datasets (auxiliary alignment tasks)
-    val_fraction: float = 0.2  # share of primary subjects held out for model selection
-    test_fraction: float = 0.3  # share of primary subjects held out for the final few-shot test
-
-    def __post_init__(self) -> None:
-        if not self.primary:
-            raise ValueError("data.primary needs at least one dataset")
-        if not (0 <= self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
-            raise ValueError("data.val_fraction and data.test_fraction must be in [0, 1) and sum below 1")
 
 
 @dataclass(frozen=True)
@@ -93,8 +76,8 @@ def run_training(cfg: TrainConfig, out: str | Path) -> TrainResult:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
 
-    pool = load_pool(cfg.data.index, datasets=cfg.data.primary, expression="micro")
-    aux_pool = load_pool(cfg.data.index, datasets=cfg.data.auxiliary, expression="macro") if cfg.data.auxiliary else None
+    pool = primary_pool(cfg.data)
+    aux_pool = auxiliary_pool(cfg.data)
     split, split_attempt = episode_ready_split(
         pool, eval_fraction=cfg.data.test_fraction, val_fraction=cfg.data.val_fraction, seed=cfg.seed,
         ways=cfg.episode.ways, min_clips=cfg.episode.shots + cfg.episode.query)
