@@ -6,7 +6,8 @@ The steps (DATASETS.md, "Preprocessing conventions"):
 2. find and align the face on the onset frame only (`lightman.tasks.face`); the same
    box crops every frame;
 3. keep an annotated apex that lies in [onset, offset], else estimate it as the frame
-   of peak motion from the onset (`spot_apex`);
+   farthest from neutral, neutral being the onset→offset blend that cancels drift
+   (`motion_scores`, `spot_apex`);
 4. sample M frames uniformly from onset to offset, crop, resize;
 5. optionally compute onset→apex optical flow (u, v, magnitude) on the aligned crops.
 
@@ -122,29 +123,41 @@ def _farneback(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
 
 
-def motion_scores(reference: np.ndarray, frames: np.ndarray, method: str = "diff") -> np.ndarray:
-    """(n,) motion of each frame relative to `reference` (an (H, W[, C]) frame).
+def motion_scores(reference: np.ndarray, frames: np.ndarray, method: str = "diff",
+                  end: np.ndarray | None = None, positions: np.ndarray | None = None) -> np.ndarray:
+    """(n,) motion of each frame relative to neutral.
 
-    "diff": mean |blur(grey(f)) − blur(grey(reference))|; "flow": mean Farneback
-    magnitude from the reference to f.
+    Neutral is `reference` (the onset frame, (H, W[, C])); when `end` (the offset frame)
+    and each frame's `positions` in [0, 1] along onset→offset are given, neutral at
+    position w is the blend (1 − w)·onset + w·offset. Expression spans return to neutral
+    by the offset, and the blend cancels slow drift (illumination, head pose) that would
+    otherwise make the last frame look like the apex.
+    "diff": mean |blur(grey(f)) − neutral|; "flow": mean |flow(onset→f) − w·flow(onset→offset)|.
     """
+    w = np.zeros(len(frames)) if end is None else np.asarray(positions, dtype=np.float32)
     if method == "diff":
         ref = _blurred_grey(reference[None])[0]
-        return np.abs(_blurred_grey(frames) - ref).mean(axis=(1, 2))
+        drift = 0.0 if end is None else _blurred_grey(end[None])[0] - ref
+        neutral = ref[None] + w[:, None, None] * drift
+        return np.abs(_blurred_grey(frames) - neutral).mean(axis=(1, 2))
     if method == "flow":
         ref = grey(reference)
-        return np.array([np.linalg.norm(_farneback(ref, grey(f)), axis=-1).mean() for f in frames])
+        drift = 0.0 if end is None else _farneback(ref, grey(end))
+        return np.array([np.linalg.norm(_farneback(ref, grey(f)) - wi * drift, axis=-1).mean()
+                         for f, wi in zip(frames, w)])
     raise ValueError(f"apex method must be one of {APEX_METHODS}, got {method!r}")
 
 
 def spot_apex(frames: np.ndarray, method: str = "diff") -> int:
-    """Index of the apex in a clip (n, H, W[, C]) whose frame 0 is the onset: peak motion from it.
+    """Index of the apex in a clip (n, H, W[, C]) spanning onset (frame 0) to offset (last frame).
 
-    A clip without motion returns 0 (the first of equal scores).
+    The frame farthest from neutral (see `motion_scores`). A clip without motion returns
+    0 (the first of equal scores).
     """
     if len(frames) == 0:
         raise ValueError("spot_apex needs at least one frame")
-    return int(np.argmax(motion_scores(frames[0], frames, method)))
+    positions = np.linspace(0.0, 1.0, len(frames)) if len(frames) > 1 else np.zeros(1)
+    return int(np.argmax(motion_scores(frames[0], frames, method, frames[-1], positions)))
 
 
 def _candidates(lo: int, hi: int, k: int) -> list[int]:
@@ -158,17 +171,20 @@ def estimate_apex(
     method: str,
     max_candidates: int = 64,
 ) -> int:
-    """Absolute number of the peak-motion frame among `numbers` (numbers[0] is the onset).
+    """Absolute number of the peak-motion frame among `numbers` (onset numbers[0] … offset numbers[-1]).
 
     Coarse to fine: score at most `max_candidates` evenly spaced frames, then search again
     between the best one's neighbours, until every frame of the range has been scored.
     A long clip is thus never read whole.
     """
-    onset = read_crops([numbers[0]])[0]
+    onset, offset = read_crops([numbers[0], numbers[-1]])
+    span = max(numbers[-1] - numbers[0], 1)
     lo, hi = 0, len(numbers) - 1
     while True:
         pos = _candidates(lo, hi, max_candidates)
-        best = int(np.argmax(motion_scores(onset, read_crops([numbers[p] for p in pos]), method)))
+        where = np.array([(numbers[p] - numbers[0]) / span for p in pos])
+        scores = motion_scores(onset, read_crops([numbers[p] for p in pos]), method, offset, where)
+        best = int(np.argmax(scores))
         if len(pos) == hi - lo + 1:
             return numbers[pos[best]]
         lo, hi = pos[max(best - 1, 0)], pos[min(best + 1, len(pos) - 1)]
