@@ -103,7 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     e = add("eval", "Evaluate a checkpoint on held-out subjects and print a results table.")
     e.add_argument("--checkpoint", required=True, help="checkpoint URI (best.pt of a run)")
     e.add_argument("--index", required=True, help="index URI")
-    e.add_argument("--protocol", default="fewshot", choices=("fewshot",), help="evaluation protocol")
+    e.add_argument("--protocol", default="fewshot", choices=("fewshot", "loso", "composite"),
+                   help="fewshot: N-way K-shot episodes; loso: leave-one-subject-out over the test subjects; "
+                        "composite: LOSO on the MEGC 2019 negative/positive/surprise labels")
     e.add_argument("--out", help="where to write results.json / results.csv (default: next to the checkpoint)")
     e.add_argument("overrides", nargs="*", help="key=value overrides of the evaluation, e.g. shots=5 episodes=600")
 

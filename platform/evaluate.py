@@ -13,7 +13,11 @@ import torch
 from lightman.models.checkpoint import load_checkpoint
 from lightman.models.learners import LearnerConfig, build_learner
 from lightman.platform.config import from_dict
+from lightman.platform.protocols import (
+    PROTOCOLS, LosoConfig, evaluate_protocol, format_protocol_table, protocol_metrics, write_protocol_results,
+)
 from lightman.platform.selection import DataSelection, auxiliary_pool, primary_pool
+from lightman.platform.versions import versions
 from lightman.tasks.episodes import EpisodeConfig, fixed_episodes
 from lightman.tasks.metrics import episode_summary
 
@@ -25,14 +29,18 @@ class EvalConfig:
     """Evaluation of a checkpoint; ways must match the checkpoint's classifier."""
 
     shots: int = 0  # K; 0 = the shots the model was trained with
-    query: int = 0  # query clips per class; 0 = as trained
-    episodes: int = 600  # fixed evaluation episodes (paper: >= 600)
-    seed: int = 0  # seeds the evaluation episodes
+    query: int = 0  # query clips per class; 0 = as trained (fewshot)
+    episodes: int = 600  # fixed evaluation episodes (fewshot; paper: >= 600)
+    seed: int = 0  # seeds the evaluation episodes / support draws
     test_inner_steps: int = 0  # adaptation steps; 0 = the learner's own setting
+    repeats: int = 10  # support draws of loso / composite (mean ± 95% CI over draws)
+    batch_size: int = 64  # clips of a left-out subject per forward pass (loso / composite)
 
     def __post_init__(self) -> None:
         if self.episodes < 1 or min(self.shots, self.query, self.test_inner_steps) < 0:
             raise ValueError("episodes >= 1 and shots, query, test_inner_steps >= 0 are required")
+        if self.repeats < 1 or self.batch_size < 1:
+            raise ValueError("repeats >= 1 and batch_size >= 1 are required")
 
 
 @dataclass(frozen=True)
@@ -77,9 +85,10 @@ def write_results(out: str | Path, result: dict) -> None:
 
 
 def evaluate_checkpoint(checkpoint: str, index: str, protocol: str, cfg: EvalConfig, out: str | None) -> EvalResult:
-    """Few-shot evaluation of a training run's checkpoint on the test subjects it recorded."""
-    if protocol != "fewshot":
-        raise ValueError(f"protocol {protocol!r} is not available yet; use fewshot")
+    """Evaluate a training run's checkpoint on the test subjects it recorded: few-shot
+    episodes (fewshot), or LOSO over those subjects (loso, composite: platform/protocols.py)."""
+    if protocol not in ("fewshot", *PROTOCOLS):
+        raise ValueError(f"protocol {protocol!r} is unknown; use one of {['fewshot', *PROTOCOLS]}")
     model, model_cfg, ckpt = load_checkpoint(checkpoint)
     meta = ckpt["extra"]  # what train.py recorded: config, split, learner, versions
     train_cfg = meta["config"]
@@ -93,6 +102,17 @@ def evaluate_checkpoint(checkpoint: str, index: str, protocol: str, cfg: EvalCon
     ep_cfg = from_dict(EpisodeConfig, ep)
     data = from_dict(DataSelection, {**train_cfg["data"], "index": index})
     test_subjects = tuple(meta["split"]["test"])
+    out_dir = Path(out) if out else Path(checkpoint).parent / f"eval-{protocol}-{ep_cfg.ways}w{ep_cfg.shots}s"
+    if protocol in PROTOCOLS:
+        loso = LosoConfig(shots=ep_cfg.shots, repeats=cfg.repeats, seed=cfg.seed, batch_size=cfg.batch_size,
+                          aux_shots=ep_cfg.aux_shots if data.auxiliary else 0, aux_pairing=ep_cfg.aux_pairing)
+        result = evaluate_protocol(protocol, learner, model, data, test_subjects, loso)
+        metrics = {**protocol_metrics(result), "learner": learner.cfg.name, "ways": model_cfg.ways,
+                   "shots": loso.shots, "bn_mode": model_cfg.bn_mode, "checkpoint": checkpoint}
+        write_protocol_results(out_dir, result, {
+            "metrics": metrics, "eval_config": cfg.__dict__, "protocol_config": loso.__dict__,
+            "train_meta": meta, "checkpoint_versions": ckpt["versions"], "versions": versions()})
+        return EvalResult(metrics, format_protocol_table(result, learner.cfg.name, loso.shots, model_cfg.bn_mode))
     pool = primary_pool(data).by_subjects(test_subjects, name="test")
     aux = auxiliary_pool(data)
     episodes = fixed_episodes(pool, ep_cfg, cfg.episodes, seed=cfg.seed, aux_pool=aux)
@@ -100,7 +120,6 @@ def evaluate_checkpoint(checkpoint: str, index: str, protocol: str, cfg: EvalCon
     metrics = {"learner": learner.cfg.name, "ways": ep_cfg.ways, "shots": ep_cfg.shots, "bn_mode": model_cfg.bn_mode,
                "test": summary, "test_episodes": cfg.episodes, "test_subjects": list(test_subjects),
                "checkpoint": checkpoint}
-    out_dir = Path(out) if out else Path(checkpoint).parent / f"eval-{protocol}-{ep_cfg.ways}w{ep_cfg.shots}s"
     out_dir.mkdir(parents=True, exist_ok=True)
     write_results(out_dir, {"metrics": metrics, "eval_config": cfg.__dict__, "train_meta": meta})
     return EvalResult(metrics, format_table([metrics]))
