@@ -27,6 +27,7 @@ differentiable tensor ops, so second-order gradients flow through it.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 BN_MODES = ("task", "clip", "running")
@@ -92,14 +93,16 @@ class ClipNorm(nn.Module):
                 "normalise over, so the output would be a constant; use more frames, a larger "
                 "image_size, or (task/running mode) more clips per batch"
             )
-        mean, var = moments(x, dims)
-        if self.mode == "running" and update_stats:
-            self._update_running(mean, var, count)
-        return normalize(x, mean, var, self.weight, self.bias, self.eps)
-
-    @torch.no_grad()
-    def _update_running(self, mean: Tensor, var: Tensor, count: int) -> None:
-        # The running variance is the unbiased estimate, as in torch.nn.BatchNorm.
-        unbiased = var.flatten() * (count / (count - 1))
-        self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.flatten())
-        self.running_var.mul_(1 - self.momentum).add_(self.momentum * unbiased)
+        if self.mode == "clip":
+            mean, var = moments(x, dims)
+            return normalize(x, mean, var, self.weight, self.bias, self.eps)
+        # task / running (training): batch statistics over (B, T, H, W) with the fused
+        # kernel (it has a double backward); same numbers as moments + normalize, ~2x faster.
+        b, t, c, h, w = x.shape
+        track = self.mode == "running" and update_stats
+        y = F.batch_norm(
+            x.reshape(b * t, c, h, w),
+            self.running_mean if track else None, self.running_var if track else None,
+            self.weight, self.bias, training=True, momentum=self.momentum, eps=self.eps,
+        )
+        return y.view(b, t, c, h, w)
