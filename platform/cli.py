@@ -41,6 +41,8 @@ EXAMPLES = {
         example:
           lightman eval --checkpoint runs/lightman/best.pt --index data/index --protocol fewshot
           lightman eval --checkpoint runs/lightman/best.pt --index data/index --protocol fewshot shots=5 episodes=600
+          lightman eval --checkpoint runs/lightman/best.pt --index data/index --protocol loso shots=1 repeats=10
+          lightman eval --checkpoint runs/comp/best.pt --index data/index --protocol composite   # trained with data.labels=composite3
     """,
     "demo": """
         example:
