@@ -32,8 +32,13 @@ demo: $(VENV)/.installed-test
 test: $(VENV)/.installed-test
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q tests
 
-bench: $(VENV)/.installed-test
+$(VENV)/.installed-bench: $(VENV)/.installed-test
+	$(BIN)/pip install -q -e '.[test,bench]' $(TORCH_CPU)
+	touch $@
+
+bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/meta_step.py
 
 clean:
 	rm -rf runs .pytest_cache
