@@ -30,7 +30,7 @@ demo: $(VENV)/.installed-test
 	$(BIN)/lightman demo --config configs/demo.yaml --out $(DEMO_DIR) seed=$(SEED)
 
 test: $(VENV)/.installed-test
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q tests
+	RAY_AUTH_MODE=disabled OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q tests
 
 $(VENV)/.installed-bench: $(VENV)/.installed-test
 	$(BIN)/pip install -q -e '.[test,bench]' $(TORCH_CPU)

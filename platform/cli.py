@@ -8,8 +8,14 @@ Heavy modules are imported inside each command so `lightman --help` is instant.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
+
+# OpenMP threads that spin while waiting turn a busy machine (another job, Ray workers)
+# into a 5-10x slowdown of the meta-step; passive waiting costs little when the machine is
+# idle. Must be set before torch loads libgomp, i.e. before the commands import torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from lightman.platform.config import ConfigError
 

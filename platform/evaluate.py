@@ -18,6 +18,7 @@ from lightman.platform.protocols import (
 )
 from lightman.platform.selection import DataSelection, auxiliary_pool, primary_pool
 from lightman.platform.versions import versions
+from lightman.tasks.corrupt import KINDS, corrupt_pool
 from lightman.tasks.episodes import EpisodeConfig, fixed_episodes
 from lightman.tasks.metrics import episode_summary
 
@@ -35,8 +36,12 @@ class EvalConfig:
     test_inner_steps: int = 0  # adaptation steps; 0 = the learner's own setting
     repeats: int = 10  # support draws of loso / composite (mean ± 95% CI over draws)
     batch_size: int = 64  # clips of a left-out subject per forward pass (loso / composite)
+    corrupt: str = "none"  # robustness study (paper 5.3): none | mask (P1) | noise (P2) | grey (P3)
+    corrupt_fraction: float = 0.0  # share of the test clips corrupted (paper: 0.1, 0.3, 0.5)
 
     def __post_init__(self) -> None:
+        if self.corrupt not in ("none", *KINDS) or not 0 <= self.corrupt_fraction <= 1:
+            raise ValueError(f"corrupt must be one of {['none', *KINDS]} and corrupt_fraction in [0, 1]")
         if self.episodes < 1 or min(self.shots, self.query, self.test_inner_steps) < 0:
             raise ValueError("episodes >= 1 and shots, query, test_inner_steps >= 0 are required")
         if self.repeats < 1 or self.batch_size < 1:
@@ -114,12 +119,15 @@ def evaluate_checkpoint(checkpoint: str, index: str, protocol: str, cfg: EvalCon
             "train_meta": meta, "checkpoint_versions": ckpt["versions"], "versions": versions()})
         return EvalResult(metrics, format_protocol_table(result, learner.cfg.name, loso.shots, model_cfg.bn_mode))
     pool = primary_pool(data).by_subjects(test_subjects, name="test")
+    corrupted: list[str] = []
+    if cfg.corrupt != "none":
+        pool, corrupted = corrupt_pool(pool, cfg.corrupt, cfg.corrupt_fraction, seed=cfg.seed)
     aux = auxiliary_pool(data)
     episodes = fixed_episodes(pool, ep_cfg, cfg.episodes, seed=cfg.seed, aux_pool=aux)
     summary = evaluate_episodes(learner, model, dict(model.named_parameters()), dict(model.named_buffers()), episodes)
     metrics = {"learner": learner.cfg.name, "ways": ep_cfg.ways, "shots": ep_cfg.shots, "bn_mode": model_cfg.bn_mode,
                "test": summary, "test_episodes": cfg.episodes, "test_subjects": list(test_subjects),
-               "checkpoint": checkpoint}
+               "checkpoint": checkpoint, "corrupt": cfg.corrupt, "corrupted_clips": list(corrupted)}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_results(out_dir, {"metrics": metrics, "eval_config": cfg.__dict__, "train_meta": meta})
     return EvalResult(metrics, format_table([metrics]))

@@ -69,6 +69,14 @@ def test_train_and_eval_cli(small_index, tmp_path, capsys):
     assert evaluated["metrics"]["test_subjects"] == split["test"]
     assert "| lightman | 3-way 1-shot |" in capsys.readouterr().out
 
+    rc = main(["eval", "--checkpoint", str(out / "best.pt"), "--index", small_index, "--out", str(tmp_path / "noisy"),
+               "episodes=10", "corrupt=mask", "corrupt_fraction=0.5"])
+    assert rc == 0
+    noisy = json.loads((tmp_path / "noisy" / "results.json").read_text())["metrics"]
+    assert noisy["corrupt"] == "mask" and noisy["corrupted_clips"]
+    test_subjects = {s.split("/")[1] for s in split["test"]}  # clip ids are dataset/subject/clip
+    assert {c.split("/")[1] for c in noisy["corrupted_clips"]} <= test_subjects
+
 
 def test_train_rejects_mismatched_ways(small_index, tmp_path):
     assert main(["train", "--out", str(tmp_path), f"data.index={small_index}", "episode.ways=4", "model.ways=3"]) == 2
