@@ -191,7 +191,15 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # key=value overrides may follow options (`ingest casme2 SRC --out X preprocess.size=32`),
+    # which argparse cannot assign to a positional after the options: collect them here.
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if "=" not in a or a.startswith("-")]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         COMMANDS[args.command](args)
     except (ConfigError, FileNotFoundError, ValueError) as e:
