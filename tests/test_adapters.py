@@ -368,6 +368,15 @@ def test_video_adapter_on_the_real_carphone_video(tmp_path):
     assert frames.shape == (3, 144, 176, 3) and frames.dtype == np.uint8
     assert not np.array_equal(frames[0], frames[2])
 
+    # through preprocessing: decord decodes, the Haar cascade finds the real face on the onset frame
+    from lightman.tasks.preprocess import PreprocessConfig, preprocess_clip
+
+    pre, _ = preprocess_clip(rec, PreprocessConfig())
+    assert pre.frames.shape == (8, 64, 64, 3) and pre.apex == 40 and pre.apex_source == "annotated"
+    x, y, w, h = pre.face_box
+    assert 40 <= w <= 144 and 0 <= x and x + w <= 176 and 0 <= y and y + h <= 144
+    assert not any("face not found" in r for r in pre.repairs), pre.repairs
+
 
 def test_video_csv_errors(tmp_path):
     fx.write_csv(tmp_path / "clips.csv", ["clip", "subject", "label"], [["a.mp4", "p1", "happy"]])
