@@ -22,7 +22,9 @@ rounding (`LearnerConfig.memory`; measured in benchmarks/meta_step.py):
         create_graph backward stays alive until the query loss is differentiated);
   low:  `checkpointed_outer_grads`, reverse mode through the inner loop with per-step
         recomputation: only θ_i^k is stored, and each step's graph is rebuilt during
-        the backward pass, so memory holds one step's graph, not inner_steps of them.
+        the backward pass, so memory holds one step's graph, not inner_steps of them;
+        an inner loss made of several forward passes (`split.PassObjective`) is
+        differentiated one pass at a time, so it holds one pass's graph.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from lightman.models.learners.split import PassObjective, split_grads, split_hvp
 from lightman.models.mmd import mmd2, paper_eq3
 
 Params = dict[str, Tensor]
@@ -291,28 +294,43 @@ def checkpointed_outer_grads(model: nn.Module, params: Params, buffers: Params, 
     steps whose graphs are freed at once; θ^0..θ^{K-1} are kept (parameter copies only).
     Backward: step k's graph is rebuilt at θ^k, differentiated twice and freed. So the
     peak holds one step's second-order graph or the plain query pass, never both, at the
-    price of one more forward+backward of L_inner per step. `make_objective(θ)` binds
-    L_inner to the leaves θ (ANIL computes its support embedding from them).
+    price of one more forward+backward of L_inner per step. Where L_inner is a
+    `PassObjective` of several passes (lightman: support and macro clips), each step's
+    gradient and Hessian-vector product are taken one pass at a time (split.py), so the
+    peak holds one pass's second-order graph. `make_objective(θ)` binds L_inner to the
+    leaves θ (ANIL computes its support embedding from them).
     """
     theta = trainable(params, names)
     objective = make_objective(theta)
-    points: list[Params] = []  # θ^0 .. θ^{K-1}, detached
+    split = isinstance(objective, PassObjective) and len(objective.passes) > 1
+    points: list[tuple[Params, list | None]] = []  # θ^k and, if split, the pass outputs at θ^k; k < K
     metrics: dict[str, Tensor] = {}
     for step in range(steps):
-        points.append(theta)
-        loss, first = objective(theta)
+        if split:
+            grads, first, outs = split_grads(objective, theta, names)
+        else:
+            loss, first = objective(theta)
+            grads, outs = grads_of(loss, theta, names, create_graph=False), None
+        points.append((theta, outs))
         metrics = first if step == 0 else metrics
-        theta = trainable(sgd_step(theta, grads_of(loss, theta, names, create_graph=False), lr), names)
+        theta = trainable(sgd_step(theta, grads, lr), names)
     adapted = trainable(theta)
     loss, outer = outer_pass(model, adapted, buffers, task, support_after)
     v = full_grads(loss, adapted)  # v^K; the query graph is gone from here on
-    for point in reversed(points):
-        leaves = trainable(point)
-        loss, _ = make_objective(leaves)(leaves)
-        inner = grads_of(loss, leaves, names, create_graph=True)  # ∇ L_inner(θ^k), differentiable
-        hvp = full_grads(sum((g * v[n]).sum() for n, g in inner.items()), leaves)  # H(θ^k) v^{k+1}
+    for point, outs in reversed(points):
+        hvp = split_hvp(objective, point, outs, v, names) if split else step_hvp(make_objective, point, v, names)
         v = {n: v[n] - lr * hvp[n] for n in v}
     return v, {**metrics, **outer}
+
+
+def step_hvp(make_objective: Callable[[Params], Objective], point: Params, v: Params,
+             names: Sequence[str]) -> Params:
+    """∇θ ⟨∇_{θ[names]} L_inner(θ), v[names]⟩ at θ = point, for every name: the step's graph
+    rebuilt at θ and differentiated twice."""
+    leaves = trainable(point)
+    loss, _ = make_objective(leaves)(leaves)
+    inner = grads_of(loss, leaves, names, create_graph=True)  # ∇ L_inner(θ), differentiable
+    return full_grads(sum((g * v[n]).sum() for n, g in inner.items()), leaves)
 
 
 class BilevelLearner(Learner):

@@ -17,10 +17,9 @@ from typing import NamedTuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightman.models.learners.base import (
-    AuxLossFn, BilevelLearner, Objective, Params, aux_loss_fn, forward, require_aux,
-)
+from lightman.models.learners.base import AuxLossFn, BilevelLearner, Params, aux_loss_fn, forward, require_aux
 from lightman.models.learners.maml import cross_entropy_objective
+from lightman.models.learners.split import PassObjective
 
 
 class DualBranchLoss(NamedTuple):
@@ -28,6 +27,15 @@ class DualBranchLoss(NamedTuple):
     ce: Tensor  # Eq. 2 on the micro clips, 0-d
     aux: Tensor  # Eq. 3 (or squared MMD) between micro and macro features, 0-d
     logits: Tensor  # (B, ways)
+
+
+def dual_branch_terms(logits: Tensor, micro: Tensor, macro: Tensor, y: Tensor, lambda_pri: float,
+                      aux_fn: AuxLossFn) -> DualBranchLoss:
+    """λ1 CE(logits, y) + λ2 L_aux(micro, macro), λ2 = 1 − λ1, from the heads' outputs:
+    logits (B, ways) and micro (B, aux_dim) of the micro clips, macro (A, aux_dim)."""
+    ce = F.cross_entropy(logits, y)
+    aux = aux_fn(micro, macro)
+    return DualBranchLoss(lambda_pri * ce + (1.0 - lambda_pri) * aux, ce, aux, logits)
 
 
 def dual_branch_loss(model: nn.Module, params: Params, buffers: Params, x: Tensor, y: Tensor, aux_x: Tensor,
@@ -40,20 +48,21 @@ def dual_branch_loss(model: nn.Module, params: Params, buffers: Params, x: Tenso
     """
     logits, micro = forward(model, params, buffers, x, "both", update_stats)  # (B, ways), (B, aux_dim)
     macro = forward(model, params, buffers, aux_x, "aux")  # (A, aux_dim)
-    ce = F.cross_entropy(logits, y)
-    aux = aux_fn(micro, macro)
-    return DualBranchLoss(lambda_pri * ce + (1.0 - lambda_pri) * aux, ce, aux, logits)
+    return dual_branch_terms(logits, micro, macro, y, lambda_pri, aux_fn)
 
 
 def dual_branch_objective(model: nn.Module, buffers: Params, x: Tensor, y: Tensor, aux_x: Tensor,
-                          lambda_pri: float, aux_fn: AuxLossFn) -> Objective:
-    """θ -> the dual-branch inner loss on a support set (Eq. 4, first level)."""
+                          lambda_pri: float, aux_fn: AuxLossFn) -> PassObjective:
+    """θ -> the dual-branch inner loss on a support set (Eq. 4, first level), as its two
+    passes (support clips, head "both"; macro clips, head "aux") and their combination,
+    so that memory="low" can differentiate it one pass at a time."""
 
-    def objective(params: Params):
-        out = dual_branch_loss(model, params, buffers, x, y, aux_x, lambda_pri, aux_fn)
+    def combine(outs):
+        (logits, micro), macro = outs
+        out = dual_branch_terms(logits, micro, macro, y, lambda_pri, aux_fn)
         return out.total, {"support_loss_before": out.ce.detach(), "aux_loss": out.aux.detach()}
 
-    return objective
+    return PassObjective(model, buffers, ((x, "both"), (aux_x, "aux")), combine)
 
 
 class Lightman(BilevelLearner):
