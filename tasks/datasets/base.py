@@ -496,3 +496,36 @@ def numbered_folder(prefix: str, width: int) -> Callable[[object, str], str]:
         return f"{prefix}{int(digits):0{width}d}"
 
     return parse
+
+
+@dataclass(frozen=True)
+class CodingRelease:
+    """What tells one coding-sheet release (CASME II, CASME, SAMM) from another: the scan
+    is the same (find the sheet, find the frame root, read the sheet, one clip per row)."""
+
+    dataset: str
+    title: str  # as messages name it
+    layout: str  # the expected layout, shown in every LayoutError
+    fps: float
+    sheets: tuple[str, ...]  # sheet file patterns, first match wins
+    sheet_hint: str  # what "no sheet" says is missing
+    frame_dirs: tuple[str, ...]  # frame-root folder patterns, first match wins
+    subject_dir: str  # pattern of a subject folder, were the frames directly under root
+    subject_folder: Callable[[object, str], str]  # Subject cell -> folder name
+    required: Spellings
+    optional: Spellings
+
+
+def scan_coding_release(release: CodingRelease, root: Location, *, limit: int | None = None,
+                        subjects=None, expression: str | None = None) -> ScanResult:
+    """All clips of a coding-sheet release under `root` (the adapter's docstring shows its layout)."""
+    r = release
+    infos = storage.list_dir(root)
+    sheet_info = pick(infos, r.sheets, pafs.FileType.File)
+    if sheet_info is None:
+        raise layout_error(r.title, r.layout, root, f"no {r.sheet_hint} sheet")
+    frames = frames_root(root, infos, r.frame_dirs, r.subject_dir, r.title, r.layout)
+    sheet = open_coding_sheet(child(root, sheet_info), r.required, r.optional, r.title, r.layout, root)
+    candidates, row_skips = coding_candidates(r.dataset, sheet, subject_folder=r.subject_folder, frames=frames,
+                                              fps=r.fps)
+    return collect(r.dataset, candidates, row_skips, limit=limit, subjects=subjects, expression=expression)

@@ -16,14 +16,8 @@ Subjects are `casme2/subNN`; clip ids `casme2/subNN/EPxx_yy`.
 
 from __future__ import annotations
 
-import pyarrow.fs as pafs
-
-from lightman.platform import storage
 from lightman.platform.storage import Location
-from lightman.tasks.datasets.base import (
-    ScanResult, child, coding_candidates, collect, frames_root, layout_error, layout_of,
-    numbered_folder, open_coding_sheet, pick,
-)
+from lightman.tasks.datasets.base import CodingRelease, ScanResult, layout_of, numbered_folder, scan_coding_release
 
 DATASET = "casme2"
 TITLE = "CASME II"
@@ -42,16 +36,14 @@ REQUIRED = {
 OPTIONAL = {"action_units": ("Action Units", "AUs")}
 
 
+RELEASE = CodingRelease(
+    dataset=DATASET, title=TITLE, layout=LAYOUT, fps=FPS, sheets=SHEETS, sheet_hint="CASME2-coding-*.xlsx",
+    frame_dirs=FRAME_DIRS, subject_dir=r"sub\d+", subject_folder=numbered_folder("sub", 2),
+    required=REQUIRED, optional=OPTIONAL,
+)
+
+
 def scan(root: Location, *, limit: int | None = None, subjects=None,
          expression: str | None = None) -> ScanResult:
     """All CASME II clips under `root` (see the module docstring for the layout)."""
-    infos = storage.list_dir(root)
-    sheet_info = pick(infos, SHEETS, pafs.FileType.File)
-    if sheet_info is None:
-        raise layout_error(TITLE, LAYOUT, root, "no CASME2-coding-*.xlsx sheet")
-    frames = frames_root(root, infos, FRAME_DIRS, r"sub\d+", TITLE, LAYOUT)
-    sheet = open_coding_sheet(child(root, sheet_info), REQUIRED, OPTIONAL, TITLE, LAYOUT, root)
-    candidates, row_skips = coding_candidates(
-        DATASET, sheet, subject_folder=numbered_folder("sub", 2), frames=frames, fps=FPS)
-    return collect(DATASET, candidates, row_skips, limit=limit, subjects=subjects,
-                   expression=expression)
+    return scan_coding_release(RELEASE, root, limit=limit, subjects=subjects, expression=expression)

@@ -17,14 +17,8 @@ are `samm/NNN`; clip ids `samm/NNN/NNN_I_K`.
 
 from __future__ import annotations
 
-import pyarrow.fs as pafs
-
-from lightman.platform import storage
 from lightman.platform.storage import Location
-from lightman.tasks.datasets.base import (
-    ScanResult, child, coding_candidates, collect, frames_root, layout_error, layout_of,
-    numbered_folder, open_coding_sheet, pick,
-)
+from lightman.tasks.datasets.base import CodingRelease, ScanResult, layout_of, numbered_folder, scan_coding_release
 
 DATASET = "samm"
 TITLE = "SAMM"
@@ -42,16 +36,14 @@ REQUIRED = {
 OPTIONAL = {"action_units": ("Action Units", "AUs")}
 
 
+RELEASE = CodingRelease(
+    dataset=DATASET, title=TITLE, layout=LAYOUT, fps=FPS, sheets=SHEETS, sheet_hint="SAMM_Micro_FACS_Codes*.xlsx",
+    frame_dirs=(r"samm",), subject_dir=r"\d+", subject_folder=numbered_folder("", 3),
+    required=REQUIRED, optional=OPTIONAL,
+)
+
+
 def scan(root: Location, *, limit: int | None = None, subjects=None,
          expression: str | None = None) -> ScanResult:
     """All SAMM clips under `root` (see the module docstring for the layout)."""
-    infos = storage.list_dir(root)
-    sheet_info = pick(infos, SHEETS, pafs.FileType.File)
-    if sheet_info is None:
-        raise layout_error(TITLE, LAYOUT, root, "no SAMM_Micro_FACS_Codes*.xlsx sheet")
-    frames = frames_root(root, infos, (r"samm",), r"\d+", TITLE, LAYOUT)
-    sheet = open_coding_sheet(child(root, sheet_info), REQUIRED, OPTIONAL, TITLE, LAYOUT, root)
-    candidates, row_skips = coding_candidates(
-        DATASET, sheet, subject_folder=numbered_folder("", 3), frames=frames, fps=FPS)
-    return collect(DATASET, candidates, row_skips, limit=limit, subjects=subjects,
-                   expression=expression)
+    return scan_coding_release(RELEASE, root, limit=limit, subjects=subjects, expression=expression)
