@@ -38,7 +38,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/ingest.py
-	$(BIN)/python benchmarks/meta_step.py
+	$(BIN)/python benchmarks/meta_step.py --meta-batch 1 --mem-limit-gb 20
 
 clean:
 	rm -rf runs .pytest_cache

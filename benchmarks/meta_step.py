@@ -1,7 +1,13 @@
 """Meta-step speed and peak memory: lightman against a naive loop, higher and torchopt.
 
-    .venv/bin/python benchmarks/meta_step.py --quick   # 32 px, hidden 32, meta-batch 2
+    .venv/bin/python benchmarks/meta_step.py --quick   # 32 px, hidden 32, meta-batch 2 (~2 min)
+    .venv/bin/python benchmarks/meta_step.py --meta-batch 1 --mem-limit-gb 20   # 64 px (~45 min)
     .venv/bin/python benchmarks/meta_step.py           # the issue's setting: 64 px, meta-batch 8
+
+Every variant but naive loops over the tasks and frees each task's graph before the next,
+so its time grows linearly with the meta-batch and its peak memory does not grow at all;
+--meta-batch 1 measures the per-task cost in an eighth of the time (naive's one graph
+over all tasks is then a one-task graph too).
 
 Every variant computes the same thing from the same weights and the same seeded clips:
 the sum over the meta-batch of LightmanNet's second-order outer gradient (inner:
@@ -9,6 +15,9 @@ the sum over the meta-batch of LightmanNet's second-order outer gradient (inner:
 on the query clips; paper Eq. 4):
 
 - lightman-fast / -low: `Learner.meta_grads` with LearnerConfig.memory = fast | low;
+- lightman-fast-torchlayers: the same, on the model built from PyTorch's own layers
+  (`use_torch_layers`), which separates what the learner does from what Lightman's
+  second-order kernels do (batchnorm.py, maxpool.py, input_conv.py);
 - naive: one graph over the whole meta-batch (torch.autograd.grad with create_graph=True
   in the inner loop), one backward of the summed query losses at the end;
 - higher 0.2.1: `higher.innerloop_ctx(model, SGD, copy_initial_weights=False)`,
@@ -16,6 +25,9 @@ on the query clips; paper Eq. 4):
 - torchopt 0.7.3: `torchopt.MetaSGD(model)`, `step(loss)`, the query loss `.backward()`
   per task, then `recover_state_dict` (its MAML example; the example backpropagates once
   over the stacked losses of all tasks instead, which is the naive row's memory);
+- the peers (higher, torchopt, naive) run the model as their users build it, from
+  PyTorch's own layers (conv -> F.batch_norm -> ReLU -> F.max_pool2d): Lightman's kernels
+  are part of what is measured, not something a peer library brings;
 - floor: a plain first-order forward+backward of the same clips, task by task (the
   inner loss on support + macro clips, the query CE at θ): one supervised step on them.
 learn2learn 0.2.0 is not measured: it ships as a source archive only, and installing
@@ -33,17 +45,26 @@ Peak memory ("peak MB") is the process's peak resident set (ru_maxrss) minus its
 resident set before the warm-up: what the meta-step made the OS hand over, allocator
 slack included. "graph MB" is the allocator-free part of it: the largest total of
 tensors that autograd graphs held at once during the timed meta-step
-(saved_tensors_hooks, `SavedBytes`). Each child is capped with RLIMIT_DATA at
+(saved_tensors_hooks, `lightman.models.graph_memory.SavedBytes`). Each child is capped with RLIMIT_DATA at
 --mem-limit-gb and reports "out of memory" past it, instead of pushing a shared machine
 into the OOM killer. Gradients: each variant's meta-gradient against lightman-fast's
 (lightman-low's where fast ran out of memory), the global relative L2 error
 ||g - g_ref|| / ||g_ref|| over all parameters, in float32.
 Numbers depend on the machine and on what else runs on it: the load average is printed.
 
+What made the difference (torch.profiler, 5-way 5-shot, 1 step, 64 px, one task): 42% of
+the CPU time was PyTorch's double backward of batch norm, ~40 broadcast ops per layer;
+its closed form (batchnorm.py) cut the meta-step to 0.57x. The memory is the autograd
+graphs' saved maps, and three of them are not needed for the second derivative: the
+max-pool's input (only its argmax is: int32 indices, maxpool.py), the full gradient at
+the norm's output when a max-pool follows (it is the pooled gradient scattered: the
+norm and the pool are one node), and the first convolution's incoming gradient (its
+input is data, input_conv.py). Together: about half the peak of the same learner on
+PyTorch's layers, at the same gradients.
+
 Tried for lightman on CPU with the same exact gradients, measured, and not kept:
 - channels_last conv weights (oneDNN's preferred layout, which the convolutions then
-  propagate): CPU time within noise (±5%) at 64 px. About half of a meta-step is the
-  elementwise work of the normalisation layers (norm.py), which no layout speeds up.
+  propagate): CPU time within noise (±5%) at 64 px.
 - torch.func.vmap over the tasks (grad of grad): 1.5x the time and 3.5x the memory of
   the per-task loop at 32 px, T=2, since it holds every task's graph at once.
 - forward-over-reverse Hessian-vector products (torch.func.jvp of grad) for
@@ -74,6 +95,8 @@ import torch
 import torch.nn.functional as F
 from lightman.models.learners import LearnerConfig, build_learner
 from lightman.models.learners.base import Params, forward, trainable
+from lightman.models import backbones, norm
+from lightman.models.graph_memory import SavedBytes
 from lightman.models.mmd import mmd2
 from lightman.models.net import PRESETS, build_model
 from torch import Tensor, nn
@@ -137,6 +160,23 @@ def inner_loss(f: Callable[..., object], task: Task, cfg: LearnerConfig) -> Tens
     logits, micro = f(task.support_x, head="both")
     macro = f(task.aux_x, head="aux")
     return cfg.lambda_pri * F.cross_entropy(logits, task.support_y) + cfg.lambda_aux * mmd2(micro, macro, cfg.sigma)
+
+
+def use_torch_layers() -> None:
+    """Build the model from PyTorch's own layers, as a peer library's user writes Conv4:
+    conv -> F.batch_norm -> ReLU -> F.max_pool2d, with PyTorch's autograd formulas for
+    every second derivative, instead of Lightman's kernels (batchnorm.py, maxpool.py,
+    input_conv.py). Same values and gradients; called in the variant's own process."""
+
+    def batch_norm(x, weight, bias, running_mean, running_var, momentum, eps):
+        return F.batch_norm(x, running_mean, running_var, weight, bias, training=True, momentum=momentum, eps=eps)
+
+    def block(self, x, update_stats=False):
+        x = F.relu(self.norm(backbones.per_frame(self.conv, x), update_stats))
+        return backbones.per_frame(lambda f: F.max_pool2d(f, 2), x) if self.pool else x
+
+    norm.batch_norm_train = batch_norm
+    backbones.ConvBlock.forward = block
 
 
 def grads_by_name(model: nn.Module) -> Params:
@@ -207,12 +247,14 @@ def floor(model: nn.Module, tasks: Sequence[Task], cfg: LearnerConfig) -> Params
 VARIANTS: dict[str, Callable[[nn.Module, Sequence[Task], LearnerConfig], Params]] = {
     "lightman-fast": lightman("fast"),
     "lightman-low": lightman("low"),
+    "lightman-fast-torchlayers": lightman("fast"),
     "higher": with_higher,
     "torchopt": with_torchopt,
     "naive": naive,
     "floor": floor,
 }
 REFERENCES = ("lightman-fast", "lightman-low")  # the first that ran is the reference
+TORCH_LAYERS = ("lightman-fast-torchlayers", "higher", "torchopt", "naive")  # run with use_torch_layers()
 
 
 # ---- one measurement in a fresh process --------------------------------------------------------
@@ -234,40 +276,6 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-class SavedBytes:
-    """Bytes of the tensors autograd keeps for backward, counted once per storage while any
-    graph holds it (torch.autograd.graph.saved_tensors_hooks); `peak` is the maximum. Unlike
-    the resident set it does not depend on the allocator: it is the graphs' own size."""
-
-    def __init__(self):
-        self.refs: dict[int, int] = {}
-        self.now = self.peak = 0
-
-    def pack(self, t: Tensor) -> _Saved:
-        storage = t.untyped_storage()
-        key = storage.data_ptr()
-        if key not in self.refs:
-            self.refs[key] = 0
-            self.now += storage.nbytes()
-            self.peak = max(self.peak, self.now)
-        self.refs[key] += 1
-        return _Saved(self, key, storage.nbytes(), t)
-
-    def release(self, key: int, nbytes: int) -> None:
-        self.refs[key] -= 1
-        if self.refs[key] == 0:
-            del self.refs[key]
-            self.now -= nbytes
-
-
-class _Saved:
-    def __init__(self, owner: SavedBytes, key: int, nbytes: int, tensor: Tensor):
-        self.owner, self.key, self.nbytes, self.tensor = owner, key, nbytes, tensor
-
-    def __del__(self):
-        self.owner.release(self.key, self.nbytes)
-
-
 def measure(setting: Setting, variant: str, grads_path: str) -> dict:
     """Warm-up on one task, then one timed meta-step; saves its meta-gradient."""
     run = VARIANTS[variant]
@@ -280,7 +288,7 @@ def measure(setting: Setting, variant: str, grads_path: str) -> dict:
         run(model, tasks[:1], cfg)
         start, start_cpu = time.perf_counter(), cpu_seconds()
         # The hooks cost a Python call per saved tensor: well under 1% of a meta-step here.
-        with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda s: s.tensor):
+        with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
             grads = run(model, tasks, cfg)
         wall, cpu = time.perf_counter() - start, cpu_seconds() - start_cpu
     except (RuntimeError, MemoryError) as e:
@@ -296,6 +304,8 @@ def worker(spec: dict) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
+    if spec["variant"] in TORCH_LAYERS:
+        use_torch_layers()
     result = measure(Setting(**spec["setting"]), spec["variant"], spec["grads_path"])
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -372,7 +382,7 @@ def summary(rows: list[dict]) -> list[str]:
         peers = [block[n] for n in PEERS if n in block]
         fastest = min((p["cpu"] for p in peers), default=None)
         smallest = min((p["peak_mb"] for p in peers), default=None)
-        for name in (n for n in REFERENCES if n in block):
+        for name in (n for n in (*REFERENCES, "lightman-fast-torchlayers") if n in block):
             r = block[name]
             out.append(f"| {label} | {name} | {ratio(r['cpu'], fastest)} | {ratio(r['peak_mb'], smallest)} "
                        f"| {ratio(r['cpu'], block.get('floor', {}).get('cpu'))} |")

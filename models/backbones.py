@@ -36,7 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightman.models.input_conv import input_conv
+from lightman.models.maxpool import max_pool2x2
 from lightman.models.norm import ClipNorm
+
 
 BACKBONES = ("conv4", "resnet", "vgg", "densenet")
 TEMPORAL_KERNEL = 6  # paper 4.1: "kernel size 6 along the time dimension"
@@ -49,8 +52,17 @@ def per_frame(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
 
 
 def max_pool(x: Tensor) -> Tensor:
-    """2x2 max-pool per frame: (B, T, C, H, W) -> (B, T, C, H/2, W/2)."""
-    return per_frame(lambda f: F.max_pool2d(f, 2), x)
+    """2x2 max-pool per frame: (B, T, C, H, W) -> (B, T, C, H/2, W/2), saving only int32
+    indices for backward (maxpool.py)."""
+    return per_frame(max_pool2x2, x)
+
+
+def conv_frames(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """A bias-free, stride-1 `conv` per frame; on the clips themselves (no gradient
+    needed) with a second-order graph that keeps only them (input_conv.py)."""
+    if x.requires_grad:
+        return per_frame(conv, x)
+    return per_frame(lambda f: input_conv(f, conv.weight, conv.padding[0]), x)
 
 
 def conv3x3(cin: int, cout: int) -> nn.Conv2d:
@@ -59,7 +71,11 @@ def conv3x3(cin: int, cout: int) -> nn.Conv2d:
 
 
 class ConvBlock(nn.Module):
-    """conv3x3 -> norm -> ReLU [-> 2x2 max-pool] (paper 5.1)."""
+    """conv3x3 -> norm -> ReLU [-> 2x2 max-pool] (paper 5.1).
+
+    Computed as norm -> max-pool -> ReLU: ReLU is monotone, so it commutes with the
+    max-pool (same values, same gradients) and then runs on a quarter of the values,
+    and the norm and the pool run as one fused op (norm.py, batchnorm.py)."""
 
     def __init__(self, cin: int, cout: int, bn_mode: str, pool: bool = True):
         super().__init__()
@@ -68,8 +84,7 @@ class ConvBlock(nn.Module):
         self.pool = pool
 
     def forward(self, x: Tensor, update_stats: bool = False) -> Tensor:
-        x = F.relu(self.norm(per_frame(self.conv, x), update_stats))
-        return max_pool(x) if self.pool else x
+        return F.relu(self.norm(conv_frames(self.conv, x), update_stats, pool=self.pool))
 
 
 class VGGStage(nn.Module):
@@ -102,7 +117,7 @@ class ResidualStage(nn.Module):
             if i < 2:
                 out = F.relu(out)
         skip = self.shortcut_norm(per_frame(self.shortcut, x), update_stats)
-        return max_pool(F.relu(out + skip))
+        return F.relu(max_pool(out + skip))  # = max_pool(relu(.)): they commute
 
 
 class DenseStage(nn.Module):

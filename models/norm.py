@@ -27,8 +27,11 @@ differentiable tensor ops, so second-order gradients flow through it.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lightman.models.batchnorm import batch_norm_max_pool, batch_norm_train
+from lightman.models.maxpool import max_pool2x2
+
 
 BN_MODES = ("task", "clip", "running")
 
@@ -74,7 +77,9 @@ class ClipNorm(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, mode={self.mode}"
 
-    def forward(self, x: Tensor, update_stats: bool = False) -> Tensor:
+    def forward(self, x: Tensor, update_stats: bool = False, pool: bool = False) -> Tensor:
+        """x (B, T, C, H, W) normalised; with `pool`, then 2x2 max-pooled per frame to
+        (B, T, C, H/2, W/2), fused with the normalisation where it uses batch statistics."""
         if x.dim() != 5 or x.shape[2] != self.weight.numel():
             raise ValueError(
                 f"ClipNorm expects (B, T, C={self.weight.numel()}, H, W), got {tuple(x.shape)}"
@@ -82,7 +87,7 @@ class ClipNorm(nn.Module):
         if self.mode == "running" and not self.training:
             mean = self.running_mean.view(1, 1, -1, 1, 1)
             var = self.running_var.view(1, 1, -1, 1, 1)
-            return normalize(x, mean, var, self.weight, self.bias, self.eps)
+            return pooled(normalize(x, mean, var, self.weight, self.bias, self.eps), pool)
         dims = _REDUCE_DIMS[self.mode]
         count = 1
         for d in dims:
@@ -95,14 +100,20 @@ class ClipNorm(nn.Module):
             )
         if self.mode == "clip":
             mean, var = moments(x, dims)
-            return normalize(x, mean, var, self.weight, self.bias, self.eps)
-        # task / running (training): batch statistics over (B, T, H, W) with the fused
-        # kernel (it has a double backward); same numbers as moments + normalize, ~2x faster.
-        b, t, c, h, w = x.shape
+            return pooled(normalize(x, mean, var, self.weight, self.bias, self.eps), pool)
+        # task / running (training): batch statistics over (B, T, H, W) with PyTorch's
+        # fused kernels and a closed-form double backward (batchnorm.py): the same numbers
+        # as moments + normalize, and a second-order meta-step ~1.7x faster than with
+        # F.batch_norm's double backward (benchmarks/meta_step.py).
+        b, t = x.shape[:2]
         track = self.mode == "running" and update_stats
-        y = F.batch_norm(
-            x.reshape(b * t, c, h, w),
-            self.running_mean if track else None, self.running_var if track else None,
-            self.weight, self.bias, training=True, momentum=self.momentum, eps=self.eps,
+        y = (batch_norm_max_pool if pool else batch_norm_train)(
+            x.flatten(0, 1), self.weight, self.bias,
+            self.running_mean if track else None, self.running_var if track else None, self.momentum, self.eps,
         )
-        return y.view(b, t, c, h, w)
+        return y.unflatten(0, (b, t))
+
+
+def pooled(x: Tensor, pool: bool) -> Tensor:
+    """x (B, T, C, H, W), 2x2 max-pooled per frame if `pool`."""
+    return max_pool2x2(x.flatten(0, 1)).unflatten(0, x.shape[:2]) if pool else x

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from lightman.models.graph_memory import SavedBytes
 from lightman.models.learners import LearnerConfig, build_learner
 from lightman.models.learners.anil import head_objective
 from lightman.models.learners.base import aux_loss_fn, inner_loop, trainable
@@ -357,42 +358,9 @@ def test_low_memory_first_order_is_first_order(tiny):
     assert all(torch.equal(low[k], fast[k]) for k in params)
 
 
-class SavedBytes:
-    """Bytes of the tensors autograd keeps for backward, counted once per storage while any
-    graph holds it (torch.autograd.graph.saved_tensors_hooks); `peak` is the maximum."""
-
-    def __init__(self):
-        self.refs: dict[int, int] = {}
-        self.now = self.peak = 0
-
-    def pack(self, t: Tensor):
-        storage = t.untyped_storage()
-        key = storage.data_ptr()
-        if key not in self.refs:
-            self.refs[key] = 0
-            self.now += storage.nbytes()
-            self.peak = max(self.peak, self.now)
-        self.refs[key] += 1
-        return _Saved(self, key, storage.nbytes(), t)
-
-    def release(self, key: int, nbytes: int) -> None:
-        self.refs[key] -= 1
-        if self.refs[key] == 0:
-            del self.refs[key]
-            self.now -= nbytes
-
-
-class _Saved:
-    def __init__(self, owner: SavedBytes, key: int, nbytes: int, tensor: Tensor):
-        self.owner, self.key, self.nbytes, self.tensor = owner, key, nbytes, tensor
-
-    def __del__(self):
-        self.owner.release(self.key, self.nbytes)
-
-
 def saved_peak(learner, model, params, buffers, tasks) -> int:
     counter = SavedBytes()
-    with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda s: s.tensor):
+    with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
         learner.meta_grads(model, params, buffers, tasks)
     assert counter.now == 0 and not counter.refs  # every graph was freed
     return counter.peak
@@ -446,7 +414,7 @@ def test_split_gradient_and_hvp_equal_the_whole_objectives(tiny):
     peaks = []
     for run in (whole, split):
         counter = SavedBytes()
-        with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda s: s.tensor):
+        with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
             run()
         peaks.append(counter.peak)
     # Support and macro batches of 5 and 4 clips: the bigger pass alone holds 5/9 of the graph.

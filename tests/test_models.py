@@ -302,20 +302,21 @@ def test_running_stats_change_only_when_asked():
     assert torch.allclose(norm.running_var, reference.running_var, atol=1e-6)
 
 
+@pytest.mark.parametrize("pool", [False, True])
 @pytest.mark.parametrize(
     "mode,training", [("task", True), ("clip", True), ("running", True), ("running", False)]
 )
-def test_norm_second_order_gradients(mode, training):
+def test_norm_second_order_gradients(mode, training, pool):
     norm = norm_with_affine(mode).double().train(training)
     if mode == "running":
         norm.running_var.fill_(1.5)
-    x = torch.randn(2, 3, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, 3, 4, 4, dtype=torch.float64, requires_grad=True)
     w = norm.weight.detach().clone().requires_grad_()
     b = norm.bias.detach().clone().requires_grad_()
     buffers = dict(norm.named_buffers())
 
     def fn(x_, w_, b_):
-        return functional_call(norm, ({"weight": w_, "bias": b_}, buffers), (x_,))
+        return functional_call(norm, ({"weight": w_, "bias": b_}, buffers), (x_,), {"pool": pool})
 
     assert torch.autograd.gradcheck(fn, (x, w, b))
     assert torch.autograd.gradgradcheck(fn, (x, w, b))
