@@ -26,7 +26,7 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
-demo: $(VENV)/.installed-test
+demo: $(VENV)/.installed
 	$(BIN)/lightman demo --config configs/demo.yaml --out $(DEMO_DIR) seed=$(SEED)
 
 test: $(VENV)/.installed-test
