@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from lightman.models import backbones, norm
 from lightman.models.graph_memory import SavedBytes
 from lightman.models.learners import LearnerConfig, build_learner
 from lightman.models.learners.anil import head_objective
@@ -424,3 +425,24 @@ def test_split_gradient_and_hvp_equal_the_whole_objectives(tiny):
 def test_memory_mode_is_checked():
     with pytest.raises(ValueError, match=r"memory must be one of \['fast', 'low'\], got 'small'"):
         LearnerConfig(memory="small")
+
+
+def test_meta_gradient_is_the_same_on_pytorch_layers(tiny, monkeypatch):
+    """LightmanNet's second-order meta-gradient through Lightman's kernels (batchnorm.py,
+    maxpool.py, input_conv.py; Conv4 block as conv -> norm+pool -> ReLU) against the same
+    model built from PyTorch's layers (conv -> F.batch_norm -> ReLU -> F.max_pool2d)."""
+    model, params, buffers, tasks = tiny
+    learner = build_learner(LearnerConfig(inner_steps=2))
+    ours, _ = learner.meta_grads(model, params, buffers, tasks)
+
+    def batch_norm(x, weight, bias, running_mean, running_var, momentum, eps):
+        return F.batch_norm(x, running_mean, running_var, weight, bias, training=True, momentum=momentum, eps=eps)
+
+    def block(self, x, update_stats=False):
+        x = F.relu(self.norm(backbones.per_frame(self.conv, x), update_stats))
+        return backbones.per_frame(lambda f: F.max_pool2d(f, 2), x) if self.pool else x
+
+    monkeypatch.setattr(norm, "batch_norm_train", batch_norm)
+    monkeypatch.setattr(backbones.ConvBlock, "forward", block)
+    theirs, _ = learner.meta_grads(model, params, buffers, tasks)
+    assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
