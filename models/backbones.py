@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightman.models.input_conv import input_conv
-from lightman.models.maxpool import max_pool2x2
+from lightman.models.maxpool import max_pool_frames
 from lightman.models.norm import ClipNorm
 
 
@@ -49,12 +49,6 @@ def per_frame(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """Apply a 2D op to every frame: (B, T, C, H, W) -> (B, T, C', H', W')."""
     b, t = x.shape[:2]
     return fn(x.flatten(0, 1)).unflatten(0, (b, t))
-
-
-def max_pool(x: Tensor) -> Tensor:
-    """2x2 max-pool per frame: (B, T, C, H, W) -> (B, T, C, H/2, W/2), saving only int32
-    indices for backward (maxpool.py)."""
-    return per_frame(max_pool2x2, x)
 
 
 def conv_frames(conv: nn.Conv2d, x: Tensor) -> Tensor:
@@ -117,7 +111,7 @@ class ResidualStage(nn.Module):
             if i < 2:
                 out = F.relu(out)
         skip = self.shortcut_norm(per_frame(self.shortcut, x), update_stats)
-        return F.relu(max_pool(out + skip))  # = max_pool(relu(.)): they commute
+        return F.relu(max_pool_frames(out + skip))  # = max_pool(relu(.)): they commute
 
 
 class DenseStage(nn.Module):

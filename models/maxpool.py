@@ -24,6 +24,11 @@ def max_pool2x2(x: Tensor) -> Tensor:
     return _MaxPool.apply(x)
 
 
+def max_pool_frames(x: Tensor) -> Tensor:
+    """`max_pool2x2` of every frame of a clip tensor: (B, T, C, H, W) -> (B, T, C, H/2, W/2)."""
+    return max_pool2x2(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
+
 def scatter_to(values: Tensor, index: Tensor, size: torch.Size) -> Tensor:
     """values (N, C, h, w) placed at `index` (each into its H*W plane) of an (N, C, H, W)
     zero map: the max-pool's backward."""

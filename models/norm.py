@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from lightman.models.batchnorm import batch_norm_max_pool, batch_norm_train
-from lightman.models.maxpool import max_pool2x2
+from lightman.models.maxpool import max_pool_frames
 
 
 BN_MODES = ("task", "clip", "running")
@@ -116,4 +116,4 @@ class ClipNorm(nn.Module):
 
 def pooled(x: Tensor, pool: bool) -> Tensor:
     """x (B, T, C, H, W), 2x2 max-pooled per frame if `pool`."""
-    return max_pool2x2(x.flatten(0, 1)).unflatten(0, x.shape[:2]) if pool else x
+    return max_pool_frames(x) if pool else x
