@@ -17,10 +17,10 @@ import pyarrow as pa
 import ray
 from ray.train import DataConfig
 
-from lightman.platform import storage
 from lightman.platform.index import (
     BadIndexError, INDEX_SCHEMA, check_columns, check_subjects, read_manifest, read_table, select_files,
 )
+from lightman.tasks import storage
 
 if TYPE_CHECKING:
     from ray.data import DataIterator, Dataset

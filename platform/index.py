@@ -47,8 +47,8 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from lightman.platform import storage
 from lightman.platform.versions import versions
+from lightman.tasks import storage
 from lightman.tasks.schema import EXPRESSIONS, INDEX_COLUMNS, INDEX_SCHEMA, SCHEMA_VERSION, Skipped
 
 MANIFEST = "manifest.json"

@@ -25,9 +25,9 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from lightman.platform import storage
 from lightman.platform.config import to_dict
 from lightman.platform.index import ROW_GROUP_SIZE, write_index
+from lightman.tasks import storage
 from lightman.tasks.datasets import scan
 from lightman.tasks.labels import LabelScheme, UnknownEmotion, build_scheme
 from lightman.tasks.preprocess import ClipError, PreprocessConfig, preprocess_clip

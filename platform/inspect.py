@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lightman.platform import storage
 from lightman.platform.index import read_manifest, read_table
+from lightman.tasks import storage
 
 MAGNIFY = 10.0  # gain on |apex − onset| in the contact sheet
 _SHEET_COLUMNS = ("clip_id", "dataset", "subject", "emotion", "label", "onset", "apex", "offset",

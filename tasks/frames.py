@@ -1,6 +1,6 @@
 """Reading clip frames: image sequences (numeric order) and video files (decord).
 
-Everything here reads local paths and s3:// URIs alike (`lightman.platform.storage`)
+Everything here reads local paths and s3:// URIs alike (`lightman.tasks.storage`)
 and returns RGB uint8 arrays shaped (H, W, 3) per frame, (n, H, W, 3) per batch.
 Frames are addressed by their absolute number as annotated (`ClipRecord`), never by
 their position in a listing. Unreadable or truncated files raise `FrameReadError`,
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from lightman.platform import storage
+from lightman.tasks import storage
 from lightman.tasks.schema import ClipRecord
 
 _INT = re.compile(r"(\d+)")

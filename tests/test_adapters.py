@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lightman.platform import storage
+from lightman.tasks import storage
 from lightman.tasks.datasets import (
     ADAPTERS, LayoutError, casme, casme2, casme_sq, ckplus, samm, scan, smic, video,
 )

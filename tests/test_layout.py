@@ -18,9 +18,9 @@ def test_stdlib_platform_under_pytest():
     import platform
 
     assert platform.system() in ("Linux", "Darwin", "Windows")
-    import lightman.platform.storage as storage
+    import lightman.platform.config as config
 
-    assert Path(storage.__file__).parent == REPO / "platform"
+    assert Path(config.__file__).parent == REPO / "platform"
 
 
 def test_stdlib_platform_from_repo_root():
@@ -42,7 +42,7 @@ ray.init(num_cpus=1, include_dashboard=False, runtime_env={{"working_dir": {str(
 def probe():
     import os, platform
     import lightman.platform.config
-    return platform.system(), os.path.exists("platform/storage.py")
+    return platform.system(), os.path.exists("platform/config.py")
 
 print(ray.get(probe.remote()))
 ray.shutdown()

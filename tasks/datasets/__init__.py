@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from lightman.platform import storage
+from lightman.tasks import storage
 from lightman.tasks.datasets import casme, casme2, casme_sq, ckplus, samm, smic, video
 from lightman.tasks.datasets.base import LayoutError, ScanResult
 

@@ -29,11 +29,11 @@ from itertools import pairwise
 import openpyxl
 import pyarrow.fs as pafs
 
-from lightman.platform import storage
-from lightman.platform.storage import Location
+from lightman.tasks import storage
 from lightman.tasks.frames import numeric_key
 from lightman.tasks.labels import normalise
 from lightman.tasks.schema import EXPRESSIONS, ClipRecord, Skipped
+from lightman.tasks.storage import Location
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 # Apex cells that mean "not annotated" in the real sheets (besides non-positive numbers).

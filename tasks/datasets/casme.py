@@ -16,8 +16,8 @@ clamps and records them. Subjects are `casme/subNN`; clip ids `casme/subNN/EPxx_
 
 from __future__ import annotations
 
-from lightman.platform.storage import Location
 from lightman.tasks.datasets.base import CodingRelease, ScanResult, layout_of, numbered_folder, scan_coding_release
+from lightman.tasks.storage import Location
 
 DATASET = "casme"
 TITLE = "CASME"

@@ -16,8 +16,8 @@ Subjects are `casme2/subNN`; clip ids `casme2/subNN/EPxx_yy`.
 
 from __future__ import annotations
 
-from lightman.platform.storage import Location
 from lightman.tasks.datasets.base import CodingRelease, ScanResult, layout_of, numbered_folder, scan_coding_release
+from lightman.tasks.storage import Location
 
 DATASET = "casme2"
 TITLE = "CASME II"

@@ -31,14 +31,14 @@ from functools import partial
 
 import pyarrow.fs as pafs
 
-from lightman.platform import storage
-from lightman.platform.storage import Location
+from lightman.tasks import storage
 from lightman.tasks.datasets.base import (
     Candidate, FrameError, RowError, ScanResult, canonical_emotion, cell, child, collect, decided,
     header_key, is_blank, layout_error, layout_of, list_frames, name_of, parse_apex, parse_int,
     parse_onset_offset, pick, read_workbook, row_reason, subdirs, text,
 )
 from lightman.tasks.schema import ClipRecord, Skipped
+from lightman.tasks.storage import Location
 
 DATASET = "casme_sq"
 TITLE = "CAS(ME)^2"

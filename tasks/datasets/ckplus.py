@@ -20,13 +20,13 @@ from functools import partial
 
 import pyarrow.fs as pafs
 
-from lightman.platform import storage
-from lightman.platform.storage import Location
+from lightman.tasks import storage
 from lightman.tasks.datasets.base import (
     Candidate, ScanResult, child, collect, layout_error, layout_of, pick, subdirs, with_frames,
 )
 from lightman.tasks.labels import NATIVE
 from lightman.tasks.schema import ClipRecord, Skipped
+from lightman.tasks.storage import Location
 
 DATASET = "ckplus"
 TITLE = "CK+"

@@ -17,8 +17,8 @@ are `samm/NNN`; clip ids `samm/NNN/NNN_I_K`.
 
 from __future__ import annotations
 
-from lightman.platform.storage import Location
 from lightman.tasks.datasets.base import CodingRelease, ScanResult, layout_of, numbered_folder, scan_coding_release
+from lightman.tasks.storage import Location
 
 DATASET = "samm"
 TITLE = "SAMM"

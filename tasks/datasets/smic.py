@@ -23,8 +23,7 @@ from functools import partial
 
 import pyarrow.fs as pafs
 
-from lightman.platform import storage
-from lightman.platform.storage import Location
+from lightman.tasks import storage
 from lightman.tasks.datasets.base import (
     Candidate, CodingSheet, RowError, ScanResult, cell, child, collect, decided, frames_root,
     is_blank, layout_of, name_of, numbered_folder, open_coding_sheet, parse_onset_offset, pick,
@@ -32,6 +31,7 @@ from lightman.tasks.datasets.base import (
 )
 from lightman.tasks.labels import UnknownEmotion, normalise
 from lightman.tasks.schema import ClipRecord, Skipped
+from lightman.tasks.storage import Location
 
 DATASET = "smic"
 TITLE = "SMIC-HS"

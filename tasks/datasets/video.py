@@ -26,8 +26,7 @@ from functools import partial
 
 import pyarrow.fs as pafs
 
-from lightman.platform import storage
-from lightman.platform.storage import Location
+from lightman.tasks import storage
 from lightman.tasks.datasets.base import (
     Candidate, CodingSheet, LayoutError, RowError, ScanResult, canonical_emotion, cell, child,
     collect, decided, find_header, is_blank, layout_error, layout_of, name_of, parse_apex,
@@ -35,6 +34,7 @@ from lightman.tasks.datasets.base import (
 )
 from lightman.tasks.frames import FrameReadError, open_video
 from lightman.tasks.schema import EXPRESSIONS, ClipRecord, Skipped
+from lightman.tasks.storage import Location
 
 DATASET = "video"
 TITLE = "generic video"
