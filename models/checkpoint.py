@@ -10,28 +10,18 @@ Paths are local; the platform layer reads/writes s3:// objects through file obje
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import os
-import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 
 from lightman.models.net import LightmanNet, ModelConfig, build_model
+from lightman.models.provenance import versions
 
 FORMAT = 1
 _KEYS = ("format", "state_dict", "config", "versions", "extra")
 _PLAIN = (str, int, float, bool, type(None))
-
-
-def versions() -> dict[str, str]:
-    """Versions of torch, python and lightman, recorded in every checkpoint."""
-    try:
-        lightman = importlib.metadata.version("lightman")
-    except importlib.metadata.PackageNotFoundError:
-        lightman = "unknown"
-    return {"torch": str(torch.__version__), "python": sys.version.split()[0], "lightman": lightman}
 
 
 def check_plain(value: Any, where: str = "extra") -> None:

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from lightman.models.provenance import to_dict
+
 T = TypeVar("T")
 
 
@@ -161,15 +163,3 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         data = loaded
     data = _merge(data, parse_overrides(overrides))
     return from_dict(cls, data)
-
-
-def to_dict(cfg: Any) -> dict:
-    """A plain dict (tuples as lists), for YAML/JSON artifacts."""
-    def plain(v: Any) -> Any:
-        if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        return v
-
-    return plain(cfg)

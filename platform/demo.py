@@ -12,12 +12,11 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from lightman.platform.config import to_dict
+from lightman.models.provenance import to_dict, versions
 from lightman.platform.evaluate import format_table
 from lightman.platform.ingest import IngestConfig, format_summary, ingest
 from lightman.platform.inspect import inspect_index
 from lightman.platform.train import TrainConfig, run_training
-from lightman.platform.versions import versions
 from lightman.tasks.synth import SynthConfig, synthesize
 
 # Paper Table 2, CASME II (CK+) row, few-shot (ACC, F1 in %): what the paper reports on real data.

@@ -12,12 +12,12 @@ import torch
 
 from lightman.models.checkpoint import load_checkpoint
 from lightman.models.learners import LearnerConfig, build_learner
+from lightman.models.provenance import versions
 from lightman.platform.config import from_dict
 from lightman.platform.protocols import (
     PROTOCOLS, LosoConfig, evaluate_protocol, format_protocol_table, protocol_metrics, write_protocol_results,
 )
 from lightman.platform.selection import DataSelection, auxiliary_pool, primary_pool
-from lightman.platform.versions import versions
 from lightman.tasks.corrupt import KINDS, corrupt_pool
 from lightman.tasks.episodes import EpisodeConfig, fixed_episodes
 from lightman.tasks.metrics import episode_summary

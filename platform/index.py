@@ -47,7 +47,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from lightman.platform.versions import versions
+from lightman.models.provenance import versions
 from lightman.tasks import storage
 from lightman.tasks.schema import EXPRESSIONS, INDEX_COLUMNS, INDEX_SCHEMA, SCHEMA_VERSION, Skipped
 

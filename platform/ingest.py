@@ -25,7 +25,7 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from lightman.platform.config import to_dict
+from lightman.models.provenance import to_dict
 from lightman.platform.index import ROW_GROUP_SIZE, write_index
 from lightman.tasks import storage
 from lightman.tasks.datasets import scan

@@ -22,10 +22,9 @@ import torch
 from lightman.models.checkpoint import load_checkpoint, save_checkpoint
 from lightman.models.learners import LearnerConfig, build_learner
 from lightman.models.net import ModelConfig, build_model
-from lightman.platform.config import to_dict
+from lightman.models.provenance import to_dict, versions
 from lightman.platform.evaluate import evaluate_episodes, format_table, write_results
 from lightman.platform.selection import DataSelection, auxiliary_pool, primary_pool
-from lightman.platform.versions import versions
 from lightman.tasks.episodes import EpisodeConfig, EpisodeSampler, fixed_episodes
 from lightman.tasks.splits import episode_ready_split, split_pools
 

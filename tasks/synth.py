@@ -59,7 +59,7 @@ import cv2
 import numpy as np
 import openpyxl
 
-from lightman.platform.config import to_dict
+from lightman.models.provenance import to_dict
 from lightman.tasks.synth_face import (
     AUs, OTHERS_POOL, Event, Identity, Motion, Nuisance, RenderSpec, apex_activations,
     draw_identity, parse_au, render_clip,
