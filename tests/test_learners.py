@@ -20,7 +20,8 @@ from lightman.models.learners.maml import MAML, cross_entropy_objective
 from lightman.models.learners.protonet import ProtoNet
 from lightman.models.learners.reptile import Reptile
 from lightman.models.learners.supervised import Supervised
-from lightman.models.net import build_model
+from lightman.models.modes import eval_mode
+from lightman.models.net import PRESETS, build_model
 from lightman.platform.config import ConfigError, from_dict, load_config
 
 
@@ -133,6 +134,30 @@ def test_meta_grads_contract(setup, name):
     assert metrics["tasks"] == 2 and m1["tasks"] == m2["tasks"] == 1
     assert metrics["outer_loss"] == pytest.approx(m1["outer_loss"] + m2["outer_loss"])
     assert 0 <= metrics["query_acc"] <= 2
+
+
+@pytest.mark.parametrize("name", list(get_args(LearnerName)))
+def test_meta_grads_writes_running_norm_statistics_in_place_and_only_those(setup, name):
+    """bn_mode=running, training mode: each task's outer pass updates the running statistics
+    among `buffers` in place (the documented side effect); the gradients, taken with batch
+    statistics, are the same on the next call. In eval mode nothing is written."""
+    _, _, _, tasks = setup
+    torch.manual_seed(0)
+    model = build_model(replace(PRESETS["tiny"], bn_mode="running")).train()
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    assert buffers and all(k.endswith(("running_mean", "running_var")) for k in buffers)
+    learner = build_learner(LearnerConfig(name=name, inner_lr=0.05, reptile_steps=2))
+    initial = {k: b.clone() for k, b in buffers.items()}
+    first, _ = learner.meta_grads(model, params, buffers, tasks)
+    written = {k: b.clone() for k, b in buffers.items()}
+    assert all(buffers[k] is b for k, b in model.named_buffers())  # the model's own tensors
+    assert any(not torch.equal(written[k], initial[k]) for k in buffers)
+    again, _ = learner.meta_grads(model, params, buffers, tasks)
+    assert all(torch.equal(first[k], again[k]) for k in params)
+    before_eval = {k: b.clone() for k, b in buffers.items()}
+    with eval_mode(model):
+        learner.meta_grads(model, params, buffers, tasks[:1])
+    assert all(torch.equal(buffers[k], before_eval[k]) for k in buffers)
 
 
 @pytest.mark.parametrize("name", ["lightman", "maml", "anil"])

@@ -23,7 +23,7 @@ from lightman.models.learners import LearnerConfig, build_learner
 from lightman.models.learners.anil import head_objective
 from lightman.models.learners.base import aux_loss_fn, inner_loop, trainable
 from lightman.models.learners.lightman import dual_branch_objective
-from lightman.models.learners.split import split_grads, split_hvp
+from lightman.models.learners.passes import split_grads, split_hvp
 from lightman.models.net import build_model
 
 DT = torch.float64
@@ -385,7 +385,7 @@ def test_low_memory_holds_one_inner_step_not_all_of_them():
 
 
 def test_split_gradient_and_hvp_equal_the_whole_objectives(tiny):
-    """split.py's one-pass-at-a-time ∇L and ∇θ⟨∇L, v⟩ against plain double backward over the
+    """passes.py's one-pass-at-a-time ∇L and ∇θ⟨∇L, v⟩ against plain double backward over the
     whole dual-branch loss, and the graphs they hold against the whole loss's."""
     model, params, buffers, tasks = tiny
     t = tasks[0]

@@ -20,6 +20,7 @@ from lightman.models.net import (
     count_parameters,
     motion_input,
 )
+from lightman.models.modes import eval_mode
 from lightman.models.norm import ClipNorm
 from lightman.platform.config import ConfigError, from_dict
 
@@ -300,6 +301,22 @@ def test_running_stats_change_only_when_asked():
     assert torch.allclose(out, ref_out.unflatten(0, (4, 5)), atol=1e-5)
     assert torch.allclose(norm.running_mean, reference.running_mean, atol=1e-6)
     assert torch.allclose(norm.running_var, reference.running_var, atol=1e-6)
+
+
+def test_eval_mode_restores_every_module_as_it_was_even_on_error():
+    model = seeded_model(tiny())
+    model.train()
+    model.head_pri.eval()  # a caller may mix modes: each module gets its own back
+    modes = {name: m.training for name, m in model.named_modules()}
+    with eval_mode(model) as inside:
+        assert inside is model and not any(m.training for m in model.modules())
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    with pytest.raises(RuntimeError, match="boom"), eval_mode(model):
+        raise RuntimeError("boom")
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    with eval_mode(model.eval()):
+        pass
+    assert not model.training
 
 
 @pytest.mark.parametrize("pool", [False, True])

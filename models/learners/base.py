@@ -1,10 +1,11 @@
 """What every meta-learner shares: its config, its interface, and the pure inner loop.
 
-A learner turns a meta-batch of tasks into the SUM over the tasks of its outer
-gradient (`Learner.meta_grads`); the trainer all-reduces the sums across workers and
-divides by the global task count, so 2 workers x T/2 tasks == 1 worker x T tasks.
-At test time it adapts to an unseen task's support set (`adapt`) and classifies the
-query set (`predict`).
+A learner is two functions: one task's outer gradient (`Learner.task_grads`, task ->
+(grads, metrics)) and the test-time adaptation to an unseen task's support set
+(`adapt`). `meta_batch_grads` turns the first into the SUM over a meta-batch's tasks
+(`Learner.meta_grads`); the trainer all-reduces the sums across workers and divides by
+the global task count, so 2 workers x T/2 tasks == 1 worker x T tasks. `logits`
+classifies clips with adapted parameters, and `predict` = adapt + logits of the query set.
 
 The algorithms are free functions over a dict of parameters θ (name -> tensor) that
 never change a tensor in place (STYLE.md 1); the model is called functionally,
@@ -23,7 +24,7 @@ rounding (`LearnerConfig.memory`; measured in benchmarks/meta_step.py):
   low:  `checkpointed_outer_grads`, reverse mode through the inner loop with per-step
         recomputation: only θ_i^k is stored, and each step's graph is rebuilt during
         the backward pass, so memory holds one step's graph, not inner_steps of them;
-        an inner loss made of several forward passes (`split.PassObjective`) is
+        an inner loss made of several forward passes (`passes.PassObjective`) is
         differentiated one pass at a time, so it holds one pass's graph.
 """
 
@@ -39,12 +40,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lightman.models.learners.split import PassObjective, split_grads, split_hvp
+from lightman.models.learners.params import Params, trainable
+from lightman.models.learners.passes import PassObjective, split_grads, split_hvp
 from lightman.models.mmd import mmd2, paper_eq3
 
-Params = dict[str, Tensor]
 # params -> (scalar loss, named detached values for the metrics)
 Objective = Callable[[Params], tuple[Tensor, dict[str, Tensor]]]
+# One task's outer gradient (every name of θ) and metrics (detached 0-d tensors), the shape
+# of torchopt's `loss_for_task`; the second argument names the task in errors.
+TaskGrads = Callable[["TaskLike", str], tuple[Params, dict[str, Tensor]]]
 AuxLossFn = Callable[[Tensor, Tensor], Tensor]
 
 LearnerName = Literal["lightman", "maml", "anil", "reptile", "protonet", "supervised"]
@@ -135,17 +139,34 @@ class TaskLike(Protocol):
 
 
 class Learner(ABC):
-    """The interface every learner implements; subclasses only wire pure functions."""
+    """A per-task outer gradient (`task_grads`) and a test-time `adapt`; subclasses only
+    wire pure functions."""
 
     def __init__(self, cfg: LearnerConfig):
         self.cfg = cfg
 
     @abstractmethod
+    def task_grads(self, model: nn.Module, params: Params, buffers: Params, task: TaskLike,
+                   where: str) -> tuple[Params, dict[str, Tensor]]:
+        """One task's outer gradient, one tensor per name of `params` (leaves that require
+        grad, see `trainable`), and its metrics (detached 0-d tensors); the task's graph is
+        freed before it returns. `where` names the task in errors."""
+
     def meta_grads(
         self, model: nn.Module, params: Params, buffers: Params, tasks: Sequence[TaskLike]
     ) -> tuple[Params, dict[str, float]]:
         """(Σ_i outer gradient of task i, one tensor per name of `params`; metrics summed
-        over the tasks, with "tasks": their number). Deterministic given its inputs."""
+        over the tasks, with "tasks": their number); `params` are never changed.
+
+        The returned values are deterministic given the inputs, but with
+        ``model.cfg.bn_mode == "running"`` and the model in training mode each task's
+        outer pass also updates the running norm statistics among `buffers` IN PLACE
+        (models/norm.py: the learner asks for it with ``update_stats=True``): a side
+        effect on the model's buffers, not on the gradients, which use batch statistics
+        in training mode. In eval mode, or with bn_mode task / clip, nothing is written.
+        """
+        theta = trainable(params)
+        return meta_batch_grads(partial(self.task_grads, model, theta, buffers), tasks, self.cfg.name)
 
     @abstractmethod
     def adapt(
@@ -155,11 +176,23 @@ class Learner(ABC):
         """Parameters fitted to an unseen task's support set (`steps` defaults to
         `cfg.test_inner_steps`); detached, `params` untouched."""
 
+    def logits(self, model: nn.Module, adapted: Params, buffers: Params, support_x: Tensor,
+               support_y: Tensor, x: Tensor) -> Tensor:
+        """Logits (n, ways) of clips x: (n, M, C, H, W) by the classifier `adapt` fitted to
+        the support set (support_x, support_y), with `adapted` its output; no graph. Here
+        h_pri at the adapted θ, which needs no support clip; ProtoNet's classifier is made
+        of the support set (its prototypes), hence the support arguments."""
+        with torch.no_grad():
+            return forward(model, adapted, buffers, x, "pri")
+
     def predict(self, model: nn.Module, params: Params, buffers: Params, task: TaskLike) -> Tensor:
         """Query logits (N*Q, ways) after adapting on the task's support set."""
         adapted = self.adapt(model, params, buffers, task.support_x, task.support_y, task.aux_x)
-        with torch.no_grad():
-            return forward(model, adapted, buffers, task.query_x, "pri")
+        return self.logits(model, adapted, buffers, task.support_x, task.support_y, task.query_x)
+
+    def adapt_steps(self, steps: int | None) -> int:
+        """`steps` of test-time adaptation, `cfg.test_inner_steps` if None."""
+        return self.cfg.test_inner_steps if steps is None else steps
 
 
 # ---- pure helpers ---------------------------------------------------------------------
@@ -228,12 +261,6 @@ def full_grads(loss: Tensor, params: Params) -> Params:
     return dict(zip(params, grads))
 
 
-def trainable(params: Params, names: Sequence[str] | None = None) -> Params:
-    """The same values as fresh leaves (detached: storage shared, nothing copied) that
-    require grad on `names` (all if None); the caller's tensors are never touched."""
-    return {n: p.detach().requires_grad_(names is None or n in names) for n, p in params.items()}
-
-
 def accumulate(total: Params | None, grads: Params) -> Params:
     """total + grads, name by name (None: the first task's grads)."""
     if total is None:
@@ -249,6 +276,36 @@ def sum_metrics(rows: Sequence[dict[str, Tensor]]) -> dict[str, float]:
             out[key] = out.get(key, 0.0) + float(value)
     out["tasks"] = float(len(rows))
     return out
+
+
+def meta_batch_grads(task_grads: TaskGrads, tasks: Sequence[TaskLike],
+                     learner: str) -> tuple[Params, dict[str, float]]:
+    """(Σ_i task_grads(task i), metrics summed over the tasks with "tasks": their number),
+    the loop over a meta-batch every learner shares. Each task's graph is freed inside
+    `task_grads`, before the next task starts, so memory holds one task's graph and the
+    running sum, not the meta-batch's graphs."""
+    if not tasks:
+        raise ValueError(f"{learner}.meta_grads: the meta-batch has no tasks")
+    total, rows = None, []
+    with torch.enable_grad():  # an evaluator's no_grad must not silence the meta-gradient
+        for i, task in enumerate(tasks):
+            grads, metrics = task_grads(task, f"task {i} of the meta-batch")
+            total = accumulate(total, grads)
+            rows.append(metrics)
+    return total, sum_metrics(rows)
+
+
+def sgd_adapt(make_objective: Callable[[Params], Objective], params: Params, names: Sequence[str],
+              lr: float, steps: int) -> Params:
+    """θ after `steps` first-order SGD steps at lr on L_inner = make_objective(θ) over
+    θ[names] (test-time adaptation: no meta-gradient through it); detached, `params`
+    untouched, θ itself for steps = 0. `make_objective(θ)` binds L_inner to the leaves θ."""
+    if steps == 0:
+        return {n: p.detach() for n, p in params.items()}
+    theta = trainable(params, names)
+    with torch.enable_grad():
+        adapted, _ = inner_loop(make_objective(theta), theta, names, lr, steps, create_graph=False)
+    return {n: p.detach() for n, p in adapted.items()}
 
 
 def outer_pass(model: nn.Module, adapted: Params, buffers: Params, task: TaskLike,
@@ -296,7 +353,7 @@ def checkpointed_outer_grads(model: nn.Module, params: Params, buffers: Params, 
     peak holds one step's second-order graph or the plain query pass, never both, at the
     price of one more forward+backward of L_inner per step. Where L_inner is a
     `PassObjective` of several passes (lightman: support and macro clips), each step's
-    gradient and Hessian-vector product are taken one pass at a time (split.py), so the
+    gradient and Hessian-vector product are taken one pass at a time (passes.py), so the
     peak holds one pass's second-order graph. `make_objective(θ)` binds L_inner to the
     leaves θ (ANIL computes its support embedding from them).
     """
@@ -334,10 +391,10 @@ def step_hvp(make_objective: Callable[[Params], Objective], point: Params, v: Pa
 
 
 class BilevelLearner(Learner):
-    """Wiring for learners that adapt by SGD on an inner objective. The MAML family
-    (lightman, maml, anil) meta-learns through that inner loop; reptile and supervised
-    keep its test-time `adapt` and compute their own `meta_grads`. Subclasses say which
-    objective the inner loop minimises and which parameters it updates."""
+    """The MAML family (lightman, maml, anil): one task's outer gradient goes through an
+    SGD inner loop on an inner objective, and test-time adaptation runs the same loop.
+    Subclasses say which objective the inner loop minimises and which parameters it
+    updates."""
 
     @abstractmethod
     def make_objective(self, model: nn.Module, params: Params, buffers: Params, x: Tensor, y: Tensor,
@@ -349,35 +406,19 @@ class BilevelLearner(Learner):
         """Names the inner loop updates (all parameters unless overridden)."""
         return tuple(params)
 
-    def meta_grads(self, model, params, buffers, tasks):
-        if not tasks:
-            raise ValueError(f"{self.cfg.name}.meta_grads: the meta-batch has no tasks")
+    def task_grads(self, model, params, buffers, task, where):
         cfg = self.cfg
         names = self.adapted_names(model, params)
-        theta = trainable(params)
-        checkpointed = cfg.memory == "low" and not cfg.first_order
-        total, rows = None, []
-        with torch.enable_grad():
-            for i, task in enumerate(tasks):
-                bind = partial(self.make_objective, model, buffers=buffers, x=task.support_x, y=task.support_y,
-                               aux_x=task.aux_x, where=f"task {i} of the meta-batch")
-                if checkpointed:
-                    grads, metrics = checkpointed_outer_grads(model, params, buffers, task, bind, names,
-                                                              cfg.inner_lr, cfg.inner_steps, cfg.log_support_after)
-                else:
-                    grads, metrics = task_outer_grads(model, theta, buffers, task, bind(theta), names, cfg.inner_lr,
-                                                      cfg.inner_steps, cfg.first_order, cfg.log_support_after)
-                total = accumulate(total, grads)  # the task's graph is gone; only its gradient stays
-                rows.append(metrics)
-        return total, sum_metrics(rows)
+        bind = partial(self.make_objective, model, buffers=buffers, x=task.support_x, y=task.support_y,
+                       aux_x=task.aux_x, where=where)
+        if cfg.memory == "low" and not cfg.first_order:
+            return checkpointed_outer_grads(model, params, buffers, task, bind, names, cfg.inner_lr,
+                                            cfg.inner_steps, cfg.log_support_after)
+        return task_outer_grads(model, params, buffers, task, bind(params), names, cfg.inner_lr,
+                                cfg.inner_steps, cfg.first_order, cfg.log_support_after)
 
     def adapt(self, model, params, buffers, support_x, support_y, aux_x=None, steps=None):
-        steps = self.cfg.test_inner_steps if steps is None else steps
-        if steps == 0:
-            return {n: p.detach() for n, p in params.items()}
-        names = self.adapted_names(model, params)
-        theta = trainable(params, names)
-        with torch.enable_grad():
-            objective = self.make_objective(model, theta, buffers, support_x, support_y, aux_x, "the support set")
-            adapted, _ = inner_loop(objective, theta, names, self.cfg.inner_lr, steps, create_graph=False)
-        return {n: p.detach() for n, p in adapted.items()}
+        bind = partial(self.make_objective, model, buffers=buffers, x=support_x, y=support_y, aux_x=aux_x,
+                       where="the support set")
+        return sgd_adapt(bind, params, self.adapted_names(model, params), self.cfg.inner_lr,
+                         self.adapt_steps(steps))

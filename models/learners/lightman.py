@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from lightman.models.learners.base import AuxLossFn, BilevelLearner, Params, aux_loss_fn, forward, require_aux
 from lightman.models.learners.maml import cross_entropy_objective
-from lightman.models.learners.split import PassObjective
+from lightman.models.learners.passes import PassObjective
 
 
 class DualBranchLoss(NamedTuple):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightman.models.learners.base import BilevelLearner, Objective, Params, forward
+from lightman.models.learners.base import BilevelLearner, Objective, Params, forward, sgd_adapt
 
 
 def cross_entropy_objective(model: nn.Module, buffers: Params, x: Tensor, y: Tensor) -> Objective:
@@ -22,6 +22,13 @@ def cross_entropy_objective(model: nn.Module, buffers: Params, x: Tensor, y: Ten
         return loss, {"support_loss_before": loss.detach()}
 
     return objective
+
+
+def fine_tune(model: nn.Module, params: Params, buffers: Params, x: Tensor, y: Tensor, lr: float,
+              steps: int) -> Params:
+    """θ after `steps` SGD steps at lr on CE(h_pri(g(x)), y) over every parameter, detached:
+    MAML's test-time adaptation, which reptile and supervised use as theirs."""
+    return sgd_adapt(lambda theta: cross_entropy_objective(model, buffers, x, y), params, tuple(params), lr, steps)
 
 
 class MAML(BilevelLearner):

@@ -2,7 +2,7 @@
 
 Per task: prototype c_j = mean of the support embeddings of way j; query logits are
 −||g(x_q) − c_j||²; the loss is their cross-entropy. No inner loop: `adapt` returns θ
-and `predict` classifies by the nearest prototype. Support and query clips go through
+and `logits` classifies by the nearest prototype. Support and query clips go through
 g in one batch, as in the paper's reference implementation.
 """
 
@@ -12,9 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightman.models.learners.base import (
-    Learner, Params, TaskLike, accumulate, accuracy, forward, full_grads, sum_metrics, trainable,
-)
+from lightman.models.learners.base import Learner, Params, TaskLike, accuracy, forward, full_grads
 
 
 def prototypes(z: Tensor, y: Tensor, ways: int) -> Tensor:
@@ -37,34 +35,33 @@ def episode_ways(support_y: Tensor, where: str) -> int:
     return ways
 
 
-def task_logits(model: nn.Module, params: Params, buffers: Params, task: TaskLike, update_stats: bool,
-                where: str) -> Tensor:
-    """Query logits (N*Q, N) from the prototypes of the task's support set."""
-    ways = episode_ways(task.support_y, where)
-    n_support = task.support_x.shape[0]
-    z = forward(model, params, buffers, torch.cat((task.support_x, task.query_x)), "embed", update_stats)
-    return proto_logits(z[n_support:], prototypes(z[:n_support], task.support_y, ways))
+def support_logits(model: nn.Module, params: Params, buffers: Params, support_x: Tensor, support_y: Tensor,
+                   x: Tensor, update_stats: bool, where: str) -> Tensor:
+    """Logits (n, N) of clips x: (n, M, C, H, W) from the prototypes of the support set
+    (support_x, support_y), both embedded in one batch."""
+    ways = episode_ways(support_y, where)
+    n_support = support_x.shape[0]
+    z = forward(model, params, buffers, torch.cat((support_x, x)), "embed", update_stats)  # (S + n, D)
+    return proto_logits(z[n_support:], prototypes(z[:n_support], support_y, ways))
+
+
+def proto_task_grads(model: nn.Module, params: Params, buffers: Params, task: TaskLike,
+                     where: str) -> tuple[Params, dict[str, Tensor]]:
+    """(∇θ CE(−||g(query) − c||², y_query) at θ = params (leaves), metrics) of one task."""
+    logits = support_logits(model, params, buffers, task.support_x, task.support_y, task.query_x, True, where)
+    loss = F.cross_entropy(logits, task.query_y)
+    return full_grads(loss, params), {"outer_loss": loss.detach(), "query_acc": accuracy(logits, task.query_y)}
 
 
 class ProtoNet(Learner):
     """Outer gradient ∇θ CE(−||g(query) − c||², y_query) summed over tasks."""
 
-    def meta_grads(self, model, params, buffers, tasks):
-        if not tasks:
-            raise ValueError("protonet.meta_grads: the meta-batch has no tasks")
-        theta = trainable(params)
-        total, rows = None, []
-        with torch.enable_grad():
-            for i, task in enumerate(tasks):
-                logits = task_logits(model, theta, buffers, task, True, f"task {i} of the meta-batch")
-                loss = F.cross_entropy(logits, task.query_y)
-                total = accumulate(total, full_grads(loss, theta))
-                rows.append({"outer_loss": loss.detach(), "query_acc": accuracy(logits, task.query_y)})
-        return total, sum_metrics(rows)
+    def task_grads(self, model, params, buffers, task, where):
+        return proto_task_grads(model, params, buffers, task, where)
 
     def adapt(self, model, params, buffers, support_x, support_y, aux_x=None, steps=None):
         return {n: p.detach() for n, p in params.items()}
 
-    def predict(self, model, params, buffers, task):
+    def logits(self, model, adapted, buffers, support_x, support_y, x):
         with torch.no_grad():
-            return task_logits(model, params, buffers, task, False, "predict")
+            return support_logits(model, adapted, buffers, support_x, support_y, x, False, "the support set")

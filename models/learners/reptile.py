@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightman.models.learners.base import (
-    BilevelLearner, Params, TaskLike, accumulate, accuracy, forward, grads_of, sgd_step, sum_metrics, trainable,
-)
-from lightman.models.learners.maml import cross_entropy_objective
+from lightman.models.learners.base import Learner, Params, TaskLike, accuracy, forward, grads_of, sgd_step
+from lightman.models.learners.maml import fine_tune
+from lightman.models.learners.params import trainable
 
 
 def reptile_task_delta(model: nn.Module, params: Params, buffers: Params, task: TaskLike, lr: float,
@@ -39,20 +38,11 @@ def reptile_task_delta(model: nn.Module, params: Params, buffers: Params, task: 
     return {n: params[n].detach() - theta[n].detach() for n in params}, metrics
 
 
-class Reptile(BilevelLearner):
+class Reptile(Learner):
     """Meta-gradient Σ_i (θ − θ_i); adapts at test time like MAML (CE, every parameter)."""
 
-    def make_objective(self, model, params, buffers, x, y, aux_x, where):
-        return cross_entropy_objective(model, buffers, x, y)
+    def task_grads(self, model, params, buffers, task, where):
+        return reptile_task_delta(model, params, buffers, task, self.cfg.inner_lr, self.cfg.reptile_steps)
 
-    def meta_grads(self, model, params, buffers, tasks):
-        if not tasks:
-            raise ValueError("reptile.meta_grads: the meta-batch has no tasks")
-        total, rows = None, []
-        with torch.enable_grad():
-            for task in tasks:
-                delta, metrics = reptile_task_delta(model, params, buffers, task, self.cfg.inner_lr,
-                                                    self.cfg.reptile_steps)
-                total = accumulate(total, delta)
-                rows.append(metrics)
-        return total, sum_metrics(rows)
+    def adapt(self, model, params, buffers, support_x, support_y, aux_x=None, steps=None):
+        return fine_tune(model, params, buffers, support_x, support_y, self.cfg.inner_lr, self.adapt_steps(steps))

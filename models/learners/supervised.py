@@ -11,42 +11,40 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from lightman.models.learners.base import (
-    BilevelLearner, accumulate, accuracy, aux_loss_fn, forward, full_grads, require_aux, sum_metrics, trainable,
+    LearnerConfig, Learner, Params, TaskLike, accuracy, aux_loss_fn, forward, full_grads, require_aux,
 )
 from lightman.models.learners.lightman import dual_branch_loss
-from lightman.models.learners.maml import cross_entropy_objective
+from lightman.models.learners.maml import fine_tune
 
 
-class Supervised(BilevelLearner):
+def joint_task_grads(model: nn.Module, params: Params, buffers: Params, task: TaskLike, cfg: LearnerConfig,
+                     where: str) -> tuple[Params, dict[str, Tensor]]:
+    """(∇θ joint loss at θ = params (leaves), metrics) on the task's support + query clips."""
+    x = torch.cat((task.support_x, task.query_x))  # (N*K + N*Q, M, C, H, W)
+    y = torch.cat((task.support_y, task.query_y))
+    if cfg.lambda_pri == 1.0:  # λ2 = 0: the CE alone, no macro clips needed
+        logits = forward(model, params, buffers, x, "pri", update_stats=True)  # (N*K + N*Q, ways)
+        loss = F.cross_entropy(logits, y)
+        row = {}
+    else:
+        aux_x = require_aux(task.aux_x, "supervised", where)
+        out = dual_branch_loss(model, params, buffers, x, y, aux_x, cfg.lambda_pri, aux_loss_fn(cfg),
+                               update_stats=True)
+        loss, logits = out.total, out.logits
+        row = {"aux_loss": out.aux.detach()}
+    n_support = task.support_x.shape[0]
+    return full_grads(loss, params), {**row, "outer_loss": loss.detach(),
+                                      "query_acc": accuracy(logits[n_support:], task.query_y)}
+
+
+class Supervised(Learner):
     """Σ_i ∇θ joint loss at θ; fine-tunes like MAML adapts (CE, every parameter)."""
 
-    def make_objective(self, model, params, buffers, x, y, aux_x, where):
-        return cross_entropy_objective(model, buffers, x, y)
+    def task_grads(self, model, params, buffers, task, where):
+        return joint_task_grads(model, params, buffers, task, self.cfg, where)
 
-    def meta_grads(self, model, params, buffers, tasks):
-        if not tasks:
-            raise ValueError("supervised.meta_grads: the meta-batch has no tasks")
-        cfg = self.cfg
-        theta = trainable(params)
-        total, rows = None, []
-        with torch.enable_grad():
-            for i, task in enumerate(tasks):
-                x = torch.cat((task.support_x, task.query_x))  # (N*K + N*Q, M, C, H, W)
-                y = torch.cat((task.support_y, task.query_y))
-                if cfg.lambda_pri == 1.0:  # λ2 = 0: the CE alone, no macro clips needed
-                    logits = forward(model, theta, buffers, x, "pri", update_stats=True)
-                    loss = F.cross_entropy(logits, y)
-                    row = {}
-                else:
-                    aux_x = require_aux(task.aux_x, "supervised", f"task {i} of the meta-batch")
-                    out = dual_branch_loss(model, theta, buffers, x, y, aux_x, cfg.lambda_pri, aux_loss_fn(cfg),
-                                           update_stats=True)
-                    loss, logits = out.total, out.logits
-                    row = {"aux_loss": out.aux.detach()}
-                total = accumulate(total, full_grads(loss, theta))
-                n_support = task.support_x.shape[0]
-                rows.append({**row, "outer_loss": loss.detach(),
-                             "query_acc": accuracy(logits[n_support:], task.query_y)})
-        return total, sum_metrics(rows)
+    def adapt(self, model, params, buffers, support_x, support_y, aux_x=None, steps=None):
+        return fine_tune(model, params, buffers, support_x, support_y, self.cfg.inner_lr, self.adapt_steps(steps))

@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-Params = dict[str, Tensor]
+from lightman.models.learners.params import Params, trainable
+
 Output = Tensor | tuple[Tensor, ...]  # what the model returns for one head
 
 
@@ -56,11 +57,6 @@ def parts(out: Output) -> tuple[Tensor, ...]:
 def like(out: Output, tensors: Sequence[Tensor]) -> Output:
     """`tensors` in the structure of `out` (a tuple, or one tensor)."""
     return tuple(tensors) if isinstance(out, tuple) else tensors[0]
-
-
-def leaves(point: Params, names: Sequence[str] | None = None) -> Params:
-    """Fresh leaves with `point`'s values, requiring grad on `names` (all if None)."""
-    return {n: p.detach().requires_grad_(names is None or n in names) for n, p in point.items()}
 
 
 def outputs_at(obj: PassObjective, point: Params) -> list[Output]:
@@ -97,7 +93,7 @@ def split_grads(obj: PassObjective, point: Params, names: Sequence[str]
     _, metrics, _, cotangent = combined(obj, outs, create_graph=False)
     grads: Params = {}
     for p, span in enumerate(spans(outs)):
-        theta = leaves(point, names)
+        theta = trainable(point, names)
         got = torch.autograd.grad(parts(obj.run(theta, p)), [theta[n] for n in names],
                                   [cotangent[i] for i in span], allow_unused=True)
         for n, g in zip(names, got):
@@ -109,7 +105,7 @@ def split_grads(obj: PassObjective, point: Params, names: Sequence[str]
 def pass_curvature(obj: PassObjective, p: int, point: Params, cotangent: list[Tensor], v: Params,
                    names: Sequence[str], keep: bool):
     """Pass p's term of the first sum of (2), u_p, and (if keep) its forward graph (θ, e_p)."""
-    theta = leaves(point)
+    theta = trainable(point)
     out = parts(obj.run(theta, p))
     c = [t.detach().requires_grad_() for t in cotangent]
     vjp = torch.autograd.grad(out, [theta[n] for n in names], c, create_graph=True, allow_unused=True)
@@ -139,7 +135,7 @@ def split_hvp(obj: PassObjective, point: Params, outs: list[Output], v: Params, 
     w = torch.autograd.grad([cotangent[i] for i in live], flat, [u[i] for i in live], allow_unused=True,
                             materialize_grads=True) if live else [torch.zeros_like(t) for t in flat]
     for p in reversed(order):  # Σ_p J_pᵀ w_p: the kept graph first, then free it
-        theta, out = kept if p == order[-1] else (leaves(point), None)
+        theta, out = kept if p == order[-1] else (trainable(point), None)
         out = out if out is not None else parts(obj.run(theta, p))
         kept = None
         got = torch.autograd.grad(out, list(theta.values()), [w[i] for i in index[p]], allow_unused=True,
