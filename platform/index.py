@@ -133,7 +133,7 @@ def index_hash(dataset_hashes: dict[str, str]) -> str:
 
 # ---------------------------------------------------------------- repairs
 
-REPAIR_KINDS = ("apex", "onset/offset", "onset", "offset", "emotion", "face", "eyes")
+REPAIR_KINDS = ("apex", "onset/offset", "onset", "offset", "emotion", "face", "eyes", "frames")
 
 
 def repair_kind(note: str) -> str:

@@ -5,13 +5,23 @@ and returns RGB uint8 arrays shaped (H, W, 3) per frame, (n, H, W, 3) per batch.
 Frames are addressed by their absolute number as annotated (`ClipRecord`), never by
 their position in a listing. Unreadable or truncated files raise `FrameReadError`,
 naming the file.
+
+decord's C++ code and the FFmpeg it wraps log straight to file descriptor 2 ("moov atom
+not found", "[time] /path/video_reader.cc:83: ERROR opening ..."), past Python's
+sys.stderr. Every decord call here runs with fd 2 captured (`decoder_log`): the lines
+never reach the user's terminal, and when the call fails they become the reason in the
+error (hence the manifest's `skipped` entry), without the C++ prefixes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import re
-from collections.abc import Sequence
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -20,6 +30,8 @@ from lightman.tasks import storage
 from lightman.tasks.schema import ClipRecord
 
 _INT = re.compile(r"(\d+)")
+# "[mov,mp4,m4a @ 0x55d5]", "[20:02:17]" and "/github/workspace/src/video/video_reader.cc:83:"
+_LOG_PREFIX = re.compile(r"^(\[[^\]]*\]\s*|\S+\.(cc|cpp|c|h):\d+:\s*)+")
 
 
 class FrameReadError(ValueError):
@@ -74,6 +86,35 @@ def read_image(uri: str) -> np.ndarray:
     return decode_image(_read(uri), uri)
 
 
+@contextlib.contextmanager
+def decoder_log() -> Iterator[list[str]]:
+    """Capture fd 2 for the duration: yields a list that holds, on exit, the decoder's log lines.
+
+    Process-wide, so anything another thread writes to stderr meanwhile is captured too;
+    decoding runs in the ingest's main thread or in a worker process of its own.
+    """
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines():
+                line = _LOG_PREFIX.sub("", line).strip()
+                if line and line not in lines:
+                    lines.append(line)
+
+
+def decoder_reason(lines: list[str], error: BaseException) -> str:
+    """Why a decord call failed: what the decoder logged, else the exception's own text."""
+    return "; ".join(lines) if lines else str(error)
+
+
 def open_video(uri: str):
     """A `decord.VideoReader` over a local or s3:// video file.
 
@@ -88,9 +129,12 @@ def open_video(uri: str):
         raise FrameReadError(f"cannot read {uri}: no such file")
     source = io.BytesIO(_read(uri)) if loc.is_s3 else loc.path
     try:
-        return decord.VideoReader(source, ctx=decord.cpu(0), num_threads=1)
+        with decoder_log() as log:
+            return decord.VideoReader(source, ctx=decord.cpu(0), num_threads=1)
     except (RuntimeError, AssertionError, decord.DECORDError) as e:
-        raise FrameReadError(f"{uri}: not a decodable video (corrupt or truncated): {e}") from e
+        raise FrameReadError(
+            f"{uri}: not a decodable video (corrupt or truncated): {decoder_reason(log, e)}"
+        ) from e
 
 
 def video_length(uri: str) -> int:
@@ -109,9 +153,12 @@ def _decode_batch(reader, indices: Sequence[int], uri: str) -> np.ndarray:
     if unique and (unique[0] < 0 or unique[-1] >= len(reader)):
         raise FrameReadError(f"{uri}: frame index out of range [0, {len(reader) - 1}]: {unique}")
     try:
-        batch = reader.get_batch(unique).asnumpy()  # (len(unique), H, W, 3) RGB
+        with decoder_log() as log:
+            batch = reader.get_batch(unique).asnumpy()  # (len(unique), H, W, 3) RGB
     except Exception as e:  # decord raises DECORDError/RuntimeError on broken packets
-        raise FrameReadError(f"{uri}: cannot decode frames {unique}: {e}") from e
+        raise FrameReadError(
+            f"{uri}: cannot decode frames {unique}: {decoder_reason(log, e)}"
+        ) from e
     if batch.shape[0] != len(unique):
         raise FrameReadError(f"{uri}: decoded {batch.shape[0]} frames, expected {len(unique)}")
     pos = {i: k for k, i in enumerate(unique)}

@@ -101,6 +101,9 @@ def build_scheme(name: str, datasets: tuple[str, ...] | list[str], extra_emotion
     `extra_emotions` are the classes of the generic `video` adapter (from its CSV).
     """
     datasets = tuple(sorted(set(datasets)))
+    unknown = [d for d in datasets if d not in NATIVE]
+    if unknown:
+        raise ValueError(f"unknown dataset {unknown[0]!r}; choose one of {sorted(NATIVE)}")
     if name == "native":
         names: list[str] = []
         mapping = []

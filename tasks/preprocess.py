@@ -97,7 +97,9 @@ def validate_span(
 
     Returns (offset, numbers of the frames on disk in [onset, offset], repairs). An
     offset past the last frame is clamped; onset after offset, or an onset that is not
-    a frame on disk, raises `ClipError`.
+    a frame on disk, raises `ClipError` (the face box and the motion reference come from
+    the onset frame). Frames missing inside [onset, offset] keep the clip: sampling runs
+    over the frames present, which shifts the sampled numbers, so the gap is a repair.
     """
     if not on_disk:
         raise ClipError(f"{clip_id}: no frames found")
@@ -110,7 +112,15 @@ def validate_span(
     if offset > last:
         repairs = (f"offset {offset} past last frame {last}; clamped",)
         offset = last
-    return offset, [n for n in on_disk if onset <= n <= offset], repairs
+    span = [n for n in on_disk if onset <= n <= offset]
+    if len(span) < offset - onset + 1:
+        missing = sorted(set(range(onset, offset + 1)) - set(span))
+        shown = ", ".join(map(str, missing[:10]))
+        if len(missing) > 10:
+            shown += f", ... ({len(missing)} in all)"
+        repairs += (f"frames missing on disk between onset {onset} and offset {offset}: {shown}; "
+                    f"sampled over the {len(span)} frames present",)
+    return offset, span, repairs
 
 
 def _blurred_grey(frames: np.ndarray) -> np.ndarray:

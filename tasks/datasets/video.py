@@ -32,7 +32,7 @@ from lightman.tasks.datasets.base import (
     collect, decided, find_header, is_blank, layout_error, layout_of, name_of, parse_apex,
     parse_onset_offset, pick, row_reason, text,
 )
-from lightman.tasks.frames import FrameReadError, open_video
+from lightman.tasks.frames import FrameReadError, decoder_log, decoder_reason, open_video
 from lightman.tasks.schema import EXPRESSIONS, ClipRecord, Skipped
 from lightman.tasks.storage import Location
 
@@ -73,17 +73,20 @@ def read_csv(loc: Location, root: Location) -> CodingSheet:
 
 def build(rec: ClipRecord, uri: str, fps_from_video: bool) -> ClipRecord | Skipped:
     """Open the video, check that its last frame decodes, and number its frames 0..n-1."""
+    log: list[str] = []
     try:
         reader = open_video(uri)
         n = len(reader)
         if n == 0:
             return Skipped(DATASET, rec.clip_id, f"{uri}: video has no frames")
-        reader.get_batch([n - 1])  # a truncated file fails here, not during preprocessing
+        with decoder_log() as log:  # the decoder's own lines become the reason, not terminal noise
+            reader.get_batch([n - 1])  # a truncated file fails here, not during preprocessing
         fps = float(reader.get_avg_fps()) if fps_from_video else rec.fps
     except FrameReadError as e:
         return Skipped(DATASET, rec.clip_id, str(e))
     except Exception as e:  # decord raises DECORDError/RuntimeError on broken packets
-        return Skipped(DATASET, rec.clip_id, f"{uri}: cannot decode its last frame: {e}")
+        return Skipped(DATASET, rec.clip_id,
+                       f"{uri}: cannot decode its last frame: {decoder_reason(log, e)}")
     return replace(rec, fps=fps, frame_numbers=tuple(range(n)), video_uri=uri, source_uri=uri)
 
 
