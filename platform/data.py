@@ -1,31 +1,28 @@
-"""Ray Data over the committed index: read it, shard it per worker, load the episode pool.
+"""Ray Data over the committed index: read it and shard it per worker.
 
 `read_dataset` reads exactly the files the manifest lists (never a folder listing, so
 an uncommitted write is invisible). `worker_shards` / `ExactlyOnceDataConfig` give W
 workers disjoint shards that together hold every row once per epoch: Ray Train's
-default `streaming_split(equal=True)` drops the remainder rows (RAY_NOTES.md), which
-would silently lose clips from datasets of a few hundred. `load_pool` materialises
-a filtered table as the in-memory `ClipPool` that episodes are sampled from.
+default `streaming_split(equal=True)` makes the shards equal by dropping the remainder
+rows, which would silently lose clips from datasets of a few hundred.
+This is the only module of the read path that imports Ray; the in-memory episode pool
+of single-process runs is loaded with pyarrow alone (`selection.load_pool`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable
 
-import numpy as np
-import pyarrow as pa
 import ray
 from ray.train import DataConfig
 
 from lightman.platform.index import (
-    BadIndexError, INDEX_SCHEMA, check_columns, check_subjects, read_manifest, read_table, select_files,
+    INDEX_SCHEMA, check_columns, check_subjects, read_manifest, select_files,
 )
 from lightman.tasks import storage
 
 if TYPE_CHECKING:
     from ray.data import DataIterator, Dataset
-
-    from lightman.tasks.episodes import ClipPool
 
 
 def read_dataset(
@@ -90,47 +87,3 @@ class ExactlyOnceDataConfig(DataConfig):
             for rank, it in enumerate(its):
                 output[rank][name] = it
         return output
-
-
-def unified_labels(table: pa.Table, manifest: dict) -> tuple[pa.Table, tuple[str, ...]]:
-    """Relabel rows of several datasets onto one class list, by class name.
-
-    Each dataset's `label` indexes its own manifest entry's class names. When the
-    datasets in `table` share one class list it is kept; otherwise the classes are the
-    union in sorted-dataset order (as `labels.build_scheme` orders a combined scheme)
-    and every label is mapped through its class name.
-    """
-    names = sorted(set(table.column("dataset").to_pylist()))
-    per_dataset = {d: tuple(manifest["datasets"][d]["label_scheme"]["class_names"]) for d in names}
-    lists = set(per_dataset.values())
-    if len(lists) <= 1:
-        return table, (lists.pop() if lists else ())
-    union: list[str] = []
-    for d in names:
-        union += [c for c in per_dataset[d] if c not in union]
-    dataset_col = np.asarray(table.column("dataset").to_pylist(), dtype=object)
-    old = table.column("label").to_numpy()
-    new = np.empty_like(old)
-    for d in names:
-        lookup = np.array([union.index(c) for c in per_dataset[d]], dtype=old.dtype)
-        rows = dataset_col == d
-        new[rows] = lookup[old[rows]]
-    i = table.schema.get_field_index("label")
-    return table.set_column(i, table.schema.field(i), pa.array(new, type=pa.int32())), tuple(union)
-
-
-def load_pool(
-    uri: str, *, datasets: Iterable[str] | None = None, expression: str | None = None,
-    subjects: Iterable[str] | None = None,
-) -> ClipPool:
-    """The filtered index as an in-memory `ClipPool` (frames (n, M, H, W, C) uint8)."""
-    from lightman.tasks.episodes import ClipPool
-
-    manifest = read_manifest(uri)
-    table = read_table(uri, datasets=datasets, expression=expression, subjects=subjects)
-    if table.num_rows == 0:
-        raise BadIndexError(
-            f"no clips in index at {uri} match datasets={datasets}, expression={expression}, subjects={subjects}"
-        )
-    table, class_names = unified_labels(table, manifest)
-    return ClipPool.from_table(table, class_names)

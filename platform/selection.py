@@ -1,12 +1,19 @@
 """Which clips a run uses: the primary (micro) pool under its labels, and the auxiliary
-(macro) pool. Shared by training and evaluation so both select exactly the same clips."""
+(macro) pool. Shared by training and evaluation so both select exactly the same clips.
+
+Pools are read from the committed index with pyarrow alone: single-process training and
+evaluation never import Ray (only the Ray Data reader in `data.py` does).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Iterable, Literal
 
-from lightman.platform.data import load_pool
+import numpy as np
+import pyarrow as pa
+
+from lightman.platform.index import BadIndexError, read_manifest, read_table
 from lightman.tasks.episodes import ClipPool
 from lightman.tasks.splits import composite_pool
 
@@ -40,3 +47,44 @@ def primary_pool(data: DataSelection) -> ClipPool:
 def auxiliary_pool(data: DataSelection) -> ClipPool | None:
     """The macro-expression pool for the auxiliary branch (None when no dataset is named)."""
     return load_pool(data.index, datasets=data.auxiliary, expression="macro") if data.auxiliary else None
+
+
+def unified_labels(table: pa.Table, manifest: dict) -> tuple[pa.Table, tuple[str, ...]]:
+    """Relabel rows of several datasets onto one class list, by class name.
+
+    Each dataset's `label` indexes its own manifest entry's class names. When the
+    datasets in `table` share one class list it is kept; otherwise the classes are the
+    union in sorted-dataset order (as `labels.build_scheme` orders a combined scheme)
+    and every label is mapped through its class name.
+    """
+    names = sorted(set(table.column("dataset").to_pylist()))
+    per_dataset = {d: tuple(manifest["datasets"][d]["label_scheme"]["class_names"]) for d in names}
+    lists = set(per_dataset.values())
+    if len(lists) <= 1:
+        return table, (lists.pop() if lists else ())
+    union: list[str] = []
+    for d in names:
+        union += [c for c in per_dataset[d] if c not in union]
+    dataset_col = np.asarray(table.column("dataset").to_pylist(), dtype=object)
+    old = table.column("label").to_numpy()
+    new = np.empty_like(old)
+    for d in names:
+        lookup = np.array([union.index(c) for c in per_dataset[d]], dtype=old.dtype)
+        rows = dataset_col == d
+        new[rows] = lookup[old[rows]]
+    i = table.schema.get_field_index("label")
+    return table.set_column(i, table.schema.field(i), pa.array(new, type=pa.int32())), tuple(union)
+
+
+def load_pool(
+    uri: str, *, datasets: Iterable[str] | None = None, expression: str | None = None,
+    subjects: Iterable[str] | None = None,
+) -> ClipPool:
+    """The filtered index as an in-memory `ClipPool` (frames (n, M, H, W, C) uint8)."""
+    manifest = read_manifest(uri)
+    table = read_table(uri, datasets=datasets, expression=expression, subjects=subjects)
+    if table.num_rows == 0:
+        raise BadIndexError(f"no clips in index at {uri} match datasets={datasets}, "
+                            f"expression={expression}, subjects={subjects}")
+    table, class_names = unified_labels(table, manifest)
+    return ClipPool.from_table(table, class_names)

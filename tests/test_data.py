@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from lightman.platform import data, index
+from lightman.platform import data, index, selection
 from lightman.tasks.schema import frames_from_row
 
 
@@ -86,12 +86,12 @@ def test_read_dataset_filters_match_read_table(ray_local, small_index):
 def test_unified_labels_map_by_class_name(small_index):
     manifest = index.read_manifest(small_index)
     table = index.read_table(small_index)
-    same, names = data.unified_labels(index.read_table(small_index, datasets=["casme2"]), manifest)
+    same, names = selection.unified_labels(index.read_table(small_index, datasets=["casme2"]), manifest)
     assert names == ("emotion0", "emotion1", "emotion2")
 
     # give ckplus different class names: the union is casme2's then ckplus's new ones
     manifest["datasets"]["ckplus"]["label_scheme"]["class_names"] = ["emotion1", "neutral"]
-    relabelled, names = data.unified_labels(table, manifest)
+    relabelled, names = selection.unified_labels(table, manifest)
     assert names == ("emotion0", "emotion1", "emotion2", "neutral")
     for before, after, ds in zip(table.column("label").to_pylist(), relabelled.column("label").to_pylist(),
                                  table.column("dataset").to_pylist()):
@@ -104,7 +104,7 @@ def test_unified_labels_map_by_class_name(small_index):
 
 def test_load_pool(small_index):
     pytest.importorskip("lightman.tasks.episodes")
-    pool = data.load_pool(small_index, datasets=["casme2"], subjects=["casme2/s01", "casme2/s02"])
+    pool = selection.load_pool(small_index, datasets=["casme2"], subjects=["casme2/s01", "casme2/s02"])
     table = index.read_table(small_index, datasets=["casme2"], subjects=["casme2/s01", "casme2/s02"])
     assert pool.frames.shape == (8, 3, 8, 8, 3) and pool.frames.dtype == np.uint8
     assert list(pool.clip_ids) == table.column("clip_id").to_pylist()
@@ -112,5 +112,5 @@ def test_load_pool(small_index):
     assert tuple(pool.class_names) == ("emotion0", "emotion1", "emotion2")
     np.testing.assert_array_equal(pool.frames[0], frames_from_row(table.slice(0, 1).to_pylist()[0]))
     with pytest.raises(index.BadIndexError, match="no clips in index"):
-        data.load_pool(small_index, subjects=["casme2/s99"])
+        selection.load_pool(small_index, subjects=["casme2/s99"])
 

@@ -20,11 +20,10 @@ from lightman.models.checkpoint import load_checkpoint
 from lightman.models.learners import LearnerConfig, build_learner
 from lightman.platform.cli import main
 from lightman.platform.config import from_dict, load_config
-from lightman.platform.data import load_pool
 from lightman.platform.evaluate import EvalConfig, evaluate_checkpoint
 from lightman.platform.ingest import IngestConfig, ingest
 from lightman.platform.protocols import LosoConfig, draw_aux, draw_support, evaluate_protocol
-from lightman.platform.selection import DataSelection
+from lightman.platform.selection import DataSelection, load_pool
 from lightman.platform.train import TrainConfig, run_training
 from lightman.tasks.episodes import UNPAIRED, ClipPool
 from lightman.tasks.splits import SplitError
