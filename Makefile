@@ -4,10 +4,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_CPU := torch==2.13.0
+# ruff pinned: every machine reports the same lint findings
+RUFF := ruff==0.17.6
 SEED ?= 0
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test install install-test bench clean
+.PHONY: demo test lint install install-test bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,6 +33,14 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	RAY_AUTH_MODE=disabled OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q tests
+
+$(VENV)/.installed-lint: | $(BIN)/python
+	$(BIN)/pip install -q '$(RUFF)'
+	touch $@
+
+lint: $(VENV)/.installed-lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 $(VENV)/.installed-bench: $(VENV)/.installed-test
 	$(BIN)/pip install -q -e '.[test,bench]' $(TORCH_CPU)
