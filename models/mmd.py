@@ -6,7 +6,7 @@ similarity. Minimised as a loss it pushes micro and macro features apart, the
 opposite of alignment. Lightman's default L_aux is the proper squared MMD,
 mmd2 = E k(x, x') + E k(y, y') - 2 E k(x, y) (Gretton et al., JMLR 2012), which is 0
 exactly when the two feature distributions match (for a characteristic kernel);
-the printed form is kept as `paper_eq3` so the two can be compared (DESIGN.md).
+the printed form is kept as `paper_eq3` so the two can be compared (docs/architecture.md).
 
 All functions are pure, differentiable (to second order: the learners backpropagate
 through an inner step that contains L_aux) and take feature matrices x: (n, d),

@@ -1,6 +1,6 @@
 """Face box on the onset frame (OpenCV Haar cascades), applied identically to every frame.
 
-Per-frame detection jitters by more than a micro-expression moves (DATASETS.md,
+Per-frame detection jitters by more than a micro-expression moves (docs/datasets.md,
 "Preprocessing conventions"), so a clip gets one `FaceBox`, found on its onset frame.
 
 Box convention. `FaceBox(x, y, w, h, angle)`: (x, y, w, h) is a square in onset-frame

@@ -1,6 +1,6 @@
 """One ClipRecord → one Preprocessed: validated span, apex, face crop, M sampled frames.
 
-The steps (DATASETS.md, "Preprocessing conventions"):
+The steps (docs/datasets.md, "Preprocessing conventions"):
 1. validate onset/offset against the frames actually on disk (clamp a late offset,
    reject what cannot be repaired with `ClipError`);
 2. find and align the face on the onset frame only (`lightman.tasks.face`); the same

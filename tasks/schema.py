@@ -1,4 +1,4 @@
-"""The clip index contract: one row per clip (DESIGN.md, "Contracts / Index").
+"""The clip index contract: one row per clip (docs/architecture.md, "Index").
 
 Adapters produce `ClipRecord`s (annotation + where the frames are) and `Skipped`s
 (clips that cannot be used, with the reason). Preprocessing turns a record into an

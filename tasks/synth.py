@@ -1,7 +1,7 @@
 """The seeded generator: synthetic stand-ins for the real micro-expression releases.
 
 `synthesize(out_dir, cfg)` writes one folder per dataset in the layout of the real
-release (DATASETS.md), with its sheet and the sheet's known quirks, plus
+release (docs/datasets.md), with its sheet and the sheet's known quirks, plus
 `synth_manifest.json` with the ground truth of every clip (true onset/apex/offset,
 emotion, AUs and amplitude, the row as written and why it differs). Faces, action
 units and motion come from `synth_face`. Layouts, under `out_dir`:
@@ -74,7 +74,7 @@ SHEETS = {"casme2": "CASME2-coding-20140508.xlsx", "samm": "SAMM_Micro_FACS_Code
 MANIFEST = "synth_manifest.json"
 REFERENCE_FACE_WIDTH = 64  # amplitudes in the config are px at this face width
 
-# Class shapes of the real releases (DATASETS.md and the datasets' papers; CAS(ME)^2
+# Class shapes of the real releases (docs/datasets.md and the datasets' papers; CAS(ME)^2
 # macro approximate), scaled to the requested number of clips.
 CLASS_COUNTS: dict[str, dict[str, int]] = {
     "casme2": {"happiness": 32, "surprise": 25, "disgust": 64, "repression": 27, "others": 99,

@@ -1,4 +1,4 @@
-"""Tiny hand-written dataset releases in the layouts of DATASETS.md, with their quirks.
+"""Tiny hand-written dataset releases in the layouts of docs/datasets.md, with their quirks.
 
 Each `*_release(root, ...)` writes a release under `root` and returns `root`. Frames
 are 8x8 images (cv2.imwrite), sheets are real .xlsx files (openpyxl) with the quirks

@@ -1,6 +1,6 @@
 """The meta-learners' gradients against independent computations, in float64.
 
-References here are written from the definitions (DESIGN.md, "LightmanNet meta-step"):
+References here are written from the definitions (docs/architecture.md, "LightmanNet meta-step"):
 a plain per-task loop with torch.autograd.grad(create_graph=True), central finite
 differences of the outer loss, FOMAML's definition, and Reptile's plain SGD loop with
 torch.optim.SGD on a copy of the model.

@@ -8,10 +8,10 @@ the global task count, so 2 workers x T/2 tasks == 1 worker x T tasks. `logits`
 classifies clips with adapted parameters, and `predict` = adapt + logits of the query set.
 
 The algorithms are free functions over a dict of parameters θ (name -> tensor) that
-never change a tensor in place (STYLE.md 1); the model is called functionally,
+never change a tensor in place; the model is called functionally,
 ``torch.func.functional_call(model, (params, buffers), (x,), {"head": ...})``.
 
-The bi-level core (paper Eq. 1 and Eq. 4, written out in DESIGN.md):
+The bi-level core (paper Eq. 1 and Eq. 4, written out in docs/architecture.md):
   inner, task i:  θ_i^{k+1} = θ_i^k − α ∇ L_inner(θ_i^k),  θ_i^0 = θ,  k < inner_steps
   outer:          ∇θ Σ_i CE(h_pri(g(query_i)); θ_i)   (second order: through the inner steps)
 Each task's outer gradient is computed and its graph freed before the next task
@@ -58,7 +58,7 @@ MemoryMode = Literal["fast", "low"]
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    """How a learner learns; the same names in code, YAML, CLI and reports (STYLE.md 2)."""
+    """How a learner learns; the same names in code, YAML, CLI and reports."""
 
     name: LearnerName = "lightman"
     """Algorithm: lightman | maml | anil | reptile | protonet | supervised."""
