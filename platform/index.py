@@ -1,4 +1,4 @@
-"""The Parquet clip index and its manifest (DESIGN.md, "Contracts / Index").
+"""The Parquet clip index and its manifest (docs/architecture.md, "Index").
 
 Layout of an index root (a local folder or an s3:// prefix):
 

@@ -1,4 +1,4 @@
-"""`lightman ingest`: a dataset release → rows of the Parquet index (DESIGN.md, "The flow of data").
+"""`lightman ingest`: a dataset release → rows of the Parquet index (docs/architecture.md).
 
     scan (adapter) → label (scheme) → preprocess (parallel) → rows → write_index
 

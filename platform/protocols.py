@@ -1,4 +1,4 @@
-"""LOSO and composite (MEGC 2019) evaluation of a meta-learned checkpoint (DESIGN.md "Protocols").
+"""LOSO and composite (MEGC 2019) evaluation of a meta-learned checkpoint (docs/architecture.md).
 
 Model selection never touches a test subject: these protocols use only the subjects the
 checkpoint's run recorded as TEST, none of which it trained or validated on. For each
@@ -12,7 +12,7 @@ support draw r = 0..R-1 and each test subject s (a LOSO fold):
 
 Each draw's predictions are joined over the folds by clip id (`pool_predictions`, every
 test clip expected exactly once), and the pooled metrics ACC, macro-F1, UAR and UF1
-(MEGC 2019: counts pooled over folds, DATASETS.md "Composite evaluation") are reported
+(MEGC 2019: counts pooled over folds, docs/datasets.md) are reported
 as mean ± 95% CI over the R draws; the confusion matrix is summed over the draws.
 
 The classifier predicts every class at once, so its ways must equal the pool's classes

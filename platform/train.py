@@ -1,4 +1,4 @@
-"""Meta-training: one explicit loop (STYLE.md 3).
+"""Meta-training: one explicit loop (docs/architecture.md).
 
 sample a meta-batch of primary episodes (+ auxiliary macro clips) → learner.meta_grads
 (sum over tasks) → [all-reduce: the distributed trainer wraps `outer_step`] → divide by

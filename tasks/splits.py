@@ -1,4 +1,4 @@
-"""Evaluation protocols over subjects (DESIGN.md "Protocols"; DATASETS.md "Composite").
+"""Evaluation protocols over subjects (docs/architecture.md; docs/datasets.md).
 
 - Few-shot on unseen subjects: `subject_split` puts every subject in exactly one of
   meta-train / validation / test, so neither training nor model selection ever sees a

@@ -3,7 +3,7 @@ generated CASME II + SAMM + SMIC + CK+ index, evaluated through the real CLI and
 
 Metrics are recomputed here from predictions.csv with independent numpy code, and the
 composite relabelling is checked against the MEGC 2019 mapping written out by hand
-(DATASETS.md "Composite evaluation").
+(docs/datasets.md, "Composite evaluation").
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ TINY = ["episode.shots=1", "episode.query=1", "episode.aux_shots=1", "model.imag
         "model.aux_dim=16", "model.input_mode=delta", "meta_batch=2", "threads=1", "val_episodes=2",
         "test_episodes=2", "data.test_fraction=0.4", "data.val_fraction=0.2", "seed=1"]
 PRIMARY = ("casme2", "samm", "smic")
-# MEGC 2019 composite classes from the raw emotions (DATASETS.md), written out independently.
+# MEGC 2019 composite classes from the raw emotions (docs/datasets.md), written out independently.
 MEGC = {
     "casme2": {"disgust": "negative", "repression": "negative", "happiness": "positive", "surprise": "surprise"},
     "samm": {e: "negative" for e in ("anger", "contempt", "disgust", "fear", "sadness")}
