@@ -12,6 +12,7 @@ import torch
 
 from lightman.models.checkpoint import load_checkpoint
 from lightman.models.learners import LearnerConfig, build_learner
+from lightman.models.modes import eval_mode
 from lightman.models.provenance import versions
 from lightman.platform.config import from_dict
 from lightman.platform.protocols import (
@@ -22,7 +23,7 @@ from lightman.tasks.corrupt import KINDS, corrupt_pool
 from lightman.tasks.episodes import EpisodeConfig, fixed_episodes
 from lightman.tasks.metrics import episode_summary
 
-METRICS = ("acc", "macro_f1", "uar", "uf1")
+METRICS = ("acc", "macro_f1", "uar", "uf1")  # the report's columns, in order
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,15 @@ class EvalResult:
 
 
 def evaluate_episodes(learner, model, params, buffers, episodes) -> dict:
-    """Adapt on each support set and predict its query set; metric -> (mean, 95% CI half-width)."""
-    model.eval()
+    """Adapt on each support set and predict its query set (`Learner.predict`: adapt, then
+    `logits`), the model in eval mode for the call and back in the caller's mode after;
+    metric -> (mean, 95% CI half-width)."""
     pairs = []
-    for ep in episodes:
-        with torch.enable_grad():  # test-time adaptation takes gradient steps
-            logits = learner.predict(model, params, buffers, ep)
-        pairs.append((ep.query_y.numpy(), logits.argmax(-1).detach().numpy()))
-    model.train()
+    with eval_mode(model):
+        for ep in episodes:
+            with torch.enable_grad():  # test-time adaptation takes gradient steps
+                logits = learner.predict(model, params, buffers, ep)
+            pairs.append((ep.query_y.numpy(), logits.argmax(-1).detach().numpy()))
     return episode_summary(pairs)
 
 

@@ -5,10 +5,12 @@ checkpoint's run recorded as TEST, none of which it trained or validated on. For
 support draw r = 0..R-1 and each test subject s (a LOSO fold):
 
 1. draw a support set of K clips per class from the OTHER test subjects (never s, never
-   a training or validation subject), plus the auxiliary macro clips the run's episodes
-   had (paired with a class by name, as `EpisodeSampler` pairs them);
+   a training or validation subject; `tasks.splits.draw_support`), plus the auxiliary
+   macro clips the run's episodes had, paired and drawn as `EpisodeSampler` does
+   (`tasks.episodes.pair_aux`, `draw_aux`; way j is class j);
 2. adapt the checkpoint on it with the learner's test-time adaptation (paper 4.2);
-3. predict EVERY clip of s, in batches of `batch_size`.
+3. predict EVERY clip of s with the adapted parameters (`Learner.logits`), in batches of
+   `batch_size`, the model in eval mode for the call (`eval_mode`).
 
 Each draw's predictions are joined over the folds by clip id (`pool_predictions`, every
 test clip expected exactly once), and the pooled metrics ACC, macro-F1, UAR and UF1
@@ -42,17 +44,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightman.models.learners import Learner, build_learner
+from lightman.models.learners import Learner
+from lightman.models.modes import eval_mode
 from lightman.platform.selection import DataSelection, auxiliary_pool, primary_pool
-from lightman.tasks.episodes import UNPAIRED, ClipPool, Episode, default_aux_names, to_tensor
+from lightman.tasks.episodes import ClipPool, draw_aux, pair_aux, to_tensor
 from lightman.tasks.labels import COMPOSITE3
-from lightman.tasks.metrics import accuracy, confusion_matrix, macro_f1, mean_ci, uar, uf1
-from lightman.tasks.splits import PooledPredictions, SplitError, loso_folds, pool_predictions
+from lightman.tasks.metrics import SCORES, confusion_matrix, mean_ci
+from lightman.tasks.splits import PooledPredictions, draw_support, loso_folds, pool_predictions
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("loso", "composite")
-METRICS = {"acc": accuracy, "macro_f1": macro_f1, "uar": uar, "uf1": uf1}
 ALL = "all"  # the group of every test clip, beside one group per dataset
 
 
@@ -137,37 +139,9 @@ def check_ways(protocol: str, ways: int, class_names: Sequence[str]) -> None:
             f"model.ways={n}, or evaluate it with --protocol fewshot")
 
 
-def draw_support(pool: ClipPool, rows: np.ndarray, shots: int, rng: np.random.Generator, fold: str) -> np.ndarray:
-    """(C*K,) pool indices: K distinct clips of every class of the pool, all among `rows`."""
-    labels = pool.labels[rows]
-    counts = np.bincount(labels, minlength=len(pool.class_names))
-    short = [f"{name} ({n})" for name, n in zip(pool.class_names, counts.tolist()) if n < shots]
-    if short:
-        raise SplitError(
-            f"{pool.name} fold {fold}: the other test subjects have fewer than shots={shots} clips of "
-            f"{', '.join(short)}; use fewer shots, or more test subjects (data.test_fraction) when training")
-    return np.concatenate([rng.choice(rows[labels == c], size=shots, replace=False)
-                           for c in range(len(pool.class_names))])
-
-
-def draw_aux(aux: ClipPool, class_names: Sequence[str], aux_shots: int, pairing: str,
-             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(C*A,) aux-pool indices and their way labels: per class, macro clips whose class name
-    matches (`default_aux_names`), or random macro clips labelled UNPAIRED where none does.
-    A class with fewer than A matching clips is drawn with replacement."""
-    names = default_aux_names(class_names, aux.class_names) if pairing == "class" else {}
-    idx, ys = [], []
-    for j, name in enumerate(class_names):
-        paired = np.flatnonzero(np.isin(aux.labels, [aux.class_names.index(t) for t in names.get(name, ())]))
-        cand = paired if paired.size else np.arange(len(aux))
-        idx.append(rng.choice(cand, size=aux_shots, replace=cand.size < aux_shots))
-        ys.append(np.full(aux_shots, j if paired.size else UNPAIRED, dtype=np.int64))
-    return np.concatenate(idx), np.concatenate(ys)
-
-
-def predict_fold(learner: Learner, model: nn.Module, pool: ClipPool, support: np.ndarray, target: np.ndarray,
-                 batch_size: int, aux: ClipPool | None = None, aux_rows: np.ndarray | None = None,
-                 aux_y: np.ndarray | None = None) -> np.ndarray:
+def predict_fold(learner: Learner, model: nn.Module, pool: ClipPool, support: np.ndarray,
+                 target: np.ndarray, batch_size: int, aux: ClipPool | None = None,
+                 aux_rows: np.ndarray | None = None) -> np.ndarray:
     """(len(target),) predicted classes of pool rows `target` after adapting once on pool rows
     `support` (labels = ways) and the aux-pool rows `aux_rows`."""
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
@@ -175,20 +149,11 @@ def predict_fold(learner: Learner, model: nn.Module, pool: ClipPool, support: np
     support_y = torch.from_numpy(pool.labels[support])
     aux_x = to_tensor(aux.frames[aux_rows]) if aux_rows is not None else None  # (C*A, M, C, H, W)
     adapted = learner.adapt(model, params, buffers, support_x, support_y, aux_x)
-    # Predict with the adapted θ as it is: the same learner with no further adaptation steps.
-    predictor = build_learner(dataclasses.replace(learner.cfg, test_inner_steps=0))
     preds = []
     for start in range(0, target.size, batch_size):
-        rows = target[start:start + batch_size]
-        task = Episode(
-            support_x=support_x, support_y=support_y,
-            query_x=to_tensor(pool.frames[rows]), query_y=torch.from_numpy(pool.labels[rows]),
-            aux_x=aux_x, aux_y=None if aux_y is None else torch.from_numpy(aux_y),
-            classes=tuple(range(len(pool.class_names))),
-            support_ids=tuple(pool.clip_ids[support].tolist()), query_ids=tuple(pool.clip_ids[rows].tolist()),
-            aux_ids=() if aux_rows is None else tuple(aux.clip_ids[aux_rows].tolist()),
-        )
-        preds.append(predictor.predict(model, adapted, buffers, task).argmax(-1).numpy())  # (batch,)
+        x = to_tensor(pool.frames[target[start:start + batch_size]])  # (batch, M, C, H, W)
+        logits = learner.logits(model, adapted, buffers, support_x, support_y, x)  # (batch, C)
+        preds.append(logits.argmax(-1).numpy())
     return np.concatenate(preds).astype(np.int64)
 
 
@@ -196,9 +161,8 @@ def loso_predictions(learner: Learner, model: nn.Module, pool: ClipPool, cfg: Lo
                      aux: ClipPool | None = None) -> list[FoldPrediction]:
     """Every clip of every subject of `pool` predicted once per draw, each fold adapted on a
     support set of the pool's other subjects."""
-    if aux is not None and aux.clip_shape != pool.clip_shape:
-        raise ValueError(f"auxiliary pool {aux.name!r} clips are {aux.clip_shape} (M, H, W, C) but pool "
-                         f"{pool.name!r} clips are {pool.clip_shape}; preprocess both alike")
+    # per class (way j = class j): its aux-pool indices, paired as the sampler pairs them
+    paired = pair_aux(pool, aux, cfg.aux_pairing) if aux is not None and cfg.aux_shots else None
     folds = list(loso_folds(pool.subjects))
     out = []
     for draw in range(cfg.repeats):
@@ -206,10 +170,11 @@ def loso_predictions(learner: Learner, model: nn.Module, pool: ClipPool, cfg: Lo
         for fold in folds:
             own = pool.subjects == fold.test_subject
             support = draw_support(pool, np.flatnonzero(~own), cfg.shots, rng, fold.test_subject)
-            aux_rows, aux_y = (draw_aux(aux, pool.class_names, cfg.aux_shots, cfg.aux_pairing, rng)
-                               if aux is not None and cfg.aux_shots else (None, None))
+            aux_rows = (draw_aux(paired, len(aux), cfg.aux_shots, rng)[0]
+                        if paired is not None else None)
             target = np.flatnonzero(own)
-            y_pred = predict_fold(learner, model, pool, support, target, cfg.batch_size, aux, aux_rows, aux_y)
+            y_pred = predict_fold(learner, model, pool, support, target, cfg.batch_size, aux,
+                                  aux_rows)
             out.append(FoldPrediction(
                 draw, fold.test_subject, tuple(pool.clip_ids[support].tolist()),
                 () if aux_rows is None else tuple(aux.clip_ids[aux_rows].tolist()),
@@ -219,7 +184,7 @@ def loso_predictions(learner: Learner, model: nn.Module, pool: ClipPool, cfg: Lo
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """ACC, macro-F1, UAR and UF1 of one set of (pooled) predictions."""
-    return {name: fn(y_true, y_pred) for name, fn in METRICS.items()}
+    return {name: fn(y_true, y_pred) for name, fn in SCORES.items()}
 
 
 def summarise(protocol: str, pool: ClipPool, folds: Sequence[FoldPrediction]) -> LosoResult:
@@ -237,7 +202,7 @@ def summarise(protocol: str, pool: ClipPool, folds: Sequence[FoldPrediction]) ->
     metrics = {}
     for group, mask in groups.items():
         per_draw = [scores(p.y_true[mask], p.y_pred[mask]) for p in pooled]  # (R,) dicts
-        metrics[group] = {m: mean_ci([s[m] for s in per_draw]) for m in METRICS}
+        metrics[group] = {m: mean_ci([s[m] for s in per_draw]) for m in SCORES}
     n = len(pool.class_names)
     confusion = sum(confusion_matrix(p.y_true, p.y_pred, n) for p in pooled)
     return LosoResult(protocol, pool.class_names, tuple(folds), pooled, metrics,
@@ -252,8 +217,8 @@ def evaluate_protocol(protocol: str, learner: Learner, model: nn.Module, data: D
     pool = protocol_pool(protocol, data, test_subjects)
     check_ways(protocol, model.cfg.ways, pool.class_names)
     aux = auxiliary_pool(data) if cfg.aux_shots else None
-    model.eval()
-    return summarise(protocol, pool, loso_predictions(learner, model, pool, cfg, aux))
+    with eval_mode(model):
+        return summarise(protocol, pool, loso_predictions(learner, model, pool, cfg, aux))
 
 
 def format_protocol_table(result: LosoResult, learner: str, shots: int, bn_mode: str) -> str:
@@ -263,7 +228,7 @@ def format_protocol_table(result: LosoResult, learner: str, shots: int, bn_mode:
     head = "| protocol | learner | data | clips | ACC | macro-F1 | UAR | UF1 | K | draws | BN |"
     lines = [head, "|" + "---|" * 11]
     for group, m in result.metrics.items():
-        cells = [f"{100 * m[k][0]:.2f} ± {100 * m[k][1]:.2f}" for k in METRICS]
+        cells = [f"{100 * m[k][0]:.2f} ± {100 * m[k][1]:.2f}" for k in SCORES]
         lines.append(f"| {result.protocol} | {learner} | {group} | {result.clips[group]} | " + " | ".join(cells)
                      + f" | {shots} | {draws} | {bn_mode} |")
     lines += ["", "confusion (rows: true, columns: predicted, summed over draws)", "",
@@ -291,10 +256,11 @@ def write_protocol_results(out: str | Path, result: LosoResult, record: dict) ->
     (out / "results.json").write_text(json.dumps(record, indent=2, default=str))
     with (out / "results.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["protocol", "data", "clips", "draws", *[f"{k}_{s}" for k in METRICS for s in ("mean", "ci95")]])
+        w.writerow(["protocol", "data", "clips", "draws",
+                    *[f"{k}_{s}" for k in SCORES for s in ("mean", "ci95")]])
         for group, m in result.metrics.items():
             w.writerow([result.protocol, group, result.clips[group], len(result.pooled),
-                        *[v for k in METRICS for v in m[k]]])
+                        *[v for k in SCORES for v in m[k]]])
     with (out / "predictions.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["draw", "fold", "clip_id", "y_true", "y_pred"])

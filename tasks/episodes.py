@@ -9,6 +9,8 @@ L_aux (Eq. 3). Here:
 - `EpisodeSampler` draws `Episode`s from a pool, deterministically for a seed;
 - `fixed_episodes` draws a fixed set once, so that every learner is evaluated on the
   same episodes (paired comparison).
+- `pair_aux` and `draw_aux` pair macro clips with classes and draw a task's auxiliary
+  batch, for the sampler and for the LOSO protocols' support sets alike.
 
 Labels inside an episode are episode-relative (way j = 0..N-1); `Episode.classes[j]` is
 the pool's global label of way j. Auxiliary clips are paired with a way by class *name*
@@ -53,7 +55,7 @@ class EpisodeError(ValueError):
     """A pool cannot supply the requested episodes; names the pool, classes and counts."""
 
 
-def _some(items: Sequence[str], k: int = 5) -> str:
+def abbreviate(items: Sequence[str], k: int = 5) -> str:
     """The first k items and how many more, for error messages."""
     head = ", ".join(str(i) for i in items[:k])
     return head + (f", … ({len(items) - k} more)" if len(items) > k else "")
@@ -108,12 +110,12 @@ class ClipPool:
             rows = [f"{self.clip_ids[i]} (label {self.labels[i]})" for i in bad]
             raise PoolError(
                 f"pool {self.name!r}: labels must lie in [0, {len(self.class_names)}) "
-                f"for class_names {list(self.class_names)}; bad: {_some(rows)}"
+                f"for class_names {list(self.class_names)}; bad: {abbreviate(rows)}"
             )
         ids, counts = np.unique(self.clip_ids, return_counts=True)
         if np.any(counts > 1):
             raise PoolError(
-                f"pool {self.name!r}: duplicated clip ids: {_some(ids[counts > 1].tolist())}"
+                f"pool {self.name!r}: duplicated clip ids: {abbreviate(ids[counts > 1].tolist())}"
             )
 
     def __len__(self) -> int:
@@ -144,7 +146,9 @@ class ClipPool:
         label_col = table.column("label")
         if label_col.null_count:
             nulls = np.flatnonzero(label_col.is_null().to_numpy(zero_copy_only=False))
-            raise PoolError(f"pool {name!r}: rows without a label: {_some(ids[nulls].tolist())}")
+            raise PoolError(
+                f"pool {name!r}: rows without a label: {abbreviate(ids[nulls].tolist())}"
+            )
         frames = _decode_frames(
             table.column("frames"), table.column("frames_shape").to_pylist(), ids, name
         )
@@ -180,7 +184,7 @@ class ClipPool:
         if out.size:
             raise PoolError(
                 f"pool {self.name!r}: indices out of range [0, {len(self)}): "
-                f"{_some(s[out].tolist())}"
+                f"{abbreviate(s[out].tolist())}"
             )
         return s.astype(np.int64)
 
@@ -202,8 +206,8 @@ class ClipPool:
             if absent:
                 have = sorted(set(self.subjects.tolist()))
                 raise PoolError(
-                    f"pool {self.name!r} has no clips of subject(s) {_some(absent)}; "
-                    f"its {len(have)} subjects are e.g. {_some(have)} "
+                    f"pool {self.name!r} has no clips of subject(s) {abbreviate(absent)}; "
+                    f"its {len(have)} subjects are e.g. {abbreviate(have)} "
                     "(subjects are prefixed by dataset)"
                 )
         return self.subset(np.isin(self.subjects, wanted), name=name)
@@ -262,13 +266,13 @@ def _decode_frames(col: pa.ChunkedArray, shapes: list, ids: np.ndarray, name: st
     if empty:
         raise PoolError(
             f"pool {name!r}: clips without frames (index not materialised): "
-            f"{_some(ids[empty].tolist())}"
+            f"{abbreviate(ids[empty].tolist())}"
         )
     by_shape: dict[tuple[int, ...], list[str]] = {}
     for cid, s in zip(ids.tolist(), shapes):
         by_shape.setdefault(tuple(s), []).append(cid)
     if len(by_shape) > 1:
-        detail = "; ".join(f"{s}: {_some(c, 3)}" for s, c in by_shape.items())
+        detail = "; ".join(f"{s}: {abbreviate(c, 3)}" for s, c in by_shape.items())
         raise PoolError(
             f"pool {name!r}: clips have different frame shapes, a pool needs one: {detail}"
         )
@@ -278,7 +282,7 @@ def _decode_frames(col: pa.ChunkedArray, shapes: list, ids: np.ndarray, name: st
     arr = col.combine_chunks()
     if arr.null_count:
         nulls = np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))
-        raise PoolError(f"pool {name!r}: clips with null frames: {_some(ids[nulls].tolist())}")
+        raise PoolError(f"pool {name!r}: clips with null frames: {abbreviate(ids[nulls].tolist())}")
     if not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
         arr = arr.cast(pa.large_binary())  # e.g. binary_view: get the offsets + data layout
     off_dtype = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
@@ -291,7 +295,7 @@ def _decode_frames(col: pa.ChunkedArray, shapes: list, ids: np.ndarray, name: st
         rows = [f"{ids[i]} ({sizes[i]} bytes)" for i in wrong]
         raise PoolError(
             f"pool {name!r}: frames bytes do not match frames_shape {shape} "
-            f"({expected} bytes): {_some(rows)}"
+            f"({expected} bytes): {abbreviate(rows)}"
         )
     data = np.frombuffer(data_buf, dtype=np.uint8)
     return data[offsets[0] : offsets[-1]].reshape((len(ids),) + shape)
@@ -452,6 +456,60 @@ def _resolve_aux_names(
     return out
 
 
+def pair_aux(
+    pool: ClipPool,
+    aux: ClipPool,
+    pairing: Literal["class", "unpaired"] = "class",
+    aux_names: Mapping[str, str | Sequence[str]] | None = None,
+) -> list[np.ndarray]:
+    """Per class of the micro `pool`: the indices of the `aux` pool's clips of its paired
+    macro classes (empty: unpaired). Pairing "class" matches names (`aux_names`, default
+    `default_aux_names`); "unpaired" pairs nothing. Both pools must have one clip shape."""
+    if len(aux) == 0:
+        raise EpisodeError(f"auxiliary pool {aux.name!r} is empty")
+    if aux.clip_shape != pool.clip_shape:
+        raise EpisodeError(
+            f"auxiliary pool {aux.name!r} clips are {aux.clip_shape} (M, H, W, C) but pool "
+            f"{pool.name!r} clips are {pool.clip_shape}; preprocess both alike"
+        )
+    if pairing == "unpaired":
+        names = {}
+    elif aux_names is None:
+        names = default_aux_names(pool.class_names, aux.class_names)
+    else:
+        names = _resolve_aux_names(aux_names, pool, aux)
+    return [
+        np.flatnonzero(np.isin(aux.labels, [aux.class_names.index(t) for t in names.get(m, ())]))
+        for m in pool.class_names
+    ]
+
+
+def draw_aux(
+    paired: Sequence[np.ndarray], n_aux: int, shots: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(A,) aux-pool indices and (A,) way labels, A = len(paired) * shots, shuffled.
+
+    Way j gets `shots` clips among paired[j] (`pair_aux`), with replacement where there
+    are fewer; the ways with no paired clip share random clips of the n_aux, labelled
+    UNPAIRED, which avoid the paired draws unless the pool is too small.
+    """
+    idx, ys, unpaired = [], [], 0
+    for j, cand in enumerate(paired):
+        if cand.size:
+            idx.append(rng.choice(cand, size=shots, replace=cand.size < shots))
+            ys.append(np.full(shots, j, dtype=np.int64))
+        else:
+            unpaired += shots
+    if unpaired:
+        free = np.setdiff1d(np.arange(n_aux), np.concatenate(idx)) if idx else np.arange(n_aux)
+        free = free if free.size >= unpaired else np.arange(n_aux)
+        idx.append(rng.choice(free, size=unpaired, replace=free.size < unpaired))
+        ys.append(np.full(unpaired, UNPAIRED, dtype=np.int64))
+    aux, aux_y = np.concatenate(idx), np.concatenate(ys)
+    perm = rng.permutation(aux.size)
+    return aux[perm], aux_y[perm]
+
+
 def _shortage(pool: ClipPool, cfg: EpisodeConfig) -> str:
     need = cfg.shots + cfg.query
     counts = ", ".join(f"{n} {c}" for n, c in zip(pool.class_names, pool.class_counts()))
@@ -504,52 +562,9 @@ class EpisodeSampler:
         if self._eligible.size < cfg.ways:
             raise EpisodeError(_shortage(pool, cfg))
         self.aux_pool = aux_pool if cfg.aux_shots > 0 else None
-        self._aux_by_class: list[np.ndarray] = []
+        self._aux_by_class: list[np.ndarray] = []  # per pool class: paired aux-pool indices
         if self.aux_pool is not None:
-            self._aux_by_class = self._pair_classes(self.aux_pool, aux_names)
-
-    def _pair_classes(
-        self, aux: ClipPool, aux_names: Mapping[str, str | Sequence[str]] | None
-    ) -> list[np.ndarray]:
-        """Per micro class: aux-pool indices of its paired macro classes (empty: unpaired)."""
-        if len(aux) == 0:
-            raise EpisodeError(f"auxiliary pool {aux.name!r} is empty")
-        if aux.clip_shape != self.pool.clip_shape:
-            raise EpisodeError(
-                f"auxiliary pool {aux.name!r} clips are {aux.clip_shape} (M, H, W, C) but pool "
-                f"{self.pool.name!r} clips are {self.pool.clip_shape}; preprocess both alike"
-            )
-        if self.cfg.aux_pairing == "unpaired":
-            names = {}
-        elif aux_names is None:
-            names = default_aux_names(self.pool.class_names, aux.class_names)
-        else:
-            names = _resolve_aux_names(aux_names, self.pool, aux)
-        out = []
-        for micro_name in self.pool.class_names:
-            macro_labels = [aux.class_names.index(t) for t in names.get(micro_name, ())]
-            out.append(np.flatnonzero(np.isin(aux.labels, macro_labels)))
-        return out
-
-    def _draw_aux(self, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(A,) aux-pool indices and (A,) way labels (-1 unpaired), shuffled."""
-        rng, k, n_aux = self._rng, self.cfg.aux_shots, len(self.aux_pool)
-        idx, ys, unpaired = [], [], 0
-        for j, c in enumerate(classes):
-            cand = self._aux_by_class[c]
-            if cand.size:
-                idx.append(rng.choice(cand, size=k, replace=cand.size < k))
-                ys.append(np.full(k, j, dtype=np.int64))
-            else:
-                unpaired += k
-        if unpaired:  # random macro clips, avoiding those already paired when the pool allows
-            free = np.setdiff1d(np.arange(n_aux), np.concatenate(idx)) if idx else np.arange(n_aux)
-            free = free if free.size >= unpaired else np.arange(n_aux)
-            idx.append(rng.choice(free, size=unpaired, replace=free.size < unpaired))
-            ys.append(np.full(unpaired, UNPAIRED, dtype=np.int64))
-        aux, aux_y = np.concatenate(idx), np.concatenate(ys)
-        perm = rng.permutation(aux.size)
-        return aux[perm], aux_y[perm]
+            self._aux_by_class = pair_aux(pool, self.aux_pool, cfg.aux_pairing, aux_names)
 
     def _plan(self) -> _Plan:
         rng, n, k, q = self._rng, self.cfg.ways, self.cfg.shots, self.cfg.query
@@ -560,7 +575,11 @@ class EpisodeSampler:
         s_perm, q_perm = rng.permutation(n * k), rng.permutation(n * q)
         support = np.concatenate([p[:k] for p in picks])[s_perm]
         query = np.concatenate([p[k:] for p in picks])[q_perm]
-        aux, aux_y = self._draw_aux(classes) if self.aux_pool is not None else (None, None)
+        aux, aux_y = (
+            draw_aux([self._aux_by_class[c] for c in classes], len(self.aux_pool),
+                     self.cfg.aux_shots, rng)
+            if self.aux_pool is not None else (None, None)
+        )
         return _Plan(
             classes,
             support,

@@ -184,7 +184,9 @@ def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> t
     return mean, float(q * v.std(ddof=1) / math.sqrt(n))
 
 
-EPISODE_METRICS = {"acc": accuracy, "macro_f1": macro_f1, "uar": uar, "uf1": uf1}
+# Metric name -> fn(y_true, y_pred): of one episode's predictions, or of predictions pooled
+# over LOSO folds (platform/protocols.py).
+SCORES = {"acc": accuracy, "macro_f1": macro_f1, "uar": uar, "uf1": uf1}
 
 
 def episode_summary(
@@ -204,7 +206,7 @@ def episode_summary(
     pairs = [_labels(t, p) for t, p in episodes]
     out = {
         name: mean_ci([fn(t, p) for t, p in pairs], confidence)
-        for name, fn in EPISODE_METRICS.items()
+        for name, fn in SCORES.items()
     }
     t_all = np.concatenate([t for t, _ in pairs])
     p_all = np.concatenate([p for _, p in pairs])

@@ -3,8 +3,9 @@
 - Few-shot on unseen subjects: `subject_split` puts every subject in exactly one of
   meta-train / validation / test, so neither training nor model selection ever sees a
   test subject (individual differences are what the paper's decision level is about).
-- LOSO: `loso_folds` leaves one subject out per fold; `pool_predictions` joins the
-  folds' predictions back **by clip id**, never by order.
+- LOSO: `loso_folds` leaves one subject out per fold; `draw_support` draws a fold's
+  support set from the other subjects; `pool_predictions` joins the folds' predictions
+  back **by clip id**, never by order.
 - Composite (MEGC 2019): `composite_pool` maps SMIC + CASME II + SAMM (and any dataset
   with a composite mapping in `tasks/labels.py`) to negative / positive / surprise.
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lightman.tasks.episodes import ClipPool
+from lightman.tasks.episodes import ClipPool, abbreviate
 from lightman.tasks.labels import COMPOSITE3, build_scheme
 
 log = logging.getLogger(__name__)
@@ -25,11 +26,6 @@ log = logging.getLogger(__name__)
 
 class SplitError(ValueError):
     """A split leaks subjects, misses subjects, or predictions do not join by clip id."""
-
-
-def _some(items: Sequence[str], k: int = 5) -> str:
-    head = ", ".join(str(i) for i in items[:k])
-    return head + (f", … ({len(items) - k} more)" if len(items) > k else "")
 
 
 @dataclass(frozen=True)
@@ -48,21 +44,21 @@ def assert_disjoint(split: SubjectSplit, subjects: Iterable[str] | None = None) 
     for name, items in (("train", split.train), ("val", split.val), ("test", split.test)):
         if len(items) != len(parts[name]):
             dup = sorted({s for s in items if list(items).count(s) > 1})
-            raise SplitError(f"split.{name} lists subject(s) twice: {_some(dup)}")
+            raise SplitError(f"split.{name} lists subject(s) twice: {abbreviate(dup)}")
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         shared = sorted(parts[a] & parts[b])
         if shared:
-            raise SplitError(f"subjects in both {a} and {b}: {_some(shared)}")
+            raise SplitError(f"subjects in both {a} and {b}: {abbreviate(shared)}")
     if subjects is not None:
         everyone = set(subjects)
         covered = parts["train"] | parts["val"] | parts["test"]
         if covered - everyone:
             raise SplitError(
-                f"split names subjects not in the pool: {_some(sorted(covered - everyone))}"
+                f"split names subjects not in the pool: {abbreviate(sorted(covered - everyone))}"
             )
         if everyone - covered:
             raise SplitError(
-                f"subjects in no part of the split: {_some(sorted(everyone - covered))}"
+                f"subjects in no part of the split: {abbreviate(sorted(everyone - covered))}"
             )
 
 
@@ -97,7 +93,7 @@ def subject_split(
         unknown = sorted(set(test) - set(everyone))
         if unknown:
             raise SplitError(
-                f"eval_subjects not among the {len(everyone)} subjects: {_some(unknown)}"
+                f"eval_subjects not among the {len(everyone)} subjects: {abbreviate(unknown)}"
             )
     else:
         n_test = _count(eval_fraction, len(everyone), "eval_fraction")
@@ -172,6 +168,23 @@ def loso_folds(subjects: Iterable[str]) -> Iterator[Fold]:
         yield Fold(s, tuple(o for o in everyone if o != s))
 
 
+def draw_support(pool: ClipPool, rows: np.ndarray, shots: int, rng: np.random.Generator,
+                 fold: str) -> np.ndarray:
+    """(C*K,) pool indices of a LOSO fold's support set: K distinct clips of every class of
+    the pool, class by class, all among `rows` (the other test subjects' clips)."""
+    labels = pool.labels[rows]
+    counts = np.bincount(labels, minlength=len(pool.class_names))
+    short = [f"{name} ({n})" for name, n in zip(pool.class_names, counts.tolist()) if n < shots]
+    if short:
+        raise SplitError(
+            f"{pool.name} fold {fold}: the other test subjects have fewer than shots={shots} "
+            f"clips of {', '.join(short)}; use fewer shots, or more test subjects "
+            "(data.test_fraction) when training"
+        )
+    return np.concatenate([rng.choice(rows[labels == c], size=shots, replace=False)
+                           for c in range(len(pool.class_names))])
+
+
 @dataclass(frozen=True, eq=False)
 class PooledPredictions:
     """Predictions of all folds joined by clip id, sorted by clip id."""
@@ -205,15 +218,17 @@ def pool_predictions(
         missing = sorted(set(expected) - set(joined))
         if missing:
             raise SplitError(
-                f"{len(missing)} expected clip(s) have no prediction: {_some(missing)}"
+                f"{len(missing)} expected clip(s) have no prediction: {abbreviate(missing)}"
             )
         extra = sorted(set(joined) - set(expected))
         if extra:
-            raise SplitError(f"{len(extra)} predicted clip(s) are not expected: {_some(extra)}")
+            raise SplitError(
+                f"{len(extra)} predicted clip(s) are not expected: {abbreviate(extra)}"
+            )
         wrong = sorted(c for c, (t, _) in joined.items() if t != int(expected[c]))
         if wrong:
             rows = [f"{c} (y_true {joined[c][0]}, expected {int(expected[c])})" for c in wrong]
-            raise SplitError(f"y_true disagrees with the expected label: {_some(rows)}")
+            raise SplitError(f"y_true disagrees with the expected label: {abbreviate(rows)}")
     ids = tuple(sorted(joined))
     y = np.array([joined[c] for c in ids], dtype=np.int64).reshape(-1, 2)
     return PooledPredictions(ids, y[:, 0].copy(), y[:, 1].copy())

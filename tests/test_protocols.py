@@ -22,11 +22,11 @@ from lightman.platform.cli import main
 from lightman.platform.config import from_dict, load_config
 from lightman.platform.evaluate import EvalConfig, evaluate_checkpoint
 from lightman.platform.ingest import IngestConfig, ingest
-from lightman.platform.protocols import LosoConfig, draw_aux, draw_support, evaluate_protocol
+from lightman.platform.protocols import LosoConfig, evaluate_protocol
 from lightman.platform.selection import DataSelection, load_pool
 from lightman.platform.train import TrainConfig, run_training
-from lightman.tasks.episodes import UNPAIRED, ClipPool
-from lightman.tasks.splits import SplitError
+from lightman.tasks.episodes import UNPAIRED, ClipPool, draw_aux, pair_aux
+from lightman.tasks.splits import SplitError, draw_support
 from lightman.tasks.synth import SynthConfig, synthesize
 
 TINY = ["episode.shots=1", "episode.query=1", "episode.aux_shots=1", "model.image_size=32", "model.hidden=16",
@@ -250,10 +250,11 @@ def test_support_draw_takes_k_per_class_from_the_given_rows_or_names_the_shortag
 
 def test_aux_draw_pairs_classes_by_name_and_marks_the_rest_unpaired():
     aux = _pool([0, 0, 1, 2, 2, 2], list("uvwxyz"), ("happy", "sadness", "neutral"), dataset="ckplus")
-    idx, ways = draw_aux(aux, ("negative", "positive", "others"), 4, "class", np.random.default_rng(1))
+    micro = _pool([0, 1, 2], list("abc"), ("negative", "positive", "others"))
+    idx, ways = draw_aux(pair_aux(micro, aux, "class"), len(aux), 4, np.random.default_rng(1))
     assert idx.shape == ways.shape == (12,)
     assert set(aux.labels[idx[ways == 0]]) == {1}  # negative <-> sadness (one clip, drawn with replacement)
     assert set(aux.labels[idx[ways == 1]]) == {0}  # positive <-> happy
     assert (ways == UNPAIRED).sum() == 4  # "others" pairs with nothing
-    _, unpaired = draw_aux(aux, ("negative", "positive", "others"), 2, "unpaired", np.random.default_rng(1))
+    _, unpaired = draw_aux(pair_aux(micro, aux, "unpaired"), len(aux), 2, np.random.default_rng(1))
     assert (unpaired == UNPAIRED).all()

@@ -166,7 +166,8 @@ class Learner(ABC):
         in training mode. In eval mode, or with bn_mode task / clip, nothing is written.
         """
         theta = trainable(params)
-        return meta_batch_grads(partial(self.task_grads, model, theta, buffers), tasks, self.cfg.name)
+        per_task = partial(self.task_grads, model, theta, buffers)  # (task, where) -> (grads, metrics)
+        return meta_batch_grads(per_task, tasks, self.cfg.name)
 
     @abstractmethod
     def adapt(
@@ -409,8 +410,8 @@ class BilevelLearner(Learner):
     def task_grads(self, model, params, buffers, task, where):
         cfg = self.cfg
         names = self.adapted_names(model, params)
-        bind = partial(self.make_objective, model, buffers=buffers, x=task.support_x, y=task.support_y,
-                       aux_x=task.aux_x, where=where)
+        bind = partial(self.make_objective, model, buffers=buffers, x=task.support_x,
+                       y=task.support_y, aux_x=task.aux_x, where=where)
         if cfg.memory == "low" and not cfg.first_order:
             return checkpointed_outer_grads(model, params, buffers, task, bind, names, cfg.inner_lr,
                                             cfg.inner_steps, cfg.log_support_after)
@@ -418,7 +419,7 @@ class BilevelLearner(Learner):
                                 cfg.inner_steps, cfg.first_order, cfg.log_support_after)
 
     def adapt(self, model, params, buffers, support_x, support_y, aux_x=None, steps=None):
-        bind = partial(self.make_objective, model, buffers=buffers, x=support_x, y=support_y, aux_x=aux_x,
-                       where="the support set")
+        bind = partial(self.make_objective, model, buffers=buffers, x=support_x, y=support_y,
+                       aux_x=aux_x, where="the support set")
         return sgd_adapt(bind, params, self.adapted_names(model, params), self.cfg.inner_lr,
                          self.adapt_steps(steps))

@@ -28,7 +28,8 @@ def fine_tune(model: nn.Module, params: Params, buffers: Params, x: Tensor, y: T
               steps: int) -> Params:
     """θ after `steps` SGD steps at lr on CE(h_pri(g(x)), y) over every parameter, detached:
     MAML's test-time adaptation, which reptile and supervised use as theirs."""
-    return sgd_adapt(lambda theta: cross_entropy_objective(model, buffers, x, y), params, tuple(params), lr, steps)
+    objective = cross_entropy_objective(model, buffers, x, y)  # binds no θ: the same for every θ
+    return sgd_adapt(lambda theta: objective, params, tuple(params), lr, steps)
 
 
 class MAML(BilevelLearner):

@@ -35,22 +35,25 @@ def episode_ways(support_y: Tensor, where: str) -> int:
     return ways
 
 
-def support_logits(model: nn.Module, params: Params, buffers: Params, support_x: Tensor, support_y: Tensor,
-                   x: Tensor, update_stats: bool, where: str) -> Tensor:
+def support_logits(model: nn.Module, params: Params, buffers: Params, support_x: Tensor,
+                   support_y: Tensor, x: Tensor, update_stats: bool, where: str) -> Tensor:
     """Logits (n, N) of clips x: (n, M, C, H, W) from the prototypes of the support set
     (support_x, support_y), both embedded in one batch."""
     ways = episode_ways(support_y, where)
     n_support = support_x.shape[0]
-    z = forward(model, params, buffers, torch.cat((support_x, x)), "embed", update_stats)  # (S + n, D)
+    batch = torch.cat((support_x, x))  # (S + n, M, C, H, W)
+    z = forward(model, params, buffers, batch, "embed", update_stats)  # (S + n, D)
     return proto_logits(z[n_support:], prototypes(z[:n_support], support_y, ways))
 
 
 def proto_task_grads(model: nn.Module, params: Params, buffers: Params, task: TaskLike,
                      where: str) -> tuple[Params, dict[str, Tensor]]:
     """(∇θ CE(−||g(query) − c||², y_query) at θ = params (leaves), metrics) of one task."""
-    logits = support_logits(model, params, buffers, task.support_x, task.support_y, task.query_x, True, where)
+    logits = support_logits(model, params, buffers, task.support_x, task.support_y, task.query_x,
+                            True, where)  # (N*Q, N)
     loss = F.cross_entropy(logits, task.query_y)
-    return full_grads(loss, params), {"outer_loss": loss.detach(), "query_acc": accuracy(logits, task.query_y)}
+    metrics = {"outer_loss": loss.detach(), "query_acc": accuracy(logits, task.query_y)}
+    return full_grads(loss, params), metrics
 
 
 class ProtoNet(Learner):
@@ -64,4 +67,5 @@ class ProtoNet(Learner):
 
     def logits(self, model, adapted, buffers, support_x, support_y, x):
         with torch.no_grad():
-            return support_logits(model, adapted, buffers, support_x, support_y, x, False, "the support set")
+            return support_logits(model, adapted, buffers, support_x, support_y, x, False,
+                                  "the support set")

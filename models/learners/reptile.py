@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightman.models.learners.base import Learner, Params, TaskLike, accuracy, forward, grads_of, sgd_step
+from lightman.models.learners.base import (
+    Learner, Params, TaskLike, accuracy, forward, grads_of, sgd_step,
+)
 from lightman.models.learners.maml import fine_tune
 from lightman.models.learners.params import trainable
 
@@ -42,7 +44,9 @@ class Reptile(Learner):
     """Meta-gradient Σ_i (θ − θ_i); adapts at test time like MAML (CE, every parameter)."""
 
     def task_grads(self, model, params, buffers, task, where):
-        return reptile_task_delta(model, params, buffers, task, self.cfg.inner_lr, self.cfg.reptile_steps)
+        cfg = self.cfg
+        return reptile_task_delta(model, params, buffers, task, cfg.inner_lr, cfg.reptile_steps)
 
     def adapt(self, model, params, buffers, support_x, support_y, aux_x=None, steps=None):
-        return fine_tune(model, params, buffers, support_x, support_y, self.cfg.inner_lr, self.adapt_steps(steps))
+        return fine_tune(model, params, buffers, support_x, support_y, self.cfg.inner_lr,
+                         self.adapt_steps(steps))

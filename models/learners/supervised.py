@@ -14,14 +14,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightman.models.learners.base import (
-    LearnerConfig, Learner, Params, TaskLike, accuracy, aux_loss_fn, forward, full_grads, require_aux,
+    Learner, LearnerConfig, Params, TaskLike, accuracy, aux_loss_fn, forward, full_grads,
+    require_aux,
 )
 from lightman.models.learners.lightman import dual_branch_loss
 from lightman.models.learners.maml import fine_tune
 
 
-def joint_task_grads(model: nn.Module, params: Params, buffers: Params, task: TaskLike, cfg: LearnerConfig,
-                     where: str) -> tuple[Params, dict[str, Tensor]]:
+def joint_task_grads(model: nn.Module, params: Params, buffers: Params, task: TaskLike,
+                     cfg: LearnerConfig, where: str) -> tuple[Params, dict[str, Tensor]]:
     """(∇θ joint loss at θ = params (leaves), metrics) on the task's support + query clips."""
     x = torch.cat((task.support_x, task.query_x))  # (N*K + N*Q, M, C, H, W)
     y = torch.cat((task.support_y, task.query_y))
@@ -31,8 +32,8 @@ def joint_task_grads(model: nn.Module, params: Params, buffers: Params, task: Ta
         row = {}
     else:
         aux_x = require_aux(task.aux_x, "supervised", where)
-        out = dual_branch_loss(model, params, buffers, x, y, aux_x, cfg.lambda_pri, aux_loss_fn(cfg),
-                               update_stats=True)
+        out = dual_branch_loss(model, params, buffers, x, y, aux_x, cfg.lambda_pri,
+                               aux_loss_fn(cfg), update_stats=True)
         loss, logits = out.total, out.logits
         row = {"aux_loss": out.aux.detach()}
     n_support = task.support_x.shape[0]
@@ -47,4 +48,5 @@ class Supervised(Learner):
         return joint_task_grads(model, params, buffers, task, self.cfg, where)
 
     def adapt(self, model, params, buffers, support_x, support_y, aux_x=None, steps=None):
-        return fine_tune(model, params, buffers, support_x, support_y, self.cfg.inner_lr, self.adapt_steps(steps))
+        return fine_tune(model, params, buffers, support_x, support_y, self.cfg.inner_lr,
+                         self.adapt_steps(steps))
