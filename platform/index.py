@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
+import tempfile
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -370,6 +372,7 @@ def write_index(
     dataset, class_names = _check_entry(dataset_entry)
     root = storage.resolve(out_uri)
     previous = _read_manifest_or_none(root)
+    fresh = not storage.exists(root)
     version = uuid.uuid4().hex
     vdir = root.join(VERSIONS_DIR, version)
     try:
@@ -377,7 +380,7 @@ def write_index(
         counts = _counts(written, class_names)
         _check_files_exist(root, [f["path"] for f in written.files])
     except BaseException:
-        _discard(vdir)
+        _discard(root if fresh else vdir)  # a failed first write leaves no folder at all
         raise
     entry = {k: v for k, v in dataset_entry.items() if k not in _WRITER_KEYS}
     entry.update(
@@ -391,8 +394,10 @@ def write_index(
         written_at=_now(),
     )
     old = (previous or {}).get("datasets", {}).get(dataset)
-    if old is not None and old["content_hash"] == entry["content_hash"]:
-        # same rows as the committed files: keep those (idempotent re-runs)
+    same = old is not None and old["content_hash"] == entry["content_hash"]
+    if same and not file_problems(root, old["files"]):
+        # same rows as the committed files, and those are intact: keep them (idempotent
+        # re-runs); a re-run is also how a damaged dataset is repaired
         _discard(vdir)
         entry.update(files=old["files"], version=old["version"])
     manifest = _assemble(previous, dataset, entry)
@@ -404,6 +409,25 @@ def write_index(
 
 
 # ---------------------------------------------------------------- reading
+
+
+def file_problems(root: storage.Location, files: list[dict]) -> list[str]:
+    """One line for every listed file ({"path", "rows", ...}) that is missing, does not open as
+    Parquet (truncated, overwritten), or holds another number of rows than recorded."""
+    problems = []
+    for f in files:
+        loc = root.join(f["path"])
+        try:
+            with loc.fs.open_input_file(loc.path) as fh:
+                rows = pq.ParquetFile(fh).metadata.num_rows
+        except FileNotFoundError:
+            problems.append(f"{loc.uri}: missing")
+        except (OSError, pa.ArrowException) as e:
+            problems.append(f"{loc.uri}: unreadable ({e})")
+        else:
+            if rows != f["rows"]:
+                problems.append(f"{loc.uri}: holds {rows} rows, the manifest lists {f['rows']}")
+    return problems
 
 
 def _check_files_exist(root: storage.Location, rel_paths: list[str]) -> None:
@@ -427,7 +451,63 @@ def _parse_manifest(root: storage.Location, raw: bytes) -> dict:
             f"index at {root.uri} has schema version {data.get('schema_version')}; this Lightman reads "
             f"version {SCHEMA_VERSION}: re-run `lightman ingest` into a new location"
         )
+    problem = _manifest_problem(data)
+    if problem:
+        raise BadIndexError(
+            f"index at {root.uri}: {MANIFEST} is damaged: {problem}; restore it from a copy, or "
+            f"re-run `lightman ingest` into a new location"
+        )
     return data
+
+
+# Fields (and their JSON types) that readers and the writer of an index rely on; a manifest
+# edited by hand or cut short must fail here, naming the field, not as a KeyError later.
+_MANIFEST_FIELDS = {"content_hash": str, "num_rows": int, "files": list, "datasets": dict}
+_ENTRY_FIELDS = {"label_scheme": dict, "counts": dict, "repairs": dict, "files": list,
+                 "skipped": list, "content_hash": str, "version": str, "written_at": str}
+_SCHEME_FIELDS = {"name": str, "class_names": list}
+_COUNT_FIELDS = {"clips": int, "per_class": dict, "per_subject": dict, "per_expression": dict,
+                 "repairs_by_kind": dict}
+_FILE_FIELDS = {"path": str, "expression": str, "rows": int}
+_SKIP_FIELDS = {"clip": str, "reason": str}
+_JSON_TYPE = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
+
+
+def _field_problem(obj: object, fields: dict[str, type], where: str) -> str | None:
+    """What is wrong with `obj` (missing field, wrong type), named by its path, or None."""
+    if not isinstance(obj, dict):
+        return f"{where} must be an object, got {json.dumps(obj)[:60]}"
+    for name, tp in fields.items():
+        path = f"{where}.{name}" if where else name
+        if name not in obj:
+            return f"{path} is missing"
+        value = obj[name]
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            return f"{path} must be {_JSON_TYPE[tp]}, got {json.dumps(value)[:60]}"
+    return None
+
+
+def _problems(data: dict) -> Iterator[str | None]:
+    """Structural checks of a parsed manifest, each run only if the ones before it passed."""
+    yield _field_problem(data, _MANIFEST_FIELDS, "")
+    for name, e in data["datasets"].items():
+        where = f"datasets.{name}"
+        yield _field_problem(e, _ENTRY_FIELDS, where)
+        yield _field_problem(e["label_scheme"], _SCHEME_FIELDS, f"{where}.label_scheme")
+        yield _field_problem(e["counts"], _COUNT_FIELDS, f"{where}.counts")
+        absent = [c for c in e["label_scheme"]["class_names"] if c not in e["counts"]["per_class"]]
+        yield f"{where}.counts.per_class lacks the classes {absent}" if absent else None
+        for i, f in enumerate(e["files"]):
+            yield _field_problem(f, _FILE_FIELDS, f"{where}.files[{i}]")
+        for i, sk in enumerate(e["skipped"]):
+            yield _field_problem(sk, _SKIP_FIELDS, f"{where}.skipped[{i}]")
+        bad = [c for c, notes in e["repairs"].items() if not isinstance(notes, list)]
+        yield f"{where}.repairs[{bad[0]!r}] must be a list of notes" if bad else None
+
+
+def _manifest_problem(data: dict) -> str | None:
+    """The first structural problem of a parsed manifest, or None."""
+    return next((p for p in _problems(data) if p), None)
 
 
 def _read_manifest_or_none(root: storage.Location) -> dict | None:
@@ -444,6 +524,52 @@ def read_manifest(uri: str) -> dict:
     if data is None:
         raise BadIndexError(f"no index at {root.uri}: {MANIFEST} not found")
     return data
+
+
+def prepare_write(uri: str) -> dict | None:
+    """Check, before any work, that the index at `uri` can be committed; its current manifest.
+
+    Fails (BadIndexError) when `uri` is a file, when its manifest is unreadable or
+    damaged, or when the root or its version folder cannot be written (tried with a
+    probe file, which is the only sure test: permissions, read-only mounts, S3 policies).
+    Returns None for a new index, and leaves nothing behind: folders it had to create
+    for the probe are removed again.
+    """
+    root = storage.resolve(uri)
+    if storage.exists(root) and not storage.is_dir(root):
+        raise BadIndexError(f"index location {root.uri} is a file, not a folder; give a new folder "
+                            f"or an existing index")
+    previous = _read_manifest_or_none(root)
+    vroot = root.join(VERSIONS_DIR)
+    try:
+        if root.is_s3:
+            probe = vroot.join(f".write-test-{uuid.uuid4().hex}")
+            storage.write_bytes(probe, b"")
+            root.fs.delete_file(probe.path)
+        else:
+            _probe_local(root.path, vroot.path)
+    except OSError as e:
+        why = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
+        raise BadIndexError(f"cannot write the index at {root.uri} ({why}); choose a location "
+                            f"you can write, or fix its permissions") from e
+    return previous
+
+
+def _probe_local(root: str, vroot: str) -> None:
+    """Create a file in `root` and in `vroot` (the manifest's and the data's folders), then undo."""
+    created = []
+    folder = vroot
+    while not os.path.exists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
+    try:
+        for d in (root, vroot):
+            os.makedirs(d, exist_ok=True)
+            tempfile.TemporaryFile(dir=d).close()
+    finally:
+        for d in created:  # deepest first
+            if os.path.isdir(d):
+                os.rmdir(d)
 
 
 def select_files(

@@ -10,12 +10,21 @@ whatever the number of workers, so 1 and N workers write the same index.
 
 Parallelism (`parallel_map`): a local process pool, or Ray tasks when Ray is already
 running; benchmarks/ingest.py measures both.
+
+Nothing is lost silently: the index location is checked (writable, manifest readable)
+before the scan, and an ingest that would replace a dataset's rows with fewer than half
+as many (a `--limit` quick look into the real index) is refused unless `replace=True`.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
+import os
+import select
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -26,7 +35,7 @@ from typing import Literal
 from tqdm import tqdm
 
 from lightman.models.provenance import to_dict
-from lightman.platform.index import ROW_GROUP_SIZE, write_index
+from lightman.platform.index import ROW_GROUP_SIZE, prepare_write, write_index
 from lightman.tasks import storage
 from lightman.tasks.datasets import scan
 from lightman.tasks.labels import LabelScheme, UnknownEmotion, build_scheme
@@ -134,10 +143,47 @@ def process_clip(job: tuple[ClipRecord, int], cfg: PreprocessConfig) -> dict | S
     return Skipped(rec.dataset, rec.clip_id, reason)
 
 
-def _worker_init() -> None:
+_STOP = {signal.SIGINT, signal.SIGTERM}
+
+
+def _worker_init(ingest_pid: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one process per core: OpenCV's own threads would oversubscribe
+    # Ctrl-C signals the whole process group; the ingest stops the pool, and a worker's own
+    # KeyboardInterrupt would only print a traceback per worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP)  # blocked by pool_map while starting
+    _exit_with(ingest_pid)
+
+
+def _exit_with(pid: int) -> None:
+    """End this worker as soon as process `pid` (the ingest) ends, however it ends.
+
+    A worker of a killed ingest (SIGKILL included) would otherwise wait forever on a task
+    queue that nobody writes to. Its parent is the fork server, not the ingest, and the
+    fork server lives as long as its children, so the parent-death signal of Linux would
+    never come: a daemon thread waits on the ingest's process itself (a pidfd on Linux,
+    which also sees a killed but not yet reaped process; polling elsewhere).
+    """
+    if hasattr(os, "pidfd_open"):
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:  # gone before this worker started
+            os._exit(1)
+
+        def wait() -> None:
+            select.select([fd], [], [])
+            os._exit(1)
+    else:
+        def wait() -> None:
+            while True:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    os._exit(1)
+                time.sleep(0.5)
+    threading.Thread(target=wait, name=f"exit-with-{pid}", daemon=True).start()
 
 
 def pool_map(jobs: list, cfg: PreprocessConfig, workers: int) -> Iterator[dict | Skipped]:
@@ -147,12 +193,34 @@ def pool_map(jobs: list, cfg: PreprocessConfig, workers: int) -> Iterator[dict |
     per worker would spend ~1 s importing, and forking the caller itself is unsafe once
     it has threads (the S3 client's, after a scan of s3://). Like any spawn/forkserver
     pool, a script calling `ingest` needs the `if __name__ == "__main__":` guard.
+
+    SIGINT and SIGTERM are held back while the pool starts (a worker cut off half-way
+    through its start prints a traceback, and one not yet registered cannot be stopped);
+    on any exit but the normal one the workers are stopped and waited for, not left to
+    finish the queued clips.
     """
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])
     chunk = max(1, min(8, len(jobs) // (4 * workers)))
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
-        yield from pool.map(process_clip, jobs, [cfg] * len(jobs), chunksize=chunk)
+    others = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP)
+    try:
+        results = pool.map(process_clip, jobs, [cfg] * len(jobs), chunksize=chunk)  # starts the workers
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal held back is raised here
+        yield from results
+    except BaseException:
+        # Ctrl-C, SIGTERM, a failed write, or the consumer stopped. The workers are waited for:
+        # one still starting needs this process's semaphores, which go when it exits
+        pool.shutdown(wait=False, cancel_futures=True)
+        mine = set(multiprocessing.active_children()) - others
+        for worker in mine:
+            worker.terminate()
+        for worker in mine:
+            worker.join(timeout=10)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
+    pool.shutdown()
 
 
 def ray_map(jobs: list, cfg: PreprocessConfig, workers: int) -> Iterator[dict | Skipped]:
@@ -204,6 +272,41 @@ def require_rows(results: Iterator[dict | Skipped], jobs: int) -> Iterator[dict 
         raise IngestError(f"all {jobs} clips failed preprocessing; the index was not changed. e.g. {_examples(failed)}")
 
 
+SHRINK_LIMIT = 0.5  # an ingest may replace a dataset's rows with no fewer than this fraction
+
+
+def _narrowed_by(cfg: IngestConfig) -> str:
+    """The options that narrowed the scan, as the command line spells them."""
+    opts = {"--limit": cfg.limit, "--subjects": ",".join(cfg.subjects), "--expression": cfg.expression}
+    return " ".join(f"{k} {v}" for k, v in opts.items() if v)
+
+
+def _shrink_error(
+    dataset: str, out: str, old: int, new: int, cfg: IngestConfig, at_most: bool = False,
+) -> IngestError:
+    narrowed = _narrowed_by(cfg)
+    return IngestError(
+        f"refusing to replace the {old} {dataset} clips in the index at {out} with "
+        f"{'at most ' if at_most else ''}{new}: {'at least ' if at_most else ''}{old - new} clips "
+        f"would be lost{f' (the scan was narrowed by {narrowed})' if narrowed else ''}; "
+        f"the index was not changed. Pass --replace to replace them anyway, or give --out a new "
+        f"location for a quick look"
+    )
+
+
+def refuse_shrink(results: Iterator[dict | Skipped], least: int, error) -> Iterator[dict | Skipped]:
+    """Pass results through; raise `error(rows)` at the end if fewer than `least` were rows.
+
+    Raised inside the row stream, like `require_rows`, so nothing is committed.
+    """
+    rows = 0
+    for r in results:
+        rows += not isinstance(r, Skipped)
+        yield r
+    if rows < least:
+        raise error(rows)
+
+
 def dataset_entry(dataset: str, src: str, cfg: IngestConfig, scheme: LabelScheme, skipped: list[Skipped]) -> dict:
     """The manifest entry the ingest records (the writer adds counts, files, hash, ...)."""
     return {
@@ -220,17 +323,26 @@ def dataset_entry(dataset: str, src: str, cfg: IngestConfig, scheme: LabelScheme
 # ---------------------------------------------------------------- driver
 
 
-def ingest(dataset: str, src: str, out: str, cfg: IngestConfig = IngestConfig()) -> IngestSummary:
+def ingest(
+    dataset: str, src: str, out: str, cfg: IngestConfig = IngestConfig(), *, replace: bool = False,
+) -> IngestSummary:
     """Scan `src`, label, preprocess and write `dataset` into the index at `out` (local or s3://).
 
     Replaces `dataset` in the index and keeps the others. Raises LayoutError for a
-    source in the wrong layout, ValueError for a scheme that does not cover the
-    dataset, and IngestError when no clip is usable (the index is then unchanged);
-    single clips that cannot be used are skipped, not raised.
+    source in the wrong layout, ValueError for an unknown dataset or a scheme that does
+    not cover it, BadIndexError for an index location that cannot be written or whose
+    manifest is damaged (both before the scan), and IngestError when no clip is usable
+    or when the dataset's rows would be replaced with fewer than SHRINK_LIMIT of them
+    and `replace` is False (the index is then unchanged); single clips that cannot be
+    used are skipped, not raised.
     """
     start = time.perf_counter()
     src_uri, out_uri = storage.resolve(src).uri, storage.resolve(out).uri
     scheme = build_scheme(cfg.label_scheme, [dataset])  # fails before the scan if it does not cover `dataset`
+    previous = prepare_write(out_uri)
+    held = previous["datasets"].get(dataset) if previous and not replace else None
+    old = held["counts"]["clips"] if held else 0
+    least = math.ceil(old * SHRINK_LIMIT)
     found = scan(dataset, src_uri, limit=cfg.limit, subjects=cfg.subjects or None, expression=cfg.expression)
     if dataset == "video":  # the generic adapter's classes are the emotions its CSV names
         scheme = build_scheme(cfg.label_scheme, [dataset], extra_emotions=tuple(r.emotion for r in found.records))
@@ -242,13 +354,19 @@ def ingest(dataset: str, src: str, out: str, cfg: IngestConfig = IngestConfig())
             f"changed. e.g. {_examples(skipped_before) or 'the scan found no clips'}"
         )
 
+    if len(jobs) < least:
+        raise _shrink_error(dataset, out_uri, old, len(jobs), cfg, at_most=True)
+
     results = require_rows(parallel_map(jobs, cfg.preprocess, cfg.workers), len(jobs))
+    results = refuse_shrink(results, least, lambda n: _shrink_error(dataset, out_uri, old, n, cfg))
     bar = tqdm(results, total=len(jobs), desc=f"ingest {dataset}", unit="clip", disable=None)
-    manifest = write_index(
-        bar, out_uri, dataset_entry(dataset, src_uri, cfg, scheme, skipped_before),
-        row_group_size=cfg.row_group_size,
-    )
-    bar.close()
+    try:
+        manifest = write_index(
+            bar, out_uri, dataset_entry(dataset, src_uri, cfg, scheme, skipped_before),
+            row_group_size=cfg.row_group_size,
+        )
+    finally:
+        bar.close()  # also on Ctrl-C: the error message then starts on a line of its own
     entry = manifest.entry(dataset)
     counts = entry["counts"]
     return IngestSummary(
@@ -279,6 +397,7 @@ def format_summary(summary: IngestSummary) -> str:
         f"  skipped: {len(s.skipped)}",
     ]
     lines += [f"    {k.clip}: {k.reason}" for k in s.skipped]
-    lines.append(f"  content hash {s.content_hash}")
+    # the dataset's own hash, which `lightman inspect` prints per dataset; not the index's
+    lines.append(f"  {s.dataset} dataset hash: {s.content_hash}")
     return "\n".join(lines)
 

@@ -5,6 +5,14 @@ expression; skipped clips with reasons; repairs). The contact sheet reads a smal
 class-stratified sample of clips and shows, for each, the onset, apex and offset
 frames of its sampled frames and |apex − onset| magnified ×10: a micro-expression is
 a few grey levels of change, invisible side by side but plain in the difference.
+
+The manifest is not taken on trust: every data file it lists must exist and open as
+Parquet with the rows the manifest records, and `verify=True` also re-hashes every row
+against the datasets' content hashes. A damaged index raises `DamagedIndex`, which
+carries the report with the problems listed.
+
+Two hashes are printed, named apart: each dataset's hash (the one `lightman ingest`
+prints for the dataset it wrote) and the index hash over all datasets.
 """
 
 from __future__ import annotations
@@ -15,13 +23,24 @@ from collections import defaultdict
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from lightman.platform.index import read_manifest, read_table
+from lightman.platform.index import (
+    BadIndexError, combine_digests, file_problems, read_manifest, read_table, table_digests,
+)
 from lightman.tasks import storage
 
 MAGNIFY = 10.0  # gain on |apex − onset| in the contact sheet
 _SHEET_COLUMNS = ("clip_id", "dataset", "subject", "emotion", "label", "onset", "apex", "offset",
                   "apex_source", "sampled_frames", "frames", "frames_shape")
+
+
+class DamagedIndex(BadIndexError):
+    """Data files of the index are missing, unreadable, or differ from the manifest."""
+
+    def __init__(self, message: str, report: str):
+        super().__init__(message)
+        self.report = report  # the full report, problems included
 
 
 def _counts_line(counts: dict) -> str:
@@ -32,7 +51,8 @@ def format_report(uri: str, manifest: dict) -> str:
     """The manifest as a human-readable report (one section a dataset)."""
     lines = [
         f"index {uri}: {manifest['num_rows']} clips in {len(manifest['datasets'])} dataset(s), "
-        f"schema v{manifest['schema_version']}, {manifest['content_hash']}"
+        f"schema v{manifest['schema_version']}",
+        f"index hash (all datasets): {manifest['content_hash']}",
     ]
     for name, e in manifest["datasets"].items():
         c = e["counts"]
@@ -45,6 +65,7 @@ def format_report(uri: str, manifest: dict) -> str:
             f"  per class: {_counts_line({k: c['per_class'][k] for k in scheme['class_names']})}",
             f"  per expression: {_counts_line(c['per_expression'])}",
             f"  per subject ({len(c['per_subject'])}): {_counts_line(c['per_subject'])}",
+            f"  {name} dataset hash: {e['content_hash']}",
         ]
         skipped = e.get("skipped", [])
         lines.append(f"  skipped: {len(skipped)}")
@@ -120,12 +141,48 @@ def contact_sheet(rows: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-def inspect_index(uri: str, out_png: str | None = None, *, clips: int = 6, seed: int = 0) -> str:
-    """Report on the index at `uri`; with `out_png` (local or s3://) also write a contact sheet
-    of up to `clips` clips stratified by (dataset, class)."""
+def check_files(uri: str, manifest: dict, *, verify: bool = False) -> list[tuple[str, str]]:
+    """(dataset, problem) for every listed data file that is missing, does not open as
+    Parquet, or holds another number of rows than the manifest says; with `verify`, also
+    for every dataset whose rows no longer hash to its content hash. Empty when healthy."""
+    root = storage.resolve(uri)
+    problems = []
+    for name, e in manifest["datasets"].items():
+        found = file_problems(root, e["files"])
+        problems += [(name, p) for p in found]
+        if verify and not found:
+            paths = [root.join(f["path"]).path for f in e["files"]]
+            try:
+                digests = [d for p in paths for d in table_digests(pq.read_table(p, filesystem=root.fs))]
+            except (OSError, pa.ArrowException) as err:  # a damaged page inside the file
+                problems.append((name, f"{name}: rows unreadable ({err})"))
+                continue
+            if combine_digests(digests) != e["content_hash"]:
+                problems.append((name, f"{name}: rows hash to {combine_digests(digests)}, the "
+                                       f"manifest records {e['content_hash']}"))
+    return problems
+
+
+def inspect_index(
+    uri: str, out_png: str | None = None, *, verify: bool = False, clips: int = 6, seed: int = 0,
+) -> str:
+    """Report on the index at `uri` after checking its files (`check_files`); with `out_png`
+    (local or s3://) also write a contact sheet of up to `clips` clips stratified by
+    (dataset, class). Raises DamagedIndex, before any contact sheet, if a check fails."""
     loc = storage.resolve(uri)
     manifest = read_manifest(loc.uri)
     report = format_report(loc.uri, manifest)
+    problems = check_files(loc.uri, manifest, verify=verify)
+    checked = f"{len(manifest['files'])} data file(s)"
+    if problems:
+        report += f"\n\nproblems ({len(problems)}):\n" + "\n".join(f"  {p}" for _, p in problems)
+        damaged = sorted({d for d, _ in problems})
+        raise DamagedIndex(
+            f"index at {loc.uri} is damaged: {len(problems)} problem(s) in {checked} (listed "
+            f"above); re-run `lightman ingest` for {', '.join(damaged)}", report,
+        )
+    report += (f"\n\nchecked {checked}: all present and readable"
+               + ("; every dataset's rows match its hash" if verify else ""))
     if out_png is None:
         return report
     meta = read_table(loc.uri, columns=["clip_id", "dataset", "label", "subject"]).to_pydict()
