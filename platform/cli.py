@@ -42,6 +42,12 @@ EXAMPLES = {
           lightman train --config configs/demo.yaml --out runs/lightman
           lightman train --config configs/demo.yaml --out runs/maml learner.name=maml
           lightman train --config configs/demo.yaml --out runs/x learner.lambda_pri=0.7 iterations=50
+          lightman train --config configs/demo.yaml --out runs/w2 workers=2      # Ray Train, 2 workers
+          lightman train --config configs/demo.yaml --out runs/w2 workers=2 iterations=200 --resume
+    """,
+    "report": """
+        example:
+          lightman report runs/lightman             # writes runs/lightman/curves.png
     """,
     "eval": """
         example:
@@ -106,7 +112,13 @@ def _parser() -> argparse.ArgumentParser:
     t = add("train", "Meta-train a learner (LightmanNet by default) on an index.")
     t.add_argument("--config", help="YAML TrainConfig (e.g. configs/demo.yaml)")
     t.add_argument("--out", required=True, help="run folder (checkpoints, metrics, report)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run from its last checkpoint (also a finished run, with more iterations)")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learner.name=maml")
+
+    r = add("report", "Draw a run's learning curves (loss, accuracies, MMD term, episodes/s) to a PNG.")
+    r.add_argument("run", help="run folder (holds metrics.jsonl)")
+    r.add_argument("--png", help="output path (default: RUN/curves.png)")
 
     e = add("eval", "Evaluate a checkpoint on held-out subjects and print a results table.")
     e.add_argument("--checkpoint", required=True, help="checkpoint URI (best.pt of a run)")
@@ -163,8 +175,14 @@ def _cmd_train(a: argparse.Namespace) -> None:
     from lightman.platform.train import TrainConfig, run_training
 
     cfg = load_config(TrainConfig, a.config, a.overrides)
-    result = run_training(cfg, a.out)
+    result = run_training(cfg, a.out, resume=a.resume)
     print(result.table)
+
+
+def _cmd_report(a: argparse.Namespace) -> None:
+    from lightman.platform.report import draw_curves
+
+    print(draw_curves(a.run, a.png))
 
 
 def _cmd_eval(a: argparse.Namespace) -> None:
@@ -186,7 +204,7 @@ def _cmd_demo(a: argparse.Namespace) -> None:
 
 COMMANDS = {
     "synth": _cmd_synth, "ingest": _cmd_ingest, "inspect": _cmd_inspect,
-    "train": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo,
+    "train": _cmd_train, "report": _cmd_report, "eval": _cmd_eval, "demo": _cmd_demo,
 }
 
 

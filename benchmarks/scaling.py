@@ -1,0 +1,133 @@
+"""Data-parallel scaling of meta-training on this machine: 1 against 2 Ray Train workers.
+
+    python benchmarks/scaling.py [--steps 24] [--meta-batch 4]
+
+In one run, each worker with one torch thread, on a seeded 32-px CASME II + CK+
+stand-in (LightmanNet, 5-way 1-shot, Conv4 with 32 channels): the same training in
+process (W = 1, no Ray), through Ray Train with W = 1 and with W = 2. It prints, as
+ratios measured in this run: episodes/s (median over steps after the first two), the
+share of step time spent in the all-reduce of the flat gradient buffer (this includes
+waiting for the slower worker: the two ranks of a step meet there) and the time from
+the call to the first finished step (Ray's start-up included). The machine is shared and
+noisy: compare the ratios, not the absolute figures, and run it on an idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+from lightman.platform.config import load_config  # noqa: E402
+from lightman.platform.ingest import IngestConfig, ingest  # noqa: E402
+from lightman.platform.run_log import read_metrics  # noqa: E402
+from lightman.platform.train import TrainConfig, run_training  # noqa: E402
+from lightman.tasks.synth import SynthConfig, synthesize  # noqa: E402
+
+MODEL = [
+    "episode.ways=5",
+    "episode.shots=1",
+    "episode.query=2",
+    "episode.aux_shots=1",
+    "model.ways=5",
+    "model.image_size=32",
+    "model.hidden=32",
+    "model.aux_dim=32",
+    "model.input_mode=delta",
+    "threads=1",
+    "val_episodes=4",
+    "test_episodes=4",
+    "data.val_fraction=0.25",
+    "data.test_fraction=0.3",
+]
+
+
+def make_index(root: Path) -> str:
+    synth = load_config(
+        SynthConfig,
+        None,
+        [
+            "datasets=[casme2,ckplus]",
+            "seed=0",
+            "casme2.subjects=16",
+            "casme2.clips=160",
+            "ckplus.subjects=6",
+            "ckplus.clips=40",
+        ],
+    )
+    roots = dict(synthesize(root / "synth", synth).roots)
+    uri = str(root / "index")
+    ingest(
+        "casme2",
+        roots["casme2"],
+        uri,
+        load_config(IngestConfig, None, ["label_scheme=five", "preprocess.size=32"]),
+    )
+    ingest("ckplus", roots["ckplus"], uri, load_config(IngestConfig, None, ["preprocess.size=32"]))
+    return uri
+
+
+def measure(index: str, out: Path, steps: int, meta_batch: int, extra: list[str]) -> dict:
+    cfg = load_config(
+        TrainConfig,
+        None,
+        [
+            f"data.index={index}",
+            *MODEL,
+            f"iterations={steps}",
+            f"eval_every={steps}",
+            f"checkpoint_every={steps}",
+            f"meta_batch={meta_batch}",
+            *extra,
+        ],
+    )
+    t0 = time.time()
+    run_training(cfg, out)
+    rows = read_metrics(out)[2:]  # the first steps warm up allocators and caches
+    return {
+        "episodes_per_s": statistics.median(r["episodes_per_s"] for r in rows),
+        "reduce_share": sum(r["reduce_seconds"] for r in rows)
+        / sum(r["step_seconds"] for r in rows),
+        "first_step_s": read_metrics(out)[0]["time"] - t0,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--steps", type=int, default=24, help="outer steps per measured run")
+    p.add_argument("--meta-batch", type=int, default=4, help="global tasks per step (even)")
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        index = make_index(root)
+        runs = {
+            "in process, W=1": measure(index, root / "local", a.steps, a.meta_batch, []),
+            "Ray Train, W=1": measure(index, root / "ray1", a.steps, a.meta_batch, ["backend=ray"]),
+            "Ray Train, W=2": measure(index, root / "ray2", a.steps, a.meta_batch, ["workers=2"]),
+        }
+    base = runs["Ray Train, W=1"]["episodes_per_s"]
+    print(
+        f"scaling, {a.steps} steps of {a.meta_batch} tasks, one thread per worker, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
+    print("| run | episodes/s | x Ray W=1 | all-reduce share | time to first step s |")
+    print("|---|---|---|---|---|")
+    for name, r in runs.items():
+        print(
+            f"| {name} | {r['episodes_per_s']:.2f} | {r['episodes_per_s'] / base:.2f} | "
+            f"{100 * r['reduce_share']:.1f}% | {r['first_step_s']:.1f} |"
+        )
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

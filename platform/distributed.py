@@ -1,0 +1,216 @@
+"""The Ray Train driver: the same `train_loop` on W workers (the only module of training
+that imports Ray; in-process training never loads it).
+
+Driver (`fit`): check the storage and the cluster → `TorchTrainer(worker_loop,
+ScalingConfig(num_workers=W, use_gpu=device == "cuda"), TorchConfig(gloo | nccl),
+RunConfig(name, storage, FailureConfig(max_failures)))` → the final run state.
+Worker (`worker_loop`): rank, world size and device come from Ray Train; the context
+all-reduces through torch.distributed and reports checkpoints with `ray.train.report`.
+
+Faults: a failed worker group is restarted up to `max_failures` times; every restarted
+worker receives the last reported checkpoint (`ray.train.get_checkpoint`) and continues
+from its step. Since a step's tasks depend on (seed, step) only, no step is lost or
+repeated and the final parameters equal an uninterrupted run's. Resume: `fit` again with
+the same `RunConfig(name, storage_path)` continues from the latest checkpoint. Ray Train
+persists a reported checkpoint folder to storage before it records it, so a restart
+never reads a half-written one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+from lightman.platform.config import ConfigError
+from lightman.platform.run_state import load_state, save_state
+from lightman.platform.train import LoopContext, TrainConfig, _check_resumable, train_loop
+from lightman.tasks import storage
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+)
+from ray.train.torch import TorchConfig, TorchTrainer
+
+_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+# Ray Train's placement-group cleaner polls the state API, which a cluster without a
+# dashboard does not serve; it then logs this harmless warning every second.
+_NOISE = ("Failed to query Ray Train Controller actor state",)
+
+
+def _all_reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
+    dist.all_reduce(tensor, op=_OPS[op])
+    return tensor
+
+
+def _report(metrics: dict, payload: dict | None) -> None:
+    if payload is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:  # Ray copies it to storage before returning
+        save_state(Path(tmp), payload)
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+
+def worker_loop(config: dict) -> None:
+    """Ray Train's `train_loop_per_worker`: `train_loop` with this worker's context."""
+    checkpoint = ray.train.get_checkpoint()
+    state = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = load_state(folder)
+    context = ray.train.get_context()
+    ctx = LoopContext(
+        rank=context.get_world_rank(),
+        world_size=context.get_world_size(),
+        device=ray.train.torch.get_device(),
+        all_reduce=_all_reduce,
+        report=_report,
+        resume=state,
+    )
+    train_loop(config["cfg"], Path(config["out"]), ctx)
+
+
+def storage_of(cfg: TrainConfig, out: Path) -> tuple[str, pafs.FileSystem | None]:
+    """(storage_path, storage_filesystem) for RunConfig. An s3:// URI gets a filesystem
+    built from the standard AWS variables (endpoint included) and a path without the
+    scheme: Ray refuses an s3:// path together with a filesystem."""
+    if not cfg.storage_path:
+        return str(out / "ray"), None
+    if cfg.storage_path.startswith("s3://"):
+        return cfg.storage_path[len("s3://") :].rstrip("/"), storage.s3_filesystem()
+    return os.path.abspath(cfg.storage_path), None
+
+
+def check_storage(cfg: TrainConfig, path: str, fs: pafs.FileSystem | None) -> None:
+    """Fail now, naming `storage_path`, when the checkpoint storage cannot be written."""
+    try:
+        if fs is None:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            if not os.access(path, os.W_OK):
+                raise PermissionError(f"{path} is not writable")
+        else:
+            bucket = path.split("/", 1)[0]
+            if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                raise FileNotFoundError(f"bucket {bucket!r} does not exist")
+    except OSError as e:
+        raise ConfigError(f"storage_path={cfg.storage_path or path!r} is unreachable: {e}") from e
+
+
+def check_placement(cfg: TrainConfig) -> None:
+    """Fail now, naming `workers`, when the cluster cannot place W workers (1 CPU or 1 GPU each)."""
+    unit = "GPU" if cfg.device == "cuda" else "CPU"
+    have = int(ray.cluster_resources().get(unit, 0))
+    if cfg.workers > have:
+        raise ConfigError(
+            f"workers={cfg.workers}: the Ray cluster has {have} {unit}(s), one per worker "
+            f"is needed (device={cfg.device})"
+        )
+
+
+def _prepare_run_dir(
+    cfg: TrainConfig, name: str, path: str, fs: pafs.FileSystem | None, resume: bool
+) -> None:
+    """A fresh run starts in an empty run folder; --resume needs one with a checkpoint."""
+    fs = fs or pafs.LocalFileSystem()
+    run = f"{path}/{name}"
+    if resume:
+        try:
+            latest = ray.train.Result.from_path(run, storage_filesystem=fs).checkpoint
+        except RuntimeError:  # no run folder, or one without a recorded checkpoint
+            latest = None
+        if latest is None:
+            raise ConfigError(
+                f"--resume: no checkpoint of run {name!r} under storage {path!r} to resume"
+            )
+        with latest.as_directory() as folder:
+            _check_resumable(cfg, load_state(folder))
+        return
+    if fs.get_file_info(run).type != pafs.FileType.NotFound:
+        if cfg.storage_path:  # a user's storage is never deleted implicitly
+            raise ConfigError(
+                f"run_name={name!r} already exists under storage_path={cfg.storage_path!r}: "
+                "pass --resume to continue it, or choose another run_name"
+            )
+        fs.delete_dir(run)  # the default storage lives in the run's own --out folder
+
+
+class _QuietStream(io.TextIOBase):
+    """A text stream that drops the lines holding one of `_NOISE` (and their newline)."""
+
+    def __init__(self, stream) -> None:
+        self._stream, self._dropped = stream, False
+
+    def write(self, text: str) -> int:
+        if any(n in text for n in _NOISE):
+            self._dropped = True
+            return len(text)
+        if self._dropped and text == "\n":  # print() writes the line and its newline apart
+            self._dropped = False
+            return len(text)
+        self._dropped = False
+        return self._stream.write(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+
+@contextlib.contextmanager
+def _quiet_ray_logs():
+    """Ray forwards worker logs to the driver's current sys.stdout/stderr: filter both."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _QuietStream(saved[0]), _QuietStream(saved[1])
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+def fit(cfg: TrainConfig, out: Path, resume: bool) -> dict:
+    """Run `train_loop` on `cfg.workers` Ray Train workers; the final run state (rank 0's)."""
+    path, fs = storage_of(cfg, out)
+    check_storage(cfg, path, fs)
+    name = cfg.run_name or out.name
+    started = not ray.is_initialized()
+    if started:  # RAY_ADDRESS (e.g. inside `ray job submit`) joins a cluster, else a local one
+        ray.init(include_dashboard=False, configure_logging=False)
+    with _quiet_ray_logs():
+        try:
+            check_placement(cfg)
+            _prepare_run_dir(cfg, name, path, fs, resume)
+            trainer = TorchTrainer(
+                worker_loop,
+                train_loop_config={"cfg": cfg, "out": str(out)},
+                torch_config=TorchConfig(backend="nccl" if cfg.device == "cuda" else "gloo"),
+                scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.device == "cuda"),
+                run_config=RunConfig(
+                    name=name,
+                    storage_path=path,
+                    storage_filesystem=fs,
+                    failure_config=FailureConfig(max_failures=cfg.max_failures),
+                    checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                    # Ray Train's per-report INFO lines would bury the progress bar
+                    logging_config=LoggingConfig(log_level="WARNING"),
+                ),
+            )
+            result = trainer.fit()
+            with result.checkpoint.as_directory() as folder:
+                return load_state(folder)
+        finally:
+            if started:
+                ray.shutdown()

@@ -1,0 +1,372 @@
+"""Distributed meta-training on a real local Ray (2 CPUs, gloo): one loop, two drivers.
+
+- W = 2 Ray Train workers end with the parameters of the in-process W = 1 loop (same seed,
+  same global meta-batch), up to float32 summation order, and the two workers' parameters
+  are bit-identical after every step (`debug_checksum`);
+- a worker process killed by its pid mid-run is restarted from the last checkpoint and the
+  run ends with exactly the parameters of the uninterrupted run;
+- checkpoints go to a real S3 endpoint (moto_server) and a finished run resumes from there;
+- bad configuration fails before any worker starts, naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightman.platform.cli import main
+from lightman.platform.config import load_config
+from lightman.platform.ingest import IngestConfig, ingest
+from lightman.platform.run_state import latest_checkpoint, load_state, write_checkpoint
+from lightman.platform.train import TrainConfig, run_training
+from lightman.tasks.synth import SynthConfig, synthesize
+
+TINY = [
+    "episode.ways=3",
+    "episode.shots=1",
+    "episode.query=2",
+    "episode.aux_shots=1",
+    "model.ways=3",
+    "model.image_size=32",
+    "model.hidden=16",
+    "model.aux_dim=16",
+    "model.input_mode=delta",
+    "meta_batch=4",
+    "threads=1",
+    "data.val_fraction=0.2",
+    "data.test_fraction=0.3",
+    "iterations=8",
+    "eval_every=4",
+    "checkpoint_every=2",
+    "val_episodes=4",
+    "test_episodes=6",
+]
+# W = 1 against W = 2: the same per-task gradients summed in another order (float32). Adam
+# normalises every step to about outer_lr (1e-3) per weight, so a gradient component whose
+# tasks nearly cancel carries its large relative rounding error into a whole step: measured
+# max |Δθ| 3.6e-5 after 8 steps here (4% of one step), spread over the conv weights.
+STATE_ATOL = 1e-4
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("dist-data")
+    synth = load_config(
+        SynthConfig,
+        None,
+        [
+            "datasets=[casme2,ckplus]",
+            "seed=5",
+            "casme2.subjects=10",
+            "casme2.clips=90",
+            "ckplus.subjects=4",
+            "ckplus.clips=20",
+        ],
+    )
+    roots = dict(synthesize(root / "synth", synth).roots)
+    uri = str(root / "index")
+    ingest(
+        "casme2",
+        roots["casme2"],
+        uri,
+        load_config(IngestConfig, None, ["label_scheme=five", "preprocess.size=32"]),
+    )
+    ingest("ckplus", roots["ckplus"], uri, load_config(IngestConfig, None, ["preprocess.size=32"]))
+    return uri
+
+
+def config(index: str, *extra: str) -> TrainConfig:
+    return load_config(TrainConfig, None, [f"data.index={index}", *TINY, *extra])
+
+
+def final_state(out: Path) -> dict:
+    """The newest run-state checkpoint of a run: in-process or Ray Train (default storage)."""
+    local = latest_checkpoint(out / "checkpoints")
+    if local is not None:
+        return load_state(local)
+    ray_runs = sorted(
+        p.parent for p in (out / "ray" / out.name).glob("checkpoint_*/state.pt")
+    )  # by time
+    return load_state(ray_runs[-1])
+
+
+def max_diff(a: dict, b: dict) -> float:
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+@pytest.fixture(scope="module")
+def two_workers(ray_local, index, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("w2") / "w2"
+    run_training(config(index, "workers=2", "debug_checksum=true"), out)
+    return out
+
+
+def test_two_workers_equal_one_worker_and_stay_bit_identical(index, two_workers, tmp_path):
+    one = tmp_path / "w1"
+    run_training(config(index, "debug_checksum=true"), one)  # in process, no Ray
+    diff = max_diff(final_state(one)["model"], final_state(two_workers)["model"])
+    print(f"max |theta(W=1) - theta(W=2)| after 8 steps: {diff:.3g}")
+    assert diff <= STATE_ATOL
+    w1 = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
+    w2 = [json.loads(line) for line in (two_workers / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in w2] == list(range(1, 9))
+    # rank 0 logs global figures: the all-reduced metrics equal the one-worker ones
+    for a, b in zip(w1, w2):
+        assert abs(a["outer_loss"] - b["outer_loss"]) < 1e-4 and a["query_acc"] == pytest.approx(
+            b["query_acc"]
+        )
+    # every step passed the checksum all-reduce (it raises when the workers differ)
+    assert all(isinstance(r["params_checksum"], int) for r in w2)
+    assert list((two_workers / "tensorboard").glob("events.out.tfevents.*"))
+    assert (
+        main(["report", str(two_workers)]) == 0
+        and (two_workers / "curves.png").stat().st_size > 10_000
+    )
+
+
+def _train_worker_pids() -> list[int]:
+    """Pids of the Ray Train worker processes (Ray titles them `ray::RayTrainWorker...`)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"RayTrainWorker" in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:  # gone meanwhile
+            continue
+    return sorted(pids)
+
+
+def test_killed_worker_resumes_from_checkpoint_to_the_same_parameters(index, two_workers, tmp_path):
+    out = tmp_path / "fault"
+    failed: list[BaseException] = []
+
+    def train() -> None:
+        try:
+            run_training(config(index, "workers=2", "max_failures=2"), out)
+        except BaseException as e:  # reported by the main thread
+            failed.append(e)
+
+    thread = threading.Thread(target=train)
+    t0 = time.perf_counter()
+    thread.start()
+    killed = None
+    while thread.is_alive() and killed is None:
+        log = out / "metrics.jsonl"
+        steps = len(log.read_text().splitlines()) if log.exists() else 0
+        if steps >= 3:  # past the step-2 checkpoint, before the end
+            killed = _train_worker_pids()[-1]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    thread.join(timeout=300)
+    print(f"fault run with one restart: {time.perf_counter() - t0:.1f} s")
+    assert not failed, failed
+    assert killed is not None and killed not in _train_worker_pids()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == list(range(1, 9))  # none lost, none repeated
+    resumed, reference = final_state(out)["model"], final_state(two_workers)["model"]
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+def test_checkpoints_on_s3_and_resume_a_finished_run(s3_endpoint, index, two_workers, tmp_path):
+    import boto3
+
+    endpoint, bucket = s3_endpoint
+    out = tmp_path / "s3run"
+    base = [
+        "train",
+        "--out",
+        str(out),
+        f"data.index={index}",
+        *TINY,
+        "workers=2",
+        f"storage_path=s3://{bucket}/runs",
+        "run_name=s3run",
+    ]
+    assert main([*base, "iterations=4"]) == 0
+    assert main([*base, "iterations=4"]) == 2  # the run exists: only --resume continues it
+    assert main([*base, "iterations=8", "--resume"]) == 0
+    keys = [
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=endpoint).list_objects_v2(
+            Bucket=bucket, Prefix="runs/s3run/"
+        )["Contents"]
+    ]
+    states = sorted(k for k in keys if k.endswith("/state.pt"))
+    assert len(states) == 2  # keep_checkpoints
+    body = (
+        boto3.client("s3", endpoint_url=endpoint)
+        .get_object(Bucket=bucket, Key=states[-1])["Body"]
+        .read()
+    )
+    (tmp_path / "last").mkdir()
+    (tmp_path / "last" / "state.pt").write_bytes(body)
+    state, reference = load_state(tmp_path / "last"), final_state(two_workers)
+    assert state["step"] == 8 and state["config"]["iterations"] == 8
+    assert all(torch.equal(state["model"][k], reference["model"][k]) for k in reference["model"])
+    assert set(state) >= {"optimizer", "best", "sampler", "torch_rng", "config", "versions"}
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == list(range(1, 9))
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (["bogus=1"], "unknown config key(s) ['bogus']"),
+        (["episode.ways=6", "model.ways=6"], "episode.ways=6"),  # the 5-class scheme
+        (["episode.shots=40"], "episode.shots + episode.query"),
+        (["workers=4"], "workers=4"),  # 2 CPUs
+        (["storage_path=s3://no-such-bucket/runs"], "storage_path='s3://no-such-bucket/runs'"),
+    ],
+)
+def test_bad_configuration_fails_before_any_worker_starts(
+    s3_endpoint, ray_local, index, tmp_path, capsys, overrides, field
+):
+    t0 = time.perf_counter()
+    assert (
+        main(["train", "--out", str(tmp_path / "bad"), f"data.index={index}", *TINY, *overrides])
+        == 2
+    )
+    assert field in capsys.readouterr().err
+    assert time.perf_counter() - t0 < 20  # no worker group was started (that takes longer here)
+    assert not (tmp_path / "bad" / "ray" / "bad").exists()
+
+
+def test_a_checkpoint_folder_is_complete_or_absent(tmp_path):
+    root = tmp_path / "checkpoints"
+    (root / ".step-000004.tmp123").mkdir(parents=True)  # what a crash mid-write leaves
+    for step in (2, 4, 6):
+        write_checkpoint(root, {"step": step, "w": torch.full((3,), float(step))}, keep=2)
+    assert [p.name for p in sorted(root.glob("step-*"))] == ["step-000004", "step-000006"]
+    assert load_state(latest_checkpoint(root))["step"] == 6
+
+
+def test_single_process_training_never_imports_ray():
+    code = (
+        "import sys; import lightman.platform.cli, lightman.platform.train, "
+        "lightman.platform.report; assert 'ray' not in sys.modules, 'ray imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def _descendants(root: int) -> list[int]:
+    """`root` and every process below it (from /proc), children last."""
+    parents: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit():
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                parents.setdefault(ppid, []).append(int(proc.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += parents.get(pid, [])
+    return found
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_job_submit_trains_on_a_running_cluster(index, tmp_path):
+    """`ray start --head` on 127.0.0.1, then `ray job submit --working-dir .` of a tiny
+    2-worker training: it succeeds, and the standard library's `platform` imports inside
+    the job although the working dir holds the repo's platform/ folder."""
+    repo = Path(__file__).parents[1]
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    port, dashboard = _free_port(), _free_port()
+    temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths must fit
+    head = subprocess.Popen(
+        [
+            str(bin_dir / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    out = tmp_path / "job-run"
+    job = (
+        "python -c 'import platform; print(\"stdlib platform:\", platform.system())' && "
+        f"lightman train --out {out} data.index={index} {' '.join(TINY)} iterations=2 workers=2"
+    )
+    try:
+        address = f"http://127.0.0.1:{dashboard}"
+        deadline = time.monotonic() + 120
+        while True:  # the job server answers once the dashboard is up
+            ping = subprocess.run(
+                [str(bin_dir / "ray"), "job", "list", "--address", address],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if ping.returncode == 0 or time.monotonic() > deadline or head.poll() is not None:
+                break
+            time.sleep(2)
+        assert ping.returncode == 0, ping.stderr[-2000:]
+        done = subprocess.run(
+            [
+                str(bin_dir / "ray"),
+                "job",
+                "submit",
+                "--address",
+                address,
+                "--working-dir",
+                str(repo),
+                "--",
+                "bash",
+                "-c",
+                job,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+        assert "stdlib platform: Linux" in done.stdout
+        assert "| lightman | 3-way 1-shot |" in done.stdout
+        assert json.loads((out / "results.json").read_text())["metrics"]["workers"] == 2
+    finally:  # stop this cluster only: `ray stop` would stop every Ray on the machine
+        pids = _descendants(head.pid)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in reversed(pids):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            if sig == signal.SIGTERM:
+                time.sleep(3)
+        head.wait(timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)
