@@ -13,7 +13,9 @@ import importlib.metadata as md
 import platform as _stdlib_platform  # the standard library's, never lightman.platform
 from typing import Any
 
-PACKAGES = ("lightman", "torch", "ray", "numpy", "pyarrow", "opencv-python-headless", "decord", "optuna")
+PACKAGES = (
+    "lightman", "torch", "ray", "numpy", "pyarrow", "opencv-python-headless", "decord", "optuna",
+)
 
 
 def versions() -> dict[str, str]:

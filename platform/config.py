@@ -150,7 +150,9 @@ def _merge(base: dict, over: dict) -> dict:
     return merged
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> T:
     """Load `cls` from an optional YAML file plus `key=value` overrides."""
     data: dict = {}
     if path is not None:

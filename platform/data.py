@@ -11,13 +11,18 @@ of single-process runs is loaded with pyarrow alone (`selection.load_pool`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import ray
 from ray.train import DataConfig
 
 from lightman.platform.index import (
-    INDEX_SCHEMA, check_columns, check_subjects, read_manifest, select_files,
+    INDEX_SCHEMA,
+    check_columns,
+    check_subjects,
+    read_manifest,
+    select_files,
 )
 from lightman.tasks import storage
 
@@ -42,7 +47,8 @@ def read_dataset(
     subjects = check_subjects(subjects)
     if not rel:
         return ray.data.from_arrow(INDEX_SCHEMA.empty_table().select(cols))
-    ds = ray.data.read_parquet([root.join(p).path for p in rel], filesystem=root.fs, partitioning=None)
+    paths = [root.join(p).path for p in rel]
+    ds = ray.data.read_parquet(paths, filesystem=root.fs, partitioning=None)
     if subjects is not None:
         from ray.data.expressions import col
 

@@ -7,8 +7,9 @@ evaluation never import Ray (only the Ray Data reader in `data.py` does).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -24,16 +25,20 @@ class DataSelection:
 
     index: str = "data/index"  # index URI (local path or s3://)
     primary: tuple[str, ...] = ("casme2",)  # micro-expression datasets (primary MER tasks)
-    auxiliary: tuple[str, ...] = ("ckplus",)  # macro-expression datasets (auxiliary alignment tasks)
-    labels: Literal["index", "composite3"] = "index"  # the index's label scheme, or MEGC 2019 negative/positive/surprise
+    # macro-expression datasets (auxiliary alignment tasks)
+    auxiliary: tuple[str, ...] = ("ckplus",)
+    # the index's label scheme, or MEGC 2019 negative/positive/surprise
+    labels: Literal["index", "composite3"] = "index"
     val_fraction: float = 0.2  # share of primary subjects held out for model selection
     test_fraction: float = 0.3  # share of primary subjects held out for the final few-shot test
 
     def __post_init__(self) -> None:
         if not self.primary:
             raise ValueError("data.primary needs at least one dataset")
-        if not (0 <= self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
-            raise ValueError("data.val_fraction and data.test_fraction must be in [0, 1) and sum below 1")
+        val, test = self.val_fraction, self.test_fraction
+        if not (0 <= val < 1 and 0 < test < 1 and val + test < 1):
+            raise ValueError(
+                "data.val_fraction and data.test_fraction must be in [0, 1) and sum below 1")
 
 
 def primary_pool(data: DataSelection) -> ClipPool:
@@ -46,7 +51,9 @@ def primary_pool(data: DataSelection) -> ClipPool:
 
 def auxiliary_pool(data: DataSelection) -> ClipPool | None:
     """The macro-expression pool for the auxiliary branch (None when no dataset is named)."""
-    return load_pool(data.index, datasets=data.auxiliary, expression="macro") if data.auxiliary else None
+    if not data.auxiliary:
+        return None
+    return load_pool(data.index, datasets=data.auxiliary, expression="macro")
 
 
 def unified_labels(table: pa.Table, manifest: dict) -> tuple[pa.Table, tuple[str, ...]]:

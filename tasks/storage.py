@@ -29,7 +29,7 @@ class Location:
     def is_s3(self) -> bool:
         return self.uri.startswith("s3://")
 
-    def join(self, *parts: str) -> "Location":
+    def join(self, *parts: str) -> Location:
         path = posixpath.join(self.path, *parts)
         uri = ("s3://" + path) if self.is_s3 else path
         return Location(self.fs, path, uri)
@@ -78,12 +78,14 @@ def is_dir(loc: Location) -> bool:
 
 def list_dir(loc: Location) -> list[pafs.FileInfo]:
     """Direct children of a directory, sorted by name."""
-    infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=False, recursive=False))
+    selector = pafs.FileSelector(loc.path, allow_not_found=False, recursive=False)
+    infos = loc.fs.get_file_info(selector)
     return sorted(infos, key=lambda i: i.base_name)
 
 
 def list_files(loc: Location, recursive: bool = True) -> list[pafs.FileInfo]:
-    infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True, recursive=recursive))
+    selector = pafs.FileSelector(loc.path, allow_not_found=True, recursive=recursive)
+    infos = loc.fs.get_file_info(selector)
     return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
 
 
