@@ -3,21 +3,28 @@
 Every subcommand that runs an experiment takes `--config FILE.yaml` plus `key=value`
 overrides (dotted keys for nested fields); unknown keys fail with the valid list.
 Heavy modules are imported inside each command so `lightman --help` is instant.
+
+Exit codes, the same for every command: 0 done; 2 a usage or environment error (bad
+option or config, missing or unreadable input, unwritable output: one line on stderr
+naming what is wrong); 1 the command ran and found a problem (`inspect` of a damaged
+index), or a bug in Lightman (the only case that prints a traceback, with a line saying
+so); 130 Ctrl-C (SIGINT) and 143 SIGTERM, with a one-line message.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import textwrap
+import threading
+import traceback
 
 # OpenMP threads that spin while waiting turn a busy machine (another job, Ray workers)
 # into a 5-10x slowdown of the meta-step; passive waiting costs little when the machine is
 # idle. Must be set before torch loads libgomp, i.e. before the commands import torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from lightman.platform.config import ConfigError
 
 EXAMPLES = {
     "synth": """
@@ -100,7 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--flow", action="store_true", help="also store onset→apex optical flow (u, v, magnitude)")
     i.add_argument("--label-scheme", choices=("native", "five", "composite3"), help="label scheme (default native)")
     i.add_argument("--workers", type=int, help="parallel preprocessing workers")
-    i.add_argument("--limit", type=int, help="ingest at most N clips (quick looks)")
+    i.add_argument("--limit", type=int, help="ingest at most N clips (quick looks; into a new --out, "
+                   "since fewer than half a dataset's clips do not replace it without --replace)")
+    i.add_argument("--replace", action="store_true",
+                   help="replace the dataset's rows in the index even with fewer than half as many")
     i.add_argument("--subjects", help="comma-separated subject ids to keep")
     i.add_argument("--expression", choices=("micro", "macro"), help="keep only micro or macro clips")
     i.add_argument("overrides", nargs="*", help="key=value overrides")
@@ -108,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     n = add("inspect", "Print counts, skipped clips and repairs of an index; write a contact sheet PNG.")
     n.add_argument("uri", help="index URI")
     n.add_argument("--png", help="contact sheet output path (default: none)")
+    n.add_argument("--verify", action="store_true",
+                   help="also re-hash every row against the manifest (reads the whole index)")
 
     t = add("train", "Meta-train a learner (LightmanNet by default) on an index.")
     t.add_argument("--config", help="YAML TrainConfig (e.g. configs/demo.yaml)")
@@ -160,14 +172,20 @@ def _cmd_ingest(a: argparse.Namespace) -> None:
     from lightman.platform.config import load_config
 
     cfg = load_config(IngestConfig, a.config, over)
-    summary = ingest(a.dataset, a.src, a.out, cfg)
+    summary = ingest(a.dataset, a.src, a.out, cfg, replace=a.replace)
     print(format_summary(summary))
 
 
-def _cmd_inspect(a: argparse.Namespace) -> None:
-    from lightman.platform.inspect import inspect_index
+def _cmd_inspect(a: argparse.Namespace) -> int:
+    from lightman.platform.inspect import DamagedIndex, inspect_index
 
-    print(inspect_index(a.uri, a.png))
+    try:
+        print(inspect_index(a.uri, a.png, verify=a.verify))
+    except DamagedIndex as e:
+        print(e.report)
+        print(f"lightman inspect: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_train(a: argparse.Namespace) -> None:
@@ -218,12 +236,58 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    return run_command(args)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt, so that every `finally` and
+    cleanup runs (an ingest's uncommitted version folder is removed, its workers stopped)."""
+
+
+def _terminate(signum: int, frame) -> None:
+    raise Terminated()
+
+
+# What an interrupted command leaves behind, where that is guaranteed.
+_INTERRUPTED = {"ingest": "; the index was left as it was"}
+
+
+def _environment_error(e: BaseException) -> str | None:
+    """The one-line message for an error of the user's input or environment, None for a bug."""
+    if isinstance(e, ValueError):  # ConfigError, LayoutError, BadIndexError, IngestError, ...
+        return str(e)
+    if isinstance(e, OSError):  # missing/unreadable files, permissions, full disk, S3 access
+        return f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
+    if isinstance(e, ImportError) and e.name and not e.name.startswith("lightman"):
+        return f"{e}; install Lightman with its dependencies (pip install -e .)"
+    return None
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; its exit code (see the module docstring)."""
+    name = f"lightman {args.command}"
+    in_main = threading.current_thread() is threading.main_thread()  # signal.signal needs it
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
-        COMMANDS[args.command](args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"lightman {args.command}: error: {e}", file=sys.stderr)
+        return COMMANDS[args.command](args) or 0
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted (Ctrl-C){_INTERRUPTED.get(args.command, '')}", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"{name}: terminated (SIGTERM){_INTERRUPTED.get(args.command, '')}", file=sys.stderr)
+        return 143
+    except Exception as e:
+        message = _environment_error(e)
+        if message is None:
+            traceback.print_exc()
+            print(f"{name}: internal error ({type(e).__name__}): this is a bug in Lightman; please "
+                  f"report it with the traceback above", file=sys.stderr)
+            return 1
+        print(f"{name}: error: {message}", file=sys.stderr)
         return 2
-    return 0
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
