@@ -27,7 +27,6 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 sys.path.insert(0, str(Path(__file__).parent))  # the shared settings of meta_step.py
 
 import torch  # noqa: E402
-from lightman.models.learners import LearnerConfig, build_learner  # noqa: E402
 from meta_step import (  # noqa: E402
     GRAD_TOLERANCE,
     Setting,
@@ -36,6 +35,8 @@ from meta_step import (  # noqa: E402
     relative_error,
     use_torch_layers,
 )
+
+from lightman.models.learners import LearnerConfig, build_learner  # noqa: E402
 
 
 def meta_grads(setting: Setting, device: str, steps: int) -> tuple[dict, float]:

@@ -30,10 +30,6 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from lightman.platform.config import ConfigError
-from lightman.platform.run_state import load_state, save_state
-from lightman.platform.train import LoopContext, TrainConfig, _check_resumable, train_loop
-from lightman.tasks import storage
 from ray.train import (
     Checkpoint,
     CheckpointConfig,
@@ -43,6 +39,11 @@ from ray.train import (
     ScalingConfig,
 )
 from ray.train.torch import TorchConfig, TorchTrainer
+
+from lightman.platform.config import ConfigError
+from lightman.platform.run_state import load_state, save_state
+from lightman.platform.train import LoopContext, TrainConfig, _check_resumable, train_loop
+from lightman.tasks import storage
 
 _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 # Ray Train's placement-group cleaner polls the state API, which a cluster without a

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import torch
+
 from lightman.models.checkpoint import save_checkpoint
 from lightman.models.learners import LearnerConfig, build_learner
 from lightman.models.net import ModelConfig, build_model
@@ -261,9 +262,8 @@ def train_loop(cfg: TrainConfig, out: Path, ctx: LoopContext) -> None:
         optimizer.load_state_dict(ctx.resume["optimizer"])
         torch.set_rng_state(ctx.resume["torch_rng"])
         start, best = ctx.resume["step"], ctx.resume["best"]
-    share = (
-        cfg.meta_batch // ctx.world_size
-    )  # tasks of this rank per step; __post_init__: it divides
+    # tasks of this rank per step (TrainConfig.__post_init__: workers divides meta_batch)
+    share = cfg.meta_batch // ctx.world_size
 
     def payload(step: int) -> dict:
         """The run state after `step` (rank 0; see run_state.py)."""

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from lightman.platform.cli import main
 from lightman.platform.config import load_config
 from lightman.platform.ingest import IngestConfig, ingest
