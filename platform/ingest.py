@@ -153,7 +153,9 @@ def _worker_init(ingest_pid: int) -> None:
     # Ctrl-C signals the whole process group; the ingest stops the pool, and a worker's own
     # KeyboardInterrupt would only print a traceback per worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP)  # blocked by pool_map while starting
+    # pool_map held these back while the pool started, a mask the fork server, and so
+    # every worker, inherited
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP)
     _exit_with(ingest_pid)
 
 
@@ -166,23 +168,25 @@ def _exit_with(pid: int) -> None:
     never come: a daemon thread waits on the ingest's process itself (a pidfd on Linux,
     which also sees a killed but not yet reaped process; polling elsewhere).
     """
-    if hasattr(os, "pidfd_open"):
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:  # gone before this worker started
-            os._exit(1)
+    pidfd_open = getattr(os, "pidfd_open", None)  # Linux >= 5.3
+    try:
+        fd = pidfd_open(pid) if pidfd_open else None
+    except ProcessLookupError:  # gone before this worker started
+        os._exit(1)
+    except OSError:  # refused (e.g. a seccomp profile): poll instead
+        fd = None
 
-        def wait() -> None:
+    def wait() -> None:
+        if fd is not None:
             select.select([fd], [], [])
             os._exit(1)
-    else:
-        def wait() -> None:
-            while True:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    os._exit(1)
-                time.sleep(0.5)
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            time.sleep(0.5)
+
     threading.Thread(target=wait, name=f"exit-with-{pid}", daemon=True).start()
 
 
@@ -203,10 +207,13 @@ def pool_map(jobs: list, cfg: PreprocessConfig, workers: int) -> Iterator[dict |
     ctx.set_forkserver_preload([__name__])
     chunk = max(1, min(8, len(jobs) // (4 * workers)))
     others = set(multiprocessing.active_children())
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),),
+    )
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP)
     try:
-        results = pool.map(process_clip, jobs, [cfg] * len(jobs), chunksize=chunk)  # starts the workers
+        # submits every chunk at once, which starts the workers
+        results = pool.map(process_clip, jobs, [cfg] * len(jobs), chunksize=chunk)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal held back is raised here
         yield from results
     except BaseException:
