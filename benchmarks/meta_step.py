@@ -94,7 +94,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from lightman.models.learners import LearnerConfig, build_learner
-from lightman.models.learners.base import Params, forward, trainable
+from lightman.models.learners.base import forward
+from lightman.models.learners.params import Params, trainable
 from lightman.models import backbones, norm
 from lightman.models.graph_memory import SavedBytes
 from lightman.models.mmd import mmd2
