@@ -166,7 +166,8 @@ class Learner(ABC):
         in training mode. In eval mode, or with bn_mode task / clip, nothing is written.
         """
         theta = trainable(params)
-        per_task = partial(self.task_grads, model, theta, buffers)  # (task, where) -> (grads, metrics)
+        # (task, where) -> (grads, metrics), θ and the model bound
+        per_task = partial(self.task_grads, model, theta, buffers)
         return meta_batch_grads(per_task, tasks, self.cfg.name)
 
     @abstractmethod
