@@ -1,0 +1,299 @@
+"""One uploaded clip -> the same `Preprocessed` an ingest would make of it, or `BadUpload`.
+
+An upload is untrusted bytes: a video file (decoded with decord), a zip of frame images
+(temporal order by the number in each name, as ingest sorts frame files), or an npz
+holding one uint8 array `frames` (n, H, W, 3). Everything is checked before anything
+large is decoded: the upload's size, an archive's member names (none may leave its
+folder), the number of frames and the pixels of each frame (read from the image or
+array header, so a small file that claims a huge image is refused unread), and that
+every frame has one shape. The clip is then written to a private temporary folder and
+preprocessed by `preprocess_clip`, the ingest's own function: face box on the onset
+frame, the same box for every frame, apex kept or estimated, M frames sampled.
+
+Frame numbers of an upload are 0-based positions (the video adapter's convention).
+Without onset and offset the whole clip is the span; without an apex it is estimated,
+and `apex_source` says so.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from lightman.tasks.datasets.video import build as open_video_record
+from lightman.tasks.face import NO_FACE
+from lightman.tasks.frames import FrameReadError, decoder_log, numeric_key
+from lightman.tasks.preprocess import ClipError, PreprocessConfig, preprocess_clip
+from lightman.tasks.schema import ClipRecord, Preprocessed, Skipped
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+_HEADERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+class BadUpload(ValueError):
+    """An upload that cannot be a clip; `status` is the HTTP status it deserves."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """What one uploaded clip may hold."""
+
+    max_bytes: int = 64 * 2**20
+    """Largest upload accepted, in bytes (413 above it)."""
+    max_frames: int = 3000
+    """Frames in one clip (video or archive): 15 s at 200 fps."""
+    max_pixels: int = 1920 * 1080
+    """Pixels of one frame (H x W); larger frames are refused before decoding."""
+    max_unpacked_bytes: int = 512 * 2**20
+    """Total bytes an archive may unpack to (guards against zip bombs)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_frames", "max_pixels", "max_unpacked_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Span:
+    """The annotation a request may carry; None fields are taken from the clip."""
+
+    onset: int | None = None
+    apex: int | None = None
+    offset: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("onset", "apex", "offset"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise BadUpload(f"{name} must be a frame number >= 0, got {v}")
+        if self.onset is not None and self.offset is not None and self.onset > self.offset:
+            raise BadUpload(f"onset {self.onset} is after offset {self.offset}")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A preprocessed upload and how its span was chosen."""
+
+    pre: Preprocessed
+    onset: int
+    span_source: str  # "given" | "whole clip" (no onset/offset in the request)
+    frames_in_upload: int
+
+
+def _kind(data: bytes) -> str:
+    if not data:
+        raise BadUpload("the upload is empty (0 bytes)")
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        return "video"
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        names = [n for n in z.namelist() if not n.endswith("/")]
+    return "npz" if names and all(n.endswith(".npy") for n in names) else "zip"
+
+
+def _check_frame_count(n: int, limits: UploadLimits, what: str) -> None:
+    if n == 0:
+        raise BadUpload(f"the {what} holds no frames")
+    if n > limits.max_frames:
+        raise BadUpload(f"the {what} holds {n} frames, more than the limit of {limits.max_frames}")
+
+
+def _check_pixels(h: int, w: int, limits: UploadLimits, what: str) -> None:
+    if h * w > limits.max_pixels:
+        raise BadUpload(
+            f"{what} is {w}x{h} = {h * w} pixels, more than the limit of "
+            f"{limits.max_pixels} pixels per frame"
+        )
+
+
+def _safe_member(name: str) -> PurePosixPath:
+    path = PurePosixPath(name)
+    if name.startswith(("/", "\\")) or ".." in path.parts or "\\" in name or ":" in name:
+        raise BadUpload(f"archive member {name!r} escapes its folder (absolute path or '..')")
+    return path
+
+
+def _unpack_zip(data: bytes, folder: Path, limits: UploadLimits) -> tuple[str, ...]:
+    """Frame images of a zip -> files in `folder`, in temporal order; their paths."""
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        infos = [i for i in z.infolist() if not i.is_dir()]
+        for i in infos:
+            _safe_member(i.filename)
+        frames = [i for i in infos if i.filename.lower().endswith(IMAGE_SUFFIXES)]
+        if not frames:
+            raise BadUpload(f"the zip holds no frame images ({', '.join(IMAGE_SUFFIXES)})")
+        _check_frame_count(len(frames), limits, "zip")
+        if sum(i.file_size for i in frames) > limits.max_unpacked_bytes:
+            raise BadUpload(f"the zip unpacks to more than {limits.max_unpacked_bytes} bytes")
+        try:
+            frames.sort(key=lambda i: numeric_key(i.filename))
+        except ValueError as e:
+            raise BadUpload(str(e)) from None
+        numbers = [numeric_key(i.filename)[0] for i in frames]
+        if len(set(numbers)) != len(numbers):
+            raise BadUpload("two frame images of the zip carry the same frame number")
+        shapes: dict[tuple[int, int], str] = {}
+        paths = []
+        for k, info in enumerate(frames):
+            with z.open(info) as f:
+                blob = f.read(info.file_size + 1)  # a lying header cannot unpack more
+            if len(blob) > info.file_size:
+                raise BadUpload(f"archive member {info.filename!r} unpacks past its stated size")
+            try:
+                with Image.open(io.BytesIO(blob)) as img:  # reads the header only
+                    w, h = img.size
+            except Image.DecompressionBombError as e:  # far past PIL's own limit, and ours
+                raise BadUpload(f"frame {info.filename!r}: {e}") from None
+            except Exception as e:  # PIL raises many types for non-images
+                raise BadUpload(
+                    f"archive member {info.filename!r} is not a readable image ({type(e).__name__})"
+                ) from None
+            _check_pixels(h, w, limits, f"frame {info.filename!r}")
+            shapes.setdefault((h, w), info.filename)
+            if len(shapes) > 1:
+                (a, na), (b, nb) = list(shapes.items())[:2]
+                raise BadUpload(
+                    f"frames differ in shape: {na!r} is {a[1]}x{a[0]} but {nb!r} is {b[1]}x{b[0]}"
+                )
+            path = folder / f"{k:06d}{PurePosixPath(info.filename).suffix.lower()}"
+            path.write_bytes(blob)
+            paths.append(str(path))
+    return tuple(paths)
+
+
+def _unpack_npz(data: bytes, folder: Path, limits: UploadLimits) -> tuple[str, ...]:
+    """An npz's `frames` array (n, H, W, 3) uint8 -> lossless PNG files in `folder`."""
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        for i in z.infolist():
+            _safe_member(i.filename)
+        if "frames.npy" not in z.namelist():
+            raise BadUpload(
+                f"the npz needs an array named 'frames', found "
+                f"{[n.removesuffix('.npy') for n in z.namelist()]}"
+            )
+        info = z.getinfo("frames.npy")
+        if info.file_size > limits.max_unpacked_bytes:
+            raise BadUpload(f"the npz unpacks to more than {limits.max_unpacked_bytes} bytes")
+        with z.open(info) as f:
+            try:
+                header = _HEADERS.get(np.lib.format.read_magic(f))
+                if header is None:
+                    raise ValueError("unsupported .npy format version")
+                shape, fortran, dtype = header(f)
+            except ValueError as e:
+                raise BadUpload(f"'frames' in the npz is not a valid array: {e}") from None
+            if dtype != np.uint8 or len(shape) != 4 or shape[3] != 3 or fortran:
+                raise BadUpload(
+                    f"'frames' must be a C-ordered uint8 array (n, H, W, 3), got {dtype} {shape}"
+                )
+            _check_frame_count(shape[0], limits, "npz")
+            _check_pixels(shape[1], shape[2], limits, "each frame of the npz")
+            count = int(np.prod(shape))
+            if count > limits.max_unpacked_bytes:
+                raise BadUpload(
+                    f"'frames' holds {count} bytes, more than the limit of "
+                    f"{limits.max_unpacked_bytes}"
+                )
+            raw = f.read(count + 1)
+        if len(raw) != count:
+            raise BadUpload(f"'frames' is truncated: {len(raw)} of {count} bytes")
+    frames = np.frombuffer(raw, np.uint8).reshape(shape)
+    paths = []
+    for k, frame in enumerate(frames):
+        path = folder / f"{k:06d}.png"
+        cv2.imwrite(str(path), frame[:, :, ::-1])  # RGB -> OpenCV's BGR
+        paths.append(str(path))
+    return tuple(paths)
+
+
+def _probe_video(path: Path, limits: UploadLimits) -> None:
+    """Refuse too many frames or pixels from the container's header, before decoding."""
+    with decoder_log():  # OpenCV's FFmpeg logs a garbage file's errors to fd 2
+        cap = cv2.VideoCapture(str(path))
+    try:
+        if cap.isOpened():
+            w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+            h = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+            n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            _check_pixels(h, w, limits, "the video's frame")
+            if n > limits.max_frames:
+                _check_frame_count(n, limits, "video")
+    finally:
+        cap.release()
+
+
+def _record(folder: Path, data: bytes, kind: str, limits: UploadLimits) -> ClipRecord:
+    base = ClipRecord(
+        dataset="upload",
+        subject="upload/request",
+        filename="clip",
+        expression="micro",
+        emotion="",
+        onset=0,
+        apex=None,
+        offset=0,
+        fps=0.0,
+        apex_source="missing",
+    )
+    if kind == "video":
+        path = folder / "clip.video"
+        path.write_bytes(data)
+        _probe_video(path, limits)
+        rec = open_video_record(base, str(path), True)
+        if isinstance(rec, Skipped):
+            reason = rec.reason.replace(f"{path}: ", "").replace(str(path), "the upload")
+            raise BadUpload(f"the upload is not a video, or is truncated: {reason}")
+        _check_frame_count(len(rec.frame_numbers), limits, "video")
+        return rec
+    unpack = _unpack_zip if kind == "zip" else _unpack_npz
+    uris = unpack(data, folder, limits)
+    return replace(base, frame_uris=uris, frame_numbers=tuple(range(len(uris))))
+
+
+def prepare_clip(data: bytes, span: Span, cfg: PreprocessConfig, limits: UploadLimits) -> Prepared:
+    """Check, unpack and preprocess one uploaded clip; `BadUpload` names what is wrong."""
+    if len(data) > limits.max_bytes:
+        raise BadUpload(
+            f"the upload is {len(data)} bytes, over the limit of {limits.max_bytes}", status=413
+        )
+    kind = _kind(data)
+    with tempfile.TemporaryDirectory(prefix="lightman-upload-") as tmp:
+        rec = _record(Path(tmp), data, kind, limits)
+        n = len(rec.frame_numbers)
+        onset = 0 if span.onset is None else span.onset
+        offset = n - 1 if span.offset is None else span.offset
+        if onset >= n:
+            raise BadUpload(f"onset {onset} is past the last frame {n - 1}")
+        if onset > offset:
+            raise BadUpload(f"onset {onset} is after offset {offset} (the clip has {n} frames)")
+        rec = replace(
+            rec,
+            onset=onset,
+            offset=offset,
+            apex=span.apex,
+            apex_source="annotated" if span.apex is not None else "missing",
+        )
+        try:
+            pre, _ = preprocess_clip(rec, cfg)
+        except (ClipError, FrameReadError) as e:
+            raise BadUpload(str(e).replace(tmp, "upload")) from None
+    if cfg.face_crop == "haar" and NO_FACE in pre.repairs:
+        raise BadUpload(
+            "no face found on the onset frame; send face_crop=none for a clip that "
+            "is already a face crop"
+        )
+    given = span.onset is not None or span.offset is not None
+    return Prepared(pre, onset, "given" if given else "whole clip", n)
