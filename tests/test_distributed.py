@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -297,6 +298,20 @@ def test_ray_job_submit_trains_on_a_running_cluster(index, tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     port, dashboard = _free_port(), _free_port()
+    # Every port the head binds is chosen free: other Ray clusters on this machine hold
+    # the defaults (a dashboard agent without its port cannot accept jobs).
+    ports = [
+        f"--{name}-port={_free_port()}"
+        for name in (
+            "dashboard-agent-listen",
+            "dashboard-agent-grpc",
+            "runtime-env-agent",
+            "metrics-export",
+            "ray-client-server",
+            "node-manager",
+            "object-manager",
+        )
+    ]
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths must fit
     head = subprocess.Popen(
         [
@@ -310,13 +325,15 @@ def test_ray_job_submit_trains_on_a_running_cluster(index, tmp_path):
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
+            *ports,
             f"--temp-dir={temp}",
             "--disable-usage-stats",
         ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )
+        start_new_session=True,
+    )  # its own process group: the finally stops exactly this cluster
     out = tmp_path / "job-run"
     job = (
         "python -c 'import platform; print(\"stdlib platform:\", platform.system())' && "
@@ -336,37 +353,36 @@ def test_ray_job_submit_trains_on_a_running_cluster(index, tmp_path):
                 break
             time.sleep(2)
         assert ping.returncode == 0, ping.stderr[-2000:]
-        done = subprocess.run(
-            [
-                str(bin_dir / "ray"),
-                "job",
-                "submit",
-                "--address",
-                address,
-                "--working-dir",
-                str(repo),
-                "--",
-                "bash",
-                "-c",
-                job,
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=400,
-        )
+        submit = [
+            str(bin_dir / "ray"),
+            "job",
+            "submit",
+            "--address",
+            address,
+            "--working-dir",
+            str(repo),
+            "--",
+            "bash",
+            "-c",
+            job,
+        ]
+        while True:  # the job agent on the node may come up after the job server
+            done = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=400)
+            if "No available agent" not in done.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(3)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
         assert "stdlib platform: Linux" in done.stdout
         assert "| lightman | 3-way 1-shot |" in done.stdout
         assert json.loads((out / "results.json").read_text())["metrics"]["workers"] == 2
     finally:  # stop this cluster only: `ray stop` would stop every Ray on the machine
-        pids = _descendants(head.pid)
+        stray = _descendants(head.pid)  # in case a process left the group
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in reversed(pids):
-                try:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, sig)
+            for pid in reversed(stray):
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
             if sig == signal.SIGTERM:
                 time.sleep(3)
         head.wait(timeout=30)
