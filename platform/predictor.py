@@ -82,12 +82,16 @@ class PredictorConfig:
     under the machine's temporary directory (enough for replicas on one machine)."""
     max_stored: int = 1000
     """Adapted models kept in the store; the oldest are evicted past it (their id -> 404)."""
+    device: str = "cpu"
+    """Where the model runs: cpu, cuda or cuda:N (a replica given a GPU)."""
 
     def __post_init__(self) -> None:
         if self.shots < 0:
             raise ValueError(f"shots must be >= 0 (0: as trained), got {self.shots}")
         if self.max_stored < 1:
             raise ValueError(f"max_stored must be >= 1, got {self.max_stored}")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be distinct, got {list(self.classes)}")
 
@@ -104,9 +108,10 @@ class Adapted:
 class AdaptedStore:
     """Adapted models by id in a local or s3:// folder; bounded by `max_stored`."""
 
-    def __init__(self, uri: str, max_stored: int):
+    def __init__(self, uri: str, max_stored: int, device: torch.device):
         self.root = storage.resolve(uri)
         self.max_stored = max_stored
+        self.device = device
 
     def _loc(self, model_id: str) -> storage.Location:
         if not ID_PATTERN.match(model_id):
@@ -118,9 +123,9 @@ class AdaptedStore:
         buf = io.BytesIO()
         torch.save(
             {
-                "params": adapted.params,
-                "support_x": adapted.support_x,
-                "support_y": adapted.support_y,
+                "params": _to(adapted.params, "cpu"),
+                "support_x": adapted.support_x.cpu(),
+                "support_y": adapted.support_y.cpu(),
             },
             buf,
         )
@@ -146,7 +151,7 @@ class AdaptedStore:
             raw = storage.read_bytes(loc)
         except FileNotFoundError:
             raise self._unknown(model_id) from None
-        data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        data = torch.load(io.BytesIO(raw), map_location=self.device, weights_only=True)
         return Adapted(data["params"], data["support_x"], data["support_y"])
 
     def _evict(self) -> None:
@@ -162,6 +167,10 @@ class AdaptedStore:
                 self.root.fs.delete_file(info.path)
             except (FileNotFoundError, OSError):  # another replica evicted it first
                 pass
+
+
+def _to(params: dict[str, Tensor], device) -> dict[str, Tensor]:
+    return {k: v.to(device) for k, v in params.items()}
 
 
 def _default_store(version: str) -> str:
@@ -208,8 +217,9 @@ class Predictor:
         self.index_hash = manifest.get("content_hash", "")
         pool = primary_pool(data).by_subjects(extra["split"]["train"], name="meta-train")
         self.classes = _served_classes(pool, self.model_cfg.ways, cfg.classes)
-        self.model = model.eval()
-        self.serving = self._serving_model(model)
+        self.device = torch.device(cfg.device)
+        self.model = model.to(self.device).eval()
+        self.serving = self._serving_model(self.model)
         self.params = dict(model.named_parameters())
         self.buffers = dict(model.named_buffers())
         self.aux = auxiliary_pool(data) if self.episode.aux_shots else None
@@ -224,7 +234,9 @@ class Predictor:
         shots = cfg.shots or self.episode.shots
         sx, sy = self._reference_support(pool, shots, np.random.default_rng(cfg.seed))
         self.base = self.adapt_frames(sx, sy)
-        self.store = AdaptedStore(cfg.store or _default_store(self.version), cfg.max_stored)
+        self.store = AdaptedStore(
+            cfg.store or _default_store(self.version), cfg.max_stored, self.device
+        )
         self.load_seconds = time.perf_counter() - started
 
     def _serving_model(self, model):
@@ -233,7 +245,7 @@ class Predictor:
             return model
         clip = build_model(dataclasses.replace(self.model_cfg, bn_mode="clip"))
         clip.load_state_dict(model.state_dict(), strict=True)
-        return clip.eval()
+        return clip.to(self.device).eval()
 
     def _reference_support(self, pool: ClipPool, shots: int, rng: np.random.Generator):
         """(frames (n, M, H, W, C) uint8, way labels (n,)): `shots` clips per served class."""
@@ -262,7 +274,7 @@ class Predictor:
         )
         paired = pair_aux(ways, self.aux, self.aux_pairing)
         idx, _ = draw_aux(paired, len(self.aux), self.episode.aux_shots, rng)
-        return to_tensor(self.aux.frames[idx])
+        return to_tensor(self.aux.frames[idx]).to(self.device)
 
     def label_ways(self, labels: list[str]) -> np.ndarray:
         """Class names -> way indices; every served class needs at least one shot."""
@@ -279,7 +291,8 @@ class Predictor:
 
     def adapt_frames(self, frames: np.ndarray, ways: np.ndarray) -> Adapted:
         """Learner.adapt on a support set: frames (n, M, H, W, C) uint8, ways (n,) int."""
-        sx, sy = to_tensor(frames), torch.as_tensor(ways, dtype=torch.int64)
+        sx = to_tensor(frames).to(self.device)
+        sy = torch.as_tensor(ways, dtype=torch.int64, device=self.device)
         aux = self._aux_clips(np.random.default_rng([self.seed, len(frames)]))
         with eval_mode(self.model), torch.enable_grad():  # test-time steps take gradients
             params = self.learner.adapt(self.model, self.params, self.buffers, sx, sy, aux)
@@ -293,9 +306,9 @@ class Predictor:
             self.buffers,
             adapted.support_x,
             adapted.support_y,
-            to_tensor(frames),
+            to_tensor(frames).to(self.device),
         )
-        return torch.softmax(logits.detach().float(), dim=-1).numpy()
+        return torch.softmax(logits.detach().float(), dim=-1).cpu().numpy()
 
     def info(self) -> dict:
         """What GET /v1/model answers."""

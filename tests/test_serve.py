@@ -410,3 +410,24 @@ def test_fuzzing_the_openapi_schema_finds_no_5xx(service):
         call()
     assert {path for path, _ in seen} == {"/healthz", "/v1/model", "/v1/predict", "/v1/adapt"}
     assert requests.get(f"{url}/healthz", timeout=30).status_code == 200
+
+
+def test_deploy_configs_are_valid_and_alike():
+    """deploy/serve.yaml passes Serve's own schema, its user_config is a ServeConfig, and
+    the RayService manifest carries the same Serve config."""
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from lightman.platform.config import from_dict
+
+    deploy = Path(__file__).parents[1] / "deploy"
+    serve_yaml = yaml.safe_load((deploy / "serve.yaml").read_text())
+    ServeDeploySchema.model_validate(serve_yaml)
+    (app,) = serve_yaml["applications"]
+    assert app["import_path"] == "lightman.platform.serve:app"
+    (deployment,) = app["deployments"]
+    cfg = from_dict(ServeConfig, deployment["user_config"])
+    assert cfg.predictor.checkpoint.startswith("s3://") and cfg.max_batch_size == 8
+    service = yaml.safe_load((deploy / "rayservice.yaml").read_text())
+    assert service["kind"] == "RayService"
+    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == serve_yaml
