@@ -15,7 +15,7 @@ y: (m, d).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -127,3 +127,38 @@ def median_heuristic(x: Tensor, y: Tensor) -> Tensor:
             "median heuristic: over half of the pairwise distances are 0 (collapsed features)"
         )
     return sigma
+
+
+def median_bandwidths(x: Tensor, y: Tensor, multipliers: Sequence[float]) -> list[Tensor]:
+    """Data-driven bandwidths σ_k = c_k · median ||a − b|| over distinct pairs of the pooled
+    x ∪ y (`median_heuristic`), one per multiplier c_k; detached (bandwidths, not
+    parameters, so no gradient flows through them)."""
+    base = median_heuristic(x, y)
+    return [c * base for c in multipliers]
+
+
+def class_conditional(
+    loss: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    x_labels: Tensor,
+    y: Tensor,
+    y_labels: Tensor,
+) -> Tensor:
+    """Class-conditional alignment: (1 / |J|) Σ_{j ∈ J} loss(x[x_labels == j], y[y_labels == j]),
+    J = the labels present on both sides (a y label absent from x_labels, e.g. -1 for an
+    unpaired macro clip, is left out). x: (n, d), x_labels: (n,); y: (m, d), y_labels: (m,).
+    A 0-d tensor; an error when no label is shared."""
+    if x_labels.shape != (x.shape[0],) or y_labels.shape != (y.shape[0],):
+        raise ValueError(
+            f"labels must be one per sample: x {tuple(x.shape)} with labels "
+            f"{tuple(x_labels.shape)}, y {tuple(y.shape)} with labels {tuple(y_labels.shape)}"
+        )
+    shared = [j for j in torch.unique(x_labels).tolist() if bool((y_labels == j).any())]
+    if not shared:
+        raise ValueError(
+            "class-conditional L_aux: no class has samples on both sides (macro labels "
+            f"{sorted(set(y_labels.tolist()))}); pair the macro clips with the ways "
+            "(episode.aux_pairing=class) or use aux_align=marginal"
+        )
+    terms = [loss(x[x_labels == j], y[y_labels == j]) for j in shared]
+    return torch.stack(terms).mean()

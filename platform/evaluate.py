@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lightman.models.checkpoint import load_checkpoint
@@ -58,13 +59,18 @@ class EvalResult:
 def evaluate_episodes(learner, model, params, buffers, episodes) -> dict:
     """Adapt on each support set and predict its query set (`Learner.predict`: adapt, then
     `logits`), the model in eval mode for the call and back in the caller's mode after;
-    metric -> (mean, 95% CI half-width)."""
+    metric -> (mean, 95% CI half-width). Labels and predictions go to the summary as the
+    pool's global classes (`Episode.classes[way]`), so that uf1_pooled / uar_pooled pool
+    the counts of each real class, not of way j, which is another class in every episode;
+    the per-episode metrics do not depend on the labelling."""
     pairs = []
     with eval_mode(model):
         for ep in episodes:
             with torch.enable_grad():  # test-time adaptation takes gradient steps
                 logits = learner.predict(model, params, buffers, ep)
-            pairs.append((ep.query_y.numpy(), logits.argmax(-1).detach().numpy()))
+            classes = np.asarray(ep.classes)  # (N,): way j -> global class
+            pred = logits.argmax(-1).detach().cpu().numpy()
+            pairs.append((classes[ep.query_y.cpu().numpy()], classes[pred]))
     return episode_summary(pairs)
 
 

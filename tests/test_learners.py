@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import get_args
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,9 @@ from torch import Tensor
 
 from lightman.models.learners import LEARNERS, LearnerConfig, build_learner
 from lightman.models.learners.anil import ANIL
-from lightman.models.learners.base import LearnerName, aux_loss_fn, forward, inner_loop
+from lightman.models.learners.base import (
+    LearnerName, aux_loss_fn, forward, inner_loop, outer_optimizer,
+)
 from lightman.models.learners.lightman import Lightman, dual_branch_loss, dual_branch_objective
 from lightman.models.learners.maml import MAML, cross_entropy_objective
 from lightman.models.learners.params import trainable
@@ -33,6 +37,8 @@ class Task:
     query_x: Tensor
     query_y: Tensor
     aux_x: Tensor | None
+    aux_y: Tensor | None = None  # (A,) way of each macro clip, -1 unpaired
+    classes: tuple[int, ...] = ()  # the pool's class of way j
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +50,14 @@ def setup():
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(c.ways)
 
-    def task() -> Task:
+    def task(classes: tuple[int, ...]) -> Task:
         return Task(torch.rand((2 * c.ways, *shape), generator=g), labels.repeat(2),
                     torch.rand((3 * c.ways, *shape), generator=g), labels.repeat(3),
-                    torch.rand((4, *shape), generator=g))
+                    torch.rand((4, *shape), generator=g), torch.tensor([0, 1, 2, -1]), classes)
 
-    return model, dict(model.named_parameters()), dict(model.named_buffers()), [task(), task()]
+    # way j is a different class in each episode, as drawn by the sampler
+    tasks = [task((2, 0, 4, 1, 3)), task((3, 4, 1, 0, 2))]
+    return model, dict(model.named_parameters()), dict(model.named_buffers()), tasks
 
 
 # ---- adaptation ---------------------------------------------------------------------------
@@ -78,7 +86,9 @@ def test_adapt_lowers_the_support_cross_entropy(setup):
         with torch.no_grad():
             before = F.cross_entropy(forward(model, params, buffers, t.support_x, "pri"), t.support_y)
             after = F.cross_entropy(forward(model, adapted, buffers, t.support_x, "pri"), t.support_y)
-        assert float(after) < float(before), name
+        # supervised starts from a fresh zero head, whose support CE is log N
+        before = math.log(model.cfg.ways) if name == "supervised" else float(before)
+        assert float(after) < before, name
         assert all(not p.requires_grad for p in adapted.values())
 
 
@@ -229,20 +239,67 @@ def test_protonet_rejects_a_way_without_support(setup):
         build_learner("protonet").meta_grads(model, params, buffers, [t])
 
 
-def test_supervised_step_lowers_its_loss(setup):
+def supervised_loss(model, params, buffers, task, cfg: LearnerConfig) -> Tensor:
+    """λ1 CE(h_pri(g(x)), classes[y]) + λ2 MMD²(h_aux(g(x)), h_aux(g(aux))) on support + query,
+    written from the definition (global classes, σ = 1, biased MMD)."""
+    x = torch.cat((task.support_x, task.query_x))
+    y = torch.tensor(task.classes)[torch.cat((task.support_y, task.query_y))]
+    ce = F.cross_entropy(forward(model, params, buffers, x, "pri"), y)
+    a = forward(model, params, buffers, x, "aux")
+    b = forward(model, params, buffers, task.aux_x, "aux")
+
+    def k(u, v):
+        return torch.exp(-((u[:, None] - v[None]) ** 2).sum(-1) / 2).mean()
+
+    return cfg.lambda_pri * ce + cfg.lambda_aux * (k(a, a) + k(b, b) - 2 * k(a, b))
+
+
+def test_supervised_trains_on_global_classes(setup):
     model, params, buffers, tasks = setup
     cfg = LearnerConfig(name="supervised")
     learner = build_learner(cfg)
     grads, metrics = learner.meta_grads(model, params, buffers, tasks)
+    theta = trainable(params)
+    want = [torch.autograd.grad(supervised_loss(model, theta, buffers, t, cfg),
+                                list(theta.values())) for t in tasks]
+    for i, name in enumerate(params):
+        torch.testing.assert_close(grads[name], want[0][i] + want[1][i], rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        losses = [float(supervised_loss(model, params, buffers, t, cfg)) for t in tasks]
+    assert metrics["outer_loss"] == pytest.approx(sum(losses), rel=1e-5)
+    # one step along the summed gradient lowers the loss
     stepped = {k: (v - 0.01 * grads[k] / len(tasks)).detach() for k, v in params.items()}
     _, after = learner.meta_grads(model, stepped, buffers, tasks)
     assert after["outer_loss"] < metrics["outer_loss"]
-    # The loss it reports is λ1 CE + λ2 MMD on the task's support + query clips.
+
+
+def test_supervised_needs_a_head_for_every_class(setup):
+    model, params, buffers, tasks = setup
+    beyond = replace(tasks[0], classes=(0, 1, 2, 3, 7))
+    message = r"task 0 of the meta-batch has global class 7, but h_pri has 5 outputs.*model.ways"
+    with pytest.raises(ValueError, match=message):
+        build_learner("supervised").meta_grads(model, params, buffers, [beyond])
+
+
+def test_supervised_fine_tunes_a_fresh_zero_head(setup):
+    """Test time: h_pri re-initialised to an N-way head of zeros; one SGD step moves the head
+    alone, to W = α/S Σ_s (onehot(y_s) − 1/N) g(x_s)ᵀ, bias 0 on a balanced support set."""
+    model, params, buffers, tasks = setup
+    t = tasks[0]
+    keep = t.support_y < 3  # a 3-way support set: the fresh head has 3 outputs
+    x, y = t.support_x[keep], t.support_y[keep]
+    learner = build_learner(LearnerConfig(name="supervised", inner_lr=0.3))
+    adapted = learner.adapt(model, params, buffers, x, y, steps=1)
     with torch.no_grad():
-        want = sum(float(dual_branch_loss(model, params, buffers, torch.cat((u.support_x, u.query_x)),
-                                          torch.cat((u.support_y, u.query_y)), u.aux_x, cfg.lambda_pri,
-                                          aux_loss_fn(cfg)).total) for u in tasks)
-    assert metrics["outer_loss"] == pytest.approx(want, rel=1e-5)
+        z = forward(model, params, buffers, x, "embed")  # (S, D)
+    want = 0.3 / len(y) * (F.one_hot(y, 3).double() - 1 / 3).T @ z.double()  # (3, D)
+    torch.testing.assert_close(adapted["head_pri.weight"].double(), want, rtol=1e-5, atol=1e-7)
+    assert adapted["head_pri.bias"].shape == (3,) and adapted["head_pri.bias"].abs().max() < 1e-7
+    for name in params:
+        if not name.startswith("head_pri."):
+            assert torch.equal(adapted[name], params[name]), name
+    logits = learner.logits(model, adapted, buffers, x, y, t.query_x)
+    assert logits.shape == (t.query_x.shape[0], 3)
 
 
 def test_dual_branch_objective_weighs_the_two_losses(setup):
@@ -255,6 +312,105 @@ def test_dual_branch_objective_weighs_the_two_losses(setup):
         ce, _ = cross_entropy_objective(model, buffers, t.support_x, t.support_y)(params)
     assert float(metrics["support_loss_before"]) == pytest.approx(float(ce))
     assert float(total) == pytest.approx(0.3 * float(ce) + 0.7 * float(metrics["aux_loss"]))
+
+
+# ---- the auxiliary branch's options ------------------------------------------------------
+
+
+def test_aux_loss_fn_median_class_form_is_the_direct_computation():
+    """bandwidth=median, aux_align=class: σ_k = c_k · median distance of all the task's
+    features, then the mean over the paired ways of their MMD² (unpaired clips left out)."""
+    g = torch.Generator().manual_seed(0)
+    micro = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    macro = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    y, aux_y = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([0, 0, 2, -1, 2])  # way 1 unpaired
+    cfg = LearnerConfig(bandwidth="median", sigma=(0.5, 2.0), aux_align="class")
+    z = torch.cat((micro, macro)).tolist()
+    dists = sorted(math.dist(z[i], z[j]) for i in range(11) for j in range(i + 1, 11))
+    sigmas = [0.5 * dists[27], 2.0 * dists[27]]  # 55 pairs: the middle one
+
+    def mmd(a, b):
+        k = lambda u, v: sum(math.exp(-math.dist(u, v) ** 2 / (2 * s * s)) for s in sigmas)  # noqa: E731
+        a, b = a.tolist(), b.tolist()
+        return (sum(k(u, v) for u in a for v in a) / len(a) ** 2
+                + sum(k(u, v) for u in b for v in b) / len(b) ** 2
+                - 2 * sum(k(u, v) for u in a for v in b) / (len(a) * len(b)))
+
+    want = (mmd(micro[y == 0], macro[aux_y == 0]) + mmd(micro[y == 2], macro[aux_y == 2])) / 2
+    assert float(aux_loss_fn(cfg, y, aux_y)(micro, macro)) == pytest.approx(want, rel=1e-10)
+    marginal = aux_loss_fn(replace(cfg, aux_align="marginal"))(micro, macro)
+    assert float(marginal) == pytest.approx(mmd(micro, macro), rel=1e-10)
+    with pytest.raises(ValueError, match="aux_align=class needs the ways"):
+        aux_loss_fn(cfg)
+
+
+def test_joint_pass_is_one_batch_split(setup):
+    model, params, buffers, tasks = setup
+    t = tasks[0]
+    cfg = LearnerConfig(aux_norm="joint")
+    with torch.no_grad():
+        out = dual_branch_loss(model, params, buffers, t.support_x, t.support_y, t.aux_x,
+                               cfg.lambda_pri, aux_loss_fn(cfg), aux_norm="joint")
+        both = torch.cat((t.support_x, t.aux_x))
+        n = len(t.support_x)
+        logits, feats = model(both, head="pri")[:n], model(both, head="aux")
+        want_ce = F.cross_entropy(logits, t.support_y)
+        want_aux = aux_loss_fn(cfg)(feats[:n], feats[n:])
+        separate = dual_branch_loss(model, params, buffers, t.support_x, t.support_y, t.aux_x,
+                                    cfg.lambda_pri, aux_loss_fn(cfg))
+    assert float(out.ce) == pytest.approx(float(want_ce), rel=1e-6)
+    assert float(out.aux) == pytest.approx(float(want_aux), rel=1e-6)
+    # bn_mode=task: the two normalisations differ
+    assert float(out.aux) != pytest.approx(float(separate.aux), rel=1e-2)
+
+
+def test_grad_ratio_is_logged_on_request(setup):
+    """aux_ce_grad_ratio = ‖∇θ λ2·L_aux‖ / ‖∇θ λ1·CE‖ at θ, summed over tasks like every metric."""
+    model, params, buffers, tasks = setup
+    cfg = LearnerConfig(inner_lr=0.05)
+    _, quiet = build_learner(cfg).meta_grads(model, params, buffers, tasks)
+    assert "aux_ce_grad_ratio" not in quiet
+    logging = build_learner(replace(cfg, log_grad_ratio=True))
+    _, logged = logging.meta_grads(model, params, buffers, tasks)
+    want = 0.0
+    for t in tasks:
+        theta = trainable(params)
+        ce = F.cross_entropy(forward(model, theta, buffers, t.support_x, "pri"), t.support_y)
+        micro = forward(model, theta, buffers, t.support_x, "aux")
+        macro = forward(model, theta, buffers, t.aux_x, "aux")
+        g_ce = torch.autograd.grad(cfg.lambda_pri * ce, list(theta.values()), allow_unused=True)
+        aux = cfg.lambda_aux * aux_loss_fn(cfg)(micro, macro)
+        g_aux = torch.autograd.grad(aux, list(theta.values()), allow_unused=True)
+        norm = lambda gs: math.sqrt(sum(float(g.pow(2).sum()) for g in gs if g is not None))  # noqa: E731
+        want += norm(g_aux) / norm(g_ce)
+    assert logged["aux_ce_grad_ratio"] == pytest.approx(want, rel=1e-4)
+    assert {k: v for k, v in logged.items() if k != "aux_ce_grad_ratio"} == quiet
+
+
+def test_adamw_keeps_h_aux_alive_in_first_order_mode(setup):
+    """first_order: h_aux's outer gradient is exactly 0, so Adam's coupled weight decay
+    (grad + wd·w, normalised) shrinks each weight by about outer_lr per step, while AdamW's
+    decoupled decay multiplies it by (1 − outer_lr·wd). 100 steps on the first-order
+    meta-gradient (h_aux's part is 0 at every step in this mode; the rest is held fixed)."""
+    model, params, buffers, tasks = setup
+    cfg = LearnerConfig(first_order=True, outer_lr=1e-3, weight_decay=1e-4)
+    grads, _ = build_learner(cfg).meta_grads(model, params, buffers, tasks)
+    aux = [n for n in params if n.startswith("head_aux.") and n.endswith("weight")]
+    assert all(torch.equal(grads[n], torch.zeros_like(grads[n])) for n in aux)
+    kept = {}
+    for optimizer in ("adam", "adamw"):
+        theta = {n: p.detach().clone().requires_grad_() for n, p in params.items()}
+        opt = outer_optimizer(theta.values(), replace(cfg, optimizer=optimizer))
+        assert type(opt) is {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optimizer]
+        for _ in range(100):
+            for n, p in theta.items():
+                p.grad = grads[n] / len(tasks)
+            opt.step()
+        kept[optimizer] = min(float(theta[n].detach().norm() / params[n].norm()) for n in aux)
+    # measured: 63% of h_aux's weight norm is left after 100 Adam steps (each |w| shrinks by
+    # ~0.1; the tiny model's weights are ~0.3), all of it after 100 AdamW steps
+    assert kept["adam"] < 0.7
+    assert kept["adamw"] > 0.999
 
 
 # ---- registry and config ------------------------------------------------------------------
@@ -285,6 +441,10 @@ def test_registry_covers_every_name():
     ("lambda_pri", -0.1, "lambda_pri"),
     ("sigma", (), "sigma must be one or more bandwidths"),
     ("sigma", (1.0, -2.0), "sigma must be one or more bandwidths"),
+    ("aux_norm", "shared", r"aux_norm must be one of \['separate', 'joint'\]"),
+    ("bandwidth", "auto", r"bandwidth must be one of \['fixed', 'median'\]"),
+    ("aux_align", "way", r"aux_align must be one of \['marginal', 'class'\]"),
+    ("optimizer", "sgd", r"optimizer must be one of \['adam', 'adamw'\]"),
 ])
 def test_config_rejects_bad_values(field, value, message):
     with pytest.raises(ValueError, match=message):

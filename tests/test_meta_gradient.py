@@ -37,6 +37,8 @@ class Task:
     query_x: Tensor
     query_y: Tensor
     aux_x: Tensor | None
+    aux_y: Tensor | None = None  # (A,) way of each macro clip, -1 unpaired
+    classes: tuple[int, ...] = ()
 
 
 def make_tasks(n: int, shape: tuple[int, ...], ways: int, shots: int = 2, query: int = 2, aux: int = 4,
@@ -47,8 +49,9 @@ def make_tasks(n: int, shape: tuple[int, ...], ways: int, shots: int = 2, query:
         return torch.rand((k, *shape), generator=g, dtype=DT)
 
     labels = torch.arange(ways)
-    return [Task(clips(ways * shots), labels.repeat(shots), clips(ways * query), labels.repeat(query), clips(aux))
-            for _ in range(n)]
+    aux_y = torch.tensor([j if j < ways else -1 for j in range(aux)])  # ways 0..N-1, then unpaired
+    return [Task(clips(ways * shots), labels.repeat(shots), clips(ways * query), labels.repeat(query),
+                 clips(aux), aux_y, tuple(range(ways))) for _ in range(n)]
 
 
 # ---- a hand-written smooth model: pure function + the same math as an nn.Module ----------
@@ -101,6 +104,48 @@ def ref_aux(kind: str, x: Tensor, y: Tensor, sigma: float) -> Tensor:
     return kxy.sum() / (n * m)
 
 
+def ref_sigmas(cfg: LearnerConfig, micro: Tensor, macro: Tensor) -> tuple[float, ...]:
+    """σ as configured: sigma itself, or sigma × the median of the sorted pairwise distances of
+    the pooled features (the lower middle one, as torch.median), as constants."""
+    if cfg.bandwidth == "fixed":
+        return cfg.sigma
+    z = torch.cat((micro, macro)).detach()
+    n = len(z)
+    dists = sorted(float(torch.dist(z[i], z[j])) for i in range(n) for j in range(i + 1, n))
+    return tuple(c * dists[(len(dists) - 1) // 2] for c in cfg.sigma)
+
+
+def ref_aux_loss(cfg: LearnerConfig, micro: Tensor, macro: Tensor, y: Tensor,
+                 aux_y: Tensor | None) -> Tensor:
+    """L_aux as configured, by its definition: the kernel loss summed over bandwidths (MMD is
+    linear in the kernel), over the whole sets or as the mean over the paired ways."""
+    sigmas = ref_sigmas(cfg, micro, macro)
+
+    def kernel(a, b):
+        return sum(ref_aux(cfg.aux_loss, a, b, s) for s in sigmas)
+
+    if cfg.aux_align == "marginal":
+        return kernel(micro, macro)
+    ways = [j for j in range(int(y.max()) + 1) if (aux_y == j).any() and (y == j).any()]
+    return sum(kernel(micro[y == j], macro[aux_y == j]) for j in ways) / len(ways)
+
+
+def ref_inner_loss(fwd, p: dict[str, Tensor], t: Task, cfg: LearnerConfig) -> Tensor:
+    """λ1 CE + λ2 L_aux on the support set; aux_norm=joint runs one batch of support + macro
+    clips and splits its outputs after the support rows."""
+    n = len(t.support_x)
+    if cfg.aux_norm == "joint":
+        both = torch.cat((t.support_x, t.aux_x))
+        logits, feats = fwd(p, both, "pri")[:n], fwd(p, both, "aux")
+        micro, macro = feats[:n], feats[n:]
+    else:
+        logits, micro = fwd(p, t.support_x, "pri"), fwd(p, t.support_x, "aux")
+        macro = fwd(p, t.aux_x, "aux")
+    ce = F.cross_entropy(logits, t.support_y)
+    aux = ref_aux_loss(cfg, micro, macro, t.support_y, t.aux_y)
+    return cfg.lambda_pri * ce + (1 - cfg.lambda_pri) * aux
+
+
 def ref_meta_grad(fwd, params: dict[str, Tensor], tasks: list[Task], cfg: LearnerConfig) -> dict[str, Tensor]:
     """Σ_i ∇θ CE(query_i; θ_i), θ_i by inner_steps steps on λ1 CE + λ2 L_aux, create_graph=True.
 
@@ -112,9 +157,7 @@ def ref_meta_grad(fwd, params: dict[str, Tensor], tasks: list[Task], cfg: Learne
     for t in tasks:
         p = dict(theta)
         for _ in range(cfg.inner_steps):
-            ce = F.cross_entropy(fwd(p, t.support_x, "pri"), t.support_y)
-            aux = ref_aux(cfg.aux_loss, fwd(p, t.support_x, "aux"), fwd(p, t.aux_x, "aux"), cfg.sigma[0])
-            loss = cfg.lambda_pri * ce + (1 - cfg.lambda_pri) * aux
+            loss = ref_inner_loss(fwd, p, t, cfg)
             grads = torch.autograd.grad(loss, list(p.values()), create_graph=True)
             p = {k: v - cfg.inner_lr * g for (k, v), g in zip(p.items(), grads)}
         outer = F.cross_entropy(fwd(p, t.query_x, "pri"), t.query_y)
@@ -178,11 +221,7 @@ def outer_loss(model, params: dict[str, Tensor], tasks: list[Task], cfg: Learner
     for t in tasks:
         p = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
         for _ in range(cfg.inner_steps):
-            ce = F.cross_entropy(ref_forward(p, t.support_x, "pri"), t.support_y)
-            aux = ref_aux(cfg.aux_loss, ref_forward(p, t.support_x, "aux"), ref_forward(p, t.aux_x, "aux"),
-                          cfg.sigma[0])
-            loss = cfg.lambda_pri * ce + (1 - cfg.lambda_pri) * aux
-            grads = torch.autograd.grad(loss, list(p.values()))
+            grads = torch.autograd.grad(ref_inner_loss(ref_forward, p, t, cfg), list(p.values()))
             p = {k: (v - cfg.inner_lr * g).detach().requires_grad_() for (k, v), g in zip(p.items(), grads)}
         total += float(F.cross_entropy(ref_forward(p, t.query_x, "pri"), t.query_y).detach())
     return total
@@ -202,6 +241,63 @@ def test_lightman_matches_finite_differences(smooth, steps):
         numeric = (plus - minus) / (2 * eps)
         analytic = float(sum((got[k] * u[k]).sum() for k in params))
         assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-8)
+
+
+# The auxiliary-branch options (LearnerConfig: aux_norm, bandwidth, aux_align), alone and together.
+AUX_OPTIONS = {
+    "joint": {"aux_norm": "joint"},
+    "median": {"bandwidth": "median", "sigma": (0.5, 2.0)},
+    "class": {"aux_align": "class"},
+    "all": {"aux_norm": "joint", "bandwidth": "median", "sigma": (1.0,), "aux_align": "class"},
+}
+
+
+@pytest.mark.parametrize("memory", ["fast", "low"])
+@pytest.mark.parametrize("option", list(AUX_OPTIONS))
+def test_aux_options_match_plain_loop_on_tiny_lightmannet(tiny, option, memory):
+    """The per-task float64 loop of ref_inner_loss (joint: one batch split by hand; median:
+    σ from the sorted distances, a constant; class: a loop over the paired ways), through
+    both backward modes; bn_mode=task, so joint and separate passes differ."""
+    model, params, buffers, tasks = tiny
+
+    def fwd(p, x, head):
+        return functional_call(model, (p, buffers), (x,), {"head": head})
+
+    options = {"sigma": (2.0,), **AUX_OPTIONS[option]}
+    cfg = LearnerConfig(inner_lr=0.1, inner_steps=2, memory=memory, **options)
+    got, metrics = build_learner(cfg).meta_grads(model, params, buffers, tasks)
+    assert_close(got, ref_meta_grad(fwd, params, tasks, cfg), rtol=1e-7, atol=1e-10)
+    with torch.no_grad():  # λ1 = 0: the inner loss is L_aux alone
+        aux_only = replace(cfg, lambda_pri=0.0)
+        want = sum(float(ref_inner_loss(fwd, params, t, aux_only)) for t in tasks)
+    assert metrics["aux_loss"] == pytest.approx(want, rel=1e-9)
+
+
+def test_joint_normalisation_changes_the_aux_loss(tiny):
+    model, params, buffers, tasks = tiny
+    cfg = LearnerConfig(sigma=(2.0,))
+    _, separate = build_learner(cfg).meta_grads(model, params, buffers, tasks)
+    joint_learner = build_learner(replace(cfg, aux_norm="joint"))
+    _, joint = joint_learner.meta_grads(model, params, buffers, tasks)
+    assert joint["aux_loss"] != pytest.approx(separate["aux_loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize("memory", ["fast", "low"])
+@pytest.mark.parametrize("option", ["joint", "class"])
+def test_aux_options_match_finite_differences(smooth, option, memory):
+    """Central differences of the outer loss (median bandwidths are left out: the learner
+    treats σ as a constant, which the numerical derivative would not)."""
+    model, params, tasks = smooth
+    options = {"sigma": (1.5,), **AUX_OPTIONS[option]}
+    cfg = LearnerConfig(inner_lr=0.3, inner_steps=2, memory=memory, **options)
+    got, _ = build_learner(cfg).meta_grads(model, params, {}, tasks)
+    g = torch.Generator().manual_seed(4)
+    eps = 1e-5
+    u = {k: torch.randn(v.shape, generator=g, dtype=DT) for k, v in params.items()}
+    plus = outer_loss(model, {k: v + eps * u[k] for k, v in params.items()}, tasks, cfg)
+    minus = outer_loss(model, {k: v - eps * u[k] for k, v in params.items()}, tasks, cfg)
+    analytic = float(sum((got[k] * u[k]).sum() for k in params))
+    assert analytic == pytest.approx((plus - minus) / (2 * eps), rel=1e-4, abs=1e-8)
 
 
 def test_first_order_is_the_query_gradient_at_the_adapted_parameters(smooth):

@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from lightman.models.mmd import gaussian_kernel, median_heuristic, mmd2, paper_eq3
+from lightman.models.mmd import (
+    class_conditional,
+    gaussian_kernel,
+    median_bandwidths,
+    median_heuristic,
+    mmd2,
+    paper_eq3,
+)
 
 F64 = torch.float64
 
@@ -156,3 +163,29 @@ def test_bad_inputs_give_specific_errors():
         mmd2(x[:1], x, unbiased=True)
     with pytest.raises(ValueError, match="collapsed"):
         median_heuristic(x[:1].expand(3, 3), x[:1].expand(2, 3))
+
+
+def test_median_bandwidths_are_multiples_of_the_median_distance():
+    x, y = sample(4, 3, 23), sample(3, 3, 24)
+    z = torch.cat((x, y)).tolist()
+    dists = sorted(math.dist(z[i], z[j]) for i in range(7) for j in range(i + 1, 7))
+    got = median_bandwidths(x.requires_grad_(), y, (0.5, 1.0, 2.0))
+    assert [s.item() for s in got] == pytest.approx([0.5 * dists[10], dists[10], 2 * dists[10]])
+    assert not any(s.requires_grad for s in got)  # constants of the loss, not parameters
+    want = mmd2_loop(x.detach(), y, [0.5 * dists[10], 2 * dists[10]], False)
+    assert mmd2(x, y, median_bandwidths(x, y, (0.5, 2.0))).item() == pytest.approx(want, rel=1e-10)
+
+
+def test_class_conditional_is_the_mean_over_shared_classes():
+    x, y = sample(6, 2, 25), sample(5, 2, 26, shift=0.5)
+    x_labels, y_labels = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([2, -1, 0, 2, 3])
+    # shared: 0 and 2 (1 has no y sample, -1 and 3 no x sample)
+    want = (
+        mmd2_loop(x[[0, 3]], y[[2]], (1.0,), False) + mmd2_loop(x[[2, 5]], y[[0, 3]], (1.0,), False)
+    ) / 2
+    got = class_conditional(lambda a, b: mmd2(a, b, (1.0,)), x, x_labels, y, y_labels)
+    assert got.item() == pytest.approx(want, rel=1e-10)
+    with pytest.raises(ValueError, match="no class has samples on both sides"):
+        class_conditional(mmd2, x, x_labels, y, torch.full((5,), -1))
+    with pytest.raises(ValueError, match="one per sample"):
+        class_conditional(mmd2, x, x_labels[:3], y, y_labels)

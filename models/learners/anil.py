@@ -51,7 +51,7 @@ def head_objective(model: nn.Module, params: Params, buffers: Params, x: Tensor,
 class ANIL(BilevelLearner):
     """Inner loss: the primary CE; only h_pri's parameters adapt."""
 
-    def make_objective(self, model, params, buffers, x, y, aux_x, where):
+    def make_objective(self, model, params, buffers, x, y, aux_x, where, aux_y=None):
         return head_objective(model, params, buffers, x, y)
 
     def adapted_names(self, model, params):

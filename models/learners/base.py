@@ -33,7 +33,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Literal, Protocol, Sequence, get_args
+from typing import Callable, Iterable, Literal, Protocol, Sequence, get_args
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,7 @@ from torch.func import functional_call
 
 from lightman.models.learners.params import Params, trainable
 from lightman.models.learners.passes import PassObjective, split_grads, split_hvp
-from lightman.models.mmd import mmd2, paper_eq3
+from lightman.models.mmd import class_conditional, median_bandwidths, mmd2, paper_eq3
 
 # params -> (scalar loss, named detached values for the metrics)
 Objective = Callable[[Params], tuple[Tensor, dict[str, Tensor]]]
@@ -54,6 +54,10 @@ AuxLossFn = Callable[[Tensor, Tensor], Tensor]
 LearnerName = Literal["lightman", "maml", "anil", "reptile", "protonet", "supervised"]
 AuxLossName = Literal["mmd", "mmd_unbiased", "paper_eq3"]
 MemoryMode = Literal["fast", "low"]
+AuxNorm = Literal["separate", "joint"]
+Bandwidth = Literal["fixed", "median"]
+AuxAlign = Literal["marginal", "class"]
+OptimizerName = Literal["adam", "adamw"]
 
 
 @dataclass(frozen=True)
@@ -66,12 +70,23 @@ class LearnerConfig:
     """α, the inner (task-level) SGD step; also the test-time step of every learner that
     adapts. Paper 5.1: 0.2. Measured on Conv4 (32 px) at initialisation: one step at any
     α in 0.05-0.4 lowers the support CE of 1- and 5-shot episodes, most at 0.05-0.1
-    (1-shot) and 0.2 (5-shot); 0.1 sits between and keeps the second-order term small."""
+    (1-shot) and 0.2 (5-shot); 0.1 sits between and keeps the second-order term small.
+    lightman's inner step moves the CE by α·λ1, not α: the step-size controls are config
+    alone, MAML at α·λ1 (name=maml inner_lr=0.055 for α = 0.1, λ1 = 0.55) and LightmanNet
+    at α/λ1 (name=lightman inner_lr=0.1818..., whose CE step is then α); see
+    benchmarks/aux_branch.py."""
     outer_lr: float = 1e-3
     """β, the learning rate of the trainer's Adam. Paper 5.1: 0.1, which is far too large
     for Adam (it normalises the step to ~β per weight); 1e-3 is Adam's usual value."""
     weight_decay: float = 1e-4
-    """Adam's weight decay (paper 5.1)."""
+    """Weight decay of the outer optimiser (paper 5.1), coupled or decoupled: `optimizer`."""
+    optimizer: OptimizerName = "adam"
+    """The outer optimiser (`outer_optimizer`). adam (default): torch's Adam, whose weight
+    decay is coupled (added to the gradient, then normalised), so a weight whose
+    gradient is 0 still moves by about outer_lr·sign(w) per step: with first_order=True
+    h_aux has an outer gradient of exactly 0 and decays to a few per cent of its size
+    within ~100 steps. adamw: decoupled weight decay (AdamW, w ← w − outer_lr·wd·w),
+    which leaves such a weight all but unchanged."""
     inner_steps: int = 1
     """Inner SGD steps per task during meta-training (MAML family: lightman, maml, anil)."""
     test_inner_steps: int = 1
@@ -81,9 +96,29 @@ class LearnerConfig:
     """λ1, weight of the primary CE in the inner loss; λ2 = 1 − λ1 weighs L_aux
     (paper 5.4: best 0.55 / 0.45). λ1 = 1 turns the auxiliary branch off (= maml)."""
     sigma: tuple[float, ...] = (1.0,)
-    """Gaussian-kernel bandwidth(s) σ of L_aux (Eq. 3); several σ sum their kernels (mmd only)."""
+    """Gaussian-kernel bandwidth(s) σ of L_aux (Eq. 3); several σ sum their kernels (mmd only).
+    Under bandwidth=median these are multipliers of the task's median distance."""
+    bandwidth: Bandwidth = "fixed"
+    """How σ is set. fixed (default): σ = sigma. median: per task (and inner step),
+    σ_k = sigma[k] · the detached median pairwise distance of the pooled micro and macro
+    features (mmd.median_bandwidths): the kernel follows the features' scale (h_aux's
+    outputs are unnormalised; their median distance is ~0.3 at initialisation on the
+    demo's episodes, where σ = 1 is in the kernel's quadratic regime)."""
     aux_loss: AuxLossName = "mmd"
     """L_aux: mmd (squared MMD, biased) | mmd_unbiased | paper_eq3 (Eq. 3 as printed; see mmd.py)."""
+    aux_norm: AuxNorm = "separate"
+    """How the macro clips are normalised beside the support clips (lightman, supervised).
+    separate (default): two backbone passes, each normalised with its own batch
+    statistics under bn_mode task/running: domain-specific normalisation, which equalises
+    every channel's mean and variance of the two sets at every layer before L_aux sees
+    them. joint: one pass over support + macro clips whose outputs are split, so both
+    sets share one normalisation (and the support logits of the CE are normalised with
+    the joint statistics too). No difference under bn_mode=clip."""
+    aux_align: AuxAlign = "marginal"
+    """What L_aux aligns. marginal (default): the whole micro set against the whole macro
+    set. class: the mean over the paired ways j (macro clips with aux_y = j) of
+    L_aux(micro clips of way j, macro clips of way j), unpaired macro clips left out
+    (mmd.class_conditional); needs the episodes' aux_y, and episode.aux_pairing=class."""
     first_order: bool = False
     """Drop the second-order term: treat each inner gradient as a constant (FOMAML)."""
     reptile_steps: int = 5
@@ -98,14 +133,23 @@ class LearnerConfig:
     """MAML family: also report support_loss_after, the support CE at the adapted θ_i.
     It costs one more forward pass over the support set per task (~9% of a meta-step
     with 5-way 5-shot episodes), so it is off in the hot path."""
+    log_grad_ratio: bool = False
+    """lightman: also report aux_ce_grad_ratio = ‖∇θ λ2·L_aux‖ / ‖∇θ λ1·CE‖ (L2 norms over
+    every adapted parameter) at θ, the first inner step of each task: how much the
+    auxiliary term moves the inner step. Costs one more forward pass over the support and
+    macro clips and two first-order backward passes per task, so it is off by default."""
 
     def __post_init__(self) -> None:
         if self.name not in get_args(LearnerName):
             raise ValueError(f"name must be one of {list(get_args(LearnerName))}, got {self.name!r}")
         if self.memory not in get_args(MemoryMode):
             raise ValueError(f"memory must be one of {list(get_args(MemoryMode))}, got {self.memory!r}")
-        if self.aux_loss not in get_args(AuxLossName):
-            raise ValueError(f"aux_loss must be one of {list(get_args(AuxLossName))}, got {self.aux_loss!r}")
+        for field, options in (("aux_loss", AuxLossName), ("aux_norm", AuxNorm),
+                               ("bandwidth", Bandwidth), ("aux_align", AuxAlign),
+                               ("optimizer", OptimizerName)):
+            if getattr(self, field) not in get_args(options):
+                raise ValueError(f"{field} must be one of {list(get_args(options))}, "
+                                 f"got {getattr(self, field)!r}")
         for field in ("inner_lr", "outer_lr"):
             if not getattr(self, field) > 0:
                 raise ValueError(f"{field} must be > 0, got {getattr(self, field)!r}")
@@ -136,6 +180,8 @@ class TaskLike(Protocol):
     query_x: Tensor  # (N*Q, M, C, H, W)
     query_y: Tensor  # (N*Q,) int64
     aux_x: Tensor | None  # (A, M, C, H, W) macro clips for the auxiliary branch
+    aux_y: Tensor | None  # (A,) int64: the way a macro clip is paired with, -1 unpaired
+    classes: tuple[int, ...]  # classes[j] = the pool's global class of way j
 
 
 class Learner(ABC):
@@ -173,10 +219,11 @@ class Learner(ABC):
     @abstractmethod
     def adapt(
         self, model: nn.Module, params: Params, buffers: Params, support_x: Tensor, support_y: Tensor,
-        aux_x: Tensor | None = None, steps: int | None = None,
+        aux_x: Tensor | None = None, steps: int | None = None, aux_y: Tensor | None = None,
     ) -> Params:
         """Parameters fitted to an unseen task's support set (`steps` defaults to
-        `cfg.test_inner_steps`); detached, `params` untouched."""
+        `cfg.test_inner_steps`; aux_y, the macro clips' ways, is needed by
+        aux_align=class only); detached, `params` untouched."""
 
     def logits(self, model: nn.Module, adapted: Params, buffers: Params, support_x: Tensor,
                support_y: Tensor, x: Tensor) -> Tensor:
@@ -189,7 +236,8 @@ class Learner(ABC):
 
     def predict(self, model: nn.Module, params: Params, buffers: Params, task: TaskLike) -> Tensor:
         """Query logits (N*Q, ways) after adapting on the task's support set."""
-        adapted = self.adapt(model, params, buffers, task.support_x, task.support_y, task.aux_x)
+        adapted = self.adapt(model, params, buffers, task.support_x, task.support_y, task.aux_x,
+                             aux_y=task.aux_y)
         return self.logits(model, adapted, buffers, task.support_x, task.support_y, task.query_x)
 
     def adapt_steps(self, steps: int | None) -> int:
@@ -206,11 +254,38 @@ def forward(model: nn.Module, params: Params, buffers: Params, x: Tensor, head: 
     return functional_call(model, (params, buffers), (x,), {"head": head, "update_stats": update_stats})
 
 
-def aux_loss_fn(cfg: LearnerConfig) -> AuxLossFn:
-    """L_aux(micro features (n, d), macro features (m, d)) -> 0-d tensor, as configured."""
-    if cfg.aux_loss == "paper_eq3":
-        return partial(paper_eq3, sigma=cfg.sigma[0])
-    return partial(mmd2, sigmas=cfg.sigma, unbiased=cfg.aux_loss == "mmd_unbiased")
+def aux_loss_fn(cfg: LearnerConfig, y: Tensor | None = None,
+                aux_y: Tensor | None = None) -> AuxLossFn:
+    """L_aux(micro features (n, d), macro features (m, d)) -> 0-d tensor, as configured:
+    the kernel loss (aux_loss) at σ = sigma (bandwidth=fixed) or at σ_k = sigma[k] ·
+    median pairwise distance of the pooled features (bandwidth=median, detached), over
+    the whole sets (aux_align=marginal) or as the mean over paired ways j of
+    L_aux(micro[y == j], macro[aux_y == j]) (aux_align=class: y (n,) are the micro clips'
+    ways, aux_y (m,) the macro clips', -1 unpaired; the median is that of the whole task)."""
+    if cfg.aux_align == "class" and (y is None or aux_y is None):
+        raise ValueError("aux_align=class needs the ways of the micro and macro clips (y, aux_y): "
+                         "give the episodes aux_y (tasks/episodes.py) or set aux_align=marginal")
+
+    def kernel_loss(micro: Tensor, macro: Tensor, sigmas: Sequence[float | Tensor]) -> Tensor:
+        if cfg.aux_loss == "paper_eq3":
+            return paper_eq3(micro, macro, sigmas[0])
+        return mmd2(micro, macro, sigmas, unbiased=cfg.aux_loss == "mmd_unbiased")
+
+    def loss(micro: Tensor, macro: Tensor) -> Tensor:
+        fixed = cfg.bandwidth == "fixed"
+        sigmas = cfg.sigma if fixed else median_bandwidths(micro, macro, cfg.sigma)
+        if cfg.aux_align == "marginal":
+            return kernel_loss(micro, macro, sigmas)
+        return class_conditional(partial(kernel_loss, sigmas=sigmas), micro, y, macro, aux_y)
+
+    return loss
+
+
+def outer_optimizer(params: Iterable[Tensor], cfg: LearnerConfig) -> torch.optim.Optimizer:
+    """The trainer's optimiser of θ (paper Eq. 4, second level): Adam (coupled weight
+    decay) or AdamW (decoupled), `cfg.optimizer`, at outer_lr and weight_decay."""
+    kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return kind(params, lr=cfg.outer_lr, weight_decay=cfg.weight_decay)
 
 
 def accuracy(logits: Tensor, y: Tensor) -> Tensor:
@@ -400,9 +475,9 @@ class BilevelLearner(Learner):
 
     @abstractmethod
     def make_objective(self, model: nn.Module, params: Params, buffers: Params, x: Tensor, y: Tensor,
-                       aux_x: Tensor | None, where: str) -> Objective:
-        """L_inner of one task's support set (x, y) and macro clips aux_x; `params` is θ
-        (for work done once per task); `where` names the task in errors."""
+                       aux_x: Tensor | None, where: str, aux_y: Tensor | None = None) -> Objective:
+        """L_inner of one task's support set (x, y) and macro clips aux_x (their ways aux_y);
+        `params` is θ (for work done once per task); `where` names the task in errors."""
 
     def adapted_names(self, model: nn.Module, params: Params) -> tuple[str, ...]:
         """Names the inner loop updates (all parameters unless overridden)."""
@@ -412,15 +487,16 @@ class BilevelLearner(Learner):
         cfg = self.cfg
         names = self.adapted_names(model, params)
         bind = partial(self.make_objective, model, buffers=buffers, x=task.support_x,
-                       y=task.support_y, aux_x=task.aux_x, where=where)
+                       y=task.support_y, aux_x=task.aux_x, where=where, aux_y=task.aux_y)
         if cfg.memory == "low" and not cfg.first_order:
             return checkpointed_outer_grads(model, params, buffers, task, bind, names, cfg.inner_lr,
                                             cfg.inner_steps, cfg.log_support_after)
         return task_outer_grads(model, params, buffers, task, bind(params), names, cfg.inner_lr,
                                 cfg.inner_steps, cfg.first_order, cfg.log_support_after)
 
-    def adapt(self, model, params, buffers, support_x, support_y, aux_x=None, steps=None):
+    def adapt(self, model, params, buffers, support_x, support_y, aux_x=None, steps=None,
+              aux_y=None):
         bind = partial(self.make_objective, model, buffers=buffers, x=support_x, y=support_y,
-                       aux_x=aux_x, where="the support set")
+                       aux_x=aux_x, where="the support set", aux_y=aux_y)
         return sgd_adapt(bind, params, self.adapted_names(model, params), self.cfg.inner_lr,
                          self.adapt_steps(steps))

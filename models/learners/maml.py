@@ -35,5 +35,5 @@ def fine_tune(model: nn.Module, params: Params, buffers: Params, x: Tensor, y: T
 class MAML(BilevelLearner):
     """Inner loss: the primary CE only; every parameter adapts."""
 
-    def make_objective(self, model, params, buffers, x, y, aux_x, where):
+    def make_objective(self, model, params, buffers, x, y, aux_x, where, aux_y=None):
         return cross_entropy_objective(model, buffers, x, y)

@@ -62,7 +62,8 @@ class ProtoNet(Learner):
     def task_grads(self, model, params, buffers, task, where):
         return proto_task_grads(model, params, buffers, task, where)
 
-    def adapt(self, model, params, buffers, support_x, support_y, aux_x=None, steps=None):
+    def adapt(self, model, params, buffers, support_x, support_y, aux_x=None, steps=None,
+              aux_y=None):
         return {n: p.detach() for n, p in params.items()}
 
     def logits(self, model, adapted, buffers, support_x, support_y, x):

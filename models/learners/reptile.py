@@ -47,6 +47,7 @@ class Reptile(Learner):
         cfg = self.cfg
         return reptile_task_delta(model, params, buffers, task, cfg.inner_lr, cfg.reptile_steps)
 
-    def adapt(self, model, params, buffers, support_x, support_y, aux_x=None, steps=None):
+    def adapt(self, model, params, buffers, support_x, support_y, aux_x=None, steps=None,
+              aux_y=None):
         return fine_tune(model, params, buffers, support_x, support_y, self.cfg.inner_lr,
                          self.adapt_steps(steps))

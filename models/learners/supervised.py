@@ -1,10 +1,20 @@
 """The paper's "no bi-level optimisation" ablation (Table 3): plain supervised learning.
 
-Per task (a batch of labelled clips): the gradient at θ of the joint loss
-λ1 CE(h_pri(g(x)), y) + λ2 L_aux(h_aux(g(x)), h_aux(g(aux))) on all the task's labelled
-clips x = support + query, so one optimiser step per meta-batch ("update the network
-only once per iteration"). No inner loop in training. At test time: fine-tuning,
-test_inner_steps SGD steps at inner_lr on the support CE, then prediction.
+Training, per task (a batch of labelled clips): the gradient at θ of the joint loss
+    λ1 CE(h_pri(g(x)), c) + λ2 L_aux(h_aux(g(x)), h_aux(g(aux)))
+on all the task's labelled clips x = support + query, with c their GLOBAL classes
+(`TaskLike.classes[y]`: the same class is the same output of h_pri in every episode,
+where the episode labels 0..N-1 name different classes each time), so one optimiser step
+per meta-batch ("update the network only once per iteration"). No inner loop. h_pri
+therefore has one output per class of the primary pool (model.ways = the class count,
+>= episode.ways). L_aux is lightman's (aux_norm, bandwidth, aux_align; the class form
+pairs by the episode's ways, as aux_y does).
+Test time: a fresh N-way head (h_pri's weight and bias re-initialised to 0, N = the
+support set's ways) on the trained backbone, then test_inner_steps SGD steps at inner_lr
+on the support CE over every parameter (`fine_tune`), then prediction. From a zero head
+the first step moves the head alone (the backbone's gradient goes through the head's
+weight), to W = α/S Σ_s (onehot(y_s) − 1/N) g(x_s)ᵀ: the support's class means of the
+embedding, centred, a prototype classifier; with test_inner_steps = 0 every logit is 0.
 """
 
 from __future__ import annotations
@@ -14,39 +24,103 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightman.models.learners.base import (
-    Learner, LearnerConfig, Params, TaskLike, accuracy, aux_loss_fn, forward, full_grads,
+    Learner,
+    LearnerConfig,
+    Params,
+    TaskLike,
+    accuracy,
+    aux_loss_fn,
+    forward,
+    full_grads,
     require_aux,
 )
 from lightman.models.learners.lightman import dual_branch_loss
 from lightman.models.learners.maml import fine_tune
 
 
-def joint_task_grads(model: nn.Module, params: Params, buffers: Params, task: TaskLike,
-                     cfg: LearnerConfig, where: str) -> tuple[Params, dict[str, Tensor]]:
-    """(∇θ joint loss at θ = params (leaves), metrics) on the task's support + query clips."""
+def global_labels(task: TaskLike, y: Tensor, outputs: int, where: str) -> Tensor:
+    """classes[y]: the episode labels y (n,) as the pool's global classes, checked against
+    h_pri's number of outputs."""
+    classes = torch.as_tensor(task.classes, dtype=torch.int64, device=y.device)
+    out = classes[y]
+    if int(out.max()) >= outputs:
+        raise ValueError(
+            f"supervised: {where} has global class {int(out.max())}, but h_pri has {outputs} "
+            "outputs; supervised trains on the pool's classes: set model.ways to the primary "
+            "pool's class count"
+        )
+    return out
+
+
+def pri_weight(model: nn.Module) -> str:
+    """The name of h_pri's weight (outputs, D)."""
+    return next(n for n in model.head_param_names() if n.endswith("weight"))
+
+
+def joint_task_grads(
+    model: nn.Module,
+    params: Params,
+    buffers: Params,
+    task: TaskLike,
+    cfg: LearnerConfig,
+    where: str,
+) -> tuple[Params, dict[str, Tensor]]:
+    """(∇θ joint loss at θ = params (leaves), metrics) on the task's support + query clips
+    with their global classes."""
     x = torch.cat((task.support_x, task.query_x))  # (N*K + N*Q, M, C, H, W)
-    y = torch.cat((task.support_y, task.query_y))
+    ways = torch.cat((task.support_y, task.query_y))  # episode labels, for the class pairing
+    y = global_labels(task, ways, params[pri_weight(model)].shape[0], where)
     if cfg.lambda_pri == 1.0:  # λ2 = 0: the CE alone, no macro clips needed
-        logits = forward(model, params, buffers, x, "pri", update_stats=True)  # (N*K + N*Q, ways)
+        logits = forward(model, params, buffers, x, "pri", update_stats=True)  # (B, classes)
         loss = F.cross_entropy(logits, y)
         row = {}
     else:
         aux_x = require_aux(task.aux_x, "supervised", where)
-        out = dual_branch_loss(model, params, buffers, x, y, aux_x, cfg.lambda_pri,
-                               aux_loss_fn(cfg), update_stats=True)
+        out = dual_branch_loss(
+            model,
+            params,
+            buffers,
+            x,
+            y,
+            aux_x,
+            cfg.lambda_pri,
+            aux_loss_fn(cfg, ways, task.aux_y),
+            update_stats=True,
+            aux_norm=cfg.aux_norm,
+        )
         loss, logits = out.total, out.logits
         row = {"aux_loss": out.aux.detach()}
     n_support = task.support_x.shape[0]
-    return full_grads(loss, params), {**row, "outer_loss": loss.detach(),
-                                      "query_acc": accuracy(logits[n_support:], task.query_y)}
+    return full_grads(loss, params), {
+        **row,
+        "outer_loss": loss.detach(),
+        "query_acc": accuracy(logits[n_support:], y[n_support:]),
+    }
+
+
+def fresh_head(model: nn.Module, params: Params, ways: int) -> Params:
+    """θ with h_pri replaced by an N-way head of zeros: weight (ways, D), bias (ways,)."""
+    head = {n: params[n].new_zeros((ways, *params[n].shape[1:])) for n in model.head_param_names()}
+    return {**params, **head}
 
 
 class Supervised(Learner):
-    """Σ_i ∇θ joint loss at θ; fine-tunes like MAML adapts (CE, every parameter)."""
+    """Σ_i ∇θ joint loss at θ on global classes; at test time a fresh N-way head is
+    fine-tuned with the model like MAML adapts (CE, every parameter)."""
 
     def task_grads(self, model, params, buffers, task, where):
         return joint_task_grads(model, params, buffers, task, self.cfg, where)
 
-    def adapt(self, model, params, buffers, support_x, support_y, aux_x=None, steps=None):
-        return fine_tune(model, params, buffers, support_x, support_y, self.cfg.inner_lr,
-                         self.adapt_steps(steps))
+    def adapt(
+        self, model, params, buffers, support_x, support_y, aux_x=None, steps=None, aux_y=None
+    ):
+        ways = int(support_y.max()) + 1  # the support set's ways 0..N-1
+        return fine_tune(
+            model,
+            fresh_head(model, params, ways),
+            buffers,
+            support_x,
+            support_y,
+            self.cfg.inner_lr,
+            self.adapt_steps(steps),
+        )
