@@ -63,6 +63,18 @@ EXAMPLES = {
           lightman eval --checkpoint runs/lightman/best.pt --index data/index --protocol loso shots=1 repeats=10
           lightman eval --checkpoint runs/comp/best.pt --index data/index --protocol composite   # trained with data.labels=composite3
     """,
+    "serve": """
+        example:
+          lightman serve --checkpoint runs/lightman/best.pt                 # http://127.0.0.1:8000
+          lightman serve --checkpoint s3://bucket/runs/lm/best.pt --replicas 2 max_batch_size=16
+          curl -F clip=@my_face.mp4 http://127.0.0.1:8000/v1/predict
+    """,
+    "score": """
+        example:
+          lightman score --checkpoint runs/lightman/best.pt --index data/index --out runs/scores
+          lightman score --checkpoint runs/lightman/best.pt --index s3://bucket/index --out s3://bucket/scores
+          lightman score --checkpoint runs/lightman/best.pt --index my_videos/ --out runs/mine   # no labels
+    """,
     "demo": """
         example:
           lightman demo --out runs/demo            # synth -> ingest -> inspect -> train LightmanNet + MAML -> table
@@ -140,6 +152,24 @@ def _parser() -> argparse.ArgumentParser:
                         "composite: LOSO on the MEGC 2019 negative/positive/surprise labels")
     e.add_argument("--out", help="where to write results.json / results.csv (default: next to the checkpoint)")
     e.add_argument("overrides", nargs="*", help="key=value overrides of the evaluation, e.g. shots=5 episodes=600")
+
+    v = add("serve", "Serve a checkpoint over HTTP with Ray Serve: score clips, adapt to a person.")
+    v.add_argument("--checkpoint", required=True, help="checkpoint URI (local path or s3://)")
+    v.add_argument("--config", help="YAML ServeConfig (limits, batching, store of adapted models)")
+    v.add_argument("--replicas", type=int, default=1, help="replicas of the service (default 1)")
+    v.add_argument("--cpus", type=float, default=1.0, help="CPUs per replica (default 1)")
+    v.add_argument("--gpus", type=float, default=0.0, help="GPUs per replica (default 0)")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    v.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    v.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_batch_size=1")
+
+    c = add("score", "Score every clip of an index, or a folder of videos, with Ray Data.")
+    c.add_argument("--checkpoint", required=True, help="checkpoint URI (local path or s3://)")
+    c.add_argument("--index", required=True,
+                   help="index URI, or a folder of videos (local or s3://) with no annotation")
+    c.add_argument("--out", required=True, help="output folder URI (predictions.parquet, metrics)")
+    c.add_argument("--config", help="YAML ScoreConfig")
+    c.add_argument("overrides", nargs="*", help="key=value overrides, e.g. actors=4 batch_size=32")
 
     d = add("demo", "The main job on the embedded default data: synth, ingest, inspect, train, table.")
     d.add_argument("--out", default="runs/demo", help="demo folder")
@@ -220,9 +250,26 @@ def _cmd_demo(a: argparse.Namespace) -> None:
     run_demo(cfg, a.out)
 
 
+def _cmd_serve(a: argparse.Namespace) -> None:
+    from lightman.platform.config import load_config
+    from lightman.platform.serve import ServeConfig, run_service
+
+    cfg = load_config(ServeConfig, a.config, [*a.overrides, f"predictor.checkpoint={a.checkpoint}"])
+    run_service(cfg, a.replicas, a.cpus, a.gpus, a.host, a.port)
+
+
+def _cmd_score(a: argparse.Namespace) -> None:
+    from lightman.platform.config import load_config
+    from lightman.platform.score import ScoreConfig, score
+
+    cfg = load_config(ScoreConfig, a.config, [*a.overrides, f"predictor.checkpoint={a.checkpoint}"])
+    print(score(cfg, a.index, a.out).summary)
+
+
 COMMANDS = {
     "synth": _cmd_synth, "ingest": _cmd_ingest, "inspect": _cmd_inspect,
     "train": _cmd_train, "report": _cmd_report, "eval": _cmd_eval, "demo": _cmd_demo,
+    "serve": _cmd_serve, "score": _cmd_score,
 }
 
 
