@@ -331,6 +331,11 @@ def run_service(
     fails here with its own message."""
     import ray
 
+    from lightman.tasks import storage
+
+    checkpoint = cfg.predictor.checkpoint
+    if not checkpoint or not storage.exists(storage.resolve(checkpoint)):
+        raise ValueError(f"checkpoint {checkpoint!r} not found")  # before minutes of startup
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": host, "port": port})

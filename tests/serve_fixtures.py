@@ -129,9 +129,9 @@ def write_tiny_index(uri: str, subjects: range = range(6), clips_per_class: int 
     return uri
 
 
-def untrained_checkpoint(path: str, index: str, seed: int = 0) -> str:
+def untrained_checkpoint(path: str, index: str, seed: int = 0, overrides: tuple = ()) -> str:
     """best.pt of an untrained tiny ProtoNet, with the metadata a training run records."""
-    cfg = load_config(TrainConfig, None, [*TINY, f"data.index={index}"])
+    cfg = load_config(TrainConfig, None, [*TINY, f"data.index={index}", *overrides])
     torch.manual_seed(seed)
     model = build_model(cfg.model)
     extra = {

@@ -1,0 +1,194 @@
+"""Serving and batch-scoring throughput, with ratios measured in the same run.
+
+    .venv/bin/python benchmarks/serve.py              # ~5-10 min on a 2-core machine
+    .venv/bin/python benchmarks/serve.py --quick      # fewer requests, ~3 min
+
+1. the Serve app over real HTTP (one replica): clips/s and p50 / p99 latency with 1 and 8
+   concurrent clients, batching on (max_batch_size 8) and off (1, the same replica
+   reconfigured in place); the ratio batched / unbatched at 8 clients;
+2. a soak of 1,000 requests at 8 clients, batching on: the count of 5xx answers and of
+   anything but 200;
+3. `lightman score` (Ray Data, a pool of 2 model actors) against a plain loop in one
+   process (read the index with pyarrow, predict batch after batch) over the same index:
+   clips/s of each and their ratio, Ray's start-up of the actors included.
+
+The model is the tests' untrained ProtoNet over their generated clips (tests/
+serve_fixtures.py: 32 px, M = 8; `--hidden` widens the encoder): the weights do not
+change the cost of a forward pass, and generating the data takes a second where
+ingesting `lightman synth` output takes minutes. Requests carry npz clips of M frames
+with face_crop=none, so the server's time is the upload checks, preprocessing, batching
+and the model. Prints a markdown table for the README, with the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # the generated clips
+
+import numpy as np  # noqa: E402
+import requests  # noqa: E402
+import serve_fixtures as sf  # noqa: E402
+
+from lightman.platform.config import load_config  # noqa: E402
+from lightman.platform.index import read_table  # noqa: E402
+from lightman.platform.predictor import Predictor, PredictorConfig  # noqa: E402
+from lightman.platform.score import ScoreConfig, score  # noqa: E402
+from lightman.platform.serve import ServeConfig, build_app  # noqa: E402
+from lightman.tasks.preprocess import sample_indices  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _clips(n: int) -> list[bytes]:
+    sampled = sample_indices(0, sf.LENGTH - 1, sf.M)
+    return [sf.npz_bytes(sf.clip_frames(i % 3, 0.3, seed=i)[sampled]) for i in range(n)]
+
+
+def load(url: str, clips: list[bytes], clients: int, requests_n: int) -> dict:
+    """`requests_n` predictions from `clients` threads: clips/s, p50/p99 ms, statuses."""
+    local = threading.local()
+
+    def one(i: int) -> tuple[float, int]:
+        session = getattr(local, "session", None) or requests.Session()
+        local.session = session
+        started = time.perf_counter()
+        r = session.post(
+            f"{url}/v1/predict",
+            files={"clip": ("c.npz", clips[i % len(clips)])},
+            data={"face_crop": "none"},
+            timeout=300,
+        )
+        return 1000 * (time.perf_counter() - started), r.status_code
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(one, range(requests_n)))
+    wall = time.perf_counter() - started
+    ms = np.array([m for m, _ in results])
+    codes = [c for _, c in results]
+    return {
+        "clips_s": requests_n / wall,
+        "p50": float(np.percentile(ms, 50)),
+        "p99": float(np.percentile(ms, 99)),
+        "5xx": sum(c >= 500 for c in codes),
+        "not_200": sum(c != 200 for c in codes),
+        "n": requests_n,
+    }
+
+
+def deploy(cfg: ServeConfig, batch: int) -> None:
+    """(Re)deploy with `max_batch_size=batch`: a user_config change reconfigures in place."""
+    from ray import serve
+
+    app = build_app(dataclasses.replace(cfg, max_batch_size=batch))
+    serve.run(app, name="lightman", route_prefix="/", blocking=False)
+
+
+def plain_loop(checkpoint: str, index: str, batch_size: int) -> float:
+    """clips/s of one process: load the model, read the index, predict batch by batch."""
+    started = time.perf_counter()
+    predictor = Predictor(PredictorConfig(checkpoint=checkpoint))
+    table = read_table(index, expression="micro", columns=["frames", "frames_shape"])
+    frames = [
+        np.frombuffer(b.as_py(), np.uint8).reshape(s.as_py())
+        for b, s in zip(table.column("frames"), table.column("frames_shape"))
+    ]
+    for i in range(0, len(frames), batch_size):
+        predictor.probabilities(predictor.base, np.stack(frames[i : i + batch_size]))
+    return len(frames) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer requests and clips")
+    p.add_argument("--hidden", type=int, default=16, help="encoder width (64: the paper's)")
+    p.add_argument("--soak", type=int, default=1000, help="requests of the soak")
+    a = p.parse_args()
+    import ray
+    from ray import serve
+
+    root = Path(tempfile.mkdtemp(prefix="lightman-bench-serve-"))
+    subjects = range(20 if a.quick else 60)
+    index = sf.write_tiny_index(str(root / "index"), subjects=subjects, clips_per_class=4)
+    checkpoint = sf.untrained_checkpoint(
+        str(root / "best.pt"), index, overrides=(f"model.hidden={a.hidden}",)
+    )
+    ray.init(
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = f"http://127.0.0.1:{port}"
+    base = load_config(
+        ServeConfig,
+        None,
+        [
+            f"predictor.checkpoint={checkpoint}",
+            f"predictor.store={root / 'adapted'}",
+            "batch_wait_timeout_s=0.01",
+        ],
+    )
+    clips = _clips(64)
+    one, eight = (20, 80) if a.quick else (60, 240)
+    rows = {}
+    for batch in (8, 1):
+        deploy(base, batch)
+        load(url, clips, 4, 16)  # warm-up: the first forward passes and connections
+        rows[(batch, 1)] = load(url, clips, 1, one)
+        rows[(batch, 8)] = load(url, clips, 8, eight)
+    deploy(base, 8)
+    soak = load(url, clips, 8, a.soak)
+    serve.shutdown()
+
+    scfg = load_config(
+        ScoreConfig, None, [f"predictor.checkpoint={checkpoint}", "actors=2", "batch_size=16"]
+    )
+    result = score(scfg, index, str(root / "scores"))
+    ray_cps = result.clips / result.seconds
+    loop_cps = plain_loop(checkpoint, index, 16)
+    ray.shutdown()
+
+    print(f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs, hidden {a.hidden}")
+    print("| measurement | clips/s | p50 ms | p99 ms | ratio |")
+    print("|---|---|---|---|---|")
+    for clients in (1, 8):
+        for batch in (8, 1):
+            r = rows[(batch, clients)]
+            ratio = r["clips_s"] / rows[(1, clients)]["clips_s"]
+            name = f"predict, {clients} client(s), batching {'on' if batch > 1 else 'off'}"
+            print(
+                f"| {name} | {r['clips_s']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} | {ratio:.2f} |"
+            )
+    print(
+        f"| soak: {soak['n']} requests at 8 clients, batching on | {soak['clips_s']:.1f} | "
+        f"{soak['p50']:.0f} | {soak['p99']:.0f} | 5xx: {soak['5xx']}, "
+        f"not 200: {soak['not_200']} |"
+    )
+    print(
+        f"| score {result.clips} clips, Ray Data, 2 actors | {ray_cps:.1f} | – | – "
+        f"| {ray_cps / loop_cps:.2f} |"
+    )
+    print(f"| score {result.clips} clips, plain loop, 1 process | {loop_cps:.1f} | – | – | 1.00 |")
+
+
+if __name__ == "__main__":
+    main()
