@@ -185,7 +185,10 @@ def _dataset(cfg: ScoreConfig, source: str):
         names = {d: list(e["label_scheme"]["class_names"]) for d, e in manifest["datasets"].items()}
         columns = ["clip_id", "dataset", "label", "frames", "frames_shape"]
         expression = None if cfg.expression == "all" else cfg.expression
+        # Read first, then score: actors holding every CPU would starve the read tasks of
+        # a streaming pipeline, and one block per actor or more lets the whole pool work.
         ds = read_dataset(root.uri, expression=expression, columns=columns)
+        ds = ds.repartition(4 * cfg.actors).materialize()
         return ds.map_batches(
             IndexScorer,
             fn_constructor_kwargs={"cfg": cfg.predictor, "class_names": names},
@@ -193,7 +196,8 @@ def _dataset(cfg: ScoreConfig, source: str):
         ), True
     if not storage.is_dir(root):
         raise ValueError(f"{source}: no such index or folder of videos")
-    ds = ray.data.from_items(_videos(root))
+    items = _videos(root)
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * cfg.actors))
     return ds.map_batches(
         VideoScorer,
         fn_constructor_kwargs={
