@@ -97,8 +97,13 @@ def replicate_index(uri: str, out: str, copies: int) -> int:
     """An index holding every row of `uri` `copies` times (distinct clip ids): a read set of
     realistic size (CASME II has 247 clips, CK+ 593) without rendering more clips."""
     rows = index.read_table(uri).to_pylist()
-    entry = {"dataset": "casme2", "label_scheme": index.read_manifest(uri)["datasets"]["casme2"]["label_scheme"]}
-    index.write_index((dict(r, clip_id=f"{r['clip_id']}#{k}") for k in range(copies) for r in rows), out, entry)
+    entry = {
+        "dataset": "casme2",
+        "label_scheme": index.read_manifest(uri)["datasets"]["casme2"]["label_scheme"],
+    }
+    index.write_index(
+        (dict(r, clip_id=f"{r['clip_id']}#{k}") for k in range(copies) for r in rows), out, entry
+    )
     return len(rows) * copies
 
 
@@ -113,7 +118,9 @@ def read_pyarrow(uri: str, epochs: int) -> tuple[float, int]:
 def read_jpeg(src: str, uri: str, epochs: int) -> tuple[float, int]:
     """Each epoch: read + decode the sampled JPEGs of every clip, crop with its box, resize."""
     recs = {r.clip_id: r for r in scan("casme2", src).records}
-    meta = index.read_table(uri, columns=["clip_id", "sampled_frames", "face_box", "frames_shape"]).to_pylist()
+    meta = index.read_table(
+        uri, columns=["clip_id", "sampled_frames", "face_box", "frames_shape"]
+    ).to_pylist()
 
     def epoch() -> int:
         for row in meta:
@@ -131,35 +138,66 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=60, help="CASME II clips to generate")
     ap.add_argument("--subjects", type=int, default=6)
     ap.add_argument("--epochs", type=int, default=3, help="timed read epochs (median)")
-    ap.add_argument("--read-copies", type=int, default=10, help="copies of the clips in the read-test index")
-    ap.add_argument("--work", default=None, help="folder for the generated data (default: a temp dir)")
+    ap.add_argument(
+        "--read-copies", type=int, default=10, help="copies of the clips in the read-test index"
+    )
+    ap.add_argument(
+        "--work", default=None, help="folder for the generated data (default: a temp dir)"
+    )
     args = ap.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="lightman-bench-"))
     cfg = PreprocessConfig()  # M = 8 frames, 64 × 64, Haar face crop
-    synthesize(work / "synth", SynthConfig(seed=0, datasets=("casme2",),
-                                           casme2=SetSize(args.subjects, args.clips, 200.0)))
+    synthesize(
+        work / "synth",
+        SynthConfig(seed=0, datasets=("casme2",), casme2=SetSize(args.subjects, args.clips, 200.0)),
+    )
     src = str(work / "synth" / "CASME2")
 
     rows: list[tuple[str, str, str]] = []
-    t1, s1 = timed(lambda: ingest("casme2", src, str(work / "idx1"), IngestConfig(preprocess=cfg, workers=1)))
-    t2, s2 = timed(lambda: ingest("casme2", src, str(work / "idx2"), IngestConfig(preprocess=cfg, workers=2)))
+    t1, s1 = timed(
+        lambda: ingest("casme2", src, str(work / "idx1"), IngestConfig(preprocess=cfg, workers=1))
+    )
+    t2, s2 = timed(
+        lambda: ingest("casme2", src, str(work / "idx2"), IngestConfig(preprocess=cfg, workers=2))
+    )
     assert s1.content_hash == s2.content_hash, "1 and 2 workers must write the same index"
     n, frames = s1.ingested, s1.frames
     rows.append(("ingest, 1 worker", f"{n / t1:.1f} clips/s, {frames / t1:.0f} frames/s", "1.00"))
-    rows.append(("ingest, 2 workers (process pool)", f"{n / t2:.1f} clips/s, {frames / t2:.0f} frames/s",
-                 f"{t1 / t2:.2f}"))
+    rows.append(
+        (
+            "ingest, 2 workers (process pool)",
+            f"{n / t2:.1f} clips/s, {frames / t2:.0f} frames/s",
+            f"{t1 / t2:.2f}",
+        )
+    )
 
     jobs, _ = label_records(scan("casme2", src).records, build_scheme("native", ["casme2"]))
     t_pre, _ = timed(lambda: list(parallel_map(jobs, cfg, 1)))
     t_pool, _ = timed(lambda: list(parallel_map(jobs, cfg, 2)))
     cold, warm = ray_tasks_preprocess(jobs, cfg, 2)
     rows.append(("preprocess only, in process", f"{len(jobs) / t_pre:.1f} clips/s", "1.00"))
-    rows.append(("preprocess only, 2-process pool", f"{len(jobs) / t_pool:.1f} clips/s", f"{t_pre / t_pool:.2f}"))
-    rows.append(("preprocess only, 2 Ray tasks incl. ray.init", f"{len(jobs) / cold:.1f} clips/s",
-                 f"{t_pre / cold:.2f}"))
-    rows.append(("preprocess only, 2 Ray tasks, Ray running", f"{len(jobs) / warm:.1f} clips/s",
-                 f"{t_pre / warm:.2f}"))
+    rows.append(
+        (
+            "preprocess only, 2-process pool",
+            f"{len(jobs) / t_pool:.1f} clips/s",
+            f"{t_pre / t_pool:.2f}",
+        )
+    )
+    rows.append(
+        (
+            "preprocess only, 2 Ray tasks incl. ray.init",
+            f"{len(jobs) / cold:.1f} clips/s",
+            f"{t_pre / cold:.2f}",
+        )
+    )
+    rows.append(
+        (
+            "preprocess only, 2 Ray tasks, Ray running",
+            f"{len(jobs) / warm:.1f} clips/s",
+            f"{t_pre / warm:.2f}",
+        )
+    )
 
     uri = str(work / "idx1")
     t_jpeg, n_jpeg = read_jpeg(src, uri, args.epochs)
@@ -167,17 +205,29 @@ def main() -> None:
     n_read = replicate_index(uri, read_uri, args.read_copies)
     t_pa, n_pa = read_pyarrow(read_uri, args.epochs)
     (t_ray, n_ray), (t_cached, n_cached) = read_ray_data(read_uri, args.epochs)
-    assert n_jpeg == n and n_pa == n_ray == n_cached == n_read, (n_jpeg, n_pa, n_ray, n_cached, n_read)
+    assert n_jpeg == n and n_pa == n_ray == n_cached == n_read, (
+        n_jpeg,
+        n_pa,
+        n_ray,
+        n_cached,
+        n_read,
+    )
     jpeg = n / t_jpeg  # clips/s
     rows.append(("read: JPEG decode + crop/resize each time", f"{jpeg:.0f} clips/s", "1.00"))
-    for what, t in (("index via pyarrow (load_pool)", t_pa), ("index via Ray Data, streamed each epoch", t_ray),
-                    ("index via Ray Data, materialised once", t_cached)):
+    for what, t in (
+        ("index via pyarrow (load_pool)", t_pa),
+        ("index via Ray Data, streamed each epoch", t_ray),
+        ("index via Ray Data, materialised once", t_cached),
+    ):
         rows.append((f"read: {what}", f"{n_read / t:.0f} clips/s", f"{n_read / t / jpeg:.1f}"))
 
     load = os.getloadavg()[0]
-    print(f"\n{n} CASME II clips (seeded), M={cfg.frames}, {cfg.size}x{cfg.size}; "
-          f"{os.cpu_count()} CPUs, load average {load:.1f}; reads: median of {args.epochs} epochs over "
-          f"{n_read} clips (the {n} repeated {args.read_copies} times), JPEG over the {n}\n")
+    print(
+        f"\n{n} CASME II clips (seeded), M={cfg.frames}, {cfg.size}x{cfg.size}; "
+        f"{os.cpu_count()} CPUs, load average {load:.1f}; reads: median of {args.epochs} epochs "
+        f"over "
+        f"{n_read} clips (the {n} repeated {args.read_copies} times), JPEG over the {n}\n"
+    )
     print("| measurement | throughput | ratio to the row marked 1.00 above it |")
     print("|---|---|---|")
     for what, value, ratio in rows:

@@ -45,7 +45,8 @@ Peak memory ("peak MB") is the process's peak resident set (ru_maxrss) minus its
 resident set before the warm-up: what the meta-step made the OS hand over, allocator
 slack included. "graph MB" is the allocator-free part of it: the largest total of
 tensors that autograd graphs held at once during the timed meta-step
-(saved_tensors_hooks, `lightman.models.graph_memory.SavedBytes`). Each child is capped with RLIMIT_DATA at
+(saved_tensors_hooks, `lightman.models.graph_memory.SavedBytes`). Each child is capped
+with RLIMIT_DATA at
 --mem-limit-gb and reports "out of memory" past it, instead of pushing a shared machine
 into the OOM killer. Gradients: each variant's meta-gradient against lightman-fast's
 (lightman-low's where fast ran out of memory), the global relative L2 error
@@ -93,14 +94,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightman.models import backbones, norm
+from lightman.models.graph_memory import SavedBytes
 from lightman.models.learners import LearnerConfig, build_learner
 from lightman.models.learners.base import forward
 from lightman.models.learners.params import Params, trainable
-from lightman.models import backbones, norm
-from lightman.models.graph_memory import SavedBytes
 from lightman.models.mmd import mmd2
 from lightman.models.net import PRESETS, build_model
-from torch import Tensor, nn
 
 GRAD_TOLERANCE = 1e-4  # float32 relative L2 error above which the table flags a gradient
 
@@ -121,8 +123,10 @@ class Setting:
 
     @property
     def label(self) -> str:
-        return (f"{self.ways}-way {self.shots}-shot, {self.steps} step{'s' if self.steps > 1 else ''}, "
-                f"{self.frames}x{self.image_size}px, T={self.meta_batch}")
+        return (
+            f"{self.ways}-way {self.shots}-shot, {self.steps} step{'s' if self.steps > 1 else ''}, "
+            f"{self.frames}x{self.image_size}px, T={self.meta_batch}"
+        )
 
 
 @dataclass(frozen=True)
@@ -143,13 +147,23 @@ def make_tasks(s: Setting, seed: int = 0) -> list[Task]:
     def clips(n: int) -> Tensor:
         return torch.rand((n, s.frames, 3, s.image_size, s.image_size), generator=g)
 
-    return [Task(clips(s.ways * s.shots), labels.repeat(s.shots), clips(s.ways * s.query), labels.repeat(s.query),
-                 clips(s.ways * s.aux_shots)) for _ in range(s.meta_batch)]
+    return [
+        Task(
+            clips(s.ways * s.shots),
+            labels.repeat(s.shots),
+            clips(s.ways * s.query),
+            labels.repeat(s.query),
+            clips(s.ways * s.aux_shots),
+        )
+        for _ in range(s.meta_batch)
+    ]
 
 
 def make_model(s: Setting, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    cfg = replace(PRESETS["conv4-64"], image_size=s.image_size, hidden=s.hidden, frames=s.frames, ways=s.ways)
+    cfg = replace(
+        PRESETS["conv4-64"], image_size=s.image_size, hidden=s.hidden, frames=s.frames, ways=s.ways
+    )
     return build_model(cfg).train()
 
 
@@ -160,7 +174,9 @@ def inner_loss(f: Callable[..., object], task: Task, cfg: LearnerConfig) -> Tens
     """λ1 CE + λ2 MMD² on a support set, with f(x, head=...) a model or a patched copy."""
     logits, micro = f(task.support_x, head="both")
     macro = f(task.aux_x, head="aux")
-    return cfg.lambda_pri * F.cross_entropy(logits, task.support_y) + cfg.lambda_aux * mmd2(micro, macro, cfg.sigma)
+    return cfg.lambda_pri * F.cross_entropy(logits, task.support_y) + cfg.lambda_aux * mmd2(
+        micro, macro, cfg.sigma
+    )
 
 
 def use_torch_layers() -> None:
@@ -170,7 +186,9 @@ def use_torch_layers() -> None:
     input_conv.py). Same values and gradients; called in the variant's own process."""
 
     def batch_norm(x, weight, bias, running_mean, running_var, momentum, eps):
-        return F.batch_norm(x, running_mean, running_var, weight, bias, training=True, momentum=momentum, eps=eps)
+        return F.batch_norm(
+            x, running_mean, running_var, weight, bias, training=True, momentum=momentum, eps=eps
+        )
 
     def block(self, x, update_stats=False):
         x = F.relu(self.norm(backbones.per_frame(self.conv, x), update_stats))
@@ -187,7 +205,9 @@ def grads_by_name(model: nn.Module) -> Params:
 def lightman(memory: str):
     def run(model: nn.Module, tasks: Sequence[Task], cfg: LearnerConfig) -> Params:
         learner = build_learner(replace(cfg, memory=memory))
-        return learner.meta_grads(model, dict(model.named_parameters()), dict(model.named_buffers()), tasks)[0]
+        return learner.meta_grads(
+            model, dict(model.named_parameters()), dict(model.named_buffers()), tasks
+        )[0]
 
     return run
 
@@ -255,7 +275,12 @@ VARIANTS: dict[str, Callable[[nn.Module, Sequence[Task], LearnerConfig], Params]
     "floor": floor,
 }
 REFERENCES = ("lightman-fast", "lightman-low")  # the first that ran is the reference
-TORCH_LAYERS = ("lightman-fast-torchlayers", "higher", "torchopt", "naive")  # run with use_torch_layers()
+TORCH_LAYERS = (
+    "lightman-fast-torchlayers",
+    "higher",
+    "torchopt",
+    "naive",
+)  # run with use_torch_layers()
 
 
 # ---- one measurement in a fresh process --------------------------------------------------------
@@ -297,7 +322,13 @@ def measure(setting: Setting, variant: str, grads_path: str) -> dict:
             raise
         return {"oom": True, "peak_mb": peak_rss_mb() - base}
     torch.save({n: g.detach().contiguous() for n, g in grads.items()}, grads_path)
-    return {"oom": False, "wall": wall, "cpu": cpu, "peak_mb": peak_rss_mb() - base, "graph_mb": saved.peak / 2**20}
+    return {
+        "oom": False,
+        "wall": wall,
+        "cpu": cpu,
+        "peak_mb": peak_rss_mb() - base,
+        "graph_mb": saved.peak / 2**20,
+    }
 
 
 def worker(spec: dict) -> None:
@@ -311,16 +342,29 @@ def worker(spec: dict) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def spawn(setting: Setting, variant: str, mem_limit_gb: float, threads: int, grads_path: str) -> dict:
+def spawn(
+    setting: Setting, variant: str, mem_limit_gb: float, threads: int, grads_path: str
+) -> dict:
     """`measure` in a fresh Python process (its own peak RSS, its own memory cap)."""
-    spec = {"setting": asdict(setting), "variant": variant, "mem_limit_gb": mem_limit_gb, "threads": threads,
-            "grads_path": grads_path}
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
-                          check=False)
+    spec = {
+        "setting": asdict(setting),
+        "variant": variant,
+        "mem_limit_gb": mem_limit_gb,
+        "threads": threads,
+        "grads_path": grads_path,
+    }
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{variant} on {setting.label} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+        raise RuntimeError(
+            f"{variant} on {setting.label} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def cpu_name() -> str:
@@ -356,28 +400,43 @@ def ratio(value: float | None, ref: float | None) -> str:
 
 def table(rows: list[dict], limit_gb: float) -> list[str]:
     """One row per (setting, variant); ratios over the setting's lightman reference and floor."""
-    header = ("| setting | variant | wall s | CPU s | × lightman | × floor | peak MB | × lightman | graph MB "
-              "| grad rel. err |")
+    header = (
+        "| setting | variant | wall s | CPU s | × lightman | × floor | peak MB | × lightman "
+        "| graph MB | grad rel. err |"
+    )
     out = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for label in dict.fromkeys(r["setting"] for r in rows):
         block = {r["variant"]: r for r in rows if r["setting"] == label}
         ref, base = block.get(reference(block) or "", {}), block.get("floor", {})
         for name, r in block.items():
             if r["oom"]:
-                out.append(f"| {label} | {name} | – | – | – | – | > {limit_gb * 1024:.0f} (out of memory) | – | – | – |")
+                out.append(
+                    f"| {label} | {name} | – | – | – | – "
+                    f"| > {limit_gb * 1024:.0f} (out of memory) | – | – | – |"
+                )
                 continue
             err = r.get("grad_err")
-            err_s = "–" if err is None else f"{err:.1e}" + ("" if err <= GRAD_TOLERANCE else " (differs)")
-            out.append(f"| {label} | {name} | {r['wall']:.2f} | {r['cpu']:.2f} | {ratio(r['cpu'], ref.get('cpu'))} "
-                       f"| {ratio(r['cpu'], base.get('cpu'))} | {r['peak_mb']:.0f} "
-                       f"| {ratio(r['peak_mb'], ref.get('peak_mb'))} | {r['graph_mb']:.0f} | {err_s} |")
+            err_s = (
+                "–"
+                if err is None
+                else f"{err:.1e}" + ("" if err <= GRAD_TOLERANCE else " (differs)")
+            )
+            out.append(
+                f"| {label} | {name} | {r['wall']:.2f} | {r['cpu']:.2f} "
+                f"| {ratio(r['cpu'], ref.get('cpu'))} "
+                f"| {ratio(r['cpu'], base.get('cpu'))} | {r['peak_mb']:.0f} "
+                f"| {ratio(r['peak_mb'], ref.get('peak_mb'))} | {r['graph_mb']:.0f} | {err_s} |"
+            )
     return out
 
 
 def summary(rows: list[dict]) -> list[str]:
     """Per setting: each lightman mode against the best peer that ran (CPU time, peak memory)."""
-    out = ["| setting | mode | CPU time ÷ fastest peer | peak ÷ smallest peer peak | CPU time ÷ floor |",
-           "|---|---|---|---|---|"]
+    out = [
+        "| setting | mode | CPU time ÷ fastest peer | peak ÷ smallest peer peak "
+        "| CPU time ÷ floor |",
+        "|---|---|---|---|---|",
+    ]
     for label in dict.fromkeys(r["setting"] for r in rows):
         block = {r["variant"]: r for r in rows if r["setting"] == label and not r["oom"]}
         peers = [block[n] for n in PEERS if n in block]
@@ -385,8 +444,11 @@ def summary(rows: list[dict]) -> list[str]:
         smallest = min((p["peak_mb"] for p in peers), default=None)
         for name in (n for n in (*REFERENCES, "lightman-fast-torchlayers") if n in block):
             r = block[name]
-            out.append(f"| {label} | {name} | {ratio(r['cpu'], fastest)} | {ratio(r['peak_mb'], smallest)} "
-                       f"| {ratio(r['cpu'], block.get('floor', {}).get('cpu'))} |")
+            out.append(
+                f"| {label} | {name} | {ratio(r['cpu'], fastest)} "
+                f"| {ratio(r['peak_mb'], smallest)} "
+                f"| {ratio(r['cpu'], block.get('floor', {}).get('cpu'))} |"
+            )
     return out
 
 
@@ -398,9 +460,16 @@ def best_of(label: str, runs: dict[str, list[dict]], tmp: str) -> list[dict]:
         if results[-1]["oom"]:
             rows.append({"setting": label, "variant": name, "oom": True})
             continue
-        row = {"setting": label, "variant": name, "oom": False, "wall": min(r["wall"] for r in results),
-               "cpu": min(r["cpu"] for r in results), "peak_mb": max(r["peak_mb"] for r in results),
-               "graph_mb": max(r["graph_mb"] for r in results), "rounds": results}
+        row = {
+            "setting": label,
+            "variant": name,
+            "oom": False,
+            "wall": min(r["wall"] for r in results),
+            "cpu": min(r["cpu"] for r in results),
+            "peak_mb": max(r["peak_mb"] for r in results),
+            "graph_mb": max(r["graph_mb"] for r in results),
+            "rounds": results,
+        }
         if name != "floor":
             grads = torch.load(os.path.join(tmp, f"{name}.pt"))
             if ref is None:
@@ -424,16 +493,32 @@ def settings_for(args: argparse.Namespace) -> list[Setting]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="32 px, hidden 32, meta-batch 2 (a fast check)")
+    ap.add_argument(
+        "--quick", action="store_true", help="32 px, hidden 32, meta-batch 2 (a fast check)"
+    )
     ap.add_argument("--settings", default="1x1,5x1,1x5,5x5", help="SHOTSxSTEPS list, e.g. 5x1,5x5")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {list(VARIANTS)}")
-    ap.add_argument("--meta-batch", type=int, default=0, help="tasks per meta-step (default 8; --quick 2)")
-    ap.add_argument("--rounds", type=int, default=0,
-                    help="timed meta-steps per variant, one per round over all variants (default 1; --quick 3)")
-    ap.add_argument("--mem-limit-gb", type=float, default=10.0, help="per-variant memory cap (RLIMIT_DATA)")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads per variant (default: torch's, one per core); 1 keeps CPU time exact "
-                         "on a busy machine, where waiting OpenMP threads spin")
+    ap.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma list of {list(VARIANTS)}"
+    )
+    ap.add_argument(
+        "--meta-batch", type=int, default=0, help="tasks per meta-step (default 8; --quick 2)"
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="timed meta-steps per variant, one per round over all variants (default 1; --quick 3)",
+    )
+    ap.add_argument(
+        "--mem-limit-gb", type=float, default=10.0, help="per-variant memory cap (RLIMIT_DATA)"
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads per variant (default: torch's, one per core); 1 keeps CPU time exact "
+        "on a busy machine, where waiting OpenMP threads spin",
+    )
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -443,15 +528,23 @@ def main() -> None:
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not set(REFERENCES) & set(variants):
-        ap.error(f"--variants must name a lightman mode {list(REFERENCES)} and only {list(VARIANTS)}; "
-                 f"unknown: {unknown}")
+        ap.error(
+            f"--variants must name a lightman mode {list(REFERENCES)} and only {list(VARIANTS)}; "
+            f"unknown: {unknown}"
+        )
     # lightman first: the others' gradients are compared with its.
-    variants = [v for v in REFERENCES if v in variants] + [v for v in variants if v not in REFERENCES]
+    variants = [v for v in REFERENCES if v in variants] + [
+        v for v in variants if v not in REFERENCES
+    ]
     rounds = args.rounds or (3 if args.quick else 1)
     load_before = os.getloadavg()
     threads = args.threads or torch.get_num_threads()
-    print(f"torch {torch.__version__}, {threads} thread(s) per variant, {os.cpu_count()} cores of {cpu_name()}, "
-          f"load average {load_before[0]:.2f}", flush=True)
+    print(
+        f"torch {torch.__version__}, {threads} thread(s) per variant, "
+        f"{os.cpu_count()} cores of {cpu_name()}, "
+        f"load average {load_before[0]:.2f}",
+        flush=True,
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for setting in settings_for(args):
@@ -460,14 +553,25 @@ def main() -> None:
                 for name in variants:
                     if runs[name] and runs[name][-1]["oom"]:
                         continue
-                    r = spawn(setting, name, args.mem_limit_gb, args.threads, os.path.join(tmp, f"{name}.pt"))
+                    r = spawn(
+                        setting,
+                        name,
+                        args.mem_limit_gb,
+                        args.threads,
+                        os.path.join(tmp, f"{name}.pt"),
+                    )
                     runs[name].append(r)
-                    shown = "out of memory" if r["oom"] else f"{r['wall']:.2f} s, {r['cpu']:.2f} CPU s"
+                    shown = (
+                        "out of memory" if r["oom"] else f"{r['wall']:.2f} s, {r['cpu']:.2f} CPU s"
+                    )
                     print(f"  {setting.label}: {name}: {shown}, {r['peak_mb']:.0f} MB", flush=True)
             rows += best_of(setting.label, runs, tmp)
-    print(f"\nload average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; best of {rounds} "
-          "meta-step(s) per variant, each in a fresh process; ratios on CPU time; × lightman: over "
-          "lightman-fast (lightman-low where fast ran out of memory); × floor: over the first-order pass\n")
+    print(
+        f"\nload average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; "
+        f"best of {rounds} meta-step(s) per variant, each in a fresh process; ratios on CPU "
+        "time; × lightman: over lightman-fast (lightman-low where fast ran out of memory); "
+        "× floor: over the first-order pass\n"
+    )
     print("\n".join(table(rows, args.mem_limit_gb)))
     print()
     print("\n".join(summary(rows)))

@@ -40,7 +40,6 @@ from lightman.models.input_conv import input_conv
 from lightman.models.maxpool import max_pool_frames
 from lightman.models.norm import ClipNorm
 
-
 BACKBONES = ("conv4", "resnet", "vgg", "densenet")
 TEMPORAL_KERNEL = 6  # paper 4.1: "kernel size 6 along the time dimension"
 

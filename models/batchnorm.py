@@ -36,20 +36,33 @@ from torch import Tensor
 from lightman.models.last_derivative import last_derivative
 from lightman.models.maxpool import add_at, gather_at, scatter_to
 
-
 _CHANNEL_DIMS = (0, 2, 3)  # of an (N, C, H, W) tensor: what the statistics pool over
 
 
-def batch_norm_train(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor | None,
-                     running_var: Tensor | None, momentum: float, eps: float) -> Tensor:
+def batch_norm_train(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    momentum: float,
+    eps: float,
+) -> Tensor:
     """Batch norm of x (N, C, H, W) with its own batch statistics (what
     `F.batch_norm(..., training=True)` computes, running statistics updated in place the
     same way when given), differentiable twice at the cost of fused kernels."""
     return _BatchNorm.apply(x, weight, bias, running_mean, running_var, momentum, eps)
 
 
-def batch_norm_max_pool(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor | None,
-                        running_var: Tensor | None, momentum: float, eps: float) -> Tensor:
+def batch_norm_max_pool(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    momentum: float,
+    eps: float,
+) -> Tensor:
     """`F.max_pool2d(batch_norm_train(x, ...), 2)`: (N, C, H, W) -> (N, C, H // 2, W // 2),
     in one autograd node whose double backward keeps a quarter of the gradient's values."""
     return _BatchNormPool.apply(x, weight, bias, running_mean, running_var, momentum, eps)
@@ -63,8 +76,9 @@ def _per_channel(t: Tensor) -> Tensor:
 def _channel_sums(a: Tensor, x: Tensor, mean: Tensor, invstd: Tensor) -> tuple[Tensor, Tensor]:
     """(Σ a·(x − mean)·invstd, Σ a) per channel over (N, H, W): the fused reduction of
     PyTorch's batch-norm backward, which writes no full-size temporary."""
-    _, dot, total = torch.ops.aten.native_batch_norm_backward(a, x, None, None, None, mean, invstd, True, 0.0,
-                                                             [False, True, True])
+    _, dot, total = torch.ops.aten.native_batch_norm_backward(
+        a, x, None, None, None, mean, invstd, True, 0.0, [False, True, True]
+    )
     return dot, total
 
 
@@ -81,8 +95,19 @@ class _Coefficients:
     from the saved forward (x's statistics, γ, Σ g x̂ and Σ g) and the cotangents: a's
     sums Σ a x̂ and Σ a, a_γ, a_β, and Σ a g."""
 
-    def __init__(self, count: int, weight: Tensor, invstd: Tensor, g_xhat: Tensor, g_sum: Tensor,
-                 a_xhat: Tensor, a_sum: Tensor, a_weight: Tensor, a_bias: Tensor, ag_sum: Tensor):
+    def __init__(
+        self,
+        count: int,
+        weight: Tensor,
+        invstd: Tensor,
+        g_xhat: Tensor,
+        g_sum: Tensor,
+        a_xhat: Tensor,
+        a_sum: Tensor,
+        a_weight: Tensor,
+        a_bias: Tensor,
+        ag_sum: Tensor,
+    ):
         c, g_mean = g_xhat / count, g_sum / count  # ⟨g x̂⟩, ⟨g⟩
         d, a_mean = a_xhat / count, a_sum / count  # ⟨a x̂⟩, ⟨a⟩
         cov = ag_sum / count - a_mean * g_mean  # ⟨a g⟩ − ⟨a⟩⟨g⟩
@@ -90,8 +115,11 @@ class _Coefficients:
         u = (a_weight - gr * d) * invstd
         w = -gr * invstd * c
         k = -gr * invstd * (cov - 3 * c * d) - a_weight * invstd * c
-        self.g_xc, self.g_const, self.g_a = _per_channel((a_weight - gr * d) * invstd), \
-            _per_channel(a_bias - gr * a_mean), _per_channel(gr)
+        self.g_xc, self.g_const, self.g_a = (
+            _per_channel((a_weight - gr * d) * invstd),
+            _per_channel(a_bias - gr * a_mean),
+            _per_channel(gr),
+        )
         self.x_xc, self.x_const = _per_channel(k * invstd), _per_channel(-u * g_mean - w * a_mean)
         self.x_g, self.x_a = _per_channel(u), _per_channel(w)
         self.weight_grad = count * invstd * (cov - c * d)
@@ -113,8 +141,9 @@ def _centred(x: Tensor, mean: Tensor) -> Tensor:
 class _BatchNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
-        y, mean, invstd = torch.ops.aten.native_batch_norm(x, weight, bias, running_mean, running_var, True,
-                                                           momentum, eps)
+        y, mean, invstd = torch.ops.aten.native_batch_norm(
+            x, weight, bias, running_mean, running_var, True, momentum, eps
+        )
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.eps = eps
         return y
@@ -131,8 +160,9 @@ class _BatchNormBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, g, x, weight, mean, invstd, eps):
-        dx, dw, db = torch.ops.aten.native_batch_norm_backward(g, x, weight, None, None, mean, invstd, True, eps,
-                                                               [True, True, True])
+        dx, dw, db = torch.ops.aten.native_batch_norm_backward(
+            g, x, weight, None, None, mean, invstd, True, eps, [True, True, True]
+        )
         # dw, db detached: a saved-tensor hook that keeps the outputs themselves would close
         # a reference cycle through this node (graph_memory.SavedBytes does keep them).
         ctx.save_for_backward(g, x, weight, mean, invstd, dw.detach(), db.detach())
@@ -142,18 +172,35 @@ class _BatchNormBackward(torch.autograd.Function):
     @last_derivative
     def backward(ctx, a, a_weight, a_bias):
         g, x, weight, mean, invstd, g_xhat, g_sum = ctx.saved_tensors
-        coef = _Coefficients(x.numel() // x.shape[1], weight, invstd, g_xhat, g_sum,
-                             *_channel_sums(a, x, mean, invstd), a_weight, a_bias, _channel_dot(a, g))
+        coef = _Coefficients(
+            x.numel() // x.shape[1],
+            weight,
+            invstd,
+            g_xhat,
+            g_sum,
+            *_channel_sums(a, x, mean, invstd),
+            a_weight,
+            a_bias,
+            _channel_dot(a, g),
+        )
         grad_g = coef.grad_g(_centred(x, mean), a) if ctx.needs_input_grad[0] else None
         grad_x = coef.grad_x(_centred(x, mean), a, g) if ctx.needs_input_grad[1] else None
-        return grad_g, grad_x, coef.weight_grad if ctx.needs_input_grad[2] else None, None, None, None
+        return (
+            grad_g,
+            grad_x,
+            coef.weight_grad if ctx.needs_input_grad[2] else None,
+            None,
+            None,
+            None,
+        )
 
 
 class _BatchNormPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
-        y, mean, invstd = torch.ops.aten.native_batch_norm(x, weight, bias, running_mean, running_var, True,
-                                                           momentum, eps)
+        y, mean, invstd = torch.ops.aten.native_batch_norm(
+            x, weight, bias, running_mean, running_var, True, momentum, eps
+        )
         out, index = F.max_pool2d(y, 2, return_indices=True)  # index: into each H*W plane
         ctx.save_for_backward(x, weight, mean, invstd, index.to(torch.int32))
         ctx.eps = eps
@@ -173,8 +220,9 @@ class _BatchNormPoolBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, grad, x, weight, mean, invstd, index, eps):
         g = scatter_to(grad, index, x.shape)
-        dx, dw, db = torch.ops.aten.native_batch_norm_backward(g, x, weight, None, None, mean, invstd, True, eps,
-                                                               [True, True, True])
+        dx, dw, db = torch.ops.aten.native_batch_norm_backward(
+            g, x, weight, None, None, mean, invstd, True, eps, [True, True, True]
+        )
         ctx.save_for_backward(grad, x, weight, mean, invstd, index, dw.detach(), db.detach())
         return dx, dw, db
 
@@ -183,10 +231,33 @@ class _BatchNormPoolBackward(torch.autograd.Function):
     def backward(ctx, a, a_weight, a_bias):
         grad, x, weight, mean, invstd, index, g_xhat, g_sum = ctx.saved_tensors
         a_picked = gather_at(a, index)  # a at the argmax positions, where g lives
-        coef = _Coefficients(x.numel() // x.shape[1], weight, invstd, g_xhat, g_sum,
-                             *_channel_sums(a, x, mean, invstd), a_weight, a_bias, _channel_dot(a_picked, grad))
-        grad_pooled = coef.grad_g(_centred(gather_at(x, index), mean), a_picked) if ctx.needs_input_grad[0] else None
+        coef = _Coefficients(
+            x.numel() // x.shape[1],
+            weight,
+            invstd,
+            g_xhat,
+            g_sum,
+            *_channel_sums(a, x, mean, invstd),
+            a_weight,
+            a_bias,
+            _channel_dot(a_picked, grad),
+        )
+        grad_pooled = (
+            coef.grad_g(_centred(gather_at(x, index), mean), a_picked)
+            if ctx.needs_input_grad[0]
+            else None
+        )
         grad_x = None
         if ctx.needs_input_grad[1]:
-            grad_x = add_at(coef.grad_x(_centred(x, mean), a, None), index, grad * coef.x_g)  # g·x_g, where g lives
-        return grad_pooled, grad_x, coef.weight_grad if ctx.needs_input_grad[2] else None, None, None, None, None
+            grad_x = add_at(
+                coef.grad_x(_centred(x, mean), a, None), index, grad * coef.x_g
+            )  # g·x_g, where g lives
+        return (
+            grad_pooled,
+            grad_x,
+            coef.weight_grad if ctx.needs_input_grad[2] else None,
+            None,
+            None,
+            None,
+            None,
+        )

@@ -45,8 +45,19 @@ class _WeightGrad(torch.autograd.Function):
     def forward(ctx, grad, x, weight, padding):
         ctx.save_for_backward(x)
         ctx.padding = padding
-        (_, dw, _) = torch.ops.aten.convolution_backward(grad, x, weight, None, [1, 1], [padding, padding], [1, 1],
-                                                         False, [0, 0], 1, [False, True, False])
+        (_, dw, _) = torch.ops.aten.convolution_backward(
+            grad,
+            x,
+            weight,
+            None,
+            [1, 1],
+            [padding, padding],
+            [1, 1],
+            False,
+            [0, 0],
+            1,
+            [False, True, False],
+        )
         return dw
 
     @staticmethod

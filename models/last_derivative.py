@@ -21,8 +21,9 @@ def last_derivative(backward):
     def wrapper(ctx, *grads):
         if torch.is_grad_enabled():
             raise RuntimeError(
-                f"{type(ctx).__name__}: Lightman's closed-form second derivative cannot be differentiated "
-                "again (a third derivative, or create_graph=True through a second-order backward)"
+                f"{type(ctx).__name__}: Lightman's closed-form second derivative cannot be "
+                "differentiated again (a third derivative, or create_graph=True through a "
+                "second-order backward)"
             )
         return backward(ctx, *grads)
 

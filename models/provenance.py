@@ -14,7 +14,14 @@ import platform as _stdlib_platform  # the standard library's, never lightman.pl
 from typing import Any
 
 PACKAGES = (
-    "lightman", "torch", "ray", "numpy", "pyarrow", "opencv-python-headless", "decord", "optuna",
+    "lightman",
+    "torch",
+    "ray",
+    "numpy",
+    "pyarrow",
+    "opencv-python-headless",
+    "decord",
+    "optuna",
 )
 
 
@@ -31,6 +38,7 @@ def versions() -> dict[str, str]:
 
 def to_dict(cfg: Any) -> dict:
     """A (nested) config dataclass as a plain dict (tuples as lists), for YAML/JSON artifacts."""
+
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}

@@ -98,8 +98,11 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     for f in dataclasses.fields(cls):  # a partial nested mapping updates the field's default
         value = data.get(f.name)
         if isinstance(value, dict) and _is_dataclass_type(types_[f.name]):
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            default = (
+                f.default
+                if f.default is not dataclasses.MISSING
+                else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            )
             if dataclasses.is_dataclass(default):
                 data = {**data, f.name: _merge(to_dict(default), value)}
     kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in data.items()}
@@ -108,7 +111,7 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     except (TypeError, ValueError) as e:
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(f"{prefix or cls.__name__}: {e}") from e
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from e
 
 
 def valid_keys(cls: type) -> list[str]:

@@ -31,8 +31,12 @@ if TYPE_CHECKING:
 
 
 def read_dataset(
-    uri: str, *, datasets: Iterable[str] | None = None, expression: str | None = None,
-    subjects: Iterable[str] | None = None, columns: Iterable[str] | None = None,
+    uri: str,
+    *,
+    datasets: Iterable[str] | None = None,
+    expression: str | None = None,
+    subjects: Iterable[str] | None = None,
+    columns: Iterable[str] | None = None,
 ) -> Dataset:
     """A Ray Dataset of the index at `uri` (local or s3://), filtered.
 

@@ -105,7 +105,9 @@ class LosoResult:
     class_names: tuple[str, ...]
     folds: tuple[FoldPrediction, ...]  # R * subjects, draw-major, subjects sorted
     pooled: tuple[PooledPredictions, ...]  # (R,) each draw joined by clip id
-    metrics: dict[str, dict[str, tuple[float, float]]]  # group (ALL | dataset) -> metric -> (mean, CI)
+    metrics: dict[
+        str, dict[str, tuple[float, float]]
+    ]  # group (ALL | dataset) -> metric -> (mean, CI)
     clips: dict[str, int]  # group -> test clips
     confusion: np.ndarray  # (C, C) int64 summed over draws; row = true, column = predicted
 
@@ -116,12 +118,20 @@ def protocol_pool(protocol: str, data: DataSelection, test_subjects: Sequence[st
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
     relabel = protocol == "composite" and data.labels != "composite3"
-    pool = primary_pool(dataclasses.replace(data, labels="composite3") if protocol == "composite" else data)
-    # Relabelling drops clips outside the scheme (CASME II others, …): a test subject may be left with none.
+    pool = primary_pool(
+        dataclasses.replace(data, labels="composite3") if protocol == "composite" else data
+    )
+    # Relabelling drops clips outside the scheme (CASME II others, …): a test subject may be
+    # left with none.
     test = pool.by_subjects(test_subjects, name=f"{protocol} test", strict=not relabel)
     gone = sorted(set(test_subjects) - set(test.subjects.tolist()))
     if gone:
-        log.info("%s: %d test subject(s) have no clip under the composite labels: %s", protocol, len(gone), gone)
+        log.info(
+            "%s: %d test subject(s) have no clip under the composite labels: %s",
+            protocol,
+            len(gone),
+            gone,
+        )
     return test
 
 
@@ -129,19 +139,29 @@ def check_ways(protocol: str, ways: int, class_names: Sequence[str]) -> None:
     """The classifier must predict every class at once (way j = class j)."""
     if protocol == "composite" and ways != len(COMPOSITE3):
         raise ValueError(
-            f"the composite protocol predicts {' / '.join(COMPOSITE3)}, but the checkpoint classifies "
-            f"{ways} ways; train it with data.labels=composite3 episode.ways=3 model.ways=3")
+            f"the composite protocol predicts {' / '.join(COMPOSITE3)}, but the checkpoint "
+            f"classifies {ways} ways; train it with data.labels=composite3 episode.ways=3 "
+            "model.ways=3"
+        )
     n = len(class_names)
     if ways != n:
         raise ValueError(
-            f"{protocol}: every clip is classified among all {n} classes {list(class_names)} of the "
-            f"test pool, but the checkpoint classifies {ways} ways; train it with episode.ways={n} "
-            f"model.ways={n}, or evaluate it with --protocol fewshot")
+            f"{protocol}: every clip is classified among all {n} classes {list(class_names)} "
+            f"of the test pool, but the checkpoint classifies {ways} ways; train it with "
+            f"episode.ways={n} model.ways={n}, or evaluate it with --protocol fewshot"
+        )
 
 
-def predict_fold(learner: Learner, model: nn.Module, pool: ClipPool, support: np.ndarray,
-                 target: np.ndarray, batch_size: int, aux: ClipPool | None = None,
-                 aux_rows: np.ndarray | None = None) -> np.ndarray:
+def predict_fold(
+    learner: Learner,
+    model: nn.Module,
+    pool: ClipPool,
+    support: np.ndarray,
+    target: np.ndarray,
+    batch_size: int,
+    aux: ClipPool | None = None,
+    aux_rows: np.ndarray | None = None,
+) -> np.ndarray:
     """(len(target),) predicted classes of pool rows `target` after adapting once on pool rows
     `support` (labels = ways) and the aux-pool rows `aux_rows`."""
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
@@ -151,14 +171,15 @@ def predict_fold(learner: Learner, model: nn.Module, pool: ClipPool, support: np
     adapted = learner.adapt(model, params, buffers, support_x, support_y, aux_x)
     preds = []
     for start in range(0, target.size, batch_size):
-        x = to_tensor(pool.frames[target[start:start + batch_size]])  # (batch, M, C, H, W)
+        x = to_tensor(pool.frames[target[start : start + batch_size]])  # (batch, M, C, H, W)
         logits = learner.logits(model, adapted, buffers, support_x, support_y, x)  # (batch, C)
         preds.append(logits.argmax(-1).numpy())
     return np.concatenate(preds).astype(np.int64)
 
 
-def loso_predictions(learner: Learner, model: nn.Module, pool: ClipPool, cfg: LosoConfig,
-                     aux: ClipPool | None = None) -> list[FoldPrediction]:
+def loso_predictions(
+    learner: Learner, model: nn.Module, pool: ClipPool, cfg: LosoConfig, aux: ClipPool | None = None
+) -> list[FoldPrediction]:
     """Every clip of every subject of `pool` predicted once per draw, each fold adapted on a
     support set of the pool's other subjects."""
     # per class (way j = class j): its aux-pool indices, paired as the sampler pairs them
@@ -170,15 +191,24 @@ def loso_predictions(learner: Learner, model: nn.Module, pool: ClipPool, cfg: Lo
         for fold in folds:
             own = pool.subjects == fold.test_subject
             support = draw_support(pool, np.flatnonzero(~own), cfg.shots, rng, fold.test_subject)
-            aux_rows = (draw_aux(paired, len(aux), cfg.aux_shots, rng)[0]
-                        if paired is not None else None)
+            aux_rows = (
+                draw_aux(paired, len(aux), cfg.aux_shots, rng)[0] if paired is not None else None
+            )
             target = np.flatnonzero(own)
-            y_pred = predict_fold(learner, model, pool, support, target, cfg.batch_size, aux,
-                                  aux_rows)
-            out.append(FoldPrediction(
-                draw, fold.test_subject, tuple(pool.clip_ids[support].tolist()),
-                () if aux_rows is None else tuple(aux.clip_ids[aux_rows].tolist()),
-                tuple(pool.clip_ids[target].tolist()), pool.labels[target].copy(), y_pred))
+            y_pred = predict_fold(
+                learner, model, pool, support, target, cfg.batch_size, aux, aux_rows
+            )
+            out.append(
+                FoldPrediction(
+                    draw,
+                    fold.test_subject,
+                    tuple(pool.clip_ids[support].tolist()),
+                    () if aux_rows is None else tuple(aux.clip_ids[aux_rows].tolist()),
+                    tuple(pool.clip_ids[target].tolist()),
+                    pool.labels[target].copy(),
+                    y_pred,
+                )
+            )
     return out
 
 
@@ -193,24 +223,48 @@ def summarise(protocol: str, pool: ClipPool, folds: Sequence[FoldPrediction]) ->
     expected = dict(zip(pool.clip_ids.tolist(), pool.labels.tolist()))
     draws = sorted({f.draw for f in folds})
     pooled = tuple(
-        pool_predictions([dict(zip(f.clip_ids, zip(f.y_true.tolist(), f.y_pred.tolist())))
-                          for f in folds if f.draw == r], expected)
-        for r in draws)
+        pool_predictions(
+            [
+                dict(zip(f.clip_ids, zip(f.y_true.tolist(), f.y_pred.tolist())))
+                for f in folds
+                if f.draw == r
+            ],
+            expected,
+        )
+        for r in draws
+    )
     dataset_of = dict(zip(pool.clip_ids.tolist(), pool.datasets.tolist()))
-    datasets = np.array([dataset_of[c] for c in pooled[0].clip_ids])  # every draw has the same sorted ids
-    groups = {ALL: np.ones(datasets.size, dtype=bool)} | {d: datasets == d for d in sorted(set(datasets.tolist()))}
+    datasets = np.array(
+        [dataset_of[c] for c in pooled[0].clip_ids]
+    )  # every draw has the same sorted ids
+    groups = {ALL: np.ones(datasets.size, dtype=bool)} | {
+        d: datasets == d for d in sorted(set(datasets.tolist()))
+    }
     metrics = {}
     for group, mask in groups.items():
         per_draw = [scores(p.y_true[mask], p.y_pred[mask]) for p in pooled]  # (R,) dicts
         metrics[group] = {m: mean_ci([s[m] for s in per_draw]) for m in SCORES}
     n = len(pool.class_names)
     confusion = sum(confusion_matrix(p.y_true, p.y_pred, n) for p in pooled)
-    return LosoResult(protocol, pool.class_names, tuple(folds), pooled, metrics,
-                      {g: int(m.sum()) for g, m in groups.items()}, confusion)
+    return LosoResult(
+        protocol,
+        pool.class_names,
+        tuple(folds),
+        pooled,
+        metrics,
+        {g: int(m.sum()) for g, m in groups.items()},
+        confusion,
+    )
 
 
-def evaluate_protocol(protocol: str, learner: Learner, model: nn.Module, data: DataSelection,
-                      test_subjects: Sequence[str], cfg: LosoConfig) -> LosoResult:
+def evaluate_protocol(
+    protocol: str,
+    learner: Learner,
+    model: nn.Module,
+    data: DataSelection,
+    test_subjects: Sequence[str],
+    cfg: LosoConfig,
+) -> LosoResult:
     """LOSO (`loso`) or composite (`composite`) evaluation of `model` on the run's test subjects."""
     if protocol == "composite":  # before loading any clip
         check_ways(protocol, model.cfg.ways, COMPOSITE3)
@@ -229,11 +283,18 @@ def format_protocol_table(result: LosoResult, learner: str, shots: int, bn_mode:
     lines = [head, "|" + "---|" * 11]
     for group, m in result.metrics.items():
         cells = [f"{100 * m[k][0]:.2f} ± {100 * m[k][1]:.2f}" for k in SCORES]
-        lines.append(f"| {result.protocol} | {learner} | {group} | {result.clips[group]} | " + " | ".join(cells)
-                     + f" | {shots} | {draws} | {bn_mode} |")
-    lines += ["", "confusion (rows: true, columns: predicted, summed over draws)", "",
-              "| true \\ predicted | " + " | ".join(result.class_names) + " |",
-              "|" + "---|" * (len(result.class_names) + 1)]
+        lines.append(
+            f"| {result.protocol} | {learner} | {group} | {result.clips[group]} | "
+            + " | ".join(cells)
+            + f" | {shots} | {draws} | {bn_mode} |"
+        )
+    lines += [
+        "",
+        "confusion (rows: true, columns: predicted, summed over draws)",
+        "",
+        "| true \\ predicted | " + " | ".join(result.class_names) + " |",
+        "|" + "---|" * (len(result.class_names) + 1),
+    ]
     for name, row in zip(result.class_names, result.confusion.tolist()):
         lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
     return "\n".join(lines)
@@ -241,10 +302,16 @@ def format_protocol_table(result: LosoResult, learner: str, shots: int, bn_mode:
 
 def protocol_metrics(result: LosoResult) -> dict:
     """The plain-data summary of a result (results.json "metrics")."""
-    return {"protocol": result.protocol, "classes": list(result.class_names), "draws": len(result.pooled),
-            "test": result.metrics[ALL], "per_dataset": {g: m for g, m in result.metrics.items() if g != ALL},
-            "clips": result.clips, "confusion": result.confusion.tolist(),
-            "test_subjects": sorted({f.fold for f in result.folds})}
+    return {
+        "protocol": result.protocol,
+        "classes": list(result.class_names),
+        "draws": len(result.pooled),
+        "test": result.metrics[ALL],
+        "per_dataset": {g: m for g, m in result.metrics.items() if g != ALL},
+        "clips": result.clips,
+        "confusion": result.confusion.tolist(),
+        "test_subjects": sorted({f.fold for f in result.folds}),
+    }
 
 
 def write_protocol_results(out: str | Path, result: LosoResult, record: dict) -> None:
@@ -256,17 +323,33 @@ def write_protocol_results(out: str | Path, result: LosoResult, record: dict) ->
     (out / "results.json").write_text(json.dumps(record, indent=2, default=str))
     with (out / "results.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["protocol", "data", "clips", "draws",
-                    *[f"{k}_{s}" for k in SCORES for s in ("mean", "ci95")]])
+        w.writerow(
+            [
+                "protocol",
+                "data",
+                "clips",
+                "draws",
+                *[f"{k}_{s}" for k in SCORES for s in ("mean", "ci95")],
+            ]
+        )
         for group, m in result.metrics.items():
-            w.writerow([result.protocol, group, result.clips[group], len(result.pooled),
-                        *[v for k in SCORES for v in m[k]]])
+            w.writerow(
+                [
+                    result.protocol,
+                    group,
+                    result.clips[group],
+                    len(result.pooled),
+                    *[v for k in SCORES for v in m[k]],
+                ]
+            )
     with (out / "predictions.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["draw", "fold", "clip_id", "y_true", "y_pred"])
         for fp in result.folds:
-            w.writerows((fp.draw, fp.fold, c, t, p) for c, t, p in zip(fp.clip_ids, fp.y_true.tolist(),
-                                                                         fp.y_pred.tolist()))
+            w.writerows(
+                (fp.draw, fp.fold, c, t, p)
+                for c, t, p in zip(fp.clip_ids, fp.y_true.tolist(), fp.y_pred.tolist())
+            )
     with (out / "supports.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["draw", "fold", "clip_id"])

@@ -38,7 +38,8 @@ class DataSelection:
         val, test = self.val_fraction, self.test_fraction
         if not (0 <= val < 1 and 0 < test < 1 and val + test < 1):
             raise ValueError(
-                "data.val_fraction and data.test_fraction must be in [0, 1) and sum below 1")
+                "data.val_fraction and data.test_fraction must be in [0, 1) and sum below 1"
+            )
 
 
 def primary_pool(data: DataSelection) -> ClipPool:
@@ -84,14 +85,19 @@ def unified_labels(table: pa.Table, manifest: dict) -> tuple[pa.Table, tuple[str
 
 
 def load_pool(
-    uri: str, *, datasets: Iterable[str] | None = None, expression: str | None = None,
+    uri: str,
+    *,
+    datasets: Iterable[str] | None = None,
+    expression: str | None = None,
     subjects: Iterable[str] | None = None,
 ) -> ClipPool:
     """The filtered index as an in-memory `ClipPool` (frames (n, M, H, W, C) uint8)."""
     manifest = read_manifest(uri)
     table = read_table(uri, datasets=datasets, expression=expression, subjects=subjects)
     if table.num_rows == 0:
-        raise BadIndexError(f"no clips in index at {uri} match datasets={datasets}, "
-                            f"expression={expression}, subjects={subjects}")
+        raise BadIndexError(
+            f"no clips in index at {uri} match datasets={datasets}, "
+            f"expression={expression}, subjects={subjects}"
+        )
     table, class_names = unified_labels(table, manifest)
     return ClipPool.from_table(table, class_names)

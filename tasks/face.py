@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import cv2
 import numpy as np
@@ -49,7 +49,7 @@ class FaceBox:
         return self.x, self.y, self.w, self.h
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cascade(name: str) -> cv2.CascadeClassifier:
     """Loaded once per process (each Ray worker / pool process loads its own)."""
     path = os.path.join(cv2.data.haarcascades, name)

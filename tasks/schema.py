@@ -50,9 +50,13 @@ class ClipRecord:
 
     def __post_init__(self) -> None:
         if self.expression not in EXPRESSIONS:
-            raise ValueError(f"{self.clip_id}: expression must be one of {EXPRESSIONS}, got {self.expression!r}")
+            raise ValueError(
+                f"{self.clip_id}: expression must be one of {EXPRESSIONS}, got {self.expression!r}"
+            )
         if not self.subject.startswith(self.dataset + "/"):
-            raise ValueError(f"{self.clip_id}: subject {self.subject!r} must be prefixed by '{self.dataset}/'")
+            raise ValueError(
+                f"{self.clip_id}: subject {self.subject!r} must be prefixed by '{self.dataset}/'"
+            )
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,9 @@ INDEX_COLUMNS = tuple(INDEX_SCHEMA.names)
 META_COLUMNS = tuple(n for n in INDEX_COLUMNS if n not in ("frames", "flow"))
 
 
-def row_from_record(rec: ClipRecord, pre: Preprocessed, label: int, flow: np.ndarray | None) -> dict:
+def row_from_record(
+    rec: ClipRecord, pre: Preprocessed, label: int, flow: np.ndarray | None
+) -> dict:
     """Build one index row (a dict with exactly INDEX_COLUMNS) from a record and its frames."""
     frames = np.ascontiguousarray(pre.frames, dtype=np.uint8)
     if frames.ndim != 4:

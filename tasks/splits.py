@@ -113,8 +113,14 @@ def subject_split(
 
 
 def episode_ready_split(
-    pool: ClipPool, *, eval_fraction: float, val_fraction: float, seed: int,
-    ways: int, min_clips: int, attempts: int = 500,
+    pool: ClipPool,
+    *,
+    eval_fraction: float,
+    val_fraction: float,
+    seed: int,
+    ways: int,
+    min_clips: int,
+    attempts: int = 500,
 ) -> tuple[SubjectSplit, int]:
     """A `subject_split` whose three parts can each supply `ways`-way episodes.
 
@@ -124,19 +130,27 @@ def episode_ready_split(
     order (seed, seed+1, ...) and the first feasible one is returned with its attempt
     number, so the split is deterministic and reported, never hand-picked.
     """
+
     def ready(subjects: tuple[str, ...]) -> bool:
         counts = pool.by_subjects(subjects).class_counts() if subjects else np.zeros(1, int)
         return int((counts >= min_clips).sum()) >= ways
 
     for attempt in range(attempts):
-        split = subject_split(pool.subjects, eval_fraction=eval_fraction,
-                              val_fraction=val_fraction, seed=seed + attempt)
-        parts = (split.train, split.val, split.test) if val_fraction > 0 else (split.train, split.test)
+        split = subject_split(
+            pool.subjects,
+            eval_fraction=eval_fraction,
+            val_fraction=val_fraction,
+            seed=seed + attempt,
+        )
+        parts = (
+            (split.train, split.val, split.test) if val_fraction > 0 else (split.train, split.test)
+        )
         if all(ready(p) for p in parts):
             return split, attempt
     raise SplitError(
-        f"no subject split of pool {pool.name!r} in {attempts} draws gives every part {ways} classes "
-        f"with >= {min_clips} clips; class counts {dict(zip(pool.class_names, pool.class_counts().tolist()))}; "
+        f"no subject split of pool {pool.name!r} in {attempts} draws gives every part "
+        f"{ways} classes with >= {min_clips} clips; class counts "
+        f"{dict(zip(pool.class_names, pool.class_counts().tolist()))}; "
         f"use fewer ways/shots/query or smaller eval/val fractions"
     )
 
@@ -168,8 +182,9 @@ def loso_folds(subjects: Iterable[str]) -> Iterator[Fold]:
         yield Fold(s, tuple(o for o in everyone if o != s))
 
 
-def draw_support(pool: ClipPool, rows: np.ndarray, shots: int, rng: np.random.Generator,
-                 fold: str) -> np.ndarray:
+def draw_support(
+    pool: ClipPool, rows: np.ndarray, shots: int, rng: np.random.Generator, fold: str
+) -> np.ndarray:
     """(C*K,) pool indices of a LOSO fold's support set: K distinct clips of every class of
     the pool, class by class, all among `rows` (the other test subjects' clips)."""
     labels = pool.labels[rows]
@@ -181,8 +196,12 @@ def draw_support(pool: ClipPool, rows: np.ndarray, shots: int, rng: np.random.Ge
             f"clips of {', '.join(short)}; use fewer shots, or more test subjects "
             "(data.test_fraction) when training"
         )
-    return np.concatenate([rng.choice(rows[labels == c], size=shots, replace=False)
-                           for c in range(len(pool.class_names))])
+    return np.concatenate(
+        [
+            rng.choice(rows[labels == c], size=shots, replace=False)
+            for c in range(len(pool.class_names))
+        ]
+    )
 
 
 @dataclass(frozen=True, eq=False)

@@ -58,13 +58,13 @@ def resolve(uri: str | os.PathLike) -> Location:
     """Resolve a local path or s3://bucket/key URI."""
     uri = os.fspath(uri)
     if uri.startswith("s3://"):
-        path = uri[len("s3://"):].rstrip("/")
+        path = uri[len("s3://") :].rstrip("/")
         if not path:
             raise ValueError(f"S3 URI needs a bucket: {uri!r}")
         return Location(s3_filesystem(), path, "s3://" + path)
     if "://" in uri and not uri.startswith("file://"):
         raise ValueError(f"unsupported URI scheme in {uri!r}: use a local path or s3://bucket/key")
-    path = os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri)
+    path = os.path.abspath(uri[len("file://") :] if uri.startswith("file://") else uri)
     return Location(pafs.LocalFileSystem(), path, path)
 
 

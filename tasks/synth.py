@@ -61,49 +61,121 @@ import openpyxl
 
 from lightman.models.provenance import to_dict
 from lightman.tasks.synth_face import (
-    AUs, OTHERS_POOL, Event, Identity, Motion, Nuisance, RenderSpec, apex_activations,
-    draw_identity, parse_au, render_clip,
+    OTHERS_POOL,
+    AUs,
+    Event,
+    Identity,
+    Motion,
+    Nuisance,
+    RenderSpec,
+    apex_activations,
+    draw_identity,
+    parse_au,
+    render_clip,
 )
 
 DATASETS = ("casme2", "samm", "smic", "casme", "casme_sq", "ckplus", "video")
-FOLDERS = {"casme2": "CASME2", "samm": "SAMM", "smic": "SMIC", "casme": "CASME",
-           "casme_sq": "CASME_sq", "ckplus": "CK+", "video": "video"}
-SHEETS = {"casme2": "CASME2-coding-20140508.xlsx", "samm": "SAMM_Micro_FACS_Codes_v2.xlsx",
-          "casme": "CASME.xlsx", "casme_sq": "CAS(ME)^2code_final.xlsx",
-          "video": "annotations.csv"}
+FOLDERS = {
+    "casme2": "CASME2",
+    "samm": "SAMM",
+    "smic": "SMIC",
+    "casme": "CASME",
+    "casme_sq": "CASME_sq",
+    "ckplus": "CK+",
+    "video": "video",
+}
+SHEETS = {
+    "casme2": "CASME2-coding-20140508.xlsx",
+    "samm": "SAMM_Micro_FACS_Codes_v2.xlsx",
+    "casme": "CASME.xlsx",
+    "casme_sq": "CAS(ME)^2code_final.xlsx",
+    "video": "annotations.csv",
+}
 MANIFEST = "synth_manifest.json"
 REFERENCE_FACE_WIDTH = 64  # amplitudes in the config are px at this face width
 
 # Class shapes of the real releases (docs/datasets.md and the datasets' papers; CAS(ME)^2
 # macro approximate), scaled to the requested number of clips.
 CLASS_COUNTS: dict[str, dict[str, int]] = {
-    "casme2": {"happiness": 32, "surprise": 25, "disgust": 64, "repression": 27, "others": 99,
-               "fear": 2, "sadness": 7},
-    "samm": {"Anger": 57, "Contempt": 12, "Disgust": 9, "Fear": 8, "Happiness": 26, "Sadness": 6,
-             "Surprise": 15, "Other": 26},
+    "casme2": {
+        "happiness": 32,
+        "surprise": 25,
+        "disgust": 64,
+        "repression": 27,
+        "others": 99,
+        "fear": 2,
+        "sadness": 7,
+    },
+    "samm": {
+        "Anger": 57,
+        "Contempt": 12,
+        "Disgust": 9,
+        "Fear": 8,
+        "Happiness": 26,
+        "Sadness": 6,
+        "Surprise": 15,
+        "Other": 26,
+    },
     "smic": {"negative": 70, "positive": 51, "surprise": 43},
-    "casme": {"amusement": 5, "sadness": 6, "disgust": 88, "surprise": 20, "contempt": 3,
-              "fear": 2, "repression": 40, "tense": 28},
+    "casme": {
+        "amusement": 5,
+        "sadness": 6,
+        "disgust": 88,
+        "surprise": 20,
+        "contempt": 3,
+        "fear": 2,
+        "repression": 40,
+        "tense": 28,
+    },
     "casme_sq_micro": {"negative": 21, "positive": 8, "surprise": 9, "others": 19},
     "casme_sq_macro": {"negative": 102, "positive": 94, "surprise": 28, "others": 76},
-    "ckplus": {"anger": 45, "contempt": 18, "disgust": 59, "fear": 25, "happy": 69,
-               "sadness": 28, "surprise": 83},
+    "ckplus": {
+        "anger": 45,
+        "contempt": 18,
+        "disgust": 59,
+        "fear": 25,
+        "happy": 69,
+        "sadness": 28,
+        "surprise": 83,
+    },
 }
 CKPLUS_CODES = ("neutral", "anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise")
 CKPLUS_LABELLED = 327 / 593  # share of CK+ sequences with an emotion file
 CASME_SQ_VIDEOS = (  # (naming rule2 code, short name, folder suffix) of the stimulus videos
-    (101, "disgust1", "disgustingteeth"), (102, "disgust2", "eatingworms"),
-    (401, "anger1", "girlcrashing"), (402, "anger2", "beatingpregnantwoman"),
-    (502, "happy1", "funnyerrors"), (503, "happy2", "unnyfarting"),
-    (505, "happy3", "funnyinnovations"), (507, "happy4", "climbingthewall"),
-    (508, "happy5", "funnydunkey"))
-FINE_EMOTIONS = {"negative": ("disgust", "anger", "sadness", "fear", "pain"),
-                 "positive": ("happiness",), "surprise": ("surprise",),
-                 "others": ("helpless", "others")}
-ALIASES = {"amusement": "happiness", "happy": "happiness", "positive": "happiness",
-           "other": "others", "helpless": "others", "": "others"}  # label -> prototype
-SAMM_OBJECTIVE = {"happiness": 1, "surprise": 2, "anger": 3, "contempt": 3, "disgust": 4,
-                  "fear": 5, "sadness": 6, "others": 7}
+    (101, "disgust1", "disgustingteeth"),
+    (102, "disgust2", "eatingworms"),
+    (401, "anger1", "girlcrashing"),
+    (402, "anger2", "beatingpregnantwoman"),
+    (502, "happy1", "funnyerrors"),
+    (503, "happy2", "unnyfarting"),
+    (505, "happy3", "funnyinnovations"),
+    (507, "happy4", "climbingthewall"),
+    (508, "happy5", "funnydunkey"),
+)
+FINE_EMOTIONS = {
+    "negative": ("disgust", "anger", "sadness", "fear", "pain"),
+    "positive": ("happiness",),
+    "surprise": ("surprise",),
+    "others": ("helpless", "others"),
+}
+ALIASES = {
+    "amusement": "happiness",
+    "happy": "happiness",
+    "positive": "happiness",
+    "other": "others",
+    "helpless": "others",
+    "": "others",
+}  # label -> prototype
+SAMM_OBJECTIVE = {
+    "happiness": 1,
+    "surprise": 2,
+    "anger": 3,
+    "contempt": 3,
+    "disgust": 4,
+    "fear": 5,
+    "sadness": 6,
+    "others": 7,
+}
 FIXED_TIME = datetime(2014, 5, 8)  # pinned xlsx document timestamps
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -126,8 +198,9 @@ class SetSize:
         if self.subjects < 1 or min(self.clips, self.macro_clips) < 0 or self.fps <= 0:
             raise ValueError(f"subjects must be >= 1, clips and macro_clips >= 0, fps > 0: {self}")
         if self.clips + self.macro_clips < self.subjects:
-            raise ValueError(f"{self.clips + self.macro_clips} clips cannot cover "
-                             f"{self.subjects} subjects")
+            raise ValueError(
+                f"{self.clips + self.macro_clips} clips cannot cover {self.subjects} subjects"
+            )
 
 
 def _check_range(name: str, r: tuple[float, float], low: float) -> None:
@@ -193,12 +266,21 @@ class SynthConfig:
         unknown = [d for d in self.datasets if d not in DATASETS]
         if unknown or not self.datasets:
             raise ValueError(f"datasets: unknown {unknown}; choose from {list(DATASETS)}")
-        if self.face_width < 24 or self.canvas_width < 1.2 * self.face_width or \
-                self.canvas_height < 1.5 * self.face_width:
-            raise ValueError(f"face_width {self.face_width} must be >= 24 and fit the canvas "
-                             f"{self.canvas_height}x{self.canvas_width} (1.5x high, 1.2x wide)")
-        for name in ("micro_amplitude_px", "macro_amplitude_px", "micro_duration_s",
-                     "macro_duration_s"):
+        if (
+            self.face_width < 24
+            or self.canvas_width < 1.2 * self.face_width
+            or self.canvas_height < 1.5 * self.face_width
+        ):
+            raise ValueError(
+                f"face_width {self.face_width} must be >= 24 and fit the canvas "
+                f"{self.canvas_height}x{self.canvas_width} (1.5x high, 1.2x wide)"
+            )
+        for name in (
+            "micro_amplitude_px",
+            "macro_amplitude_px",
+            "micro_duration_s",
+            "macro_duration_s",
+        ):
             _check_range(name, getattr(self, name), 1e-6)
         _check_range("ckplus_frames", self.ckplus_frames, 3)
         _check_range("pad_frames", self.pad_frames, 0)
@@ -206,8 +288,10 @@ class SynthConfig:
             if getattr(self, name).macro_clips:
                 raise ValueError(f"{name}.macro_clips: only casme_sq has macro clips")
         if not 0 < self.min_jacobian < 1:
-            raise ValueError(f"min_jacobian must be in (0, 1) so that the warp cannot fold, "
-                             f"got {self.min_jacobian}")
+            raise ValueError(
+                f"min_jacobian must be in (0, 1) so that the warp cannot fold, "
+                f"got {self.min_jacobian}"
+            )
         if min(self.jitter_px, self.jitter_deg, self.drift, self.noise_std, self.blink_rate) < 0:
             raise ValueError("jitter_px, jitter_deg, drift, noise_std and blink_rate must be >= 0")
         if not 1 <= self.jpeg_quality <= 100:
@@ -223,8 +307,7 @@ class SynthConfig:
 
     @property
     def nuisance(self) -> Nuisance:
-        return Nuisance(self.jitter_px * self.px_scale, self.jitter_deg, self.drift,
-                        self.noise_std)
+        return Nuisance(self.jitter_px * self.px_scale, self.jitter_deg, self.drift, self.noise_std)
 
 
 # --- plans: everything is decided before a pixel is drawn ----------------------------
@@ -325,8 +408,9 @@ def _prototype(rng: np.random.Generator, dataset: str, label: str) -> str:
     return ALIASES.get(lab, lab)
 
 
-def _expression(rng: np.random.Generator, cfg: SynthConfig, ident: Identity, proto: str,
-                kind: str) -> tuple[AUs, float]:
+def _expression(
+    rng: np.random.Generator, cfg: SynthConfig, ident: Identity, proto: str, kind: str
+) -> tuple[AUs, float]:
     """AU activations at the apex of this person's `proto`, and the amplitude reached."""
     if proto == "others":  # unrelated AUs, different every time
         picks = rng.choice(OTHERS_POOL, size=int(rng.integers(1, 3)), replace=False)
@@ -346,8 +430,10 @@ def _span(rng: np.random.Generator, fps: float, duration_s: tuple[float, float])
 
 def _blinks(rng: np.random.Generator, cfg: SynthConfig, first: int, count: int, fps: float):
     n = int(rng.poisson(cfg.blink_rate * max(1.0, count / fps)))
-    return tuple((float(first + rng.uniform(0, count - 1)),
-                  max(1.0, float(rng.uniform(0.05, 0.125)) * fps)) for _ in range(n))
+    return tuple(
+        (float(first + rng.uniform(0, count - 1)), max(1.0, float(rng.uniform(0.05, 0.125)) * fps))
+        for _ in range(n)
+    )
 
 
 def _pads(rng: np.random.Generator, cfg: SynthConfig) -> tuple[int, int]:
@@ -361,8 +447,18 @@ def au_cell(aus: AUs) -> str | int:
     return int(text) if text.isdigit() else text
 
 
-def _single(rng, cfg: SynthConfig, dataset: str, ident: Identity, label: str, i: int,
-            subject: str, name: str, first: int, pads: tuple[int, int]):
+def _single(
+    rng,
+    cfg: SynthConfig,
+    dataset: str,
+    ident: Identity,
+    label: str,
+    i: int,
+    subject: str,
+    name: str,
+    first: int,
+    pads: tuple[int, int],
+):
     """One micro-expression in its own recording, with `pads` neutral frames around it."""
     fps = getattr(cfg, dataset).fps
     proto = _prototype(rng, dataset, label)
@@ -370,8 +466,14 @@ def _single(rng, cfg: SynthConfig, dataset: str, ident: Identity, label: str, i:
     span, apex = _span(rng, fps, cfg.micro_duration_s)
     onset = first + pads[0]
     count = pads[0] + span + 1 + pads[1]
-    motion = Motion(first, count, fps, (Event(onset, onset + apex, onset + span, acts),),
-                    _blinks(rng, cfg, first, count, fps), _seed(cfg, dataset, i))
+    motion = Motion(
+        first,
+        count,
+        fps,
+        (Event(onset, onset + apex, onset + span, acts),),
+        _blinks(rng, cfg, first, count, fps),
+        _seed(cfg, dataset, i),
+    )
     clip = Clip(subject, name, label, proto, "micro", onset, onset + apex, onset + span, acts, amp)
     return clip, motion
 
@@ -393,16 +495,30 @@ def plan_casme2(cfg: SynthConfig) -> DatasetPlan:
     idents = _identities(cfg, "casme2", size.subjects)
     labels = _labels(rng, size.clips, CLASS_COUNTS["casme2"])
     recs, seen = [], Counter()
-    for i, (s, label) in enumerate(zip(_subjects_of_clips(rng, size.clips, size.subjects),
-                                       labels, strict=True)):
+    for i, (s, label) in enumerate(
+        zip(_subjects_of_clips(rng, size.clips, size.subjects), labels, strict=True)
+    ):
         ep = int(rng.integers(1, 20))
         seen[(s, ep)] += 1
         suffix = "f" if rng.random() < 0.3 else ""  # EP02_01f: some names end in 'f'
         sub, name = f"sub{s + 1:02d}", f"EP{ep:02d}_{seen[(s, ep)]:02d}{suffix}"
-        clip, motion = _single(rng, cfg, "casme2", idents[s], label, i, sub, name,
-                               int(rng.integers(1, 250)), _pads(rng, cfg))
-        recs.append(Recording(f"CASME2_RAW_selected/{sub}/{name}", "img{n}.jpg", idents[s],
-                              motion, (clip,), False))
+        clip, motion = _single(
+            rng,
+            cfg,
+            "casme2",
+            idents[s],
+            label,
+            i,
+            sub,
+            name,
+            int(rng.integers(1, 250)),
+            _pads(rng, cfg),
+        )
+        recs.append(
+            Recording(
+                f"CASME2_RAW_selected/{sub}/{name}", "img{n}.jpg", idents[s], motion, (clip,), False
+            )
+        )
     recs.sort(key=lambda r: r.path)
     missing, late = _quirk_rows(rng, len(recs), (max(1, round(0.08 * len(recs))), 1))
     out = []
@@ -414,25 +530,61 @@ def plan_casme2(cfg: SynthConfig) -> DatasetPlan:
         if i in late:
             offset = r.last + int(rng.integers(5, 40))
             quirks.append(f"OffsetFrame {offset} is past the last frame on disk {r.last}")
-        row = (int(c.subject[3:]), c.name, None, c.onset, apex, offset, None, au_cell(c.aus),
-               c.emotion)
+        row = (
+            int(c.subject[3:]),
+            c.name,
+            None,
+            c.onset,
+            apex,
+            offset,
+            None,
+            au_cell(c.aus),
+            c.emotion,
+        )
         out.append(_with_row(r, row, quirks))
-    header = ("Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None,
-              "Action Units", "Estimated Emotion")
+    header = (
+        "Subject",
+        "Filename",
+        None,
+        "OnsetFrame",
+        "ApexFrame",
+        "OffsetFrame",
+        None,
+        "Action Units",
+        "Estimated Emotion",
+    )
     sheet = (("Sheet1", (header, *[r.clips[0].row for r in out])),)
     return DatasetPlan("casme2", tuple(out), ((SHEETS["casme2"], sheet),))
 
 
 SAMM_PREAMBLE = (
-    ("SAMM: Spontaneous Micro-Facial Movement Dataset",), ("Micro-movement FACS codes, v2",), (),
+    ("SAMM: Spontaneous Micro-Facial Movement Dataset",),
+    ("Micro-movement FACS codes, v2",),
+    (),
     ("Synthetic stand-in written by `lightman synth`: no real person is shown.",),
-    ("Frame numbers are those of the image files.",), ("Apex -1 or blank: not coded.",), (),
+    ("Frame numbers are those of the image files.",),
+    ("Apex -1 or blank: not coded.",),
+    (),
     ("Inducement codes 1-7 name the stimulus video.",),
     ("Action Units: L/R = the subject's left/right; 'or' = the coders disagreed.",),
-    ("Objective Classes: 1-7, from the AUs.",), (), ())
-SAMM_HEADER = ("Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame",
-               "Offset Frame", "Duration", "Micro", "Action Units", "Notes", "Estimated Emotion",
-               "Objective Classes")
+    ("Objective Classes: 1-7, from the AUs.",),
+    (),
+    (),
+)
+SAMM_HEADER = (
+    "Subject",
+    "Filename",
+    "Inducement Code",
+    "Onset Frame",
+    "Apex Frame",
+    "Offset Frame",
+    "Duration",
+    "Micro",
+    "Action Units",
+    "Notes",
+    "Estimated Emotion",
+    "Objective Classes",
+)
 
 
 def plan_samm(cfg: SynthConfig) -> DatasetPlan:
@@ -441,15 +593,27 @@ def plan_samm(cfg: SynthConfig) -> DatasetPlan:
     ids = _ids(rng, 6, 40, size.subjects)
     labels = _labels(rng, size.clips, CLASS_COUNTS["samm"])
     recs, seen = [], Counter()
-    for i, (s, label) in enumerate(zip(_subjects_of_clips(rng, size.clips, size.subjects),
-                                       labels, strict=True)):
+    for i, (s, label) in enumerate(
+        zip(_subjects_of_clips(rng, size.clips, size.subjects), labels, strict=True)
+    ):
         sid, inducement = f"{ids[s]:03d}", int(rng.integers(1, 8))
         seen[(s, inducement)] += 1
         name = f"{sid}_{inducement}_{seen[(s, inducement)]}"
-        clip, motion = _single(rng, cfg, "samm", idents[s], label, i, sid, name,
-                               int(rng.integers(1000, 8000)), _pads(rng, cfg))
-        recs.append(Recording(f"{sid}/{name}", f"{sid}_{{n:05d}}.jpg", idents[s], motion,
-                              (clip,), True))
+        clip, motion = _single(
+            rng,
+            cfg,
+            "samm",
+            idents[s],
+            label,
+            i,
+            sid,
+            name,
+            int(rng.integers(1000, 8000)),
+            _pads(rng, cfg),
+        )
+        recs.append(
+            Recording(f"{sid}/{name}", f"{sid}_{{n:05d}}.jpg", idents[s], motion, (clip,), True)
+        )
     recs.sort(key=lambda r: r.path)
     n = len(recs)
     no_apex, late, either = _quirk_rows(rng, n, (min(3, max(1, n // 10)), 1, min(2, n // 4)))
@@ -470,9 +634,20 @@ def plan_samm(cfg: SynthConfig) -> DatasetPlan:
             side, num = parse_au(str(aus).split("+")[0])
             aus = f"{side}{num} or {14 if num != 14 else 12}"
             quirks.append(f"Action Units {aus!r} holds an 'or' alternative")
-        row = (c.subject, c.name, int(c.name.split("_")[1]), c.onset, apex, offset,
-               c.offset - c.onset + 1, "Micro", aus, "blink" if r.motion.blinks else None,
-               emotion, SAMM_OBJECTIVE[c.prototype])
+        row = (
+            c.subject,
+            c.name,
+            int(c.name.split("_")[1]),
+            c.onset,
+            apex,
+            offset,
+            c.offset - c.onset + 1,
+            "Micro",
+            aus,
+            "blink" if r.motion.blinks else None,
+            emotion,
+            SAMM_OBJECTIVE[c.prototype],
+        )
         out.append(_with_row(r, row, quirks))
     rows = (*SAMM_PREAMBLE, SAMM_HEADER, *[r.clips[0].row for r in out])
     return DatasetPlan("samm", tuple(out), ((SHEETS["samm"], (("FACS_Movement_Only", rows),)),))
@@ -485,15 +660,29 @@ def plan_smic(cfg: SynthConfig) -> DatasetPlan:
     labels = _labels(rng, size.clips, CLASS_COUNTS["smic"])
     short = {"negative": "ne", "positive": "po", "surprise": "sur"}
     recs, seen = [], Counter()
-    for i, (s, label) in enumerate(zip(_subjects_of_clips(rng, size.clips, size.subjects),
-                                       labels, strict=True)):
+    for i, (s, label) in enumerate(
+        zip(_subjects_of_clips(rng, size.clips, size.subjects), labels, strict=True)
+    ):
         seen[(s, label)] += 1
         sid = f"s{ids[s]}"
         name = f"{sid}_{short[label]}_{seen[(s, label)]:02d}"
-        clip, motion = _single(rng, cfg, "smic", idents[s], label, i, sid, name,
-                               int(rng.integers(100000, 900000)), (0, 0))  # cut at onset/offset
-        recs.append(Recording(f"HS/{sid}/micro/{label}/{name}", "image{n}.bmp", idents[s], motion,
-                              (clip,), False))
+        clip, motion = _single(
+            rng,
+            cfg,
+            "smic",
+            idents[s],
+            label,
+            i,
+            sid,
+            name,
+            int(rng.integers(100000, 900000)),
+            (0, 0),
+        )  # cut at onset/offset
+        recs.append(
+            Recording(
+                f"HS/{sid}/micro/{label}/{name}", "image{n}.bmp", idents[s], motion, (clip,), False
+            )
+        )
     return DatasetPlan("smic", tuple(sorted(recs, key=lambda r: r.path)), ())
 
 
@@ -511,13 +700,25 @@ def plan_casme(cfg: SynthConfig) -> DatasetPlan:
     idents = _identities(cfg, "casme", size.subjects)
     labels = _labels(rng, size.clips, CLASS_COUNTS["casme"])
     recs, used = [], set()
-    for i, (s, label) in enumerate(zip(_subjects_of_clips(rng, size.clips, size.subjects),
-                                       labels, strict=True)):
+    for i, (s, label) in enumerate(
+        zip(_subjects_of_clips(rng, size.clips, size.subjects), labels, strict=True)
+    ):
         sub, name = f"sub{s + 1:02d}", _casme_name(rng, used, s)
-        clip, motion = _single(rng, cfg, "casme", idents[s], label, i, sub, name,
-                               int(rng.integers(1, 120)), _pads(rng, cfg))
-        recs.append(Recording(f"{sub}/{name}", f"{name}-1-{{n}}.jpg", idents[s], motion, (clip,),
-                              False))
+        clip, motion = _single(
+            rng,
+            cfg,
+            "casme",
+            idents[s],
+            label,
+            i,
+            sub,
+            name,
+            int(rng.integers(1, 120)),
+            _pads(rng, cfg),
+        )
+        recs.append(
+            Recording(f"{sub}/{name}", f"{name}-1-{{n}}.jpg", idents[s], motion, (clip,), False)
+        )
     recs.sort(key=lambda r: r.path)
     early, late = _quirk_rows(rng, len(recs), (1, 1))
     out = []
@@ -530,17 +731,43 @@ def plan_casme(cfg: SynthConfig) -> DatasetPlan:
             offset = r.last + int(rng.integers(3, 20))
             quirks.append(f"OffsetF {offset} is past the last frame on disk {r.last}")
         apex2 = c.apex + 2 if rng.random() < 0.1 and c.apex + 2 < c.offset else None
-        row = (int(c.subject[3:]), c.name, None, onset, c.apex, apex2, offset, None,
-               au_cell(c.aus), c.emotion)
+        row = (
+            int(c.subject[3:]),
+            c.name,
+            None,
+            onset,
+            c.apex,
+            apex2,
+            offset,
+            None,
+            au_cell(c.aus),
+            c.emotion,
+        )
         out.append(_with_row(r, row, quirks))
-    header = ("Subject", "Filename", None, "OnsetF", "ApexF1", "ApexF2", "OffsetF", None,
-              "Action Units", "Emotion")
+    header = (
+        "Subject",
+        "Filename",
+        None,
+        "OnsetF",
+        "ApexF1",
+        "ApexF2",
+        "OffsetF",
+        None,
+        "Action Units",
+        "Emotion",
+    )
     sheet = (("Sheet1", (header, *[r.clips[0].row for r in out])),)
     return DatasetPlan("casme", tuple(out), ((SHEETS["casme"], sheet),))
 
 
-def _take(cfg: SynthConfig, ident: Identity, subject: str, video: int, events: list,
-          rng: np.random.Generator) -> Recording:
+def _take(
+    cfg: SynthConfig,
+    ident: Identity,
+    subject: str,
+    video: int,
+    events: list,
+    rng: np.random.Generator,
+) -> Recording:
     """A CAS(ME)^2 take: `events` [(micro|macro, category)] one after the other, from frame 1,
     with neutral gaps of 8-30 frames."""
     code, short, suffix = CASME_SQ_VIDEOS[video]
@@ -549,19 +776,40 @@ def _take(cfg: SynthConfig, ident: Identity, subject: str, video: int, events: l
         fine = str(rng.choice(FINE_EMOTIONS[category]))
         proto = _prototype(rng, "casme_sq", fine)
         acts, amp = _expression(rng, cfg, ident, proto, kind)
-        span, apex = _span(rng, fps, cfg.micro_duration_s if kind == "micro" else
-                           cfg.macro_duration_s)
+        span, apex = _span(
+            rng, fps, cfg.micro_duration_s if kind == "micro" else cfg.macro_duration_s
+        )
         onset = t + int(rng.integers(8, 31))
         evs.append(Event(onset, onset + apex, onset + span, acts))
-        clips.append(Clip(subject, f"{short}_{k + 1}", category, proto, kind, onset, onset + apex,
-                          onset + span, acts, amp, row=(fine,)))
+        clips.append(
+            Clip(
+                subject,
+                f"{short}_{k + 1}",
+                category,
+                proto,
+                kind,
+                onset,
+                onset + apex,
+                onset + span,
+                acts,
+                amp,
+                row=(fine,),
+            )
+        )
         t = onset + span
     count = t + int(rng.integers(8, 31))
-    motion = Motion(1, count, fps, tuple(evs), _blinks(rng, cfg, 1, count, fps),
-                    int(rng.integers(2**63)))
+    motion = Motion(
+        1, count, fps, tuple(evs), _blinks(rng, cfg, 1, count, fps), int(rng.integers(2**63))
+    )
     number = subject[1:]
-    return Recording(f"rawpic/{subject}/{number}_{code:04d}{suffix}", "img{n}.jpg", ident, motion,
-                     tuple(clips), False)
+    return Recording(
+        f"rawpic/{subject}/{number}_{code:04d}{suffix}",
+        "img{n}.jpg",
+        ident,
+        motion,
+        tuple(clips),
+        False,
+    )
 
 
 def plan_casme_sq(cfg: SynthConfig) -> DatasetPlan:
@@ -569,17 +817,30 @@ def plan_casme_sq(cfg: SynthConfig) -> DatasetPlan:
     size, rng = cfg.casme_sq, _rng(cfg, "casme_sq", 1)
     idents = _identities(cfg, "casme_sq", size.subjects)
     ids = _ids(rng, 15, 41, size.subjects)
-    events = [("micro", c) for c in _labels(rng, size.clips, CLASS_COUNTS["casme_sq_micro"])] + \
-        [("macro", c) for c in _labels(rng, size.macro_clips, CLASS_COUNTS["casme_sq_macro"])]
+    events = [("micro", c) for c in _labels(rng, size.clips, CLASS_COUNTS["casme_sq_micro"])] + [
+        ("macro", c) for c in _labels(rng, size.macro_clips, CLASS_COUNTS["casme_sq_macro"])
+    ]
     owner = _subjects_of_clips(rng, len(events), size.subjects)
     recs = []
     for s in range(size.subjects):
         mine = [events[i] for i in rng.permutation(np.flatnonzero(owner == s))]
-        videos = sorted(int(v) for v in rng.choice(len(CASME_SQ_VIDEOS), replace=False,
-                                                   size=min(len(mine), int(rng.integers(1, 4)))))
+        videos = sorted(
+            int(v)
+            for v in rng.choice(
+                len(CASME_SQ_VIDEOS), replace=False, size=min(len(mine), int(rng.integers(1, 4)))
+            )
+        )
         for k, v in enumerate(videos):
-            recs.append(_take(cfg, idents[s], f"s{ids[s]}", v, mine[k :: len(videos)],
-                              _rng(cfg, "casme_sq", 3, s, v)))
+            recs.append(
+                _take(
+                    cfg,
+                    idents[s],
+                    f"s{ids[s]}",
+                    v,
+                    mine[k :: len(videos)],
+                    _rng(cfg, "casme_sq", 3, s, v),
+                )
+            )
     n_rows = sum(len(r.clips) for r in recs)
     (unknown,) = _quirk_rows(rng, n_rows, (max(1, round(0.05 * n_rows)),))
     out, rows = [], []
@@ -587,9 +848,17 @@ def plan_casme_sq(cfg: SynthConfig) -> DatasetPlan:
         clips = []
         for c in r.clips:
             unknown_offset = len(rows) in unknown
-            row = (ids.index(int(c.subject[1:])) + 1, c.name, c.onset, c.apex,
-                   0 if unknown_offset else c.offset, au_cell(c.aus), c.emotion,
-                   f"{c.expression}-expression", c.row[0])
+            row = (
+                ids.index(int(c.subject[1:])) + 1,
+                c.name,
+                c.onset,
+                c.apex,
+                0 if unknown_offset else c.offset,
+                au_cell(c.aus),
+                c.emotion,
+                f"{c.expression}-expression",
+                c.row[0],
+            )
             quirks = ("offset written as 0 (unknown)",) if unknown_offset else ()
             clips.append(dataclasses.replace(c, row=row, quirks=quirks))
             rows.append(row)
@@ -608,20 +877,36 @@ def plan_ckplus(cfg: SynthConfig) -> DatasetPlan:
     labels = _labels(rng, n_labelled, CLASS_COUNTS["ckplus"]) + [""] * (size.clips - n_labelled)
     labels = [str(x) for x in rng.permutation(labels)]
     recs, tables, seen = [], [], Counter()
-    for i, (s, label) in enumerate(zip(np.sort(_subjects_of_clips(rng, size.clips, size.subjects)),
-                                       labels, strict=True)):
+    for i, (s, label) in enumerate(
+        zip(np.sort(_subjects_of_clips(rng, size.clips, size.subjects)), labels, strict=True)
+    ):
         seen[s] += 1
         sid, seq = f"S{ids[s]:03d}", f"{seen[s]:03d}"
         proto = _prototype(rng, "ckplus", label)
         acts, amp = _expression(rng, cfg, idents[s], proto, "macro")
         n = int(rng.integers(cfg.ckplus_frames[0], cfg.ckplus_frames[1] + 1))
-        motion = Motion(1, n, size.fps, (Event(1, n, n, acts),), _blinks(rng, cfg, 1, n, size.fps),
-                        _seed(cfg, "ckplus", i))
+        motion = Motion(
+            1,
+            n,
+            size.fps,
+            (Event(1, n, n, acts),),
+            _blinks(rng, cfg, 1, n, size.fps),
+            _seed(cfg, "ckplus", i),
+        )
         text = f"   {float(CKPLUS_CODES.index(label)):.7e}\n" if label else ""
-        clip = Clip(sid, seq, label, proto, "macro", 1, n, n, acts, amp,
-                    row=(text,) if label else ())
-        recs.append(Recording(f"cohn-kanade-images/{sid}/{seq}", f"{sid}_{seq}_{{n:08d}}.png",
-                              idents[s], motion, (clip,), True))
+        clip = Clip(
+            sid, seq, label, proto, "macro", 1, n, n, acts, amp, row=(text,) if label else ()
+        )
+        recs.append(
+            Recording(
+                f"cohn-kanade-images/{sid}/{seq}",
+                f"{sid}_{seq}_{{n:08d}}.png",
+                idents[s],
+                motion,
+                (clip,),
+                True,
+            )
+        )
         if label:
             tables.append((f"Emotion/{sid}/{seq}/{sid}_{seq}_{n:08d}_emotion.txt", text))
     return DatasetPlan("ckplus", tuple(recs), tuple(tables))
@@ -633,15 +918,28 @@ def plan_video(cfg: SynthConfig, casme2: DatasetPlan) -> DatasetPlan:
     for r in casme2.recordings:
         c, first = r.clips[0], r.motion.first
         path = f"clips/{c.subject}_{c.name}.mp4"
-        row = (path, c.subject, c.emotion, c.onset - first, c.apex - first, c.offset - first,
-               r.motion.fps)
+        row = (
+            path,
+            c.subject,
+            c.emotion,
+            c.onset - first,
+            c.apex - first,
+            c.offset - first,
+            r.motion.fps,
+        )
         recs.append(dataclasses.replace(_with_row(r, row, []), path=path, pattern=""))
         rows.append(row)
     return DatasetPlan("video", tuple(recs), ((SHEETS["video"], tuple(rows)),))
 
 
-PLANNERS = {"casme2": plan_casme2, "samm": plan_samm, "smic": plan_smic, "casme": plan_casme,
-            "casme_sq": plan_casme_sq, "ckplus": plan_ckplus}
+PLANNERS = {
+    "casme2": plan_casme2,
+    "samm": plan_samm,
+    "smic": plan_smic,
+    "casme": plan_casme,
+    "casme_sq": plan_casme_sq,
+    "ckplus": plan_ckplus,
+}
 
 
 def plan_dataset(cfg: SynthConfig, name: str) -> DatasetPlan:
@@ -692,8 +990,13 @@ def write_recording(cfg: SynthConfig, targets: list[tuple[Path, Recording]]) -> 
                 sinks.append((path, r.pattern, _image_params(r.pattern, cfg), None))
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
-            video = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), r.motion.fps,
-                                    (cfg.canvas_width, cfg.canvas_height), not r.grey)
+            video = cv2.VideoWriter(
+                str(path),
+                cv2.VideoWriter_fourcc(*"mp4v"),
+                r.motion.fps,
+                (cfg.canvas_width, cfg.canvas_height),
+                not r.grey,
+            )
             sinks.append((path, "", [], video))
             if not video.isOpened():
                 raise RuntimeError(f"{path}: OpenCV cannot open an mp4v writer")
@@ -770,16 +1073,33 @@ def _publish(tmp: Path, final: Path) -> None:
 
 def clip_truth(plan: DatasetPlan) -> list[dict]:
     """Manifest entries: the ground truth of every clip of a plan."""
-    return [{
-        "dataset": plan.name, "subject": c.subject, "clip": c.name, "emotion": c.emotion,
-        "prototype": c.prototype, "expression": c.expression, "onset": c.onset, "apex": c.apex,
-        "offset": c.offset, "fps": r.motion.fps, "duration_s": (c.offset - c.onset) / r.motion.fps,
-        "path": f"{FOLDERS[plan.name]}/{r.path}", "frame_pattern": r.pattern,
-        "first_frame": r.motion.first, "last_frame": r.last, "grey": r.grey,
-        "aus": [[a, round(v, 6)] for a, v in c.aus], "amplitude_px": round(c.amplitude, 6),
-        "blinks": [[round(a, 3), round(b, 3)] for a, b in r.motion.blinks],
-        "sheet_row": list(c.row), "quirks": list(c.quirks),
-    } for r in plan.recordings for c in r.clips]
+    return [
+        {
+            "dataset": plan.name,
+            "subject": c.subject,
+            "clip": c.name,
+            "emotion": c.emotion,
+            "prototype": c.prototype,
+            "expression": c.expression,
+            "onset": c.onset,
+            "apex": c.apex,
+            "offset": c.offset,
+            "fps": r.motion.fps,
+            "duration_s": (c.offset - c.onset) / r.motion.fps,
+            "path": f"{FOLDERS[plan.name]}/{r.path}",
+            "frame_pattern": r.pattern,
+            "first_frame": r.motion.first,
+            "last_frame": r.last,
+            "grey": r.grey,
+            "aus": [[a, round(v, 6)] for a, v in c.aus],
+            "amplitude_px": round(c.amplitude, 6),
+            "blinks": [[round(a, 3), round(b, 3)] for a, b in r.motion.blinks],
+            "sheet_row": list(c.row),
+            "quirks": list(c.quirks),
+        }
+        for r in plan.recordings
+        for c in r.clips
+    ]
 
 
 def _manifest(cfg: SynthConfig, plans: dict[str, DatasetPlan], hashes: dict[str, str]) -> dict:
@@ -790,11 +1110,17 @@ def _manifest(cfg: SynthConfig, plans: dict[str, DatasetPlan], hashes: dict[str,
         "config": to_dict(cfg),
         "versions": {"numpy": np.__version__, "opencv": cv2.__version__},
         "content_hash": hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest(),
-        "datasets": {d: {
-            "root": FOLDERS[d], "sheet": SHEETS.get(d), "clips": len(truth[d]), "hash": hashes[d],
-            "subjects": len({c["subject"] for c in truth[d]}),
-            "classes": dict(sorted(Counter(c["emotion"] for c in truth[d]).items())),
-        } for d in plans},
+        "datasets": {
+            d: {
+                "root": FOLDERS[d],
+                "sheet": SHEETS.get(d),
+                "clips": len(truth[d]),
+                "hash": hashes[d],
+                "subjects": len({c["subject"] for c in truth[d]}),
+                "classes": dict(sorted(Counter(c["emotion"] for c in truth[d]).items())),
+            }
+            for d in plans
+        },
         "clips": [c for d in plans for c in truth[d]],
     }
 
@@ -805,8 +1131,14 @@ def synthesize(out_dir: str | Path, cfg: SynthConfig) -> SynthReport:
     out.mkdir(parents=True, exist_ok=True)
     names = [d for d in DATASETS if d in cfg.datasets]
     casme2 = plan_casme2(cfg) if {"casme2", "video"} & set(names) else None
-    plans = {d: casme2 if d == "casme2" else plan_video(cfg, casme2) if d == "video" else
-             PLANNERS[d](cfg) for d in names}
+    plans = {
+        d: casme2
+        if d == "casme2"
+        else plan_video(cfg, casme2)
+        if d == "video"
+        else PLANNERS[d](cfg)
+        for d in names
+    }
     tmps = {d: out / f".{FOLDERS[d]}.tmp-{os.getpid()}" for d in names}
     try:
         for d in names:
@@ -833,7 +1165,11 @@ def synthesize(out_dir: str | Path, cfg: SynthConfig) -> SynthReport:
     tmp = out / f".{MANIFEST}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, out / MANIFEST)
-    return SynthReport(str(out), str(out / MANIFEST),
-                       tuple((d, manifest["datasets"][d]["clips"]) for d in names),
-                       tuple((d, str(out / FOLDERS[d])) for d in names), tuple(hashes.items()),
-                       manifest["content_hash"])
+    return SynthReport(
+        str(out),
+        str(out / MANIFEST),
+        tuple((d, manifest["datasets"][d]["clips"]) for d in names),
+        tuple((d, str(out / FOLDERS[d])) for d in names),
+        tuple(hashes.items()),
+        manifest["content_hash"],
+    )

@@ -51,8 +51,11 @@ AU_TABLE: dict[int, tuple[tuple[str, tuple[float, float], float], ...]] = {
     17: (("chin", (0.0, -1.0), 0.11), ("lower_lip", (0.0, -0.4), 0.08)),  # chin raiser
     20: (("lip_corner", (0.88, 0.47), 0.1),),  # lip stretcher
     23: (("lip_corner", (-0.7, 0.0), 0.07), ("lower_lip", (0.0, -0.3), 0.07)),  # lip tightener
-    24: (("lower_lip", (0.0, -0.6), 0.08), ("chin", (0.0, -0.5), 0.1),
-         ("upper_lip", (0.0, 0.2), 0.06)),  # lip pressor
+    24: (
+        ("lower_lip", (0.0, -0.6), 0.08),
+        ("chin", (0.0, -0.5), 0.1),
+        ("upper_lip", (0.0, 0.2), 0.06),
+    ),  # lip pressor
     25: (("lower_lip", (0.0, 1.0), 0.08),),  # lips part
     26: (("chin", (0.0, 1.0), 0.14), ("lower_lip", (0.0, 0.8), 0.09)),  # jaw drop
 }
@@ -75,8 +78,7 @@ PROTOTYPES: dict[str, tuple[str, ...]] = {
 }
 SUBTLE = {"repression": 0.6}  # weight factor: repression is a suppressed, weaker movement
 OTHERS_POOL = ("1", "2", "4", "7", "10", "14", "17", "20", "23", "24", "25", "R12", "L14")
-LATERAL = ("inner_brow", "outer_brow", "upper_lid", "lower_lid", "cheek", "nose_wing",
-           "lip_corner")
+LATERAL = ("inner_brow", "outer_brow", "upper_lid", "lower_lid", "cheek", "nose_wing", "lip_corner")
 _AU_NAME = re.compile(r"^([LR]?)(\d+)$")
 
 AUs = tuple[tuple[str, float], ...]  # ((AU name, weight or activation in px), ...)
@@ -143,8 +145,11 @@ def expression_style(rng: np.random.Generator, emotion: str, side: str) -> AUs:
     if keep.sum() < need:
         keep[rng.choice(len(proto), size=need, replace=False)] = True
     factor = SUBTLE.get(emotion, 1.0)
-    aus = [(side + au[1:] if au[0] in "LR" else au, float(rng.uniform(0.5, 1.5)) * factor)
-           for au, k in zip(proto, keep, strict=True) if k]
+    aus = [
+        (side + au[1:] if au[0] in "LR" else au, float(rng.uniform(0.5, 1.5)) * factor)
+        for au, k in zip(proto, keep, strict=True)
+        if k
+    ]
     if rng.random() < 0.25:
         extra = [a for a in OTHERS_POOL if a not in proto and a[0] not in "LR"]
         aus.append((str(rng.choice(extra)), float(rng.uniform(0.2, 0.45)) * factor))
@@ -155,8 +160,9 @@ def draw_identity(rng: np.random.Generator) -> Identity:
     """Sample a person: geometry, colours, texture seed, a style for every prototype."""
     u = rng.uniform
     tone = u(0.0, 1.0)
-    skin = tuple(float(lo + (hi - lo) * tone + u(-6, 6))
-                 for lo, hi in ((70, 180), (100, 198), (150, 232)))  # dark .. light, BGR
+    skin = tuple(
+        float(lo + (hi - lo) * tone + u(-6, 6)) for lo, hi in ((70, 180), (100, 198), (150, 232))
+    )  # dark .. light, BGR
     hair_tone = u(15, 75)
     hair = (hair_tone * u(0.7, 1.0), hair_tone * u(0.8, 1.0), hair_tone * u(0.9, 1.3))
     bg = u(90, 200)
@@ -195,16 +201,21 @@ def landmarks(ident: Identity) -> dict[str, tuple[float, float]]:
         "nose_wing": (ndx + 0.01, ny - 0.01),
         "lip_corner": (mw, my),
     }
-    pts = {"glabella": (0.0, ey - gap * 0.6), "upper_lip": (0.0, my - up),
-           "lower_lip": (0.0, my + lo), "chin": (0.0, ident.axes[1] - 0.1)}
+    pts = {
+        "glabella": (0.0, ey - gap * 0.6),
+        "upper_lip": (0.0, my - up),
+        "lower_lip": (0.0, my + lo),
+        "chin": (0.0, ident.axes[1] - 0.1),
+    }
     for name, (x, y) in lateral.items():
         pts[name + "_L"] = (x, y)  # subject's left = image right
         pts[name + "_R"] = (-x, y)
     return pts
 
 
-def to_px(ident: Identity, spec: RenderSpec, x: float, y: float,
-          scale: float = 1.0) -> tuple[float, float]:
+def to_px(
+    ident: Identity, spec: RenderSpec, x: float, y: float, scale: float = 1.0
+) -> tuple[float, float]:
     """Canvas pixel of face point (x, y) (face widths from the face centre), times `scale`."""
     fw = spec.face_width
     cx = (spec.width / 2 + ident.centre[0] * fw) * scale
@@ -249,8 +260,9 @@ def unit_field(ident: Identity, spec: RenderSpec, au: str) -> np.ndarray:
     return _frozen(field)
 
 
-def expression_field(ident: Identity, spec: RenderSpec,
-                     activations: Mapping[str, float]) -> np.ndarray:
+def expression_field(
+    ident: Identity, spec: RenderSpec, activations: Mapping[str, float]
+) -> np.ndarray:
     """Eq. (1): (H, W, 2) sum of AU unit fields scaled by their activations (px)."""
     field = np.zeros((spec.height, spec.width, 2), np.float32)
     for au, a in activations.items():
@@ -271,8 +283,9 @@ def min_jacobian(field: np.ndarray) -> float:
     return float(((1 + gx0) * (1 + gy1) - gy0 * gx1).min())
 
 
-def apex_activations(ident: Identity, spec: RenderSpec, aus: AUs, amplitude: float,
-                     min_det: float) -> tuple[AUs, float]:
+def apex_activations(
+    ident: Identity, spec: RenderSpec, aus: AUs, amplitude: float, min_det: float
+) -> tuple[AUs, float]:
     """Scale AU weights so the apex field's largest displacement is `amplitude` px, or
     less where the face would be crushed or fold (det(I + ∇d) < `min_det`); returns
     the activations and the amplitude reached."""
@@ -290,8 +303,12 @@ def apex_activations(ident: Identity, spec: RenderSpec, aus: AUs, amplitude: flo
     return tuple((au, w * scale) for au, w in aus), peak * scale
 
 
-def sample_grid(field: np.ndarray, shift: tuple[float, float] = (0.0, 0.0),
-                angle_deg: float = 0.0, iterations: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def sample_grid(
+    field: np.ndarray,
+    shift: tuple[float, float] = (0.0, 0.0),
+    angle_deg: float = 0.0,
+    iterations: int = 3,
+) -> tuple[np.ndarray, np.ndarray]:
     """cv2.remap maps for a face moved by `field`, then by a rigid head motion.
 
     The rigid motion (rotation `angle_deg` about the canvas centre, then `shift`) is
@@ -332,8 +349,9 @@ def _paint(img: np.ndarray, mask: np.ndarray, colour, alpha: float = 1.0) -> Non
 def _ellipse(shape, centre, axes, thickness: int = -1, arc=(0, 360)) -> np.ndarray:
     c = (int(round(centre[0])), int(round(centre[1])))
     a = (max(1, int(round(axes[0]))), max(1, int(round(axes[1]))))
-    return _mask(shape, lambda m: cv2.ellipse(m, c, a, 0, arc[0], arc[1], 255, thickness,
-                                              cv2.LINE_AA))
+    return _mask(
+        shape, lambda m: cv2.ellipse(m, c, a, 0, arc[0], arc[1], 255, thickness, cv2.LINE_AA)
+    )
 
 
 def _line(shape, p0, p1, thickness: float) -> np.ndarray:
@@ -383,16 +401,22 @@ def _face_layer(ident: Identity, spec: RenderSpec) -> np.ndarray:
     fringe = _ellipse(shape, (cx + 0.05 * fw, cy - b), (a * 1.08, (ident.hairline + 0.06) * fw))
     _paint(img, fringe * face, hair)  # the hair covers the top of the forehead
     # eye sockets and the shadow under the nose: soft darkening
-    sockets = sum(_ellipse(shape, P(sgn * edx, ey - 0.01), (ew * 1.7 * fw, eh * 2.6 * fw))
-                  for sgn in (-1, 1))
+    sockets = sum(
+        _ellipse(shape, P(sgn * edx, ey - 0.01), (ew * 1.7 * fw, eh * 2.6 * fw)) for sgn in (-1, 1)
+    )
     under_nose = _ellipse(shape, P(0, ident.nose[0] + 0.03), (0.07 * fw, 0.025 * fw))
     dark = np.clip(sockets, 0, 1) * 0.22 + under_nose * 0.2
     img *= 1.0 - cv2.GaussianBlur(dark, (0, 0), 0.025 * fw)[..., None]
     gap, blen, thick, arch = ident.brow
     for sgn in (-1, 1):
         bx, by = P(sgn * edx, ey - gap)
-        brow = _ellipse(shape, (bx, by + arch * fw), (blen * fw, (arch + 0.03) * fw),
-                        int(thick * fw), arc=(200, 340))
+        brow = _ellipse(
+            shape,
+            (bx, by + arch * fw),
+            (blen * fw, (arch + 0.03) * fw),
+            int(thick * fw),
+            arc=(200, 340),
+        )
         _paint(img, brow, hair * 0.9, 0.95)
     ny, ndx = ident.nose
     for sgn in (-1, 1):
@@ -407,8 +431,7 @@ def _face_layer(ident: Identity, spec: RenderSpec) -> np.ndarray:
     return _frozen(img)
 
 
-def _draw_eye(img: np.ndarray, centre, w: float, h: float, closure: float,
-              ident: Identity) -> None:
+def _draw_eye(img: np.ndarray, centre, w: float, h: float, closure: float, ident: Identity) -> None:
     """Sclera, iris and pupil inside the lid opening; the upper lid descends with `closure`."""
     shape = img.shape[:2]
     eye = _ellipse(shape, centre, (w, h))
@@ -421,8 +444,9 @@ def _draw_eye(img: np.ndarray, centre, w: float, h: float, closure: float,
     _paint(img, iris, (ident.iris * 0.8, ident.iris * 0.9, ident.iris))
     _paint(img, _ellipse(shape, centre, (h * 0.45, h * 0.45)) * opening, (12, 12, 12))
     lash = _ellipse(shape, lid, (1.25 * w, 2 * h), max(1, int(0.22 * h)))
-    _paint(img, lash * _ellipse(shape, centre, (w * 1.08, h * 1.6)),
-           np.asarray(ident.hair) * 0.5, 0.95)
+    _paint(
+        img, lash * _ellipse(shape, centre, (w * 1.08, h * 1.6)), np.asarray(ident.hair) * 0.5, 0.95
+    )
 
 
 @functools.lru_cache(maxsize=512)
@@ -508,8 +532,9 @@ class Motion:
     seed: int  # seeds the nuisances
 
 
-def render_clip(ident: Identity, spec: RenderSpec, motion: Motion, nuisance: Nuisance,
-                grey: bool) -> Iterator[np.ndarray]:
+def render_clip(
+    ident: Identity, spec: RenderSpec, motion: Motion, nuisance: Nuisance, grey: bool
+) -> Iterator[np.ndarray]:
     """Yield the recording's frames, uint8 (H, W, 3) BGR or (H, W) grey: each event's
     field (Eq. 1) times its `temporal_profile`, blinks, smooth sub-pixel head jitter,
     illumination drift and sensor noise."""
@@ -521,8 +546,9 @@ def render_clip(ident: Identity, spec: RenderSpec, motion: Motion, nuisance: Nui
     lids = [_lid_level(c) for c in blink_closure(n, motion.blinks)]
     # smooth head motion: two slow sinusoids per axis (0.2-1.5 Hz) plus a tiny tremor
     freq, phase = rng.uniform(0.2, 1.5, (3, 2)), rng.uniform(0, 2 * np.pi, (3, 2))
-    wave = (0.7 * np.sin(2 * np.pi * freq[:, :1] * t + phase[:, :1])
-            + 0.3 * np.sin(2 * np.pi * freq[:, 1:] * t + phase[:, 1:]))  # (3, count)
+    wave = 0.7 * np.sin(2 * np.pi * freq[:, :1] * t + phase[:, :1]) + 0.3 * np.sin(
+        2 * np.pi * freq[:, 1:] * t + phase[:, 1:]
+    )  # (3, count)
     wave += rng.normal(0, 0.05, (3, motion.count))
     shift_x, shift_y = nuisance.jitter_px * wave[:2]
     angle = nuisance.jitter_deg * wave[2]
@@ -536,8 +562,13 @@ def render_clip(ident: Identity, spec: RenderSpec, motion: Motion, nuisance: Nui
             if level[i] > 0:
                 field += np.float32(level[i]) * f
         px, py = sample_grid(field, (shift_x[i], shift_y[i]), angle[i])
-        img = cv2.remap(neutral_face(ident, spec, lids[i]), px, py, cv2.INTER_LINEAR,
-                        borderMode=cv2.BORDER_REPLICATE)
+        img = cv2.remap(
+            neutral_face(ident, spec, lids[i]),
+            px,
+            py,
+            cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
         if grey:
             img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
         light = (gain[i] * (1.0 + slope[i] * xs)).astype(np.float32)  # (W,)

@@ -11,7 +11,16 @@ import pytest
 
 from lightman.tasks import storage
 from lightman.tasks.datasets import (
-    ADAPTERS, LayoutError, casme, casme2, casme_sq, ckplus, samm, scan, smic, video,
+    ADAPTERS,
+    LayoutError,
+    casme,
+    casme2,
+    casme_sq,
+    ckplus,
+    samm,
+    scan,
+    smic,
+    video,
 )
 from lightman.tasks.datasets.base import FrameError, RowError, layout_of, list_frames, parse_int
 from lightman.tasks.frames import ClipFrames
@@ -42,8 +51,11 @@ def test_casme2_records(tmp_path):
     root = fx.casme2_release(tmp_path)
     result = scan("casme2", str(root))
     assert [r.clip_id for r in result.records] == [
-        "casme2/sub01/EP02_01f", "casme2/sub01/EP03_02", "casme2/sub02/EP01_11f",
-        "casme2/sub26/EP07_28"]
+        "casme2/sub01/EP02_01f",
+        "casme2/sub01/EP03_02",
+        "casme2/sub02/EP01_11f",
+        "casme2/sub26/EP07_28",
+    ]
     assert result.skipped == ()
     rec = result.records[0]
     assert (rec.dataset, rec.subject, rec.filename) == ("casme2", "casme2/sub01", "EP02_01f")
@@ -59,15 +71,22 @@ def test_casme2_records(tmp_path):
     assert slash.repairs == (f"apex missing in {C2_SHEET} row 3 (ApexFrame '/'); estimated later",)
     assert zero.apex is None
     assert zero.repairs == (
-        f"apex missing in {C2_SHEET} row 5 (ApexFrame 0 means unknown); estimated later",)
+        f"apex missing in {C2_SHEET} row 5 (ApexFrame 0 means unknown); estimated later",
+    )
     assert result.records[2].emotion == "surprise"  # 'Surprise' in the sheet
 
 
 def test_casme2_cropped_release_and_updated_sheet(tmp_path):
     """Cropped/ with reg_imgN.jpg; CASME2-coding-updated.xlsx wins over the dated sheet."""
     rows = [[1, "EP02_01f", None, 8, 10, 12, None, "4+7", "repression"]]
-    fx.casme2_release(tmp_path, rows, {"sub01/EP02_01f": range(8, 13)}, frames_dir="Cropped",
-                      sheet="CASME2-coding-updated.xlsx", pattern="reg_img{}.jpg")
+    fx.casme2_release(
+        tmp_path,
+        rows,
+        {"sub01/EP02_01f": range(8, 13)},
+        frames_dir="Cropped",
+        sheet="CASME2-coding-updated.xlsx",
+        pattern="reg_img{}.jpg",
+    )
     fx.write_xlsx(tmp_path / C2_SHEET, {"Sheet1": [fx.CASME2_HEADER, *fx.CASME2_ROWS]})
     (rec,) = scan("casme2", str(tmp_path)).records
     assert rec.emotion == "repression"
@@ -101,13 +120,16 @@ def test_casme2_bad_rows_are_skipped_with_reasons(tmp_path):
     assert why["casme2/sub01/EP09_10"].startswith(f"empty frame folder {empty} (no .jpg/")
     assert why["casme2/sub02/EP01_11f"] == f"{C2_SHEET} row 5: OnsetFrame 9 is after OffsetFrame 5"
     assert why["casme2/sub02/EP01_12"].startswith(
-        f"{C2_SHEET} row 6: unknown emotion 'contempt' for casme2; expected one of ['happiness'")
+        f"{C2_SHEET} row 6: unknown emotion 'contempt' for casme2; expected one of ['happiness'"
+    )
     assert why[f"{C2_SHEET} row 7"] == f"{C2_SHEET} row 7: Subject 'abc' is not a subject number"
     assert why["casme2/sub02/EP01_14"] == (
-        f"{C2_SHEET} row 8: OnsetFrame 'five' is not an integer frame number")
+        f"{C2_SHEET} row 8: OnsetFrame 'five' is not an integer frame number"
+    )
     assert why[f"{C2_SHEET} row 9"] == f"{C2_SHEET} row 9: Filename '' does not name a clip folder"
     assert why["casme2/sub01/EP02_01f"] == (
-        f"duplicate clip id (first at {C2_SHEET} row 2, again at {C2_SHEET} row 10)")
+        f"duplicate clip id (first at {C2_SHEET} row 2, again at {C2_SHEET} row 10)"
+    )
 
 
 def test_corrupt_sheet_file_is_a_layout_error(tmp_path):
@@ -163,7 +185,8 @@ def test_samm_records(tmp_path):
     assert names(a)[0] == "006_05562.jpg" and a.frame_numbers == (5562, 5563, 5564, 5565, 5566)
     b = recs["samm/006/006_1_5"]  # Subject given as the text '006'
     assert b.apex is None and b.repairs == (
-        "apex missing in SAMM_Micro_FACS_Codes_v2.xlsx row 15 (Apex Frame '-'); estimated later",)
+        "apex missing in SAMM_Micro_FACS_Codes_v2.xlsx row 15 (Apex Frame '-'); estimated later",
+    )
     c = recs["samm/007/007_3_1"]
     assert c.offset == 110  # as annotated, past the last frame: preprocessing clamps it
     assert c.frame_numbers == (98, 99, 100, 101, 102)
@@ -198,13 +221,15 @@ def test_smic_sheet_and_unknown_emotion_folder(tmp_path):
     sur = recs["smic/s2/s2_sur_01"]
     assert (sur.onset, sur.offset) == (10, 12)
     assert sur.repairs[-1] == (
-        "no row in smic.xlsx: onset/offset = first/last frame in the folder (10, 12)")
+        "no row in smic.xlsx: onset/offset = first/last frame in the folder (10, 12)"
+    )
     assert why["smic/s1/s1_po_02"] == "smic.xlsx row 4: Onset 101 is after Offset 99"
     anger = tmp_path / "HS" / "s2" / "micro" / "anger"
     assert why["smic/s2/s2_an_01"].startswith("unknown emotion 'anger' for smic")
     assert why["smic/s2/s2_an_01"].endswith(f"(folder {anger})")
     assert why["smic.xlsx row 3"] == (
-        f"smic.xlsx row 3: no clip folder {tmp_path / 'HS'}/s2/micro/*/s2_sur_09")
+        f"smic.xlsx row 3: no clip folder {tmp_path / 'HS'}/s2/micro/*/s2_sur_09"
+    )
     assert len(result.skipped) == 3
 
 
@@ -224,7 +249,8 @@ def test_casme_records(tmp_path):
     assert names(a) == ["img9.jpg", "img10.jpg", "img11.jpg", "img12.jpg", "img13.jpg"]
     b = recs["casme/sub01/EP01_7"]
     assert b.apex is None and b.repairs == (
-        "apex missing in casme.xlsx row 3 (ApexF1 ''); estimated later",)
+        "apex missing in casme.xlsx row 3 (ApexF1 ''); estimated later",
+    )
 
 
 # ---------------------------------------------------------------- CAS(ME)^2
@@ -236,7 +262,10 @@ def test_casme_sq_records(tmp_path):
     assert result.skipped == ()
     recs = by_id(result)
     assert list(recs) == [
-        "casme_sq/s15/disgust1_1", "casme_sq/s15/disgust1_2", "casme_sq/s16/anger1_1"]
+        "casme_sq/s15/disgust1_1",
+        "casme_sq/s15/disgust1_2",
+        "casme_sq/s16/anger1_1",
+    ]
     micro = recs["casme_sq/s15/disgust1_1"]
     assert (micro.subject, micro.expression, micro.emotion) == ("casme_sq/s15", "micro", "negative")
     assert (micro.onset, micro.apex, micro.offset, micro.fps) == (5, 7, 9, 30.0)
@@ -246,7 +275,8 @@ def test_casme_sq_records(tmp_path):
     macro = recs["casme_sq/s15/disgust1_2"]
     assert (macro.expression, macro.emotion, macro.apex) == ("macro", "positive", None)
     assert macro.repairs == (
-        f"apex missing in {SQ_SHEET} row 2 (apex 0 means unknown); estimated later",)
+        f"apex missing in {SQ_SHEET} row 2 (apex 0 means unknown); estimated later",
+    )
     anger = recs["casme_sq/s16/anger1_1"]
     assert (anger.expression, anger.onset, anger.apex, anger.offset) == ("macro", 3, 4, 4)
     assert anger.repairs == (f"offset unknown (0) in {SQ_SHEET} row 3; set to the apex 4",)
@@ -268,22 +298,39 @@ def test_casme_sq_bad_rows(tmp_path):
     why = reasons(result)
     assert len(result.skipped) == len(why) == 6
     assert why[f"{SQ_SHEET} row 4"] == (
-        f"{SQ_SHEET} row 4: participant 3 is not in sheet 'naming rule1'")
+        f"{SQ_SHEET} row 4: participant 3 is not in sheet 'naming rule1'"
+    )
     assert why["casme_sq/s15/happy9_1"] == (
-        f"{SQ_SHEET} row 5: video 'happy9' of clip 'happy9_1' is not in sheet 'naming rule2'")
+        f"{SQ_SHEET} row 5: video 'happy9' of clip 'happy9_1' is not in sheet 'naming rule2'"
+    )
     assert why[f"{SQ_SHEET} row 6"] == (
-        f"{SQ_SHEET} row 6: type 'blink' is neither macro-expression nor micro-expression")
+        f"{SQ_SHEET} row 6: type 'blink' is neither macro-expression nor micro-expression"
+    )
     assert why["casme_sq/s16/anger1_4"] == f"{SQ_SHEET} row 7: onset unknown (0)"
     video_dir = tmp_path / "rawpic" / "s16" / "16_0401eatingworms"
     assert why["casme_sq/s16/anger1_5"] == (
-        f"no frames between onset 40 and offset 45 in {video_dir} (it holds frames 1..8)")
+        f"no frames between onset 40 and offset 45 in {video_dir} (it holds frames 1..8)"
+    )
     assert why["casme_sq/s16/anger1_6"].startswith(
-        f"{SQ_SHEET} row 9: unknown emotion 'sad' for casme_sq")
+        f"{SQ_SHEET} row 9: unknown emotion 'sad' for casme_sq"
+    )
 
 
 def test_casme_sq_lists_each_folder_once(tmp_path, monkeypatch):
-    code = [[1, f"disgust1_{k}", 2 * k, 2 * k + 1, 2 * k + 2, "4", "negative", "micro-expression",
-             "disgust"] for k in range(1, 8)]  # 7 clips from one video folder
+    code = [
+        [
+            1,
+            f"disgust1_{k}",
+            2 * k,
+            2 * k + 1,
+            2 * k + 2,
+            "4",
+            "negative",
+            "micro-expression",
+            "disgust",
+        ]
+        for k in range(1, 8)
+    ]  # 7 clips from one video folder
     root = fx.casme_sq_release(tmp_path, code)
     listed: Counter[str] = Counter()
     real_list_dir = storage.list_dir
@@ -320,7 +367,8 @@ def test_ckplus_records(tmp_path):
     assert names(a)[0] == "S005_001_00000001.png" and a.frame_numbers == (1, 2, 3, 4)
     assert recs["ckplus/S010/001"].emotion == "happy"
     assert why["ckplus/S005/002"] == (
-        f"no emotion label file for {root / 'cohn-kanade-images' / 'S005' / '002'}")
+        f"no emotion label file for {root / 'cohn-kanade-images' / 'S005' / '002'}"
+    )
     label = root / "Emotion" / "S011" / "001" / "S011_001_00000002_emotion.txt"
     assert why["ckplus/S011/001"] == f"emotion file {label}: code 9.0 is not one of 0..7"
 
@@ -329,11 +377,13 @@ def test_ckplus_records(tmp_path):
 
 
 def test_video_records_and_broken_files(tmp_path):
-    rows = [*fx.VIDEO_ROWS,
-            ["broken/garbage.mp4", "p3", "sad", 0, 1, 2, None, None],
-            ["broken/truncated.mp4", "p3", "sad", 0, 1, 2, None, None],
-            ["missing.mp4", "p3", "sad", 0, 1, 2, None, None],
-            ["videos/p1_a.mp4", "p4", "", 0, 1, 2, None, None]]  # empty emotion
+    rows = [
+        *fx.VIDEO_ROWS,
+        ["broken/garbage.mp4", "p3", "sad", 0, 1, 2, None, None],
+        ["broken/truncated.mp4", "p3", "sad", 0, 1, 2, None, None],
+        ["missing.mp4", "p3", "sad", 0, 1, 2, None, None],
+        ["videos/p1_a.mp4", "p4", "", 0, 1, 2, None, None],
+    ]  # empty emotion
     root = fx.video_release(tmp_path, rows)
     garbage = fx.garbage_mp4(root / "broken" / "garbage.mp4")
     truncated = fx.truncated_mp4(root / "broken" / "truncated.mp4", root / "videos" / "p2_b.mp4")
@@ -350,7 +400,8 @@ def test_video_records_and_broken_files(tmp_path):
     assert (b.expression, b.fps, b.apex) == ("macro", 200.0, None)
     assert b.frame_numbers == tuple(range(14))
     assert b.repairs == (
-        "apex missing in labels.csv line 3 (apex -1 means unknown); estimated later",)
+        "apex missing in labels.csv line 3 (apex -1 means unknown); estimated later",
+    )
     assert why["video/p3/garbage"].startswith(f"{garbage}: not a decodable video")
     assert why["video/p3/truncated"].startswith(f"{truncated}: not a decodable video")
     assert why["video/p3/missing"] == f"cannot read {root / 'missing.mp4'}: no such file"
@@ -385,15 +436,18 @@ def test_video_csv_errors(tmp_path):
     fx.write_csv(tmp_path / "more.csv", ["clip"], [])
     with pytest.raises(LayoutError, match="2 CSV files and none named labels.csv"):
         scan("video", str(tmp_path))
-    rows = [["../a.mp4", "p1", "happy", 0, 1, 2, None, None],
-            ["a.mp4", "p/1", "happy", 0, 1, 2, None, None],
-            ["a.mp4", "p1", "happy", 0, 1, 2, None, "nano"]]
+    rows = [
+        ["../a.mp4", "p1", "happy", 0, 1, 2, None, None],
+        ["a.mp4", "p/1", "happy", 0, 1, 2, None, None],
+        ["a.mp4", "p1", "happy", 0, 1, 2, None, "nano"],
+    ]
     result = scan("video", str(fx.video_release(tmp_path / "v", rows)))
     assert result.records == ()
     assert [s.reason for s in result.skipped] == [
         "labels.csv line 2: clip '../a.mp4' is not a file path relative to the root",
         "labels.csv line 3: subject 'p/1' must be non-empty and contain no '/'",
-        "labels.csv line 4: expression 'nano' is not one of ('micro', 'macro')"]
+        "labels.csv line 4: expression 'nano' is not one of ('micro', 'macro')",
+    ]
 
 
 # ---------------------------------------------------------------- filters and registry
@@ -402,6 +456,7 @@ def test_video_csv_errors(tmp_path):
 def test_filters_subjects_expression_limit(tmp_path):
     c2 = str(fx.casme2_release(tmp_path / "c2"))
     ids = ["casme2/sub01/EP02_01f", "casme2/sub01/EP03_02", "casme2/sub26/EP07_28"]
+
     def clip_ids(**filters) -> list[str]:
         return [r.clip_id for r in scan("casme2", c2, **filters).records]
 
@@ -417,9 +472,12 @@ def test_filters_subjects_expression_limit(tmp_path):
         scan("casme2", c2, limit=0)
     sq = str(fx.casme_sq_release(tmp_path / "sq"))
     assert [r.clip_id for r in scan("casme_sq", sq, expression="macro").records] == [
-        "casme_sq/s15/disgust1_2", "casme_sq/s16/anger1_1"]
+        "casme_sq/s15/disgust1_2",
+        "casme_sq/s16/anger1_1",
+    ]
     assert [r.clip_id for r in scan("casme_sq", sq, expression="micro").records] == [
-        "casme_sq/s15/disgust1_1"]
+        "casme_sq/s15/disgust1_1"
+    ]
 
 
 def test_limit_counts_usable_clips_and_reports_skips_on_the_way(tmp_path):
@@ -444,7 +502,11 @@ def test_list_frames_order_and_errors(tmp_path):
     uris, numbers = list_frames(storage.resolve(str(tmp_path / "a")))
     assert numbers == (1, 9, 10, 100)
     assert [u.rsplit("/", 1)[-1] for u in uris] == [
-        "img1.jpg", "img9.jpg", "img10.jpg", "img100.jpg"]
+        "img1.jpg",
+        "img9.jpg",
+        "img10.jpg",
+        "img100.jpg",
+    ]
     fx.write_frames(tmp_path / "b", [46])
     fx.write_frames(tmp_path / "b", [46], "reg_img{}.jpg")
     with pytest.raises(FrameError, match="frame number 46 appears twice in .*: img46.jpg, reg_img"):
@@ -488,4 +550,9 @@ def test_casme2_from_s3(tmp_path, s3_endpoint):
         assert r.frame_uris == tuple(u.replace(str(root), prefix) for u in lo.frame_uris)
         assert r.source_uri == lo.source_uri.replace(str(root), prefix)
         assert (r.onset, r.apex, r.offset, r.frame_numbers, r.repairs) == (
-            lo.onset, lo.apex, lo.offset, lo.frame_numbers, lo.repairs)
+            lo.onset,
+            lo.apex,
+            lo.offset,
+            lo.frame_numbers,
+            lo.repairs,
+        )

@@ -1,4 +1,4 @@
-"""The `lightman` console script: help with examples, and synth → ingest → inspect as a user runs them."""
+"""The `lightman` console script: help with examples; synth → ingest → inspect, as users run it."""
 
 from __future__ import annotations
 
@@ -28,14 +28,35 @@ def test_help_shows_examples_for_every_command():
 
 
 def test_synth_ingest_inspect(tmp_path):
-    synth = run("synth", "--out", str(tmp_path / "synth"), "datasets=[casme2]", "casme2.subjects=3",
-                "casme2.clips=10", "seed=2")
+    synth = run(
+        "synth",
+        "--out",
+        str(tmp_path / "synth"),
+        "datasets=[casme2]",
+        "casme2.subjects=3",
+        "casme2.clips=10",
+        "seed=2",
+    )
     assert synth.returncode == 0, synth.stderr
-    assert "casme2" in synth.stdout and (tmp_path / "synth" / "CASME2" / "CASME2-coding-20140508.xlsx").exists()
+    assert (
+        "casme2" in synth.stdout
+        and (tmp_path / "synth" / "CASME2" / "CASME2-coding-20140508.xlsx").exists()
+    )
 
     index = str(tmp_path / "index")
-    ingest = run("ingest", "casme2", str(tmp_path / "synth" / "CASME2"), "--out", index,
-                 "--size", "32", "--frames", "6", "--label-scheme", "native")
+    ingest = run(
+        "ingest",
+        "casme2",
+        str(tmp_path / "synth" / "CASME2"),
+        "--out",
+        index,
+        "--size",
+        "32",
+        "--frames",
+        "6",
+        "--label-scheme",
+        "native",
+    )
     assert ingest.returncode == 0, ingest.stderr
     assert "ingested 10 casme2 clips" in ingest.stdout
     manifest = json.loads((Path(index) / "manifest.json").read_text())
@@ -48,11 +69,17 @@ def test_synth_ingest_inspect(tmp_path):
     assert "casme2: 10 clips" in inspect.stdout and png.stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["ingest", "samm", "{tmp}", "--out", "{tmp}/index"], "SAMM"),  # an empty folder is not a SAMM release
-    (["synth", "--out", "{tmp}/s", "casme2.subject=3"], "valid keys"),
-    (["ingest", "casme2", "{tmp}", "--out", "{tmp}/index", "preprocess.size=0"], "size"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["ingest", "samm", "{tmp}", "--out", "{tmp}/index"],
+            "SAMM",
+        ),  # an empty folder is not a SAMM release
+        (["synth", "--out", "{tmp}/s", "casme2.subject=3"], "valid keys"),
+        (["ingest", "casme2", "{tmp}", "--out", "{tmp}/index", "preprocess.size=0"], "size"),
+    ],
+)
 def test_errors_exit_2_with_a_specific_message(tmp_path, capsys, argv, message):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
     err = capsys.readouterr().err

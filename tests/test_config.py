@@ -39,7 +39,11 @@ def test_yaml_and_overrides(tmp_path):
 def test_unknown_key_lists_valid_keys():
     with pytest.raises(ConfigError) as e:
         load_config(Outer, None, ["inner.stepz=2"])
-    assert "inner.stepz" in str(e.value) and "inner.steps" in str(e.value) and "inner.inner_lr" in str(e.value)
+    assert (
+        "inner.stepz" in str(e.value)
+        and "inner.steps" in str(e.value)
+        and "inner.inner_lr" in str(e.value)
+    )
     with pytest.raises(ConfigError, match="valid keys.*seed"):
         load_config(Outer, None, ["sede=1"])
 
@@ -68,15 +72,19 @@ def _config_class(path: Path):
     command = first.split()[2]
     if command == "synth":
         from lightman.tasks.synth import SynthConfig
+
         return SynthConfig
     if command == "train":
         from lightman.platform.train import TrainConfig
+
         return TrainConfig
     if command == "demo":
         from lightman.platform.demo import DemoConfig
+
         return DemoConfig
     if command == "ingest":
         from lightman.platform.ingest import IngestConfig
+
         return IngestConfig
     raise AssertionError(f"{path}: unknown command {command!r}")
 
@@ -86,7 +94,10 @@ def test_every_repo_config_loads(path):
     load_config(_config_class(path), path)
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "tune_spaces").glob("*.yaml")) + sorted((REPO / "deploy").glob("*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    sorted((REPO / "tune_spaces").glob("*.yaml")) + sorted((REPO / "deploy").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
 def test_every_repo_yaml_parses(path):
     assert yaml.safe_load(path.read_text()) is not None

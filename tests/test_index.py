@@ -33,8 +33,12 @@ def _parquet_files(root: Path) -> list[str]:
 
 
 def test_round_trip_rows_frames_and_partitions(tmp_path, index_rows, dataset_entry):
-    rows = index_rows("casme2", 11, repairs_every=4) + index_rows("casme2", 5, expression="macro", seed=1)
-    m = index.write_index(rows, str(tmp_path), dataset_entry("casme2"), row_group_size=4, rows_per_file=8)
+    rows = index_rows("casme2", 11, repairs_every=4) + index_rows(
+        "casme2", 5, expression="macro", seed=1
+    )
+    m = index.write_index(
+        rows, str(tmp_path), dataset_entry("casme2"), row_group_size=4, rows_per_file=8
+    )
 
     got = _by_clip(index.read_table(str(tmp_path)).to_pylist())
     assert got.keys() == _by_clip(rows).keys()
@@ -58,28 +62,43 @@ def test_round_trip_rows_frames_and_partitions(tmp_path, index_rows, dataset_ent
 def test_manifest_contents(tmp_path, index_rows, dataset_entry):
     rows = index_rows("casme2", 9, subjects=3, repairs_every=2)
     skipped = [{"dataset": "casme2", "clip": "casme2/s09/x", "reason": "unknown emotion 'meh'"}]
-    entry = dataset_entry("casme2", source_uri="/data/casme2", adapter="casme2", skipped=skipped,
-                          preprocess={"frames": 3, "size": 8})
-    late = Skipped("casme2", "casme2/s01/late", "onset 5 is not a frame on disk")  # met while rows are made
+    entry = dataset_entry(
+        "casme2",
+        source_uri="/data/casme2",
+        adapter="casme2",
+        skipped=skipped,
+        preprocess={"frames": 3, "size": 8},
+    )
+    late = Skipped(
+        "casme2", "casme2/s01/late", "onset 5 is not a frame on disk"
+    )  # met while rows are made
     index.write_index(rows[:4] + [late] + rows[4:], str(tmp_path), entry)
     man = index.read_manifest(str(tmp_path))
     assert man["schema_version"] == 1 and man["format"] == "lightman-index"
     e = man["datasets"]["casme2"]
     names = e["label_scheme"]["class_names"]
     assert e["counts"]["clips"] == man["num_rows"] == 9
-    assert e["counts"]["per_class"] == {names[k]: v for k, v in sorted(Counter(r["label"] for r in rows).items())}
+    assert e["counts"]["per_class"] == {
+        names[k]: v for k, v in sorted(Counter(r["label"] for r in rows).items())
+    }
     assert e["counts"]["per_subject"] == dict(Counter(r["subject"] for r in rows))
     assert e["counts"]["per_expression"] == {"micro": 9}
     assert e["repairs"] == {r["clip_id"]: r["repairs"] for r in rows if r["repairs"]}
     assert len(e["repairs"]) == 5
-    assert e["skipped"] == skipped + [late.to_dict()] and e["source_uri"] == "/data/casme2" and e["preprocess"]["size"] == 8
+    assert (
+        e["skipped"] == skipped + [late.to_dict()]
+        and e["source_uri"] == "/data/casme2"
+        and e["preprocess"]["size"] == 8
+    )
     assert {"python", "lightman", "numpy", "pyarrow", "decord"} <= set(e["versions"])
     assert man["files"] == sorted(f["path"] for f in e["files"]) == _parquet_files(tmp_path)
     assert sum(f["rows"] for f in e["files"]) == 9
     assert man["content_hash"] == index.index_hash({"casme2": e["content_hash"]})
 
 
-def test_content_hash_order_independent_sensitive_and_recomputable(tmp_path, index_rows, dataset_entry):
+def test_content_hash_order_independent_sensitive_and_recomputable(
+    tmp_path, index_rows, dataset_entry
+):
     rows = index_rows("casme2", 10)
     shuffled = rows[:]
     random.Random(3).shuffle(shuffled)
@@ -133,10 +152,14 @@ def test_failed_write_leaves_previous_index_intact(tmp_path, index_rows, dataset
     assert (tmp_path / "manifest.json").read_bytes() == manifest_bytes
     assert index.read_table(root).equals(before)
     assert _parquet_files(tmp_path) == files_before
-    assert sorted(p.name for p in (tmp_path / "_v").iterdir()) == [index.read_manifest(root)["datasets"]["casme2"]["version"]]
+    assert sorted(p.name for p in (tmp_path / "_v").iterdir()) == [
+        index.read_manifest(root)["datasets"]["casme2"]["version"]
+    ]
 
 
-def test_readers_ignore_uncommitted_files_and_commit_collects_them(tmp_path, index_rows, dataset_entry):
+def test_readers_ignore_uncommitted_files_and_commit_collects_them(
+    tmp_path, index_rows, dataset_entry
+):
     root = str(tmp_path)
     index.write_index(index_rows("casme2", 4), root, dataset_entry("casme2"))
     # what a killed writer leaves: a version folder the manifest never listed
@@ -171,30 +194,45 @@ def test_ingesting_a_dataset_replaces_it_and_keeps_the_others(tmp_path, index_ro
 
 def test_filters_and_columns(tmp_path, index_rows, dataset_entry):
     root = str(tmp_path)
-    index.write_index(index_rows("casme2", 8, subjects=4) + index_rows("casme2", 3, expression="macro", seed=2),
-                      root, dataset_entry("casme2"), row_group_size=2)
+    index.write_index(
+        index_rows("casme2", 8, subjects=4) + index_rows("casme2", 3, expression="macro", seed=2),
+        root,
+        dataset_entry("casme2"),
+        row_group_size=2,
+    )
     index.write_index(index_rows("ckplus", 4, expression="macro"), root, dataset_entry("ckplus"))
 
     assert index.read_table(root).num_rows == 15
-    assert set(index.read_table(root, datasets=["ckplus"]).column("dataset").to_pylist()) == {"ckplus"}
+    assert set(index.read_table(root, datasets=["ckplus"]).column("dataset").to_pylist()) == {
+        "ckplus"
+    }
     macro = index.read_table(root, expression="macro")
     assert macro.num_rows == 7 and set(macro.column("expression").to_pylist()) == {"macro"}
-    subs = index.read_table(root, subjects=["casme2/s01", "casme2/s03"], columns=["clip_id", "subject"])
+    subs = index.read_table(
+        root, subjects=["casme2/s01", "casme2/s03"], columns=["clip_id", "subject"]
+    )
     assert subs.column_names == ["clip_id", "subject"]
     assert sorted(subs.column("clip_id").to_pylist()) == [
-        "casme2/s01/macro_001", "casme2/s01/micro_001", "casme2/s01/micro_005",
-        "casme2/s03/micro_003", "casme2/s03/micro_007",
+        "casme2/s01/macro_001",
+        "casme2/s01/micro_001",
+        "casme2/s01/micro_005",
+        "casme2/s03/micro_003",
+        "casme2/s03/micro_007",
     ]
     assert index.read_table(root, datasets="ckplus", expression="micro").num_rows == 0
     assert len(index.index_files(root, datasets=["casme2"], expression="micro")) == 1
 
 
 def test_clear_errors(tmp_path, index_rows, dataset_entry):
-    with pytest.raises(index.BadIndexError, match=r"no index at .*nowhere: manifest.json not found"):
+    with pytest.raises(
+        index.BadIndexError, match=r"no index at .*nowhere: manifest.json not found"
+    ):
         index.read_table(str(tmp_path / "nowhere"))
     root = str(tmp_path / "idx")
     m = index.write_index(index_rows("casme2", 4), root, dataset_entry("casme2"))
-    with pytest.raises(index.BadIndexError, match=r"datasets \['samm'\] not in index .* it has \['casme2'\]"):
+    with pytest.raises(
+        index.BadIndexError, match=r"datasets \['samm'\] not in index .* it has \['casme2'\]"
+    ):
         index.read_table(root, datasets=["samm"])
     with pytest.raises(ValueError, match=r"prefixed by their dataset, e.g. 'casme2/s01'"):
         index.read_table(root, subjects=["s01"])
@@ -204,13 +242,24 @@ def test_clear_errors(tmp_path, index_rows, dataset_entry):
         index.read_table(root, expression="nano")
 
     rows = index_rows("casme2", 4)
-    with pytest.raises(ValueError, match=r"row 1 \(casme2/s01/micro_001\): missing columns \['flow'\]"):
-        index.write_index([rows[0], {k: v for k, v in rows[1].items() if k != "flow"}], root, dataset_entry("casme2"))
-    with pytest.raises(ValueError, match=r"dataset 'casme2' differs from the entry's dataset 'samm'"):
+    with pytest.raises(
+        ValueError, match=r"row 1 \(casme2/s01/micro_001\): missing columns \['flow'\]"
+    ):
+        index.write_index(
+            [rows[0], {k: v for k, v in rows[1].items() if k != "flow"}],
+            root,
+            dataset_entry("casme2"),
+        )
+    with pytest.raises(
+        ValueError, match=r"dataset 'casme2' differs from the entry's dataset 'samm'"
+    ):
         index.write_index(rows, root, dataset_entry("samm"))
     with pytest.raises(ValueError, match=r"duplicate clip_id 'casme2/s00/micro_000' \(row 2\)"):
         index.write_index(rows[:2] + rows[:1], root, dataset_entry("casme2"))
-    with pytest.raises(ValueError, match=r"row 2 \(casme2/s00/micro_002\): label 2 is outside the scheme's 2 classes"):
+    with pytest.raises(
+        ValueError,
+        match=r"row 2 \(casme2/s00/micro_002\): label 2 is outside the scheme's 2 classes",
+    ):
         index.write_index(rows, root, dataset_entry("casme2", classes=2))
     with pytest.raises(ValueError, match=r"casme2/s00/micro_000: column 'onset'"):
         index.write_index([dict(rows[0], onset="ten")], root, dataset_entry("casme2"))
@@ -240,13 +289,26 @@ def test_empty_dataset_is_committed_with_its_skips(tmp_path, dataset_entry):
 def test_inspect_report_and_contact_sheet(tmp_path, index_rows, dataset_entry):
     import cv2
 
-    from lightman.platform.inspect import inspect_index, key_frames, magnified_difference, sample_clips
+    from lightman.platform.inspect import (
+        inspect_index,
+        key_frames,
+        magnified_difference,
+        sample_clips,
+    )
 
     root = str(tmp_path / "idx")
-    skipped = [{"dataset": "casme2", "clip": "casme2/s05/EP01", "reason": "onset 9 is after offset 3"}]
+    skipped = [
+        {"dataset": "casme2", "clip": "casme2/s05/EP01", "reason": "onset 9 is after offset 3"}
+    ]
     rows = index_rows("casme2", 8, repairs_every=3)
-    index.write_index(rows, root, dataset_entry("casme2", skipped=skipped, source_uri="/data/CASME2"))
-    index.write_index(index_rows("ckplus", 3, expression="macro", classes=2), root, dataset_entry("ckplus", classes=2))
+    index.write_index(
+        rows, root, dataset_entry("casme2", skipped=skipped, source_uri="/data/CASME2")
+    )
+    index.write_index(
+        index_rows("ckplus", 3, expression="macro", classes=2),
+        root,
+        dataset_entry("ckplus", classes=2),
+    )
 
     png = tmp_path / "sheet.png"
     report = inspect_index(root, str(png), clips=4)
@@ -255,7 +317,9 @@ def test_inspect_report_and_contact_sheet(tmp_path, index_rows, dataset_entry):
     assert "per class: emotion0 3, emotion1 3, emotion2 2" in report
     assert "per subject (2): casme2/s00 4, casme2/s01 4" in report
     assert "casme2/s05/EP01: onset 9 is after offset 3" in report
-    assert "repaired clips: 3 (apex 3)" in report and "casme2/s00/micro_006: apex: missing" in report
+    assert (
+        "repaired clips: 3 (apex 3)" in report and "casme2/s00/micro_006: apex: missing" in report
+    )
     assert "contact sheet (4 clips)" in report
     img = cv2.imread(str(png))
     assert img is not None and img.shape[0] > img.shape[1]  # 4 rows of 4 panels: taller than wide
@@ -265,7 +329,10 @@ def test_inspect_report_and_contact_sheet(tmp_path, index_rows, dataset_entry):
     groups = ["a"] * 5 + ["b"] * 3 + ["c"]
     pick = sample_clips(ids, groups, 3, seed=1)
     assert sorted(groups[ids.index(p)] for p in pick) == ["a", "b", "c"]
-    assert sample_clips(ids, groups, 20) == sample_clips(ids, groups, 20) and len(sample_clips(ids, groups, 20)) == 9
+    assert (
+        sample_clips(ids, groups, 20) == sample_clips(ids, groups, 20)
+        and len(sample_clips(ids, groups, 20)) == 9
+    )
 
     # key frames: first/last sampled and the one nearest the apex; difference ×10, clipped
     onset, apex, offset, apex_n = key_frames(rows[1])
@@ -277,4 +344,6 @@ def test_inspect_report_and_contact_sheet(tmp_path, index_rows, dataset_entry):
     np.testing.assert_array_equal(offset, frames[-1])
     a = np.zeros((2, 2, 3), np.uint8)
     b = np.array([[[3, 3, 3], [0, 0, 30]], [[255, 255, 255], [1, 2, 3]]], np.uint8)
-    np.testing.assert_allclose(magnified_difference(a, b), [[30 / 255, 100 / 255], [1.0, 20 / 255]], rtol=1e-6)
+    np.testing.assert_allclose(
+        magnified_difference(a, b), [[30 / 255, 100 / 255], [1.0, 20 / 255]], rtol=1e-6
+    )

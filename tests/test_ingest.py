@@ -13,7 +13,14 @@ import pytest
 from lightman.platform import index
 from lightman.platform.config import ConfigError, load_config
 from lightman.platform.ingest import (
-    IngestConfig, IngestError, format_summary, ingest, label_records, pool_map, process_clip, ray_map,
+    IngestConfig,
+    IngestError,
+    format_summary,
+    ingest,
+    label_records,
+    pool_map,
+    process_clip,
+    ray_map,
 )
 from lightman.tasks.datasets import LayoutError, scan
 from lightman.tasks.labels import build_scheme
@@ -26,7 +33,7 @@ TINY = PreprocessConfig(frames=4, size=32)
 
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory) -> Path:
-    """A seeded CASME II release: 12 clips of 3 subjects (sheet quirks included) + its ground truth."""
+    """A seeded CASME II release: 12 clips of 3 subjects (sheet quirks included), ground truth."""
     out = tmp_path_factory.mktemp("synth")
     synthesize(out, SynthConfig(seed=0, datasets=("casme2",), casme2=SetSize(3, 12, 200.0)))
     return out
@@ -67,15 +74,23 @@ def test_ingest_synthetic_casme2(synth_root, casme2_src, tmp_path):
         assert row["emotion"] == t["emotion"] and row["onset"] == t["onset"]
         assert scheme.class_names[row["label"]] == t["emotion"]
         assert frames_from_row(row).shape == (4, 32, 32, 3)
-        assert row["sampled_frames"][0] == row["onset"] and row["sampled_frames"][-1] == row["offset"]
+        assert (
+            row["sampled_frames"][0] == row["onset"] and row["sampled_frames"][-1] == row["offset"]
+        )
     # the generator's sheet quirks come back as recorded repairs
     quirky = {cid for cid, t in truth.items() if t["quirks"]}
     assert quirky and quirky <= set(entry["repairs"])
-    assert summary.repairs == entry["counts"]["repairs_by_kind"] and summary.repairs.get("apex", 0) >= 1
+    assert (
+        summary.repairs == entry["counts"]["repairs_by_kind"]
+        and summary.repairs.get("apex", 0) >= 1
+    )
     assert entry["label_scheme"] == {"name": "native", "class_names": list(scheme.class_names)}
     assert entry["preprocess"]["frames"] == 4 and entry["ingest"]["workers"] == 1
     assert entry["source_uri"] == str(casme2_src) and entry["adapter"] == "casme2"
-    assert summary.class_counts == entry["counts"]["per_class"] and sum(summary.class_counts.values()) == 12
+    assert (
+        summary.class_counts == entry["counts"]["per_class"]
+        and sum(summary.class_counts.values()) == 12
+    )
     assert summary.frames == 12 * 4 and summary.clips_per_s > 0
 
     text = format_summary(summary)
@@ -96,34 +111,59 @@ def test_skipped_clips_and_reasons_reach_the_manifest(synth_root, casme2_src, tm
     gone = truth[ids[0]]
     shutil.rmtree(casme2_src.parent / gone["path"])
     # 2. preprocessing: the onset frame of another clip is missing on disk
-    broken = next(truth[c] for c in ids[1:] if truth[c]["emotion"] in ("happiness", "surprise", "disgust"))
+    broken = next(
+        truth[c] for c in ids[1:] if truth[c]["emotion"] in ("happiness", "surprise", "disgust")
+    )
     (casme2_src.parent / broken["path"] / f"img{broken['onset']}.jpg").unlink()
     # 3. the label scheme: composite3 drops 'others' (and fear/sadness) in CASME II
     out = str(tmp_path / "idx")
-    summary = ingest("casme2", str(casme2_src), out, IngestConfig(preprocess=TINY, label_scheme="composite3"))
+    summary = ingest(
+        "casme2", str(casme2_src), out, IngestConfig(preprocess=TINY, label_scheme="composite3")
+    )
 
-    skipped = {s["clip"]: s["reason"] for s in index.read_manifest(out)["datasets"]["casme2"]["skipped"]}
+    skipped = {
+        s["clip"]: s["reason"] for s in index.read_manifest(out)["datasets"]["casme2"]["skipped"]
+    }
     assert {s.clip: s.reason for s in summary.skipped} == skipped
     assert ids[0] in skipped and "casme2" in skipped[ids[0]].lower()
     broken_id = f"casme2/{broken['subject']}/{broken['clip']}"
     assert f"onset {broken['onset']} is not a frame on disk" in skipped[broken_id]
-    outside = {cid for cid, t in truth.items() if t["emotion"] in ("others", "fear", "sadness")} - {ids[0]}
+    outside = {cid for cid, t in truth.items() if t["emotion"] in ("others", "fear", "sadness")} - {
+        ids[0]
+    }
     assert outside and all("outside the composite3 scheme" in skipped[c] for c in outside)
     kept = set(truth) - set(skipped)
-    assert set(index.read_table(out).column("clip_id").to_pylist()) == kept and summary.ingested == len(kept)
+    assert set(
+        index.read_table(out).column("clip_id").to_pylist()
+    ) == kept and summary.ingested == len(kept)
     assert f"skipped: {len(skipped)}" in format_summary(summary)
 
 
 def _rows_equal(a: list, b: list) -> None:
     assert [type(x) for x in a] == [type(x) for x in b]
-    assert [x if isinstance(x, Skipped) else index.row_digest(x) for x in a] == \
-        [x if isinstance(x, Skipped) else index.row_digest(x) for x in b]
+    assert [x if isinstance(x, Skipped) else index.row_digest(x) for x in a] == [
+        x if isinstance(x, Skipped) else index.row_digest(x) for x in b
+    ]
 
 
 def _jobs(src):
     jobs, _ = label_records(scan("casme2", str(src)).records, build_scheme("native", ["casme2"]))
-    return jobs + [(ClipRecord(dataset="casme2", subject="casme2/sub09", filename="EP00", expression="micro",
-                               emotion="others", onset=1, apex=2, offset=3, fps=200.0), 4)]
+    return jobs + [
+        (
+            ClipRecord(
+                dataset="casme2",
+                subject="casme2/sub09",
+                filename="EP00",
+                expression="micro",
+                emotion="others",
+                onset=1,
+                apex=2,
+                offset=3,
+                fps=200.0,
+            ),
+            4,
+        )
+    ]
 
 
 def test_process_pool_gives_the_rows_in_order(casme2_src):
@@ -138,8 +178,12 @@ def test_ray_tasks_give_the_rows_in_order(ray_local, casme2_src):
 
 
 def test_one_and_two_workers_write_the_same_index(casme2_src, tmp_path):
-    one = ingest("casme2", str(casme2_src), str(tmp_path / "w1"), IngestConfig(preprocess=TINY, workers=1))
-    two = ingest("casme2", str(casme2_src), str(tmp_path / "w2"), IngestConfig(preprocess=TINY, workers=2))
+    one = ingest(
+        "casme2", str(casme2_src), str(tmp_path / "w1"), IngestConfig(preprocess=TINY, workers=1)
+    )
+    two = ingest(
+        "casme2", str(casme2_src), str(tmp_path / "w2"), IngestConfig(preprocess=TINY, workers=2)
+    )
     assert one.content_hash == two.content_hash and one.ingested == two.ingested == 12
     m1, m2 = index.read_manifest(str(tmp_path / "w1")), index.read_manifest(str(tmp_path / "w2"))
     assert m1["content_hash"] == m2["content_hash"]
@@ -164,17 +208,33 @@ def test_ingest_from_and_to_s3(s3_endpoint, casme2_src, tmp_path):
     b = index.read_table(str(tmp_path / "idx")).sort_by("clip_id")
     # the same clips, frames and labels; only where they came from differs
     assert a.drop_columns(["source_uri"]).equals(b.drop_columns(["source_uri"]))
-    assert all(u.startswith(f"s3://{bucket}/releases/CASME2/") for u in a.column("source_uri").to_pylist())
+    assert all(
+        u.startswith(f"s3://{bucket}/releases/CASME2/") for u in a.column("source_uri").to_pylist()
+    )
     assert index.read_manifest(out)["datasets"]["casme2"]["source_uri"] == src
 
 
 def test_label_records_and_process_clip(synth_root):
     recs = scan("casme2", str(synth_root / "CASME2")).records
-    odd = ClipRecord(dataset="casme2", subject="casme2/sub09", filename="EP00", expression="micro",
-                     emotion="boredom", onset=1, apex=2, offset=3, fps=200.0)
+    odd = ClipRecord(
+        dataset="casme2",
+        subject="casme2/sub09",
+        filename="EP00",
+        expression="micro",
+        emotion="boredom",
+        onset=1,
+        apex=2,
+        offset=3,
+        fps=200.0,
+    )
     jobs, skipped = label_records(list(recs) + [odd], build_scheme("five", ["casme2"]))
-    assert [r.clip_id for r, _ in jobs] == [r.clip_id for r in recs if r.emotion not in ("fear", "sadness")]
-    assert skipped[-1].clip == "casme2/sub09/EP00" and "unknown emotion 'boredom'" in skipped[-1].reason
+    assert [r.clip_id for r, _ in jobs] == [
+        r.clip_id for r in recs if r.emotion not in ("fear", "sadness")
+    ]
+    assert (
+        skipped[-1].clip == "casme2/sub09/EP00"
+        and "unknown emotion 'boredom'" in skipped[-1].reason
+    )
     assert all("outside the five scheme" in s.reason for s in skipped[:-1])
 
     row = process_clip(jobs[0], TINY)
@@ -184,12 +244,23 @@ def test_label_records_and_process_clip(synth_root):
     assert isinstance(missing, Skipped) and missing.clip == "casme2/sub09/EP00"
     assert not missing.reason.startswith("casme2/sub09/EP00:")  # the clip id is not repeated
     crash = process_clip(jobs[0], None)  # a bug in preprocessing must not stop the other clips
-    assert isinstance(crash, Skipped) and crash.reason.startswith("unexpected AttributeError in preprocessing")
+    assert isinstance(crash, Skipped) and crash.reason.startswith(
+        "unexpected AttributeError in preprocessing"
+    )
 
 
 def test_config_and_errors(tmp_path):
-    cfg = load_config(IngestConfig, None, ["preprocess.frames=4", "workers=2", "label_scheme=five",
-                                           "subjects=sub01,sub02", "expression=micro"])
+    cfg = load_config(
+        IngestConfig,
+        None,
+        [
+            "preprocess.frames=4",
+            "workers=2",
+            "label_scheme=five",
+            "subjects=sub01,sub02",
+            "expression=micro",
+        ],
+    )
     assert cfg.preprocess.frames == 4 and cfg.preprocess.size == 64 and cfg.workers == 2
     assert cfg.subjects == ("sub01", "sub02") and cfg.expression == "micro"
     with pytest.raises(ConfigError, match="workers must be >= 1"):
@@ -200,14 +271,24 @@ def test_config_and_errors(tmp_path):
         load_config(IngestConfig, None, ["frames=4"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(LayoutError, match="CASME2-coding"):
-        ingest("casme2", str(tmp_path / "empty"), str(tmp_path / "idx"), IngestConfig(preprocess=TINY))
+        ingest(
+            "casme2", str(tmp_path / "empty"), str(tmp_path / "idx"), IngestConfig(preprocess=TINY)
+        )
     with pytest.raises(ValueError, match="5-class scheme exists for"):
-        ingest("ckplus", str(tmp_path / "empty"), str(tmp_path / "idx"), IngestConfig(label_scheme="five"))
+        ingest(
+            "ckplus",
+            str(tmp_path / "empty"),
+            str(tmp_path / "idx"),
+            IngestConfig(label_scheme="five"),
+        )
     assert not (tmp_path / "idx").exists()  # nothing was written
 
 
 def test_ingest_generic_video_classes_come_from_its_csv(tmp_path):
-    synthesize(tmp_path / "synth", SynthConfig(seed=1, datasets=("casme2", "video"), casme2=SetSize(2, 5, 200.0)))
+    synthesize(
+        tmp_path / "synth",
+        SynthConfig(seed=1, datasets=("casme2", "video"), casme2=SetSize(2, 5, 200.0)),
+    )
     out = str(tmp_path / "idx")
     summary = ingest("video", str(tmp_path / "synth" / "video"), out, IngestConfig(preprocess=TINY))
     entry = index.read_manifest(out)["datasets"]["video"]
@@ -215,7 +296,9 @@ def test_ingest_generic_video_classes_come_from_its_csv(tmp_path):
     emotions = table.column("emotion").to_pylist()
     assert summary.ingested == table.num_rows == 5
     assert entry["label_scheme"]["class_names"] == sorted(set(emotions))
-    assert [entry["label_scheme"]["class_names"][lab] for lab in table.column("label").to_pylist()] == emotions
+    assert [
+        entry["label_scheme"]["class_names"][lab] for lab in table.column("label").to_pylist()
+    ] == emotions
 
 
 def test_nothing_usable_leaves_the_index_unchanged(casme2_src, tmp_path):
@@ -224,8 +307,12 @@ def test_nothing_usable_leaves_the_index_unchanged(casme2_src, tmp_path):
     before = (Path(out) / "manifest.json").read_bytes()
     for jpg in casme2_src.rglob("*.jpg"):  # every clip now fails in preprocessing
         jpg.write_bytes(b"not a jpeg")
-    with pytest.raises(IngestError, match=r"all 12 clips failed preprocessing; the index was not changed"):
+    with pytest.raises(
+        IngestError, match=r"all 12 clips failed preprocessing; the index was not changed"
+    ):
         ingest("casme2", str(casme2_src), out, IngestConfig(preprocess=TINY))
-    with pytest.raises(IngestError, match=r"no usable casme2 clips .* \(0 skipped\).* the scan found no clips"):
+    with pytest.raises(
+        IngestError, match=r"no usable casme2 clips .* \(0 skipped\).* the scan found no clips"
+    ):
         ingest("casme2", str(casme2_src), out, IngestConfig(preprocess=TINY, expression="macro"))
     assert (Path(out) / "manifest.json").read_bytes() == before

@@ -13,12 +13,13 @@ from lightman.models.graph_memory import SavedBytes
 from lightman.models.input_conv import input_conv
 from lightman.models.maxpool import max_pool2x2
 
-
 f64 = torch.float64
 
 
 def rand(*shape, seed=0, grad=True):
-    return torch.randn(*shape, dtype=f64, generator=torch.Generator().manual_seed(seed)).requires_grad_(grad)
+    return torch.randn(
+        *shape, dtype=f64, generator=torch.Generator().manual_seed(seed)
+    ).requires_grad_(grad)
 
 
 def torch_bn(x, w, b):
@@ -43,7 +44,9 @@ def second_order(fn, inputs, seed=1):
     out = fn(*inputs)
     r = rand(*out.shape, seed=seed, grad=False)
     first = torch.autograd.grad((out * out * r).sum(), inputs, create_graph=True)
-    dot = sum((g * rand(*g.shape, seed=seed + 1 + i, grad=False)).sum() for i, g in enumerate(first))
+    dot = sum(
+        (g * rand(*g.shape, seed=seed + 1 + i, grad=False)).sum() for i, g in enumerate(first)
+    )
     return torch.autograd.grad(dot, inputs, allow_unused=True, materialize_grads=True)
 
 
@@ -72,7 +75,9 @@ def test_batch_norm_updates_running_statistics_like_pytorch():
 def test_max_pool_matches_pytorch_to_second_order(shape):
     x = rand(*shape)
     assert torch.equal(max_pool2x2(x), F.max_pool2d(x, 2))
-    for got, want in zip(second_order(max_pool2x2, (x,)), second_order(lambda t: F.max_pool2d(t, 2), (x,))):
+    for got, want in zip(
+        second_order(max_pool2x2, (x,)), second_order(lambda t: F.max_pool2d(t, 2), (x,))
+    ):
         assert torch.allclose(got, want, atol=1e-12)
     assert torch.autograd.gradgradcheck(max_pool2x2, (x,))
 
@@ -103,7 +108,9 @@ def saved_bytes_of_second_order_graph(fn, x, w, b) -> int:
     counter = SavedBytes()
     with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
         out = fn(x, w, b)
-        grads = torch.autograd.grad((out * rand(*out.shape, seed=7, grad=False)).sum(), (x, w, b), create_graph=True)
+        grads = torch.autograd.grad(
+            (out * rand(*out.shape, seed=7, grad=False)).sum(), (x, w, b), create_graph=True
+        )
         held = counter.now
     del grads, out
     return held
@@ -113,7 +120,9 @@ def test_norm_and_pool_keep_a_smaller_second_order_graph_than_pytorch_layers():
     x = rand(8, 16, 32, 32).float().detach().requires_grad_()
     w, b = torch.ones(16, requires_grad=True), torch.zeros(16, requires_grad=True)
     ours = saved_bytes_of_second_order_graph(ours_bn_pool, x, w, b)
-    theirs = saved_bytes_of_second_order_graph(lambda *a: F.max_pool2d(F.relu(torch_bn(*a)), 2), x, w, b)
+    theirs = saved_bytes_of_second_order_graph(
+        lambda *a: F.max_pool2d(F.relu(torch_bn(*a)), 2), x, w, b
+    )
     full = x.numel() * x.element_size()
     # ours: x, the pooled gradient (1/4) and int32 indices (1/4); PyTorch's layers: x, the
     # norm's output, the ReLU's output, int64 indices (1/2) and the full gradient at the norm

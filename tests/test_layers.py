@@ -65,8 +65,13 @@ def test_single_process_train_and_eval_never_import_ray(tmp_path, index_rows, da
     index.write_index(micro, uri, dataset_entry("casme2"))
     macro = index_rows("ckplus", 12, expression="macro", subjects=4, frames=8, size=16)
     index.write_index(macro, uri, dataset_entry("ckplus"))
-    out = subprocess.run([sys.executable, "-c", SINGLE_PROCESS, uri, str(tmp_path)], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    out = subprocess.run(
+        [sys.executable, "-c", SINGLE_PROCESS, uri, str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ray-free" in out.stdout

@@ -25,8 +25,13 @@ def test_stdlib_platform_under_pytest():
 
 def test_stdlib_platform_from_repo_root():
     code = "import platform, torch, ray; print(platform.system()); import lightman.platform.config"
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() in ("Linux", "Darwin", "Windows")
 
@@ -47,7 +52,13 @@ def probe():
 print(ray.get(probe.remote()))
 ray.shutdown()
 """
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                         env={**os.environ, "RAY_AUTH_MODE": "disabled"}, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "('Linux', True)" in out.stdout or "('Darwin', True)" in out.stdout

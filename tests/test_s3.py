@@ -16,7 +16,9 @@ def _keys(endpoint: str, bucket: str, prefix: str) -> list[str]:
     s3 = boto3.client("s3", endpoint_url=endpoint)
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     # pyarrow leaves a marker object for a folder it creates (the index root): not data
-    return sorted(o["Key"] for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/"))
+    return sorted(
+        o["Key"] for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/")
+    )
 
 
 def _failing(rows, after):
@@ -34,7 +36,9 @@ def test_s3_round_trip_and_atomic_replace(s3_endpoint, index_rows, dataset_entry
     assert m.uri == uri
 
     keys = _keys(endpoint, bucket, "round-trip/idx/")
-    assert keys == sorted(["round-trip/idx/manifest.json"] + [f"round-trip/idx/{f}" for f in m.files])
+    assert keys == sorted(
+        ["round-trip/idx/manifest.json"] + [f"round-trip/idx/{f}" for f in m.files]
+    )
     assert all("/dataset=casme2/expression=" in f for f in m.files)
     assert index.index_files(uri) == [f"{uri}/{f}" for f in m.files]
 
@@ -45,11 +49,18 @@ def test_s3_round_trip_and_atomic_replace(s3_endpoint, index_rows, dataset_entry
     manifest_before = index.read_manifest(uri)
 
     with pytest.raises(RuntimeError, match="worker died"):
-        index.write_index(_failing(index_rows("casme2", 9, seed=1), 7), uri, dataset_entry("casme2"), row_group_size=3)
+        index.write_index(
+            _failing(index_rows("casme2", 9, seed=1), 7),
+            uri,
+            dataset_entry("casme2"),
+            row_group_size=3,
+        )
     assert index.read_manifest(uri) == manifest_before
     assert _keys(endpoint, bucket, "round-trip/idx/") == keys  # the failed version was removed
 
-    m2 = index.write_index(index_rows("ckplus", 3, expression="macro"), uri, dataset_entry("ckplus"))
+    m2 = index.write_index(
+        index_rows("ckplus", 3, expression="macro"), uri, dataset_entry("ckplus")
+    )
     m3 = index.write_index(index_rows("casme2", 4, seed=9), uri, dataset_entry("casme2"))
     assert m3.datasets == ("casme2", "ckplus") and m3.entry("ckplus") == m2.entry("ckplus")
     assert _keys(endpoint, bucket, "round-trip/idx/") == sorted(

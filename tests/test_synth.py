@@ -16,26 +16,61 @@ import pytest
 from lightman.platform.config import ConfigError, load_config
 from lightman.tasks.frames import sort_frame_files
 from lightman.tasks.synth import (
-    CLASS_COUNTS, MANIFEST, SynthConfig, allocate, plan_dataset, synthesize, tree_hash,
+    CLASS_COUNTS,
+    MANIFEST,
+    SynthConfig,
+    allocate,
+    plan_dataset,
+    synthesize,
+    tree_hash,
 )
 from lightman.tasks.synth_face import (
-    AU_TABLE, PROTOTYPES, SIGMA_REF, Event, Motion, Nuisance, RenderSpec, draw_face,
-    draw_identity, expression_field, landmarks, max_displacement, min_jacobian, neutral_face,
-    render_clip, sample_grid, temporal_profile, unit_field,
+    AU_TABLE,
+    PROTOTYPES,
+    SIGMA_REF,
+    Event,
+    Motion,
+    Nuisance,
+    RenderSpec,
+    draw_face,
+    draw_identity,
+    expression_field,
+    landmarks,
+    max_displacement,
+    min_jacobian,
+    neutral_face,
+    render_clip,
+    sample_grid,
+    temporal_profile,
+    unit_field,
 )
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["casme2.subjects=3", "casme2.clips=8", "samm.subjects=2", "samm.clips=6",
-        "smic.subjects=2", "smic.clips=4", "casme.subjects=2", "casme.clips=4",
-        "casme_sq.subjects=2", "casme_sq.clips=3", "casme_sq.macro_clips=3",
-        "ckplus.subjects=2", "ckplus.clips=6"]
+TINY = [
+    "casme2.subjects=3",
+    "casme2.clips=8",
+    "samm.subjects=2",
+    "samm.clips=6",
+    "smic.subjects=2",
+    "smic.clips=4",
+    "casme.subjects=2",
+    "casme.clips=4",
+    "casme_sq.subjects=2",
+    "casme_sq.clips=3",
+    "casme_sq.macro_clips=3",
+    "ckplus.subjects=2",
+    "ckplus.clips=6",
+]
 DEFAULT = SynthConfig()
 SPEC = RenderSpec(112, 96, 64)
 
 
 def files_of(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +83,10 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def plans():  # the default data set, planned (truth, rows, quirks) but not rendered
-    return {d: plan_dataset(DEFAULT, d)
-            for d in ("casme2", "samm", "smic", "casme", "casme_sq", "ckplus")}
+    return {
+        d: plan_dataset(DEFAULT, d)
+        for d in ("casme2", "samm", "smic", "casme", "casme_sq", "ckplus")
+    }
 
 
 def clips_of(manifest: dict, dataset: str) -> list[dict]:
@@ -102,8 +139,15 @@ def test_manifest_holds_config_versions_counts_and_truth(tiny):
     assert m["seed"] == cfg.seed and m["config"]["casme2"]["clips"] == 8
     assert m["versions"] == {"numpy": np.__version__, "opencv": cv2.__version__}
     assert dict(report.counts) == {d: v["clips"] for d, v in m["datasets"].items()}
-    assert dict(report.counts) == {"casme2": 8, "samm": 6, "smic": 4, "casme": 4, "casme_sq": 6,
-                                   "ckplus": 6, "video": 8}
+    assert dict(report.counts) == {
+        "casme2": 8,
+        "samm": 6,
+        "smic": 4,
+        "casme": 4,
+        "casme_sq": 6,
+        "ckplus": 6,
+        "video": 8,
+    }
     for c in m["clips"]:
         assert c["onset"] <= c["apex"] <= c["offset"] and c["aus"]
         assert c["first_frame"] <= c["onset"] and c["offset"] <= c["last_frame"]
@@ -114,8 +158,17 @@ def test_manifest_holds_config_versions_counts_and_truth(tiny):
 def test_casme2_layout(tiny):
     out, _, _, m = tiny
     rows = sheet_rows(out / "CASME2" / "CASME2-coding-20140508.xlsx")
-    assert rows[0] == ("Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame",
-                       None, "Action Units", "Estimated Emotion")
+    assert rows[0] == (
+        "Subject",
+        "Filename",
+        None,
+        "OnsetFrame",
+        "ApexFrame",
+        "OffsetFrame",
+        None,
+        "Action Units",
+        "Estimated Emotion",
+    )
     assert all(r[2] is None and r[6] is None for r in rows)  # the two unnamed blank columns
     truth = {(c["subject"], c["clip"]): c for c in clips_of(m, "casme2")}
     assert len(rows) - 1 == len(truth) == 8
@@ -137,9 +190,20 @@ def test_samm_layout(tiny):
     out, _, _, m = tiny
     rows = sheet_rows(out / "SAMM" / "SAMM_Micro_FACS_Codes_v2.xlsx")
     assert rows[0][0] and all(all(v is None for v in r[1:]) for r in rows[:12])  # 12 text rows
-    assert rows[12] == ("Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame",
-                        "Offset Frame", "Duration", "Micro", "Action Units", "Notes",
-                        "Estimated Emotion", "Objective Classes")
+    assert rows[12] == (
+        "Subject",
+        "Filename",
+        "Inducement Code",
+        "Onset Frame",
+        "Apex Frame",
+        "Offset Frame",
+        "Duration",
+        "Micro",
+        "Action Units",
+        "Notes",
+        "Estimated Emotion",
+        "Objective Classes",
+    )
     truth = {c["clip"]: c for c in clips_of(m, "samm")}
     for r in rows[13:]:
         c = truth[r[1]]
@@ -168,8 +232,18 @@ def test_smic_layout(tiny):
 def test_casme_layout(tiny):
     out, _, _, m = tiny
     rows = sheet_rows(out / "CASME" / "CASME.xlsx")
-    assert rows[0] == ("Subject", "Filename", None, "OnsetF", "ApexF1", "ApexF2", "OffsetF", None,
-                       "Action Units", "Emotion")
+    assert rows[0] == (
+        "Subject",
+        "Filename",
+        None,
+        "OnsetF",
+        "ApexF1",
+        "ApexF2",
+        "OffsetF",
+        None,
+        "Action Units",
+        "Emotion",
+    )
     assert all(r[2] is None and r[7] is None for r in rows)
     truth = {(c["subject"], c["clip"]): c for c in clips_of(m, "casme")}
     early = late = 0
@@ -185,8 +259,11 @@ def test_casme_layout(tiny):
 def test_casme_sq_layout(tiny):
     out, _, _, m = tiny
     path = out / "CASME_sq" / "CAS(ME)^2code_final.xlsx"
-    assert openpyxl.load_workbook(path).sheetnames == ["CASFEcode_final", "naming rule1",
-                                                       "naming rule2"]
+    assert openpyxl.load_workbook(path).sheetnames == [
+        "CASFEcode_final",
+        "naming rule1",
+        "naming rule2",
+    ]
     code = sheet_rows(path, "CASFEcode_final")
     rule1 = {r[2]: r for r in sheet_rows(path, "naming rule1")}  # 1 -> (15, 's15', 1)
     rule2 = {r[1]: r[0] for r in sheet_rows(path, "naming rule2")}  # 'disgust1' -> 101
@@ -239,8 +316,9 @@ def test_video_layout_decodes_with_decord(tiny):
         assert (r["subject"], r["emotion"], float(r["fps"])) == (c["subject"], c["emotion"], 200)
         vr = decord.VideoReader(str(out / "video" / r["clip"]))
         assert len(vr) == c["last_frame"] - c["first_frame"] + 1 and vr[0].shape == (112, 96, 3)
-        assert [int(r[k]) for k in ("onset", "apex", "offset")] == \
-            [c[k] - c["first_frame"] for k in ("onset", "apex", "offset")]
+        assert [int(r[k]) for k in ("onset", "apex", "offset")] == [
+            c[k] - c["first_frame"] for k in ("onset", "apex", "offset")
+        ]
         # the same frames as the CASME II JPEGs (both lossy: close, not equal)
         jpg = cv2.cvtColor(frame(out, c, c["apex"]), cv2.COLOR_BGR2RGB).astype(float)
         assert np.abs(vr[int(r["apex"])].asnumpy() - jpg).mean() < 6
@@ -261,8 +339,9 @@ def test_unit_field_is_the_gaussian_window_of_eq1():
 
 
 def test_warp_moves_content_by_the_field():
-    img = cv2.GaussianBlur((np.random.default_rng(1).random((40, 50)) * 255).astype(np.float32),
-                           (0, 0), 2)
+    img = cv2.GaussianBlur(
+        (np.random.default_rng(1).random((40, 50)) * 255).astype(np.float32), (0, 0), 2
+    )
     field = np.zeros((40, 50, 2), np.float32)
     field[..., 0], field[..., 1] = 0.6, -0.3  # everything moves right 0.6 px and up 0.3 px
     px, py = sample_grid(field)
@@ -375,8 +454,13 @@ def test_class_counts_keep_the_casme2_shape(plans):
     total = sum(CLASS_COUNTS["casme2"].values())
     for emotion, real in CLASS_COUNTS["casme2"].items():
         assert abs(counts.get(emotion, 0) - DEFAULT.casme2.clips * real / total) < 1
-    assert counts["others"] > counts["disgust"] > counts["happiness"] > counts["repression"] > \
-        counts["surprise"]
+    assert (
+        counts["others"]
+        > counts["disgust"]
+        > counts["happiness"]
+        > counts["repression"]
+        > counts["surprise"]
+    )
     assert allocate(10, {"a": 1, "b": 1, "c": 2}) == {"a": 3, "b": 2, "c": 5}
 
 
@@ -393,9 +477,16 @@ def test_quirks_of_the_default_sheets(plans):
 def test_haar_cascade_finds_the_face_on_onset_frames(tiny):
     out, _, _, m = tiny
     cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-    found = [len(cascade.detectMultiScale(frame(out, c, c["onset"], cv2.IMREAD_GRAYSCALE), 1.1, 3,
-                                          minSize=(24, 24))) > 0
-             for c in m["clips"] if c["dataset"] != "video"]
+    found = [
+        len(
+            cascade.detectMultiScale(
+                frame(out, c, c["onset"], cv2.IMREAD_GRAYSCALE), 1.1, 3, minSize=(24, 24)
+            )
+        )
+        > 0
+        for c in m["clips"]
+        if c["dataset"] != "video"
+    ]
     assert np.mean(found) >= 0.8, f"face found on {np.mean(found):.0%} of {len(found)} onsets"
 
 
@@ -409,11 +500,17 @@ def test_yaml_is_the_default_and_overrides_are_partial():
     assert (cfg.casme2.clips, cfg.casme2.subjects, cfg.casme2.fps) == (20, 14, 200.0)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("datasets=[casme3]", "unknown"), ("micro_amplitude_px=[2, 1]", "micro_amplitude_px"),
-    ("samm.macro_clips=3", "only casme_sq"), ("casme2.subjects=200", "casme2.*cannot cover"),
-    ("min_jacobian=1.5", "min_jacobian"), ("face_width=90", "fit the canvas"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("datasets=[casme3]", "unknown"),
+        ("micro_amplitude_px=[2, 1]", "micro_amplitude_px"),
+        ("samm.macro_clips=3", "only casme_sq"),
+        ("casme2.subjects=200", "casme2.*cannot cover"),
+        ("min_jacobian=1.5", "min_jacobian"),
+        ("face_width=90", "fit the canvas"),
+    ],
+)
 def test_bad_config_names_the_field(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(SynthConfig, None, [override])

@@ -25,11 +25,26 @@ DATASETS = ("casme2", "samm", "smic", "casme", "casme_sq", "ckplus", "video")
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
-    cfg = load_config(SynthConfig, None, [
-        "seed=11", "casme2.subjects=4", "casme2.clips=24", "samm.subjects=3", "samm.clips=12",
-        "smic.subjects=3", "smic.clips=9", "casme.subjects=3", "casme.clips=9",
-        "casme_sq.subjects=2", "casme_sq.clips=4", "casme_sq.macro_clips=4",
-        "ckplus.subjects=4", "ckplus.clips=10"])
+    cfg = load_config(
+        SynthConfig,
+        None,
+        [
+            "seed=11",
+            "casme2.subjects=4",
+            "casme2.clips=24",
+            "samm.subjects=3",
+            "samm.clips=12",
+            "smic.subjects=3",
+            "smic.clips=9",
+            "casme.subjects=3",
+            "casme.clips=9",
+            "casme_sq.subjects=2",
+            "casme_sq.clips=4",
+            "casme_sq.macro_clips=4",
+            "ckplus.subjects=4",
+            "ckplus.clips=10",
+        ],
+    )
     report = synthesize(tmp_path_factory.mktemp("synth") / "out", cfg)
     truth = json.loads(Path(report.manifest).read_text())["clips"]
     return dict(report.roots), truth
@@ -37,8 +52,12 @@ def generated(tmp_path_factory):
 
 def _record_for(records, clip):
     """The adapter record of a ground-truth clip, matched by where its frames are."""
-    hits = [r for r in records if (r.video_uri or r.source_uri).endswith(clip["path"])
-            and (r.dataset != "casme_sq" or r.filename == clip["clip"])]
+    hits = [
+        r
+        for r in records
+        if (r.video_uri or r.source_uri).endswith(clip["path"])
+        and (r.dataset != "casme_sq" or r.filename == clip["clip"])
+    ]
     assert len(hits) <= 1, f"{clip['path']}: {len(hits)} records"
     return hits[0] if hits else None
 
@@ -61,7 +80,10 @@ def test_adapter_finds_every_generated_clip(generated, dataset):
         assert rec.expression == clip["expression"]
         onset, apex = rec.onset, rec.apex
         if dataset == "video":  # 0-based frame indices into the video file
-            onset, apex = onset + clip["first_frame"], (None if apex is None else apex + clip["first_frame"])
+            onset, apex = (
+                onset + clip["first_frame"],
+                (None if apex is None else apex + clip["first_frame"]),
+            )
         if "Onset" not in quirks:  # a planted onset error keeps the sheet's (wrong) value
             assert onset == clip["onset"]
         if "missing" in quirks and "pex" in quirks:
@@ -85,7 +107,11 @@ def test_preprocess_estimates_missing_apexes_near_the_truth(generated):
             pre, _ = preprocess_clip(rec, cfg)
             assert pre.apex_source.startswith("estimated")
             span = clip["offset"] - clip["onset"]
-            assert abs(pre.apex - clip["apex"]) <= max(3, 0.25 * span), (clip["path"], pre.apex, clip["apex"])
+            assert abs(pre.apex - clip["apex"]) <= max(3, 0.25 * span), (
+                clip["path"],
+                pre.apex,
+                clip["apex"],
+            )
             checked += 1
     assert checked >= 3
 

@@ -27,7 +27,11 @@ __all__ = ["ADAPTERS", "LayoutError", "ScanResult", "scan"]
 
 
 def scan(
-    dataset: str, src: str, *, limit: int | None = None, subjects: Iterable[str] | None = None,
+    dataset: str,
+    src: str,
+    *,
+    limit: int | None = None,
+    subjects: Iterable[str] | None = None,
     expression: str | None = None,
 ) -> ScanResult:
     """Scan the release of `dataset` at `src` (local path or s3://bucket/prefix).

@@ -90,7 +90,7 @@ def layout_of(doc: str | None) -> str:
     if start is None:
         raise ValueError("module docstring has no 'Expected layout' section")
     block: list[str] = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.strip():
             break
         block.append("  " + line.rstrip())
@@ -106,7 +106,8 @@ def layout_error(title: str, layout: str, root: Location, problem: str) -> Layou
     names = [i.base_name + ("/" if i.type == pafs.FileType.Directory else "") for i in infos]
     shown = ", ".join(names[:20]) + (f", ... ({len(names)} entries)" if len(names) > 20 else "")
     return LayoutError(
-        f"expected {title} layout:\n{layout}\n{problem}; found in {root.uri}: [{shown}]")
+        f"expected {title} layout:\n{layout}\n{problem}; found in {root.uri}: [{shown}]"
+    )
 
 
 def pick(
@@ -126,8 +127,12 @@ def pick(
 
 
 def frames_root(
-    root: Location, infos: Sequence[pafs.FileInfo], dirs: Sequence[str], subject_dir: str,
-    title: str, layout: str,
+    root: Location,
+    infos: Sequence[pafs.FileInfo],
+    dirs: Sequence[str],
+    subject_dir: str,
+    title: str,
+    layout: str,
 ) -> Location:
     """The first of `dirs` (regexes) in the root, else the root if it has `subject_dir` folders."""
     found = pick(infos, dirs, pafs.FileType.Directory)
@@ -164,13 +169,13 @@ def read_workbook(loc: Location) -> dict[str, list[tuple]]:
     try:
         wb = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
         try:
-            return {ws.title: [tuple(r) for r in ws.iter_rows(values_only=True)]
-                    for ws in wb.worksheets}
+            return {
+                ws.title: [tuple(r) for r in ws.iter_rows(values_only=True)] for ws in wb.worksheets
+            }
         finally:
             wb.close()
     except Exception as e:  # broken files raise zipfile, KeyError, XML or value errors
-        raise LayoutError(
-            f"cannot read annotation sheet {loc.uri}: {type(e).__name__}: {e}") from e
+        raise LayoutError(f"cannot read annotation sheet {loc.uri}: {type(e).__name__}: {e}") from e
 
 
 def header_key(value: object) -> str:
@@ -182,7 +187,9 @@ Spellings = dict[str, tuple[str, ...]]  # field -> header spellings accepted for
 
 
 def find_header(
-    rows: Sequence[tuple], required: Spellings, optional: Spellings | None = None,
+    rows: Sequence[tuple],
+    required: Spellings,
+    optional: Spellings | None = None,
     search_rows: int = 40,
 ) -> tuple[int, dict[str, int]] | None:
     """(index of the header row, field -> column index), columns located by NAME, never position.
@@ -269,14 +276,11 @@ def parse_apex(
     except RowError:
         return None, (f"apex {s!r} is not a frame number in {where}; estimated later",)
     if apex < first_frame:
-        return None, (
-            f"apex missing in {where} ({field} {apex} means unknown); estimated later",)
+        return None, (f"apex missing in {where} ({field} {apex} means unknown); estimated later",)
     return apex, ()
 
 
-def canonical_emotion(
-    dataset: str, raw: object, where: str
-) -> tuple[str, tuple[str, ...]]:
+def canonical_emotion(dataset: str, raw: object, where: str) -> tuple[str, tuple[str, ...]]:
     """(canonical emotion, repairs); raises UnknownEmotion (its message is the skip reason).
 
     A spelling the label table folds onto another name ('Others' -> 'other' in SAMM)
@@ -310,18 +314,21 @@ def list_frames(folder: Location) -> tuple[tuple[str, ...], tuple[int, ...]]:
         raise FrameError(f"missing frame folder {folder.uri}") from None
     except NotADirectoryError:
         raise FrameError(f"frame folder {folder.uri} is a file, not a folder") from None
-    images = [i.base_name for i in infos
-              if i.type == pafs.FileType.File and i.base_name.lower().endswith(IMAGE_EXTENSIONS)]
+    images = [
+        i.base_name
+        for i in infos
+        if i.type == pafs.FileType.File and i.base_name.lower().endswith(IMAGE_EXTENSIONS)
+    ]
     if not images:
-        raise FrameError(
-            f"empty frame folder {folder.uri} (no {'/'.join(IMAGE_EXTENSIONS)} files)")
+        raise FrameError(f"empty frame folder {folder.uri} (no {'/'.join(IMAGE_EXTENSIONS)} files)")
     keyed = []  # (frame number, file name)
     for name in images:
         try:
             keyed.append((numeric_key(name)[0], name))
         except ValueError:
             raise FrameError(
-                f"frame file {folder.uri}/{name} has no frame number in its name") from None
+                f"frame file {folder.uri}/{name} has no frame number in its name"
+            ) from None
     keyed.sort()
     for (n1, a), (n2, b) in pairwise(keyed):
         if n1 == n2:
@@ -378,7 +385,8 @@ def collect(
         unknown = sorted(wanted - present)
         if unknown:
             raise ValueError(
-                f"{dataset}: unknown subjects {unknown}; this release has {sorted(present)}")
+                f"{dataset}: unknown subjects {unknown}; this release has {sorted(present)}"
+            )
         candidates = [c for c in candidates if c.subject in wanted]
     if expression is not None:
         candidates = [c for c in candidates if c.expression == expression]
@@ -420,7 +428,11 @@ class CodingSheet:
 
 
 def open_coding_sheet(
-    loc: Location, required: Spellings, optional: Spellings, title: str, layout: str,
+    loc: Location,
+    required: Spellings,
+    optional: Spellings,
+    title: str,
+    layout: str,
     root: Location,
 ) -> CodingSheet:
     """Read `loc` and find its header row (first worksheet that has one), else LayoutError."""
@@ -434,8 +446,12 @@ def open_coding_sheet(
 
 
 def coding_candidates(
-    dataset: str, sheet: CodingSheet, *, subject_folder: Callable[[object, str], str],
-    frames: Location, fps: float,
+    dataset: str,
+    sheet: CodingSheet,
+    *,
+    subject_folder: Callable[[object, str], str],
+    frames: Location,
+    fps: float,
 ) -> tuple[list[Candidate], list[Skipped]]:
     """One micro-expression candidate per row, its frames in `frames/<subject folder>/<Filename>/`.
 
@@ -456,7 +472,8 @@ def coding_candidates(
             filename = text(cell(row, c["filename"]))
             if not filename or "/" in filename:
                 raise RowError(
-                    f"{where}: {sheet.label('filename')} {filename!r} does not name a clip folder")
+                    f"{where}: {sheet.label('filename')} {filename!r} does not name a clip folder"
+                )
         except RowError as e:
             row_skips.append(Skipped(dataset, where, str(e)))
             continue
@@ -464,8 +481,11 @@ def coding_candidates(
         clip_id = f"{dataset}/{folder}/{filename}"
         try:
             onset, offset = parse_onset_offset(
-                cell(row, c["onset"]), cell(row, c["offset"]), where,
-                (sheet.label("onset"), sheet.label("offset")))
+                cell(row, c["onset"]),
+                cell(row, c["offset"]),
+                where,
+                (sheet.label("onset"), sheet.label("offset")),
+            )
             emotion, emotion_notes = canonical_emotion(dataset, cell(row, c["emotion"]), where)
         except ValueError as e:  # RowError or UnknownEmotion
             skip = Skipped(dataset, clip_id, row_reason(e, where))
@@ -473,15 +493,23 @@ def coding_candidates(
             continue
         apex, apex_notes = parse_apex(cell(row, c["apex"]), where, sheet.label("apex"))
         rec = ClipRecord(
-            dataset=dataset, subject=subject, filename=filename, expression="micro",
-            emotion=emotion, onset=onset, apex=apex, offset=offset, fps=fps,
+            dataset=dataset,
+            subject=subject,
+            filename=filename,
+            expression="micro",
+            emotion=emotion,
+            onset=onset,
+            apex=apex,
+            offset=offset,
+            fps=fps,
             action_units=text(cell(row, c.get("action_units"))),
             apex_source="annotated" if apex is not None else "missing",
             repairs=apex_notes + emotion_notes,
         )
         folder_loc = frames.join(folder, filename)
-        candidates.append(Candidate(clip_id, subject, "micro", where,
-                                    partial(with_frames, rec, folder_loc)))
+        candidates.append(
+            Candidate(clip_id, subject, "micro", where, partial(with_frames, rec, folder_loc))
+        )
     return candidates, row_skips
 
 
@@ -490,7 +518,7 @@ def numbered_folder(prefix: str, width: int) -> Callable[[object, str], str]:
 
     def parse(value: object, where: str) -> str:
         s = text(value)
-        digits = s[len(prefix):] if prefix and s.lower().startswith(prefix.lower()) else s
+        digits = s[len(prefix) :] if prefix and s.lower().startswith(prefix.lower()) else s
         if not re.fullmatch(r"\d+", digits):
             raise RowError(f"{where}: Subject {value!r} is not a subject number")
         return f"{prefix}{int(digits):0{width}d}"
@@ -516,16 +544,27 @@ class CodingRelease:
     optional: Spellings
 
 
-def scan_coding_release(release: CodingRelease, root: Location, *, limit: int | None = None,
-                        subjects=None, expression: str | None = None) -> ScanResult:
-    """All clips of a coding-sheet release under `root` (the adapter's docstring shows its layout)."""
+def scan_coding_release(
+    release: CodingRelease,
+    root: Location,
+    *,
+    limit: int | None = None,
+    subjects=None,
+    expression: str | None = None,
+) -> ScanResult:
+    """All clips of a coding-sheet release under `root` (its adapter's docstring: the layout)."""
     r = release
     infos = storage.list_dir(root)
     sheet_info = pick(infos, r.sheets, pafs.FileType.File)
     if sheet_info is None:
         raise layout_error(r.title, r.layout, root, f"no {r.sheet_hint} sheet")
     frames = frames_root(root, infos, r.frame_dirs, r.subject_dir, r.title, r.layout)
-    sheet = open_coding_sheet(child(root, sheet_info), r.required, r.optional, r.title, r.layout, root)
-    candidates, row_skips = coding_candidates(r.dataset, sheet, subject_folder=r.subject_folder, frames=frames,
-                                              fps=r.fps)
-    return collect(r.dataset, candidates, row_skips, limit=limit, subjects=subjects, expression=expression)
+    sheet = open_coding_sheet(
+        child(root, sheet_info), r.required, r.optional, r.title, r.layout, root
+    )
+    candidates, row_skips = coding_candidates(
+        r.dataset, sheet, subject_folder=r.subject_folder, frames=frames, fps=r.fps
+    )
+    return collect(
+        r.dataset, candidates, row_skips, limit=limit, subjects=subjects, expression=expression
+    )

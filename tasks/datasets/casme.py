@@ -16,7 +16,13 @@ clamps and records them. Subjects are `casme/subNN`; clip ids `casme/subNN/EPxx_
 
 from __future__ import annotations
 
-from lightman.tasks.datasets.base import CodingRelease, ScanResult, layout_of, numbered_folder, scan_coding_release
+from lightman.tasks.datasets.base import (
+    CodingRelease,
+    ScanResult,
+    layout_of,
+    numbered_folder,
+    scan_coding_release,
+)
 from lightman.tasks.storage import Location
 
 DATASET = "casme"
@@ -38,13 +44,22 @@ OPTIONAL = {"action_units": ("Action Units", "AUs")}
 
 
 RELEASE = CodingRelease(
-    dataset=DATASET, title=TITLE, layout=LAYOUT, fps=FPS, sheets=SHEETS, sheet_hint="CASME*.xlsx",
-    frame_dirs=FRAME_DIRS, subject_dir=r"sub\d+", subject_folder=numbered_folder("sub", 2),
-    required=REQUIRED, optional=OPTIONAL,
+    dataset=DATASET,
+    title=TITLE,
+    layout=LAYOUT,
+    fps=FPS,
+    sheets=SHEETS,
+    sheet_hint="CASME*.xlsx",
+    frame_dirs=FRAME_DIRS,
+    subject_dir=r"sub\d+",
+    subject_folder=numbered_folder("sub", 2),
+    required=REQUIRED,
+    optional=OPTIONAL,
 )
 
 
-def scan(root: Location, *, limit: int | None = None, subjects=None,
-         expression: str | None = None) -> ScanResult:
+def scan(
+    root: Location, *, limit: int | None = None, subjects=None, expression: str | None = None
+) -> ScanResult:
     """All CASME clips under `root` (see the module docstring for the layout)."""
     return scan_coding_release(RELEASE, root, limit=limit, subjects=subjects, expression=expression)

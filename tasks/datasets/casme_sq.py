@@ -33,9 +33,29 @@ import pyarrow.fs as pafs
 
 from lightman.tasks import storage
 from lightman.tasks.datasets.base import (
-    Candidate, FrameError, RowError, ScanResult, canonical_emotion, cell, child, collect, decided,
-    header_key, is_blank, layout_error, layout_of, list_frames, name_of, parse_apex, parse_int,
-    parse_onset_offset, pick, read_workbook, row_reason, subdirs, text,
+    Candidate,
+    FrameError,
+    RowError,
+    ScanResult,
+    canonical_emotion,
+    cell,
+    child,
+    collect,
+    decided,
+    header_key,
+    is_blank,
+    layout_error,
+    layout_of,
+    list_frames,
+    name_of,
+    parse_apex,
+    parse_int,
+    parse_onset_offset,
+    pick,
+    read_workbook,
+    row_reason,
+    subdirs,
+    text,
 )
 from lightman.tasks.schema import ClipRecord, Skipped
 from lightman.tasks.storage import Location
@@ -74,8 +94,10 @@ def folder_numbers(rule1: list[tuple], where: str) -> dict[int, int]:
         if re.fullmatch(r"\d+", participant) and number:
             out[int(participant)] = int(number)
         elif not is_blank(row) and i > 0:  # row 1 may be a header
-            raise RowError(f"{where} row {i + 1}: expected subject folder, folder number, "
-                           f"participant; got {row}")
+            raise RowError(
+                f"{where} row {i + 1}: expected subject folder, folder number, "
+                f"participant; got {row}"
+            )
     return out
 
 
@@ -98,11 +120,17 @@ def read_sheets(loc: Location, root: Location) -> tuple[list[tuple], Naming]:
     code = sheet_by_key(book, CODE_SHEETS)
     rule1, rule2 = sheet_by_key(book, ("namingrule1",)), sheet_by_key(book, ("namingrule2",))
     if code is None or rule1 is None or rule2 is None:
-        raise layout_error(TITLE, LAYOUT, root, f"{name} has sheets {list(book)}, not "
-                           "CASFEcode_final, naming rule1 and naming rule2")
+        raise layout_error(
+            TITLE,
+            LAYOUT,
+            root,
+            f"{name} has sheets {list(book)}, not CASFEcode_final, naming rule1 and naming rule2",
+        )
     try:
-        naming = Naming(folder_numbers(rule1, f"{name} sheet naming rule1"),
-                        video_codes(rule2, f"{name} sheet naming rule2"))
+        naming = Naming(
+            folder_numbers(rule1, f"{name} sheet naming rule1"),
+            video_codes(rule2, f"{name} sheet naming rule2"),
+        )
     except RowError as e:
         raise layout_error(TITLE, LAYOUT, root, str(e)) from None
     return code, naming
@@ -113,8 +141,11 @@ class Rawpic:
 
     def __init__(self, loc: Location):
         self.loc = loc
-        self.subject_dirs = {int(re.sub(r"\D", "", i.base_name)): i.base_name
-                             for i in subdirs(loc) if re.fullmatch(r"s\d+", i.base_name, re.I)}
+        self.subject_dirs = {
+            int(re.sub(r"\D", "", i.base_name)): i.base_name
+            for i in subdirs(loc)
+            if re.fullmatch(r"s\d+", i.base_name, re.I)
+        }
         self._videos: dict[str, tuple[str, ...]] = {}
         self._frames: dict[str, Listing | FrameError] = {}
 
@@ -160,12 +191,18 @@ def clip_frames(rec: ClipRecord, rawpic: Rawpic, folder: str) -> ClipRecord | Sk
     keep = [i for i, n in enumerate(numbers) if rec.onset <= n <= rec.offset]
     uri = rawpic.loc.join(folder).uri
     if not keep:
-        return Skipped(DATASET, rec.clip_id,
-                       f"no frames between onset {rec.onset} and offset {rec.offset} in {uri} "
-                       f"(it holds frames {numbers[0]}..{numbers[-1]})")
-    return replace(rec, source_uri=uri,
-                   frame_uris=tuple(uris[i] for i in keep),
-                   frame_numbers=tuple(numbers[i] for i in keep))
+        return Skipped(
+            DATASET,
+            rec.clip_id,
+            f"no frames between onset {rec.onset} and offset {rec.offset} in {uri} "
+            f"(it holds frames {numbers[0]}..{numbers[-1]})",
+        )
+    return replace(
+        rec,
+        source_uri=uri,
+        frame_uris=tuple(uris[i] for i in keep),
+        frame_numbers=tuple(numbers[i] for i in keep),
+    )
 
 
 def row_subject(
@@ -180,12 +217,16 @@ def row_subject(
         raise RowError(f"{where}: participant {participant} is not in sheet 'naming rule1'")
     number = naming.numbers[participant]
     if number not in rawpic.subject_dirs:
-        raise RowError(f"{where}: missing subject folder {rawpic.loc.uri}/s{number} "
-                       f"(participant {participant})")
+        raise RowError(
+            f"{where}: missing subject folder {rawpic.loc.uri}/s{number} "
+            f"(participant {participant})"
+        )
     kind = TYPES.get(header_key(cell(row, TYPE)))
     if kind is None:
-        raise RowError(f"{where}: type {text(cell(row, TYPE))!r} is neither macro-expression "
-                       "nor micro-expression")
+        raise RowError(
+            f"{where}: type {text(cell(row, TYPE))!r} is neither macro-expression "
+            "nor micro-expression"
+        )
     return clip_name, rawpic.subject_dirs[number], number, kind
 
 
@@ -199,30 +240,42 @@ def row_candidate(row: tuple, where: str, naming: Naming, rawpic: Rawpic) -> Can
         emotion, notes = canonical_emotion(DATASET, cell(row, CATEGORY), where)
         video = clip_name.rsplit("_", 1)[0].lower()
         if video not in naming.codes:
-            raise RowError(f"{where}: video {video!r} of clip {clip_name!r} is not in sheet "
-                           "'naming rule2'")
+            raise RowError(
+                f"{where}: video {video!r} of clip {clip_name!r} is not in sheet 'naming rule2'"
+            )
         prefix = f"{number}_{naming.codes[video]}"
         folders = rawpic.video_folders(subject_dir, prefix)
         if len(folders) != 1:
             found = "no" if not folders else f"{len(folders)} ({', '.join(folders)})"
-            raise RowError(f"{where}: {found} folder {rawpic.loc.uri}/{subject_dir}/{prefix}* "
-                           f"for clip {clip_name!r}")
+            raise RowError(
+                f"{where}: {found} folder {rawpic.loc.uri}/{subject_dir}/{prefix}* "
+                f"for clip {clip_name!r}"
+            )
     except ValueError as e:  # RowError or UnknownEmotion
         skip = Skipped(DATASET, clip_id, row_reason(e, where))
         return Candidate(clip_id, subject, kind, where, decided(skip))
     fine = text(cell(row, FINE))
     rec = ClipRecord(
-        dataset=DATASET, subject=subject, filename=clip_name, expression=kind, emotion=emotion,
-        onset=onset, apex=apex, offset=offset, fps=FPS,
+        dataset=DATASET,
+        subject=subject,
+        filename=clip_name,
+        expression=kind,
+        emotion=emotion,
+        onset=onset,
+        apex=apex,
+        offset=offset,
+        fps=FPS,
         action_units=text(cell(row, AUS)) + (f"; fine emotion: {fine}" if fine else ""),
-        apex_source="annotated" if apex is not None else "missing", repairs=repairs + notes,
+        apex_source="annotated" if apex is not None else "missing",
+        repairs=repairs + notes,
     )
     folder = f"{subject_dir}/{folders[0]}"
     return Candidate(clip_id, subject, kind, where, partial(clip_frames, rec, rawpic, folder))
 
 
-def scan(root: Location, *, limit: int | None = None, subjects=None,
-         expression: str | None = None) -> ScanResult:
+def scan(
+    root: Location, *, limit: int | None = None, subjects=None, expression: str | None = None
+) -> ScanResult:
     """All CAS(ME)^2 clips under `root` (see the module docstring for the layout)."""
     infos = storage.list_dir(root)
     sheet_info = pick(infos, SHEETS, pafs.FileType.File)
@@ -244,5 +297,6 @@ def scan(root: Location, *, limit: int | None = None, subjects=None,
             candidates.append(row_candidate(row, where, naming, rawpic))
         except RowError as e:
             row_skips.append(Skipped(DATASET, where, str(e)))
-    return collect(DATASET, candidates, row_skips, limit=limit, subjects=subjects,
-                   expression=expression)
+    return collect(
+        DATASET, candidates, row_skips, limit=limit, subjects=subjects, expression=expression
+    )

@@ -22,7 +22,15 @@ import pyarrow.fs as pafs
 
 from lightman.tasks import storage
 from lightman.tasks.datasets.base import (
-    Candidate, ScanResult, child, collect, layout_error, layout_of, pick, subdirs, with_frames,
+    Candidate,
+    ScanResult,
+    child,
+    collect,
+    layout_error,
+    layout_of,
+    pick,
+    subdirs,
+    with_frames,
 )
 from lightman.tasks.labels import NATIVE
 from lightman.tasks.schema import ClipRecord, Skipped
@@ -40,7 +48,7 @@ def label_files(emotion_root: Location) -> dict[tuple[str, str], list[str]]:
     out: dict[tuple[str, str], list[str]] = defaultdict(list)
     prefix = emotion_root.path.rstrip("/") + "/"
     for info in storage.list_files(emotion_root, recursive=True):
-        parts = info.path[len(prefix):].split("/")
+        parts = info.path[len(prefix) :].split("/")
         if len(parts) == 3 and parts[2].lower().endswith("_emotion.txt"):
             out[(parts[0], parts[1])].append(storage.uri_of(emotion_root, info.path))
     return out
@@ -63,8 +71,9 @@ def build(rec: ClipRecord, folder: Location, labels: list[str]) -> ClipRecord | 
     if not labels:
         return Skipped(DATASET, rec.clip_id, f"no emotion label file for {folder.uri}")
     if len(labels) > 1:
-        return Skipped(DATASET, rec.clip_id,
-                       f"{len(labels)} emotion label files: {', '.join(labels)}")
+        return Skipped(
+            DATASET, rec.clip_id, f"{len(labels)} emotion label files: {', '.join(labels)}"
+        )
     try:
         emotion = read_label(labels[0])
     except ValueError as e:
@@ -88,8 +97,9 @@ def emotion_folder(root: Location, infos: list[pafs.FileInfo]) -> Location | Non
     return child(child(root, outer), inner) if inner is not None else None
 
 
-def scan(root: Location, *, limit: int | None = None, subjects=None,
-         expression: str | None = None) -> ScanResult:
+def scan(
+    root: Location, *, limit: int | None = None, subjects=None, expression: str | None = None
+) -> ScanResult:
     """All CK+ sequences under `root` (see the module docstring for the layout)."""
     infos = storage.list_dir(root)
     images = pick(infos, (r"cohn-kanade-images",), pafs.FileType.Directory)
@@ -105,10 +115,25 @@ def scan(root: Location, *, limit: int | None = None, subjects=None,
         for seq_info in subdirs(subject_loc):
             folder = child(subject_loc, seq_info)
             rec = ClipRecord(
-                dataset=DATASET, subject=subject, filename=seq_info.base_name, expression="macro",
-                emotion="", onset=0, apex=None, offset=0, fps=FPS, apex_source="sequence_peak",
+                dataset=DATASET,
+                subject=subject,
+                filename=seq_info.base_name,
+                expression="macro",
+                emotion="",
+                onset=0,
+                apex=None,
+                offset=0,
+                fps=FPS,
+                apex_source="sequence_peak",
             )  # emotion, onset, apex, offset and frames are read by `build`
             seq_labels = labels.get((subject_info.base_name, seq_info.base_name), [])
-            candidates.append(Candidate(rec.clip_id, subject, "macro", folder.uri,
-                                        partial(build, rec, folder, seq_labels)))
+            candidates.append(
+                Candidate(
+                    rec.clip_id,
+                    subject,
+                    "macro",
+                    folder.uri,
+                    partial(build, rec, folder, seq_labels),
+                )
+            )
     return collect(DATASET, candidates, limit=limit, subjects=subjects, expression=expression)

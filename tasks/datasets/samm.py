@@ -17,7 +17,13 @@ are `samm/NNN`; clip ids `samm/NNN/NNN_I_K`.
 
 from __future__ import annotations
 
-from lightman.tasks.datasets.base import CodingRelease, ScanResult, layout_of, numbered_folder, scan_coding_release
+from lightman.tasks.datasets.base import (
+    CodingRelease,
+    ScanResult,
+    layout_of,
+    numbered_folder,
+    scan_coding_release,
+)
 from lightman.tasks.storage import Location
 
 DATASET = "samm"
@@ -37,13 +43,22 @@ OPTIONAL = {"action_units": ("Action Units", "AUs")}
 
 
 RELEASE = CodingRelease(
-    dataset=DATASET, title=TITLE, layout=LAYOUT, fps=FPS, sheets=SHEETS, sheet_hint="SAMM_Micro_FACS_Codes*.xlsx",
-    frame_dirs=(r"samm",), subject_dir=r"\d+", subject_folder=numbered_folder("", 3),
-    required=REQUIRED, optional=OPTIONAL,
+    dataset=DATASET,
+    title=TITLE,
+    layout=LAYOUT,
+    fps=FPS,
+    sheets=SHEETS,
+    sheet_hint="SAMM_Micro_FACS_Codes*.xlsx",
+    frame_dirs=(r"samm",),
+    subject_dir=r"\d+",
+    subject_folder=numbered_folder("", 3),
+    required=REQUIRED,
+    optional=OPTIONAL,
 )
 
 
-def scan(root: Location, *, limit: int | None = None, subjects=None,
-         expression: str | None = None) -> ScanResult:
+def scan(
+    root: Location, *, limit: int | None = None, subjects=None, expression: str | None = None
+) -> ScanResult:
     """All SAMM clips under `root` (see the module docstring for the layout)."""
     return scan_coding_release(RELEASE, root, limit=limit, subjects=subjects, expression=expression)

@@ -25,9 +25,25 @@ import pyarrow.fs as pafs
 
 from lightman.tasks import storage
 from lightman.tasks.datasets.base import (
-    Candidate, CodingSheet, RowError, ScanResult, cell, child, collect, decided, frames_root,
-    is_blank, layout_of, name_of, numbered_folder, open_coding_sheet, parse_onset_offset, pick,
-    subdirs, text, with_frames,
+    Candidate,
+    CodingSheet,
+    RowError,
+    ScanResult,
+    cell,
+    child,
+    collect,
+    decided,
+    frames_root,
+    is_blank,
+    layout_of,
+    name_of,
+    numbered_folder,
+    open_coding_sheet,
+    parse_onset_offset,
+    pick,
+    subdirs,
+    text,
+    with_frames,
 )
 from lightman.tasks.labels import UnknownEmotion, normalise
 from lightman.tasks.schema import ClipRecord, Skipped
@@ -71,15 +87,22 @@ def sheet_rows(sheet: CodingSheet) -> tuple[dict[tuple[str, str], SheetRow], lis
             if not key[1]:
                 raise RowError(f"{where}: {sheet.label('filename')} is blank")
             if key in rows:
-                raise RowError(f"{where}: a second row for {key[0]}/{key[1]} "
-                               f"(first at {rows[key].where})")
+                raise RowError(
+                    f"{where}: a second row for {key[0]}/{key[1]} (first at {rows[key].where})"
+                )
         except RowError as e:
             row_skips.append(Skipped(DATASET, where, str(e)))
             continue
         try:
-            rows[key] = SheetRow(where, parse_onset_offset(
-                cell(row, c["onset"]), cell(row, c["offset"]), where,
-                (sheet.label("onset"), sheet.label("offset"))))
+            rows[key] = SheetRow(
+                where,
+                parse_onset_offset(
+                    cell(row, c["onset"]),
+                    cell(row, c["offset"]),
+                    where,
+                    (sheet.label("onset"), sheet.label("offset")),
+                ),
+            )
         except RowError as e:
             rows[key] = SheetRow(where, None, str(e))
     return rows, row_skips
@@ -101,8 +124,9 @@ def clip_folders(hs: Location) -> Iterator[tuple[str, Location, Location]]:
                 yield subject_info.base_name, emotion_loc, child(emotion_loc, clip_info)
 
 
-def build(rec: ClipRecord, folder: Location, annotated: SheetRow | None,
-          sheet_name: str | None) -> ClipRecord | Skipped:
+def build(
+    rec: ClipRecord, folder: Location, annotated: SheetRow | None, sheet_name: str | None
+) -> ClipRecord | Skipped:
     """List the clip's frames; onset/offset from the sheet row, else the first/last frame."""
     listed = with_frames(rec, folder)
     if isinstance(listed, Skipped):
@@ -113,13 +137,20 @@ def build(rec: ClipRecord, folder: Location, annotated: SheetRow | None,
     first, last = listed.frame_numbers[0], listed.frame_numbers[-1]
     repairs = listed.repairs
     if sheet_name is not None:
-        repairs += (f"no row in {sheet_name}: onset/offset = first/last frame in the folder "
-                    f"({first}, {last})",)
+        repairs += (
+            f"no row in {sheet_name}: onset/offset = first/last frame in the folder "
+            f"({first}, {last})",
+        )
     return replace(listed, onset=first, offset=last, repairs=repairs)
 
 
-def candidate(subject_dir: str, emotion_loc: Location, clip_loc: Location,
-              annotated: SheetRow | None, sheet_name: str | None) -> Candidate:
+def candidate(
+    subject_dir: str,
+    emotion_loc: Location,
+    clip_loc: Location,
+    annotated: SheetRow | None,
+    sheet_name: str | None,
+) -> Candidate:
     """The clip in `clip_loc`, labelled by its emotion folder."""
     filename = name_of(clip_loc)
     subject = f"{DATASET}/{subject_dir}"
@@ -133,15 +164,30 @@ def candidate(subject_dir: str, emotion_loc: Location, clip_loc: Location,
         skip = Skipped(DATASET, clip_id, annotated.error)
         return Candidate(clip_id, subject, "micro", clip_loc.uri, decided(skip))
     rec = ClipRecord(
-        dataset=DATASET, subject=subject, filename=filename, expression="micro", emotion=emotion,
-        onset=0, apex=None, offset=0, fps=FPS, apex_source="missing", repairs=(APEX_NOTE,),
+        dataset=DATASET,
+        subject=subject,
+        filename=filename,
+        expression="micro",
+        emotion=emotion,
+        onset=0,
+        apex=None,
+        offset=0,
+        fps=FPS,
+        apex_source="missing",
+        repairs=(APEX_NOTE,),
     )  # onset/offset are set by `build` once the frames are listed
-    return Candidate(clip_id, subject, "micro", clip_loc.uri,
-                     partial(build, rec, clip_loc, annotated, sheet_name))
+    return Candidate(
+        clip_id,
+        subject,
+        "micro",
+        clip_loc.uri,
+        partial(build, rec, clip_loc, annotated, sheet_name),
+    )
 
 
-def scan(root: Location, *, limit: int | None = None, subjects=None,
-         expression: str | None = None) -> ScanResult:
+def scan(
+    root: Location, *, limit: int | None = None, subjects=None, expression: str | None = None
+) -> ScanResult:
     """All SMIC-HS clips under `root` (see the module docstring for the layout)."""
     infos = storage.list_dir(root)
     hs = frames_root(root, infos, (r"hs",), r"s\d+", TITLE, LAYOUT)
@@ -162,5 +208,6 @@ def scan(root: Location, *, limit: int | None = None, subjects=None,
     for (subject_dir, filename), row in annotated.items():  # rows whose clip is not on disk
         missing = f"{hs.uri}/{subject_dir}/micro/*/{filename}"
         row_skips.append(Skipped(DATASET, row.where, f"{row.where}: no clip folder {missing}"))
-    return collect(DATASET, candidates, row_skips, limit=limit, subjects=subjects,
-                   expression=expression)
+    return collect(
+        DATASET, candidates, row_skips, limit=limit, subjects=subjects, expression=expression
+    )
