@@ -8,6 +8,10 @@ mmd2 = E k(x, x') + E k(y, y') - 2 E k(x, y) (Gretton et al., JMLR 2012), which 
 exactly when the two feature distributions match (for a characteristic kernel);
 the printed form is kept as `paper_eq3` so the two can be compared (docs/architecture.md).
 
+Bandwidths: fixed, or per task `median_bandwidths` (multiples of the detached median
+pairwise distance, `median_heuristic`); alignment: over the whole sets, or
+`class_conditional` (the mean over shared classes of the loss between that class's samples).
+
 All functions are pure, differentiable (to second order: the learners backpropagate
 through an inner step that contains L_aux) and take feature matrices x: (n, d),
 y: (m, d).

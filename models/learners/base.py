@@ -65,7 +65,8 @@ class LearnerConfig:
     """How a learner learns; the same names in code, YAML, CLI and reports."""
 
     name: LearnerName = "lightman"
-    """Algorithm: lightman | maml | anil | reptile | protonet | supervised."""
+    """Algorithm: lightman | maml | anil | reptile | protonet | supervised (global classes:
+    model.ways = the primary pool's class count; see supervised.py)."""
     inner_lr: float = 0.1
     """α, the inner (task-level) SGD step; also the test-time step of every learner that
     adapts. Paper 5.1: 0.2. Measured on Conv4 (32 px) at initialisation: one step at any
@@ -76,7 +77,7 @@ class LearnerConfig:
     at α/λ1 (name=lightman inner_lr=0.1818..., whose CE step is then α); see
     benchmarks/aux_branch.py."""
     outer_lr: float = 1e-3
-    """β, the learning rate of the trainer's Adam. Paper 5.1: 0.1, which is far too large
+    """β, the learning rate of the trainer's Adam/AdamW. Paper 5.1: 0.1, which is far too large
     for Adam (it normalises the step to ~β per weight); 1e-3 is Adam's usual value."""
     weight_decay: float = 1e-4
     """Weight decay of the outer optimiser (paper 5.1), coupled or decoupled: `optimizer`."""

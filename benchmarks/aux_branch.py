@@ -1,0 +1,282 @@
+"""Does LightmanNet's auxiliary branch help? Learners and variants x training seeds, paired.
+
+    python benchmarks/aux_branch.py --index runs/demo/index --seeds 0 1 2 3 4 --shots 1 5
+    python benchmarks/aux_branch.py --tiny          # a minute-sized smoke run of the whole table
+
+Each variant is the demo's training run (`configs/demo.yaml`, its `train:` section, on an
+existing index: `make demo` leaves one in runs/demo/index) with a few overrides, trained
+once per seed (the seed draws the subject split, the episodes and the initialisation):
+
+    maml              learner.name=maml
+    maml_step         MAML at α·λ1: learner.name=maml learner.inner_lr=α·λ1, the CE step
+                      LightmanNet takes (the step-size control of its λ1)
+    lightman          LightmanNet with the learner's defaults (aux_norm=separate,
+                      bandwidth=fixed σ = 1, aux_align=marginal)
+    lightman_step     LightmanNet at α/λ1: learner.inner_lr=α/λ1, so its CE step is α, MAML's
+    lightman_joint    learner.aux_norm=joint
+    lightman_median   learner.bandwidth=median learner.sigma=[1.0]
+    lightman_multi    learner.bandwidth=median learner.sigma=[0.5,1.0,2.0]
+    lightman_class    learner.aux_align=class
+    lightman_all      joint + median + class together
+    supervised        learner.name=supervised model.ways=<the pool's class count>: global
+                      classes, one joint update per batch, a fresh head per test task
+
+(α and λ1 are read from the base config, e.g. α = 0.2, λ1 = 0.55: maml_step at 0.11,
+lightman_step at 0.3636.) After training, each run's best weights predict the same fixed
+test episodes (subjects never seen in training or model selection; the same episodes for
+every variant of a seed). Printed, per shot setting: each variant's test accuracy, the
+mean over seeds with the 95% CI across seeds (Student t, n − 1 dof) and the per-seed
+values; the paired difference against maml and against lightman, per seed the mean over
+the same episodes of acc_variant − acc_reference, then mean ± 95% CI across seeds; and,
+for the lightman variants, the gradient ratio ‖∇θ λ2·L_aux‖ / ‖∇θ λ1·CE‖ of the first
+inner step (LearnerConfig.log_grad_ratio) and L_aux, at initialisation and at the trained
+weights, each the mean over 8 training episodes and then over seeds. Everything also goes
+to <out>/aux_branch.json. Run on an idle machine: ~10 variants x seeds x shots demo runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from lightman.models.checkpoint import load_checkpoint  # noqa: E402
+from lightman.models.learners import build_learner  # noqa: E402
+from lightman.models.modes import eval_mode  # noqa: E402
+from lightman.models.net import build_model  # noqa: E402
+from lightman.platform.config import load_config  # noqa: E402
+from lightman.platform.demo import DemoConfig  # noqa: E402
+from lightman.platform.ingest import IngestConfig, ingest  # noqa: E402
+from lightman.platform.train import TrainConfig, prepare, run_training  # noqa: E402
+from lightman.tasks.episodes import fixed_episodes  # noqa: E402
+from lightman.tasks.metrics import mean_ci  # noqa: E402
+from lightman.tasks.synth import SynthConfig, synthesize  # noqa: E402
+
+RATIO_EPISODES = 8  # training episodes the gradient ratio is averaged over
+
+# The smoke run's training: tiny data, model and schedule (only shows that the table runs).
+TINY = [
+    "data.val_fraction=0.25",
+    "data.test_fraction=0.3",
+    "episode.query=1",
+    "model.image_size=16",
+    "model.frames=6",
+    "model.hidden=8",
+    "model.aux_dim=8",
+    "meta_batch=2",
+    "iterations=4",
+    "eval_every=2",
+    "val_episodes=3",
+    "threads=1",
+]
+
+
+def variants(base: TrainConfig, classes: int) -> dict[str, list[str]]:
+    """Variant name -> its overrides of the base training config (module docstring)."""
+    alpha, lam = base.learner.inner_lr, base.learner.lambda_pri
+    joint, median = "learner.aux_norm=joint", "learner.bandwidth=median"
+    return {
+        "maml": ["learner.name=maml"],
+        "maml_step": ["learner.name=maml", f"learner.inner_lr={alpha * lam!r}"],
+        "lightman": ["learner.name=lightman"],
+        "lightman_step": ["learner.name=lightman", f"learner.inner_lr={alpha / lam!r}"],
+        "lightman_joint": ["learner.name=lightman", joint],
+        "lightman_median": ["learner.name=lightman", median, "learner.sigma=[1.0]"],
+        "lightman_multi": ["learner.name=lightman", median, "learner.sigma=[0.5,1.0,2.0]"],
+        "lightman_class": ["learner.name=lightman", "learner.aux_align=class"],
+        "lightman_all": [
+            "learner.name=lightman",
+            joint,
+            median,
+            "learner.sigma=[1.0]",
+            "learner.aux_align=class",
+        ],
+        "supervised": ["learner.name=supervised", f"model.ways={classes}"],
+    }
+
+
+def tiny_index(root: Path) -> str:
+    """A small CASME II (5-class) + CK+ stand-in at 16 px."""
+    synth = load_config(
+        SynthConfig,
+        None,
+        [
+            "datasets=[casme2,ckplus]",
+            "seed=0",
+            "casme2.subjects=12",
+            "casme2.clips=120",
+            "ckplus.subjects=6",
+            "ckplus.clips=40",
+        ],
+    )
+    roots = dict(synthesize(root / "synth", synth).roots)
+    uri = str(root / "index")
+    size = ["preprocess.size=16", "preprocess.frames=6"]
+    ingest(
+        "casme2",
+        roots["casme2"],
+        uri,
+        load_config(IngestConfig, None, ["label_scheme=five", *size]),
+    )
+    ingest("ckplus", roots["ckplus"], uri, load_config(IngestConfig, None, size))
+    return uri
+
+
+def train_config(
+    config: str, index: str, seed: int, shots: int, overrides: list[str]
+) -> TrainConfig:
+    demo = load_config(DemoConfig, config, [f"train.{o}" for o in overrides])
+    cfg = demo.train
+    return replace(
+        cfg,
+        seed=seed,
+        data=replace(cfg.data, index=index),
+        episode=replace(cfg.episode, shots=shots),
+    )
+
+
+def grad_ratio(cfg: TrainConfig, model, data, seed: int) -> dict[str, float]:
+    """Mean gradient ratio and L_aux over RATIO_EPISODES training episodes at the model's θ."""
+    learner = build_learner(replace(cfg.learner, log_grad_ratio=True))
+    eps = fixed_episodes(
+        data.train, cfg.episode, RATIO_EPISODES, seed=(seed, 10**6), aux_pool=data.aux
+    )
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    _, m = learner.meta_grads(model, params, buffers, list(eps))
+    return {
+        "grad_ratio": m["aux_ce_grad_ratio"] / m["tasks"],
+        "aux_loss": m["aux_loss"] / m["tasks"],
+    }
+
+
+def episode_accuracies(cfg: TrainConfig, checkpoint: Path, data, n: int) -> np.ndarray:
+    """(n,) query accuracy of the run's best weights on the seed's fixed test episodes."""
+    model, _, _ = load_checkpoint(checkpoint)
+    learner = build_learner(cfg.learner)
+    eps = fixed_episodes(data.test, cfg.episode, n, seed=cfg.seed + 2, aux_pool=data.aux)
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    out = []
+    with eval_mode(model):
+        for ep in eps:
+            with torch.enable_grad():  # test-time adaptation takes gradient steps
+                logits = learner.predict(model, params, buffers, ep)
+            out.append(float((logits.argmax(-1) == ep.query_y).float().mean()))
+    return np.asarray(out)
+
+
+def run_one(cfg: TrainConfig, out: Path, test_episodes: int) -> dict:
+    data = prepare(cfg)
+    row: dict = {}
+    if cfg.learner.name == "lightman":
+        torch.manual_seed(cfg.seed)  # the trainer's initialisation
+        row["init"] = grad_ratio(cfg, build_model(cfg.model).train(), data, cfg.seed)
+    run_training(replace(cfg, test_episodes=1), out)  # the test below is per episode
+    acc = episode_accuracies(cfg, out / "best.pt", data, test_episodes)
+    row["acc"] = acc.tolist()
+    if cfg.learner.name == "lightman":
+        model, _, _ = load_checkpoint(out / "best.pt")
+        row["trained"] = grad_ratio(cfg, model.train(), data, cfg.seed)
+    return row
+
+
+def ci(values) -> str:
+    mean, half = mean_ci(np.asarray(values, dtype=np.float64))
+    return f"{100 * mean:.1f} ± {100 * half:.1f}" if np.isfinite(half) else f"{100 * mean:.1f}"
+
+
+def table(results: dict, seeds: list[int], shots: int) -> str:
+    """The markdown table of one shot setting (module docstring)."""
+    rows = results[shots]
+    lines = [
+        f"### 5-way {shots}-shot, {len(seeds)} seeds (mean ± 95% CI across seeds, %)",
+        "",
+        "| variant | ACC | per seed | vs maml (paired) | vs lightman (paired) "
+        "| ratio init | ratio trained | L_aux init | L_aux trained |",
+        "|" + "---|" * 9,
+    ]
+    for name, per_seed in rows.items():
+        accs = [np.mean(per_seed[s]["acc"]) for s in seeds]
+        paired = []
+        for ref in ("maml", "lightman"):
+            if ref in rows and ref != name:
+                diffs = [
+                    np.mean(np.subtract(per_seed[s]["acc"], rows[ref][s]["acc"])) for s in seeds
+                ]
+                paired.append(ci(diffs))
+            else:
+                paired.append("-")
+        extra = []
+        for key in ("grad_ratio", "aux_loss"):
+            for when in ("init", "trained"):
+                got = [per_seed[s][when][key] for s in seeds if when in per_seed[s]]
+                extra.append(f"{np.mean(got):.3g}" if got else "-")
+        lines.append(
+            f"| {name} | {ci(accs)} | {' '.join(f'{100 * a:.1f}' for a in accs)} | "
+            + " | ".join(paired)
+            + " | "
+            + " | ".join(extra)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--index", help="an index with the config's datasets (e.g. runs/demo/index)")
+    p.add_argument(
+        "--config", default="configs/demo.yaml", help="a demo config; its train: section"
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 5])
+    p.add_argument("--variants", nargs="+", help="a subset of the variants (default: all)")
+    p.add_argument("--test-episodes", type=int, default=500)
+    p.add_argument("--set", nargs="*", default=[], help="more train overrides, key=value")
+    p.add_argument("--out", default="runs/aux_branch")
+    p.add_argument("--tiny", action="store_true", help="a tiny generated index and schedule")
+    a = p.parse_args()
+    out = Path(a.out)
+    with tempfile.TemporaryDirectory() as tmp:
+        index, extra = a.index, list(a.set)
+        if a.tiny:
+            index = tiny_index(Path(tmp))
+            extra = [*TINY, *extra]
+        if not index:
+            p.error("--index is required (or --tiny)")
+        base = train_config(a.config, index, a.seeds[0], a.shots[0], extra)
+        classes = len(prepare(base).train.class_names)
+        chosen = variants(base, classes)
+        names = a.variants or list(chosen)
+        results: dict = {}
+        for shots in a.shots:
+            results[shots] = {}
+            for name in names:
+                results[shots][name] = {}
+                for seed in a.seeds:
+                    cfg = train_config(a.config, index, seed, shots, [*extra, *chosen[name]])
+                    run = out / f"{shots}shot" / name / f"seed{seed}"
+                    print(f"[aux_branch] {shots}-shot {name} seed {seed} ...", flush=True)
+                    results[shots][name][seed] = run_one(cfg, run, a.test_episodes)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "aux_branch.json").write_text(
+        json.dumps(
+            {"args": vars(a), "variants": {n: chosen[n] for n in names}, "results": results},
+            indent=1,
+        )
+    )
+    for shots in a.shots:
+        print(table(results, a.seeds, shots), "\n")
+
+
+if __name__ == "__main__":
+    main()
