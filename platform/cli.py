@@ -48,8 +48,8 @@ EXAMPLES = {
         example:
           lightman train --config configs/demo.yaml --out runs/lightman
           lightman train --config configs/demo.yaml --out runs/maml learner.name=maml
-          lightman train --config configs/demo.yaml --out runs/x learner.lambda_pri=0.7 iterations=50
-          lightman train --config configs/demo.yaml --out runs/w2 workers=2      # Ray Train, 2 workers
+          lightman train --config configs/demo.yaml --out runs/x learner.lambda_pri=0.7
+          lightman train --config configs/demo.yaml --out runs/w2 workers=2   # Ray Train
           lightman train --config configs/demo.yaml --out runs/w2 workers=2 iterations=200 --resume
     """,
     "report": """
@@ -59,9 +59,10 @@ EXAMPLES = {
     "eval": """
         example:
           lightman eval --checkpoint runs/lightman/best.pt --index data/index --protocol fewshot
-          lightman eval --checkpoint runs/lightman/best.pt --index data/index --protocol fewshot shots=5 episodes=600
-          lightman eval --checkpoint runs/lightman/best.pt --index data/index --protocol loso shots=1 repeats=10
-          lightman eval --checkpoint runs/comp/best.pt --index data/index --protocol composite   # trained with data.labels=composite3
+          lightman eval --checkpoint runs/lm/best.pt --index data/index --protocol fewshot shots=5
+          lightman eval --checkpoint runs/lm/best.pt --index data/index --protocol loso repeats=10
+          # a checkpoint trained with data.labels=composite3:
+          lightman eval --checkpoint runs/comp/best.pt --index data/index --protocol composite
     """,
     "serve": """
         example:
@@ -72,12 +73,12 @@ EXAMPLES = {
     "score": """
         example:
           lightman score --checkpoint runs/lightman/best.pt --index data/index --out runs/scores
-          lightman score --checkpoint runs/lightman/best.pt --index s3://bucket/index --out s3://bucket/scores
-          lightman score --checkpoint runs/lightman/best.pt --index my_videos/ --out runs/mine   # no labels
+          lightman score --checkpoint runs/lm/best.pt --index s3://bucket/index --out s3://bucket/s
+          lightman score --checkpoint runs/lm/best.pt --index my_videos/ --out runs/own
     """,
     "demo": """
         example:
-          lightman demo --out runs/demo            # synth -> ingest -> inspect -> train LightmanNet + MAML -> table
+          lightman demo --out runs/demo   # synth, ingest, inspect, train LightmanNet + MAML, table
           lightman demo --out runs/demo seed=1
     """,
 }
@@ -91,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog=textwrap.dedent("""
             examples:
               lightman demo --out runs/demo
-              lightman synth --out data/synth && lightman ingest casme2 data/synth/CASME2 --out data/index
+              lightman synth --out data/synth
+              lightman ingest casme2 data/synth/CASME2 --out data/index
               lightman <command> --help      # every command shows an example
         """),
     )
@@ -99,8 +101,11 @@ def _parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
         return sub.add_parser(
-            name, help=help_, description=help_,
-            epilog=textwrap.dedent(EXAMPLES[name]), formatter_class=argparse.RawDescriptionHelpFormatter,
+            name,
+            help=help_,
+            description=help_,
+            epilog=textwrap.dedent(EXAMPLES[name]),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
     s = add("synth", "Write the seeded stand-in data set in the real dataset layouts.")
@@ -115,43 +120,82 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--config", help="YAML IngestConfig")
     i.add_argument("--frames", type=int, help="frames sampled onset→offset (default 8)")
     i.add_argument("--size", type=int, help="output size in pixels (default 64)")
-    i.add_argument("--face-crop", choices=("haar", "none"), help="face box on the onset frame, or none for pre-cropped releases")
-    i.add_argument("--flow", action="store_true", help="also store onset→apex optical flow (u, v, magnitude)")
-    i.add_argument("--label-scheme", choices=("native", "five", "composite3"), help="label scheme (default native)")
+    i.add_argument(
+        "--face-crop",
+        choices=("haar", "none"),
+        help="face box on the onset frame, or none for pre-cropped releases",
+    )
+    i.add_argument(
+        "--flow", action="store_true", help="also store onset→apex optical flow (u, v, magnitude)"
+    )
+    i.add_argument(
+        "--label-scheme",
+        choices=("native", "five", "composite3"),
+        help="label scheme (default native)",
+    )
     i.add_argument("--workers", type=int, help="parallel preprocessing workers")
-    i.add_argument("--limit", type=int, help="ingest at most N clips (quick looks; into a new --out, "
-                   "since fewer than half a dataset's clips do not replace it without --replace)")
-    i.add_argument("--replace", action="store_true",
-                   help="replace the dataset's rows in the index even with fewer than half as many")
+    i.add_argument(
+        "--limit",
+        type=int,
+        help="ingest at most N clips (quick looks; into a new --out, since fewer than "
+        "half a dataset's clips do not replace it without --replace)",
+    )
+    i.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace the dataset's rows in the index even with fewer than half as many",
+    )
     i.add_argument("--subjects", help="comma-separated subject ids to keep")
-    i.add_argument("--expression", choices=("micro", "macro"), help="keep only micro or macro clips")
+    i.add_argument(
+        "--expression", choices=("micro", "macro"), help="keep only micro or macro clips"
+    )
     i.add_argument("overrides", nargs="*", help="key=value overrides")
 
-    n = add("inspect", "Print counts, skipped clips and repairs of an index; write a contact sheet PNG.")
+    n = add(
+        "inspect", "Print counts, skipped clips and repairs of an index; write a contact sheet PNG."
+    )
     n.add_argument("uri", help="index URI")
     n.add_argument("--png", help="contact sheet output path (default: none)")
-    n.add_argument("--verify", action="store_true",
-                   help="also re-hash every row against the manifest (reads the whole index)")
+    n.add_argument(
+        "--verify",
+        action="store_true",
+        help="also re-hash every row against the manifest (reads the whole index)",
+    )
 
     t = add("train", "Meta-train a learner (LightmanNet by default) on an index.")
     t.add_argument("--config", help="YAML TrainConfig (e.g. configs/demo.yaml)")
     t.add_argument("--out", required=True, help="run folder (checkpoints, metrics, report)")
-    t.add_argument("--resume", action="store_true",
-                   help="continue the run from its last checkpoint (also a finished run, with more iterations)")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last checkpoint (a finished run too, given more iterations)",
+    )
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learner.name=maml")
 
-    r = add("report", "Draw a run's learning curves (loss, accuracies, MMD term, episodes/s) to a PNG.")
+    r = add(
+        "report", "Draw a run's learning curves (loss, accuracies, MMD term, episodes/s) to a PNG."
+    )
     r.add_argument("run", help="run folder (holds metrics.jsonl)")
     r.add_argument("--png", help="output path (default: RUN/curves.png)")
 
     e = add("eval", "Evaluate a checkpoint on held-out subjects and print a results table.")
     e.add_argument("--checkpoint", required=True, help="checkpoint URI (best.pt of a run)")
     e.add_argument("--index", required=True, help="index URI")
-    e.add_argument("--protocol", default="fewshot", choices=("fewshot", "loso", "composite"),
-                   help="fewshot: N-way K-shot episodes; loso: leave-one-subject-out over the test subjects; "
-                        "composite: LOSO on the MEGC 2019 negative/positive/surprise labels")
-    e.add_argument("--out", help="where to write results.json / results.csv (default: next to the checkpoint)")
-    e.add_argument("overrides", nargs="*", help="key=value overrides of the evaluation, e.g. shots=5 episodes=600")
+    e.add_argument(
+        "--protocol",
+        default="fewshot",
+        choices=("fewshot", "loso", "composite"),
+        help="fewshot: N-way K-shot episodes; loso: leave-one-subject-out over the test subjects; "
+        "composite: LOSO on the MEGC 2019 negative/positive/surprise labels",
+    )
+    e.add_argument(
+        "--out", help="where to write results.json / results.csv (default: next to the checkpoint)"
+    )
+    e.add_argument(
+        "overrides",
+        nargs="*",
+        help="key=value overrides of the evaluation, e.g. shots=5 episodes=600",
+    )
 
     v = add("serve", "Serve a checkpoint over HTTP with Ray Serve: score clips, adapt to a person.")
     v.add_argument("--checkpoint", required=True, help="checkpoint URI (local path or s3://)")
@@ -165,13 +209,18 @@ def _parser() -> argparse.ArgumentParser:
 
     c = add("score", "Score every clip of an index, or a folder of videos, with Ray Data.")
     c.add_argument("--checkpoint", required=True, help="checkpoint URI (local path or s3://)")
-    c.add_argument("--index", required=True,
-                   help="index URI, or a folder of videos (local or s3://) with no annotation")
+    c.add_argument(
+        "--index",
+        required=True,
+        help="index URI, or a folder of videos (local or s3://) with no annotation",
+    )
     c.add_argument("--out", required=True, help="output folder URI (predictions.parquet, metrics)")
     c.add_argument("--config", help="YAML ScoreConfig")
     c.add_argument("overrides", nargs="*", help="key=value overrides, e.g. actors=4 batch_size=32")
 
-    d = add("demo", "The main job on the embedded default data: synth, ingest, inspect, train, table.")
+    d = add(
+        "demo", "The main job on the embedded default data: synth, ingest, inspect, train, table."
+    )
     d.add_argument("--out", default="runs/demo", help="demo folder")
     d.add_argument("--config", default=None, help="YAML DemoConfig")
     d.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=1")
@@ -192,9 +241,14 @@ def _cmd_ingest(a: argparse.Namespace) -> None:
 
     over = list(a.overrides)
     flags = {
-        "preprocess.frames": a.frames, "preprocess.size": a.size, "preprocess.face_crop": a.face_crop,
-        "label_scheme": a.label_scheme, "workers": a.workers, "limit": a.limit,
-        "subjects": a.subjects, "expression": a.expression,
+        "preprocess.frames": a.frames,
+        "preprocess.size": a.size,
+        "preprocess.face_crop": a.face_crop,
+        "label_scheme": a.label_scheme,
+        "workers": a.workers,
+        "limit": a.limit,
+        "subjects": a.subjects,
+        "expression": a.expression,
     }
     over += [f"{k}={v}" for k, v in flags.items() if v is not None]
     if a.flow:
@@ -234,8 +288,8 @@ def _cmd_report(a: argparse.Namespace) -> None:
 
 
 def _cmd_eval(a: argparse.Namespace) -> None:
-    from lightman.platform.evaluate import EvalConfig, evaluate_checkpoint
     from lightman.platform.config import load_config
+    from lightman.platform.evaluate import EvalConfig, evaluate_checkpoint
 
     cfg = load_config(EvalConfig, None, a.overrides)
     result = evaluate_checkpoint(a.checkpoint, a.index, a.protocol, cfg, a.out)
@@ -267,9 +321,15 @@ def _cmd_score(a: argparse.Namespace) -> None:
 
 
 COMMANDS = {
-    "synth": _cmd_synth, "ingest": _cmd_ingest, "inspect": _cmd_inspect,
-    "train": _cmd_train, "report": _cmd_report, "eval": _cmd_eval, "demo": _cmd_demo,
-    "serve": _cmd_serve, "score": _cmd_score,
+    "synth": _cmd_synth,
+    "ingest": _cmd_ingest,
+    "inspect": _cmd_inspect,
+    "train": _cmd_train,
+    "report": _cmd_report,
+    "eval": _cmd_eval,
+    "demo": _cmd_demo,
+    "serve": _cmd_serve,
+    "score": _cmd_score,
 }
 
 
@@ -327,8 +387,11 @@ def run_command(args: argparse.Namespace) -> int:
         message = _environment_error(e)
         if message is None:
             traceback.print_exc()
-            print(f"{name}: internal error ({type(e).__name__}): this is a bug in Lightman; please "
-                  f"report it with the traceback above", file=sys.stderr)
+            print(
+                f"{name}: internal error ({type(e).__name__}): this is a bug in Lightman; please "
+                f"report it with the traceback above",
+                file=sys.stderr,
+            )
             return 1
         print(f"{name}: error: {message}", file=sys.stderr)
         return 2

@@ -38,9 +38,9 @@ import posixpath
 import tempfile
 import uuid
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -92,7 +92,9 @@ class Manifest:
 
     def entry(self, dataset: str) -> dict:
         if dataset not in self.data["datasets"]:
-            raise BadIndexError(f"dataset {dataset!r} not in index at {self.uri}; it has {list(self.datasets)}")
+            raise BadIndexError(
+                f"dataset {dataset!r} not in index at {self.uri}; it has {list(self.datasets)}"
+            )
         return self.data["datasets"][dataset]
 
 
@@ -163,17 +165,27 @@ def _check_row(row: dict, dataset: str, class_names: tuple[str, ...], n: int) ->
     if missing or extra:
         raise ValueError(f"{who}: missing columns {missing}, unknown columns {extra}")
     if row["dataset"] != dataset:
-        raise ValueError(f"{who}: dataset {row['dataset']!r} differs from the entry's dataset {dataset!r}")
+        raise ValueError(
+            f"{who}: dataset {row['dataset']!r} differs from the entry's dataset {dataset!r}"
+        )
     if row["expression"] not in EXPRESSIONS:
-        raise ValueError(f"{who}: expression must be one of {EXPRESSIONS}, got {row['expression']!r}")
+        raise ValueError(
+            f"{who}: expression must be one of {EXPRESSIONS}, got {row['expression']!r}"
+        )
     if not isinstance(row["label"], (int, np.integer)) or not 0 <= row["label"] < len(class_names):
-        raise ValueError(f"{who}: label {row['label']!r} is outside the scheme's {len(class_names)} classes {list(class_names)}")
+        raise ValueError(
+            f"{who}: label {row['label']!r} is outside the scheme's {len(class_names)} classes "
+            f"{list(class_names)}"
+        )
     shape = list(row["frames_shape"])
     size = 1
     for s in shape:
         size *= int(s)
     if len(shape) != 4 or size != len(row["frames"]):
-        raise ValueError(f"{who}: frames hold {len(row['frames'])} bytes but frames_shape is {shape} (M, H, W, C)")
+        raise ValueError(
+            f"{who}: frames hold {len(row['frames'])} bytes but frames_shape is {shape} "
+            "(M, H, W, C)"
+        )
 
 
 def _to_table(rows: list[dict]) -> pa.Table:
@@ -186,7 +198,9 @@ def _to_table(rows: list[dict]) -> pa.Table:
                 try:
                     pa.array([row[col.name]], type=col.type)
                 except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as e:
-                    raise ValueError(f"{row['clip_id']}: column {col.name!r} = {row[col.name]!r:.80}: {e}") from e
+                    raise ValueError(
+                        f"{row['clip_id']}: column {col.name!r} = {row[col.name]!r:.80}: {e}"
+                    ) from e
         raise ValueError(f"cannot convert rows to the index schema: {err}") from err
 
 
@@ -200,7 +214,9 @@ class _Partition:
     folder: storage.Location
     expression: str
     rows: list = field(default_factory=list)
-    files: list = field(default_factory=list)  # [{"path", "expression", "rows"}], relative to the root
+    files: list = field(
+        default_factory=list
+    )  # [{"path", "expression", "rows"}], relative to the root
     writer: pq.ParquetWriter | None = None
 
 
@@ -218,7 +234,7 @@ class _Written:
 
 
 def _flush(p: _Partition, root: storage.Location, rows_per_file: int) -> list[bytes]:
-    """Write the buffered rows as one row group (a new file when the last is full); their digests."""
+    """Write the buffered rows as one row group (a new file when the last is full); digests."""
     if not p.rows:
         return []
     table = _to_table(p.rows)
@@ -226,7 +242,9 @@ def _flush(p: _Partition, root: storage.Location, rows_per_file: int) -> list[by
     if p.writer is None:
         loc = p.folder.join(f"part-{len(p.files):05d}.parquet")
         p.writer = pq.ParquetWriter(loc.path, INDEX_SCHEMA, filesystem=loc.fs)
-        p.files.append({"path": posixpath.relpath(loc.path, root.path), "expression": p.expression, "rows": 0})
+        p.files.append(
+            {"path": posixpath.relpath(loc.path, root.path), "expression": p.expression, "rows": 0}
+        )
     p.writer.write_table(table, row_group_size=table.num_rows)
     p.files[-1]["rows"] += table.num_rows
     if p.files[-1]["rows"] >= rows_per_file:
@@ -241,8 +259,13 @@ def _close(p: _Partition) -> None:
 
 
 def _write_rows(
-    rows: Iterable[dict | Skipped], root: storage.Location, vdir: storage.Location, dataset: str,
-    class_names: tuple[str, ...], row_group_size: int, rows_per_file: int,
+    rows: Iterable[dict | Skipped],
+    root: storage.Location,
+    vdir: storage.Location,
+    dataset: str,
+    class_names: tuple[str, ...],
+    row_group_size: int,
+    rows_per_file: int,
 ) -> _Written:
     """Stream rows into partition files under `vdir`; memory holds one row group a partition."""
     out = _Written()
@@ -255,7 +278,9 @@ def _write_rows(
                 continue
             _check_row(row, dataset, class_names, n)
             if row["clip_id"] in seen:
-                raise ValueError(f"duplicate clip_id {row['clip_id']!r} (row {n}): clip ids must be unique")
+                raise ValueError(
+                    f"duplicate clip_id {row['clip_id']!r} (row {n}): clip ids must be unique"
+                )
             seen.add(row["clip_id"])
             expr = row["expression"]
             if expr not in parts:
@@ -287,7 +312,9 @@ def _check_entry(entry: dict) -> tuple[str, tuple[str, ...]]:
         raise ValueError(f"dataset entry lacks {missing}; it needs {list(_REQUIRED_ENTRY_KEYS)}")
     scheme = entry["label_scheme"]
     if not isinstance(scheme, dict) or "name" not in scheme or "class_names" not in scheme:
-        raise ValueError(f"dataset entry's label_scheme must be {{'name', 'class_names'}}, got {scheme!r}")
+        raise ValueError(
+            f"dataset entry's label_scheme must be {{'name', 'class_names'}}, got {scheme!r}"
+        )
     name = entry["dataset"]
     if not name or "/" in name or "=" in name:
         raise ValueError(f"dataset name {name!r} must be non-empty without '/' or '='")
@@ -300,7 +327,9 @@ def _counts(w: _Written, class_names: tuple[str, ...]) -> dict:
         "per_class": {class_names[i]: w.labels.get(i, 0) for i in range(len(class_names))},
         "per_subject": dict(sorted(w.subjects.items())),
         "per_expression": dict(sorted(w.expressions.items())),
-        "repairs_by_kind": dict(sorted(Counter(repair_kind(n) for ns in w.repairs.values() for n in ns).items())),
+        "repairs_by_kind": dict(
+            sorted(Counter(repair_kind(n) for ns in w.repairs.values() for n in ns).items())
+        ),
     }
 
 
@@ -354,8 +383,12 @@ def _discard(loc: storage.Location) -> None:
 
 
 def write_index(
-    rows: Iterable[dict | Skipped], out_uri: str, dataset_entry: dict, *,
-    row_group_size: int = ROW_GROUP_SIZE, rows_per_file: int = ROWS_PER_FILE,
+    rows: Iterable[dict | Skipped],
+    out_uri: str,
+    dataset_entry: dict,
+    *,
+    row_group_size: int = ROW_GROUP_SIZE,
+    rows_per_file: int = ROWS_PER_FILE,
 ) -> Manifest:
     """Write one dataset's rows into the index at `out_uri`, replacing that dataset only.
 
@@ -368,7 +401,9 @@ def write_index(
     untouched and the error propagates.
     """
     if row_group_size < 1 or rows_per_file < 1:
-        raise ValueError(f"row_group_size and rows_per_file must be >= 1, got {row_group_size}, {rows_per_file}")
+        raise ValueError(
+            f"row_group_size and rows_per_file must be >= 1, got {row_group_size}, {rows_per_file}"
+        )
     dataset, class_names = _check_entry(dataset_entry)
     root = storage.resolve(out_uri)
     previous = _read_manifest_or_none(root)
@@ -403,7 +438,9 @@ def write_index(
     manifest = _assemble(previous, dataset, entry)
     # the commit point; if this write fails the new folder stays (an S3 PUT may have
     # landed even though it reported an error) and the next commit collects it
-    storage.write_bytes(root.join(MANIFEST), json.dumps(manifest, indent=1, sort_keys=True).encode())
+    storage.write_bytes(
+        root.join(MANIFEST), json.dumps(manifest, indent=1, sort_keys=True).encode()
+    )
     _collect_garbage(root, manifest)
     return Manifest(root.uri, manifest)
 
@@ -436,7 +473,9 @@ def _check_files_exist(root: storage.Location, rel_paths: list[str]) -> None:
     infos = root.fs.get_file_info([root.join(p).path for p in rel_paths])
     missing = [p for p, i in zip(rel_paths, infos) if i.type != pafs.FileType.File]
     if missing:
-        raise BadIndexError(f"index at {root.uri} is corrupt: manifest lists missing files {missing[:5]}")
+        raise BadIndexError(
+            f"index at {root.uri} is corrupt: manifest lists missing files {missing[:5]}"
+        )
 
 
 def _parse_manifest(root: storage.Location, raw: bytes) -> dict:
@@ -448,8 +487,8 @@ def _parse_manifest(root: storage.Location, raw: bytes) -> dict:
         raise BadIndexError(f"index at {root.uri}: {MANIFEST} is not a Lightman index manifest")
     if data.get("schema_version") != SCHEMA_VERSION:
         raise BadIndexError(
-            f"index at {root.uri} has schema version {data.get('schema_version')}; this Lightman reads "
-            f"version {SCHEMA_VERSION}: re-run `lightman ingest` into a new location"
+            f"index at {root.uri} has schema version {data.get('schema_version')}; this "
+            f"Lightman reads version {SCHEMA_VERSION}: re-run `lightman ingest` into a new location"
         )
     problem = _manifest_problem(data)
     if problem:
@@ -463,11 +502,24 @@ def _parse_manifest(root: storage.Location, raw: bytes) -> dict:
 # Fields (and their JSON types) that readers and the writer of an index rely on; a manifest
 # edited by hand or cut short must fail here, naming the field, not as a KeyError later.
 _MANIFEST_FIELDS = {"content_hash": str, "num_rows": int, "files": list, "datasets": dict}
-_ENTRY_FIELDS = {"label_scheme": dict, "counts": dict, "repairs": dict, "files": list,
-                 "skipped": list, "content_hash": str, "version": str, "written_at": str}
+_ENTRY_FIELDS = {
+    "label_scheme": dict,
+    "counts": dict,
+    "repairs": dict,
+    "files": list,
+    "skipped": list,
+    "content_hash": str,
+    "version": str,
+    "written_at": str,
+}
 _SCHEME_FIELDS = {"name": str, "class_names": list}
-_COUNT_FIELDS = {"clips": int, "per_class": dict, "per_subject": dict, "per_expression": dict,
-                 "repairs_by_kind": dict}
+_COUNT_FIELDS = {
+    "clips": int,
+    "per_class": dict,
+    "per_subject": dict,
+    "per_expression": dict,
+    "repairs_by_kind": dict,
+}
 _FILE_FIELDS = {"path": str, "expression": str, "rows": int}
 _SKIP_FIELDS = {"clip": str, "reason": str}
 _JSON_TYPE = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
@@ -537,8 +589,10 @@ def prepare_write(uri: str) -> dict | None:
     """
     root = storage.resolve(uri)
     if storage.exists(root) and not storage.is_dir(root):
-        raise BadIndexError(f"index location {root.uri} is a file, not a folder; give a new folder "
-                            f"or an existing index")
+        raise BadIndexError(
+            f"index location {root.uri} is a file, not a folder; give a new folder "
+            f"or an existing index"
+        )
     previous = _read_manifest_or_none(root)
     vroot = root.join(VERSIONS_DIR)
     try:
@@ -550,8 +604,10 @@ def prepare_write(uri: str) -> dict | None:
             _probe_local(root.path, vroot.path)
     except OSError as e:
         why = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
-        raise BadIndexError(f"cannot write the index at {root.uri} ({why}); choose a location "
-                            f"you can write, or fix its permissions") from e
+        raise BadIndexError(
+            f"cannot write the index at {root.uri} ({why}); choose a location "
+            f"you can write, or fix its permissions"
+        ) from e
     return previous
 
 
@@ -573,30 +629,39 @@ def _probe_local(root: str, vroot: str) -> None:
 
 
 def select_files(
-    manifest: dict, uri: str, datasets: Iterable[str] | None, expression: str | None,
+    manifest: dict,
+    uri: str,
+    datasets: Iterable[str] | None,
+    expression: str | None,
 ) -> list[str]:
     """Relative paths of the files holding `datasets` (all when None) and `expression`."""
     have = sorted(manifest["datasets"])
-    wanted = have if datasets is None else [datasets] if isinstance(datasets, str) else list(datasets)
+    wanted = (
+        have if datasets is None else [datasets] if isinstance(datasets, str) else list(datasets)
+    )
     unknown = [d for d in wanted if d not in manifest["datasets"]]
     if unknown:
         raise BadIndexError(f"datasets {unknown} not in index at {uri}; it has {have}")
     if expression is not None and expression not in EXPRESSIONS:
         raise ValueError(f"expression must be one of {EXPRESSIONS} or None, got {expression!r}")
     return sorted(
-        f["path"] for d in wanted for f in manifest["datasets"][d]["files"]
+        f["path"]
+        for d in wanted
+        for f in manifest["datasets"][d]["files"]
         if expression is None or f["expression"] == expression
     )
 
 
 def check_subjects(subjects: Iterable[str] | None) -> list[str] | None:
-    """Subject filters must be dataset-prefixed ids ("casme2/sub01"): ids collide across datasets."""
+    """Subject filters are dataset-prefixed ids ("casme2/sub01"): ids collide across datasets."""
     if subjects is None:
         return None
     subjects = [subjects] if isinstance(subjects, str) else list(subjects)
     bare = [s for s in subjects if "/" not in s]
     if bare:
-        raise ValueError(f"subjects {bare} must be prefixed by their dataset, e.g. 'casme2/{bare[0]}'")
+        raise ValueError(
+            f"subjects {bare} must be prefixed by their dataset, e.g. 'casme2/{bare[0]}'"
+        )
     return subjects
 
 
@@ -608,7 +673,9 @@ def check_columns(columns: Iterable[str] | None) -> list[str]:
     return cols
 
 
-def index_files(uri: str, *, datasets: Iterable[str] | None = None, expression: str | None = None) -> list[str]:
+def index_files(
+    uri: str, *, datasets: Iterable[str] | None = None, expression: str | None = None
+) -> list[str]:
     """URIs of the data files of the committed index (what Ray Data reads), filtered."""
     root = storage.resolve(uri)
     manifest = read_manifest(root.uri)
@@ -616,8 +683,12 @@ def index_files(uri: str, *, datasets: Iterable[str] | None = None, expression: 
 
 
 def read_table(
-    uri: str, *, datasets: Iterable[str] | None = None, expression: str | None = None,
-    subjects: Iterable[str] | None = None, columns: Iterable[str] | None = None,
+    uri: str,
+    *,
+    datasets: Iterable[str] | None = None,
+    expression: str | None = None,
+    subjects: Iterable[str] | None = None,
+    columns: Iterable[str] | None = None,
 ) -> pa.Table:
     """Rows of the committed index as one Arrow table, filtered.
 
@@ -632,7 +703,9 @@ def read_table(
     if not rel:
         return INDEX_SCHEMA.empty_table().select(cols)
     _check_files_exist(root, rel)
-    data = pads.dataset([root.join(p).path for p in rel], schema=INDEX_SCHEMA, format="parquet", filesystem=root.fs)
+    data = pads.dataset(
+        [root.join(p).path for p in rel], schema=INDEX_SCHEMA, format="parquet", filesystem=root.fs
+    )
     filt = pc.field("subject").isin(subjects) if subjects is not None else None
     return data.to_table(columns=cols, filter=filt)
 

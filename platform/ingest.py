@@ -73,7 +73,9 @@ class IngestConfig:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 or None, got {self.limit}")
         if self.expression is not None and self.expression not in EXPRESSIONS:
-            raise ValueError(f"expression must be one of {EXPRESSIONS} or None, got {self.expression!r}")
+            raise ValueError(
+                f"expression must be one of {EXPRESSIONS} or None, got {self.expression!r}"
+            )
         if self.row_group_size < 1:
             raise ValueError(f"row_group_size must be >= 1, got {self.row_group_size}")
 
@@ -108,7 +110,8 @@ class IngestSummary:
 
 
 def label_records(
-    records: Sequence[ClipRecord], scheme: LabelScheme,
+    records: Sequence[ClipRecord],
+    scheme: LabelScheme,
 ) -> tuple[list[tuple[ClipRecord, int]], list[Skipped]]:
     """(record, label) for the clips inside the scheme; the others skipped with the reason."""
     jobs, skipped = [], []
@@ -119,10 +122,14 @@ def label_records(
             skipped.append(Skipped(rec.dataset, rec.clip_id, str(e)))
             continue
         if label is None:
-            skipped.append(Skipped(
-                rec.dataset, rec.clip_id,
-                f"emotion {rec.emotion!r} is outside the {scheme.name} scheme {list(scheme.class_names)}",
-            ))
+            skipped.append(
+                Skipped(
+                    rec.dataset,
+                    rec.clip_id,
+                    f"emotion {rec.emotion!r} is outside the {scheme.name} scheme "
+                    f"{list(scheme.class_names)}",
+                )
+            )
         else:
             jobs.append((rec, label))
     return jobs, skipped
@@ -208,7 +215,10 @@ def pool_map(jobs: list, cfg: PreprocessConfig, workers: int) -> Iterator[dict |
     chunk = max(1, min(8, len(jobs) // (4 * workers)))
     others = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),),
+        workers,
+        mp_context=ctx,
+        initializer=_worker_init,
+        initargs=(os.getpid(),),
     )
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP)
     try:
@@ -256,7 +266,11 @@ def parallel_map(jobs: list, cfg: PreprocessConfig, workers: int) -> Iterator[di
     if workers == 1:
         return (process_clip(j, cfg) for j in jobs)
     ray = sys.modules.get("ray")  # never imported: certainly not running (and not worth importing)
-    return ray_map(jobs, cfg, workers) if ray and ray.is_initialized() else pool_map(jobs, cfg, workers)
+    return (
+        ray_map(jobs, cfg, workers)
+        if ray and ray.is_initialized()
+        else pool_map(jobs, cfg, workers)
+    )
 
 
 def _examples(skipped: Sequence[Skipped], k: int = 3) -> str:
@@ -276,7 +290,10 @@ def require_rows(results: Iterator[dict | Skipped], jobs: int) -> Iterator[dict 
             failed.append(r)
         yield r
     if jobs and len(failed) == jobs:
-        raise IngestError(f"all {jobs} clips failed preprocessing; the index was not changed. e.g. {_examples(failed)}")
+        raise IngestError(
+            f"all {jobs} clips failed preprocessing; the index was not changed. "
+            f"e.g. {_examples(failed)}"
+        )
 
 
 SHRINK_LIMIT = 0.5  # an ingest may replace a dataset's rows with no fewer than this fraction
@@ -284,12 +301,21 @@ SHRINK_LIMIT = 0.5  # an ingest may replace a dataset's rows with no fewer than 
 
 def _narrowed_by(cfg: IngestConfig) -> str:
     """The options that narrowed the scan, as the command line spells them."""
-    opts = {"--limit": cfg.limit, "--subjects": ",".join(cfg.subjects), "--expression": cfg.expression}
+    opts = {
+        "--limit": cfg.limit,
+        "--subjects": ",".join(cfg.subjects),
+        "--expression": cfg.expression,
+    }
     return " ".join(f"{k} {v}" for k, v in opts.items() if v)
 
 
 def _shrink_error(
-    dataset: str, out: str, old: int, new: int, cfg: IngestConfig, at_most: bool = False,
+    dataset: str,
+    out: str,
+    old: int,
+    new: int,
+    cfg: IngestConfig,
+    at_most: bool = False,
 ) -> IngestError:
     narrowed = _narrowed_by(cfg)
     return IngestError(
@@ -314,7 +340,9 @@ def refuse_shrink(results: Iterator[dict | Skipped], least: int, error) -> Itera
         raise error(rows)
 
 
-def dataset_entry(dataset: str, src: str, cfg: IngestConfig, scheme: LabelScheme, skipped: list[Skipped]) -> dict:
+def dataset_entry(
+    dataset: str, src: str, cfg: IngestConfig, scheme: LabelScheme, skipped: list[Skipped]
+) -> dict:
     """The manifest entry the ingest records (the writer adds counts, files, hash, ...)."""
     return {
         "dataset": dataset,
@@ -331,7 +359,12 @@ def dataset_entry(dataset: str, src: str, cfg: IngestConfig, scheme: LabelScheme
 
 
 def ingest(
-    dataset: str, src: str, out: str, cfg: IngestConfig = IngestConfig(), *, replace: bool = False,
+    dataset: str,
+    src: str,
+    out: str,
+    cfg: IngestConfig = IngestConfig(),
+    *,
+    replace: bool = False,
 ) -> IngestSummary:
     """Scan `src`, label, preprocess and write `dataset` into the index at `out` (local or s3://).
 
@@ -345,20 +378,26 @@ def ingest(
     """
     start = time.perf_counter()
     src_uri, out_uri = storage.resolve(src).uri, storage.resolve(out).uri
-    scheme = build_scheme(cfg.label_scheme, [dataset])  # fails before the scan if it does not cover `dataset`
+    scheme = build_scheme(
+        cfg.label_scheme, [dataset]
+    )  # fails before the scan if it does not cover `dataset`
     previous = prepare_write(out_uri)
     held = previous["datasets"].get(dataset) if previous and not replace else None
     old = held["counts"]["clips"] if held else 0
     least = math.ceil(old * SHRINK_LIMIT)
-    found = scan(dataset, src_uri, limit=cfg.limit, subjects=cfg.subjects or None, expression=cfg.expression)
+    found = scan(
+        dataset, src_uri, limit=cfg.limit, subjects=cfg.subjects or None, expression=cfg.expression
+    )
     if dataset == "video":  # the generic adapter's classes are the emotions its CSV names
-        scheme = build_scheme(cfg.label_scheme, [dataset], extra_emotions=tuple(r.emotion for r in found.records))
+        scheme = build_scheme(
+            cfg.label_scheme, [dataset], extra_emotions=tuple(r.emotion for r in found.records)
+        )
     jobs, label_skips = label_records(found.records, scheme)
     skipped_before = list(found.skipped) + label_skips
     if not jobs:
         raise IngestError(
-            f"no usable {dataset} clips in {src_uri} ({len(skipped_before)} skipped); the index was not "
-            f"changed. e.g. {_examples(skipped_before) or 'the scan found no clips'}"
+            f"no usable {dataset} clips in {src_uri} ({len(skipped_before)} skipped); the index "
+            f"was not changed. e.g. {_examples(skipped_before) or 'the scan found no clips'}"
         )
 
     if len(jobs) < least:
@@ -369,7 +408,9 @@ def ingest(
     bar = tqdm(results, total=len(jobs), desc=f"ingest {dataset}", unit="clip", disable=None)
     try:
         manifest = write_index(
-            bar, out_uri, dataset_entry(dataset, src_uri, cfg, scheme, skipped_before),
+            bar,
+            out_uri,
+            dataset_entry(dataset, src_uri, cfg, scheme, skipped_before),
             row_group_size=cfg.row_group_size,
         )
     finally:
@@ -397,7 +438,8 @@ def format_summary(summary: IngestSummary) -> str:
     s = summary
     lines = [
         f"ingested {s.ingested} {s.dataset} clips from {s.src} into {s.out}",
-        f"  {s.seconds:.1f} s with {s.workers} worker(s): {s.clips_per_s:.1f} clips/s, {s.frames_per_s:.0f} frames/s",
+        f"  {s.seconds:.1f} s with {s.workers} worker(s): {s.clips_per_s:.1f} clips/s, "
+        f"{s.frames_per_s:.0f} frames/s",
         f"  per class: {', '.join(f'{k} {v}' for k, v in s.class_counts.items()) or 'none'}",
         f"  subjects: {len(s.subject_counts)}",
         f"  repairs: {', '.join(f'{k} {v}' for k, v in sorted(s.repairs.items())) or 'none'}",
@@ -407,4 +449,3 @@ def format_summary(summary: IngestSummary) -> str:
     # the dataset's own hash, which `lightman inspect` prints per dataset; not the index's
     lines.append(f"  {s.dataset} dataset hash: {s.content_hash}")
     return "\n".join(lines)
-

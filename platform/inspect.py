@@ -26,13 +26,30 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lightman.platform.index import (
-    BadIndexError, combine_digests, file_problems, read_manifest, read_table, table_digests,
+    BadIndexError,
+    combine_digests,
+    file_problems,
+    read_manifest,
+    read_table,
+    table_digests,
 )
 from lightman.tasks import storage
 
 MAGNIFY = 10.0  # gain on |apex − onset| in the contact sheet
-_SHEET_COLUMNS = ("clip_id", "dataset", "subject", "emotion", "label", "onset", "apex", "offset",
-                  "apex_source", "sampled_frames", "frames", "frames_shape")
+_SHEET_COLUMNS = (
+    "clip_id",
+    "dataset",
+    "subject",
+    "emotion",
+    "label",
+    "onset",
+    "apex",
+    "offset",
+    "apex_source",
+    "sampled_frames",
+    "frames",
+    "frames_shape",
+)
 
 
 class DamagedIndex(BadIndexError):
@@ -59,7 +76,8 @@ def format_report(uri: str, manifest: dict) -> str:
         scheme = e["label_scheme"]
         lines += [
             "",
-            f"{name}: {c['clips']} clips from {e.get('source_uri', '?')}, written {e['written_at']}",
+            f"{name}: {c['clips']} clips from {e.get('source_uri', '?')}, "
+            f"written {e['written_at']}",
             f"  label scheme {scheme['name']} ({len(scheme['class_names'])} classes)",
             # in class-index order (the manifest's JSON keys are sorted)
             f"  per class: {_counts_line({k: c['per_class'][k] for k in scheme['class_names']})}",
@@ -70,7 +88,9 @@ def format_report(uri: str, manifest: dict) -> str:
         skipped = e.get("skipped", [])
         lines.append(f"  skipped: {len(skipped)}")
         lines += [f"    {s['clip']}: {s['reason']}" for s in skipped]
-        lines.append(f"  repaired clips: {len(e['repairs'])} ({_counts_line(c['repairs_by_kind'])})")
+        lines.append(
+            f"  repaired clips: {len(e['repairs'])} ({_counts_line(c['repairs_by_kind'])})"
+        )
         lines += [f"    {clip}: {'; '.join(notes)}" for clip, notes in e["repairs"].items()]
     return "\n".join(lines)
 
@@ -96,7 +116,9 @@ def key_frames(row: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     Sampling runs from onset to offset, so the first and last sampled frames are those;
     the apex shown is the sampled frame nearest the apex.
     """
-    frames = np.frombuffer(row["frames"], dtype=np.uint8).reshape(row["frames_shape"])  # (M, H, W, C)
+    frames = np.frombuffer(row["frames"], dtype=np.uint8).reshape(
+        row["frames_shape"]
+    )  # (M, H, W, C)
     sampled = np.asarray(row["sampled_frames"])
     i = int(np.argmin(np.abs(sampled - row["apex"])))
     return frames[0], frames[i], frames[-1], int(sampled[i])
@@ -153,18 +175,30 @@ def check_files(uri: str, manifest: dict, *, verify: bool = False) -> list[tuple
         if verify and not found:
             paths = [root.join(f["path"]).path for f in e["files"]]
             try:
-                digests = [d for p in paths for d in table_digests(pq.read_table(p, filesystem=root.fs))]
+                digests = [
+                    d for p in paths for d in table_digests(pq.read_table(p, filesystem=root.fs))
+                ]
             except (OSError, pa.ArrowException) as err:  # a damaged page inside the file
                 problems.append((name, f"{name}: rows unreadable ({err})"))
                 continue
             if combine_digests(digests) != e["content_hash"]:
-                problems.append((name, f"{name}: rows hash to {combine_digests(digests)}, the "
-                                       f"manifest records {e['content_hash']}"))
+                problems.append(
+                    (
+                        name,
+                        f"{name}: rows hash to {combine_digests(digests)}, the "
+                        f"manifest records {e['content_hash']}",
+                    )
+                )
     return problems
 
 
 def inspect_index(
-    uri: str, out_png: str | None = None, *, verify: bool = False, clips: int = 6, seed: int = 0,
+    uri: str,
+    out_png: str | None = None,
+    *,
+    verify: bool = False,
+    clips: int = 6,
+    seed: int = 0,
 ) -> str:
     """Report on the index at `uri` after checking its files (`check_files`); with `out_png`
     (local or s3://) also write a contact sheet of up to `clips` clips stratified by
@@ -179,10 +213,12 @@ def inspect_index(
         damaged = sorted({d for d, _ in problems})
         raise DamagedIndex(
             f"index at {loc.uri} is damaged: {len(problems)} problem(s) in {checked} (listed "
-            f"above); re-run `lightman ingest` for {', '.join(damaged)}", report,
+            f"above); re-run `lightman ingest` for {', '.join(damaged)}",
+            report,
         )
-    report += (f"\n\nchecked {checked}: all present and readable"
-               + ("; every dataset's rows match its hash" if verify else ""))
+    report += f"\n\nchecked {checked}: all present and readable" + (
+        "; every dataset's rows match its hash" if verify else ""
+    )
     if out_png is None:
         return report
     meta = read_table(loc.uri, columns=["clip_id", "dataset", "label", "subject"]).to_pydict()
@@ -191,7 +227,9 @@ def inspect_index(
     rows: list[dict] = []
     if picked:
         subject_of = dict(zip(meta["clip_id"], meta["subject"]))
-        table = read_table(loc.uri, subjects=sorted({subject_of[c] for c in picked}), columns=_SHEET_COLUMNS)
+        table = read_table(
+            loc.uri, subjects=sorted({subject_of[c] for c in picked}), columns=_SHEET_COLUMNS
+        )
         table = table.filter(pc.is_in(table.column("clip_id"), value_set=pa.array(picked)))
         by_id = {r["clip_id"]: r for r in table.to_pylist()}
         rows = [by_id[c] for c in picked]

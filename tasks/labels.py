@@ -15,7 +15,16 @@ NATIVE: dict[str, tuple[str, ...]] = {
     "casme2": ("happiness", "surprise", "disgust", "repression", "others", "fear", "sadness"),
     "samm": ("anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise", "other"),
     "smic": ("negative", "positive", "surprise"),
-    "casme": ("amusement", "sadness", "disgust", "surprise", "contempt", "fear", "repression", "tense"),
+    "casme": (
+        "amusement",
+        "sadness",
+        "disgust",
+        "surprise",
+        "contempt",
+        "fear",
+        "repression",
+        "tense",
+    ),
     "casme_sq": ("negative", "positive", "surprise", "others"),
     "ckplus": ("neutral", "anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"),
     "video": (),  # generic adapter: classes are whatever the CSV names (sorted)
@@ -34,20 +43,41 @@ FIVE_CLASS: dict[str, dict[str, str]] = {
 
 COMPOSITE3 = ("negative", "positive", "surprise")
 _COMPOSITE_MAP: dict[str, dict[str, str]] = {
-    "casme2": {"disgust": "negative", "repression": "negative", "happiness": "positive", "surprise": "surprise"},
+    "casme2": {
+        "disgust": "negative",
+        "repression": "negative",
+        "happiness": "positive",
+        "surprise": "surprise",
+    },
     "samm": {
-        "anger": "negative", "contempt": "negative", "disgust": "negative", "fear": "negative",
-        "sadness": "negative", "happiness": "positive", "surprise": "surprise",
+        "anger": "negative",
+        "contempt": "negative",
+        "disgust": "negative",
+        "fear": "negative",
+        "sadness": "negative",
+        "happiness": "positive",
+        "surprise": "surprise",
     },
     "smic": {"negative": "negative", "positive": "positive", "surprise": "surprise"},
     "casme_sq": {"negative": "negative", "positive": "positive", "surprise": "surprise"},
     "casme": {
-        "disgust": "negative", "sadness": "negative", "contempt": "negative", "fear": "negative",
-        "repression": "negative", "tense": "negative", "amusement": "positive", "surprise": "surprise",
+        "disgust": "negative",
+        "sadness": "negative",
+        "contempt": "negative",
+        "fear": "negative",
+        "repression": "negative",
+        "tense": "negative",
+        "amusement": "positive",
+        "surprise": "surprise",
     },
     "ckplus": {
-        "anger": "negative", "contempt": "negative", "disgust": "negative", "fear": "negative",
-        "sadness": "negative", "happy": "positive", "surprise": "surprise",
+        "anger": "negative",
+        "contempt": "negative",
+        "disgust": "negative",
+        "fear": "negative",
+        "sadness": "negative",
+        "happy": "positive",
+        "surprise": "surprise",
     },
 }
 
@@ -69,7 +99,9 @@ def normalise(dataset: str, emotion: str) -> str:
     if native is None:
         raise UnknownEmotion(f"unknown dataset {dataset!r}; known: {sorted(NATIVE)}")
     if native and e not in native:
-        raise UnknownEmotion(f"unknown emotion {emotion!r} for {dataset}; expected one of {list(native)}")
+        raise UnknownEmotion(
+            f"unknown emotion {emotion!r} for {dataset}; expected one of {list(native)}"
+        )
     if not e:
         raise UnknownEmotion(f"empty emotion for {dataset}")
     return e
@@ -95,7 +127,9 @@ class LabelScheme:
         return {"name": self.name, "class_names": list(self.class_names)}
 
 
-def build_scheme(name: str, datasets: tuple[str, ...] | list[str], extra_emotions: tuple[str, ...] = ()) -> LabelScheme:
+def build_scheme(
+    name: str, datasets: tuple[str, ...] | list[str], extra_emotions: tuple[str, ...] = ()
+) -> LabelScheme:
     """The scheme `name` over `datasets` (several datasets share a scheme when combined).
 
     `extra_emotions` are the classes of the generic `video` adapter (from its CSV).
@@ -108,7 +142,11 @@ def build_scheme(name: str, datasets: tuple[str, ...] | list[str], extra_emotion
         names: list[str] = []
         mapping = []
         for d in datasets:
-            classes = NATIVE[d] if d != "video" else tuple(sorted({normalise("video", e) for e in extra_emotions}))
+            classes = (
+                NATIVE[d]
+                if d != "video"
+                else tuple(sorted({normalise("video", e) for e in extra_emotions}))
+            )
             for e in classes:
                 if e not in names:
                     names.append(e)

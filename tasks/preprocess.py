@@ -118,8 +118,10 @@ def validate_span(
         shown = ", ".join(map(str, missing[:10]))
         if len(missing) > 10:
             shown += f", ... ({len(missing)} in all)"
-        repairs += (f"frames missing on disk between onset {onset} and offset {offset}: {shown}; "
-                    f"sampled over the {len(span)} frames present",)
+        repairs += (
+            f"frames missing on disk between onset {onset} and offset {offset}: {shown}; "
+            f"sampled over the {len(span)} frames present",
+        )
     return offset, span, repairs
 
 
@@ -133,8 +135,13 @@ def _farneback(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
 
 
-def motion_scores(reference: np.ndarray, frames: np.ndarray, method: str = "diff",
-                  end: np.ndarray | None = None, positions: np.ndarray | None = None) -> np.ndarray:
+def motion_scores(
+    reference: np.ndarray,
+    frames: np.ndarray,
+    method: str = "diff",
+    end: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
+) -> np.ndarray:
     """(n,) motion of each frame relative to neutral.
 
     Neutral is `reference` (the onset frame, (H, W[, C])); when `end` (the offset frame)
@@ -153,8 +160,12 @@ def motion_scores(reference: np.ndarray, frames: np.ndarray, method: str = "diff
     if method == "flow":
         ref = grey(reference)
         drift = 0.0 if end is None else _farneback(ref, grey(end))
-        return np.array([np.linalg.norm(_farneback(ref, grey(f)) - wi * drift, axis=-1).mean()
-                         for f, wi in zip(frames, w)])
+        return np.array(
+            [
+                np.linalg.norm(_farneback(ref, grey(f)) - wi * drift, axis=-1).mean()
+                for f, wi in zip(frames, w)
+            ]
+        )
     raise ValueError(f"apex method must be one of {APEX_METHODS}, got {method!r}")
 
 
@@ -181,7 +192,7 @@ def estimate_apex(
     method: str,
     max_candidates: int = 64,
 ) -> int:
-    """Absolute number of the peak-motion frame among `numbers` (onset numbers[0] … offset numbers[-1]).
+    """Absolute number of the peak-motion frame among `numbers` (onset numbers[0] … offset [-1]).
 
     Coarse to fine: score at most `max_candidates` evenly spaced frames, then search again
     between the best one's neighbours, until every frame of the range has been scored.

@@ -83,12 +83,19 @@ def test_unknown_dataset_name(capsys, src, index):
     assert snapshot(index) == before
 
 
-@pytest.mark.parametrize("damage, field", [
-    (lambda m: m["datasets"]["casme2"]["counts"].pop("per_class"),
-     "datasets.casme2.counts.per_class is missing"),
-    (lambda m: m["datasets"]["casme2"]["files"][0].update(rows="many"),
-     'datasets.casme2.files[0].rows must be an integer, got "many"'),
-])
+@pytest.mark.parametrize(
+    "damage, field",
+    [
+        (
+            lambda m: m["datasets"]["casme2"]["counts"].pop("per_class"),
+            "datasets.casme2.counts.per_class is missing",
+        ),
+        (
+            lambda m: m["datasets"]["casme2"]["files"][0].update(rows="many"),
+            'datasets.casme2.files[0].rows must be an integer, got "many"',
+        ),
+    ],
+)
 def test_manifest_valid_json_but_damaged(capsys, src, index, damage, field):
     manifest = json.loads((index / "manifest.json").read_text())
     damage(manifest)
@@ -145,8 +152,11 @@ def test_limit_does_not_replace_a_dataset_with_far_fewer_clips(capsys, src, inde
 
 def test_a_frame_missing_inside_a_clip_is_a_recorded_repair(capsys, synth_root, src, tmp_path):
     truth = json.loads((synth_root / "synth_manifest.json").read_text())["clips"]
-    clip = next(c for c in truth
-                if c["dataset"] == "casme2" and not c["quirks"] and c["offset"] - c["onset"] > 4)
+    clip = next(
+        c
+        for c in truth
+        if c["dataset"] == "casme2" and not c["quirks"] and c["offset"] - c["onset"] > 4
+    )
     gone = next(n for n in range(clip["onset"] + 1, clip["offset"]) if n != clip["apex"])
     (src.parent / clip["path"] / f"img{gone}.jpg").unlink()
     out = tmp_path / "index"
@@ -154,8 +164,10 @@ def test_a_frame_missing_inside_a_clip_is_a_recorded_repair(capsys, synth_root, 
     assert "repairs: " in capsys.readouterr().out
     entry = json.loads((out / "manifest.json").read_text())["datasets"]["casme2"]
     notes = entry["repairs"][f"casme2/{clip['subject']}/{clip['clip']}"]
-    assert (f"frames missing on disk between onset {clip['onset']} and offset {clip['offset']}: "
-            f"{gone}; sampled over the {clip['offset'] - clip['onset']} frames present") in notes
+    assert (
+        f"frames missing on disk between onset {clip['onset']} and offset {clip['offset']}: "
+        f"{gone}; sampled over the {clip['offset'] - clip['onset']} frames present"
+    ) in notes
     assert entry["counts"]["repairs_by_kind"]["frames"] == 1
 
 
@@ -163,10 +175,13 @@ def _data_file(index: Path) -> Path:
     return index / json.loads((index / "manifest.json").read_text())["files"][0]
 
 
-@pytest.mark.parametrize("damage, problem", [
-    (lambda f: f.unlink(), "missing"),
-    (lambda f: f.write_bytes(f.read_bytes()[:1000]), "unreadable"),
-])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda f: f.unlink(), "missing"),
+        (lambda f: f.write_bytes(f.read_bytes()[:1000]), "unreadable"),
+    ],
+)
 def test_inspect_checks_every_data_file(capsys, src, index, damage, problem):
     path = _data_file(index)
     damage(path)
@@ -212,13 +227,19 @@ def test_ingest_and_inspect_name_their_two_hashes_apart(capsys, index):
     assert f"casme2 dataset hash: {manifest['datasets']['casme2']['content_hash']}" in out
 
 
-@pytest.mark.parametrize("argv, names", [
-    (["synth", "--out", "{tmp}/file"], "{tmp}/file"),
-    (["ingest", "casme2", "{tmp}/nothere", "--out", "{tmp}/index"], "{tmp}/nothere"),
-    (["inspect", "{tmp}/nothere"], "{tmp}/nothere"),
-    (["train", "--config", "{tmp}/nothere.yaml", "--out", "{tmp}/run"], "{tmp}/nothere.yaml"),
-    (["eval", "--checkpoint", "{tmp}/nothere.pt", "--index", "{tmp}/index"], "{tmp}/nothere.pt"),
-])
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["synth", "--out", "{tmp}/file"], "{tmp}/file"),
+        (["ingest", "casme2", "{tmp}/nothere", "--out", "{tmp}/index"], "{tmp}/nothere"),
+        (["inspect", "{tmp}/nothere"], "{tmp}/nothere"),
+        (["train", "--config", "{tmp}/nothere.yaml", "--out", "{tmp}/run"], "{tmp}/nothere.yaml"),
+        (
+            ["eval", "--checkpoint", "{tmp}/nothere.pt", "--index", "{tmp}/index"],
+            "{tmp}/nothere.pt",
+        ),
+    ],
+)
 def test_every_command_reports_a_bad_path_in_one_line(capsys, tmp_path, argv, names):
     (tmp_path / "file").write_text("a file where a folder should be")
     err = fails_cleanly(capsys, [a.replace("{tmp}", str(tmp_path)) for a in argv]).err
@@ -234,8 +255,11 @@ def test_a_bug_shows_its_traceback_and_says_so(capsys, monkeypatch, tmp_path):
     assert main(["synth", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "RuntimeError: an invariant broke" in err
-    assert err.strip().splitlines()[-1].startswith("lightman synth: internal error (RuntimeError): "
-                                                   "this is a bug in Lightman")
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("lightman synth: internal error (RuntimeError): this is a bug in Lightman")
+    )
 
 
 # ---------------------------------------------------------------- signals and worker processes
@@ -250,7 +274,7 @@ def _processes() -> dict[int, tuple[int, str]]:
                 stat = Path(f"/proc/{name}/stat").read_text()
             except OSError:  # ended meanwhile
                 continue
-            fields = stat[stat.rindex(")") + 2:].split()
+            fields = stat[stat.rindex(")") + 2 :].split()
             found[int(name)] = (int(fields[1]), fields[0])
     return found
 
@@ -279,22 +303,38 @@ def slow_src(tmp_path_factory) -> Path:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("sig, code, message", [
-    (signal.SIGTERM, 143, "lightman ingest: terminated (SIGTERM); the index was left as it was"),
-    # to the process group, as Ctrl-C in a terminal: the workers receive it too
-    (signal.SIGINT, 130, "lightman ingest: interrupted (Ctrl-C); the index was left as it was"),
-    (signal.SIGKILL, -signal.SIGKILL, None),
-])
+@pytest.mark.parametrize(
+    "sig, code, message",
+    [
+        (
+            signal.SIGTERM,
+            143,
+            "lightman ingest: terminated (SIGTERM); the index was left as it was",
+        ),
+        # to the process group, as Ctrl-C in a terminal: the workers receive it too
+        (signal.SIGINT, 130, "lightman ingest: interrupted (Ctrl-C); the index was left as it was"),
+        (signal.SIGKILL, -signal.SIGKILL, None),
+    ],
+)
 def test_a_signal_ends_a_two_worker_ingest_with_its_workers(
-    slow_src, index, tmp_path, sig, code, message,
+    slow_src,
+    index,
+    tmp_path,
+    sig,
+    code,
+    message,
 ):
     manifest = (index / "manifest.json").read_bytes()
     before = snapshot(index)
     # files, not pipes: a process that outlived the ingest would hold a pipe open
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
         argv = ["ingest", "casme2", slow_src, "--out", index, "--workers", "2", "--flow"]
-        proc = subprocess.Popen([LIGHTMAN, *map(str, argv), "--size", "32"], stdout=out, stderr=err,
-                                start_new_session=True)  # a process group of its own, as in a shell
+        proc = subprocess.Popen(
+            [LIGHTMAN, *map(str, argv), "--size", "32"],
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )  # a process group of its own, as in a shell
     seen: set[int] = set()
     deadline = time.monotonic() + 120
     while proc.poll() is None:

@@ -28,9 +28,26 @@ import pyarrow.fs as pafs
 
 from lightman.tasks import storage
 from lightman.tasks.datasets.base import (
-    Candidate, CodingSheet, LayoutError, RowError, ScanResult, canonical_emotion, cell, child,
-    collect, decided, find_header, is_blank, layout_error, layout_of, name_of, parse_apex,
-    parse_onset_offset, pick, row_reason, text,
+    Candidate,
+    CodingSheet,
+    LayoutError,
+    RowError,
+    ScanResult,
+    canonical_emotion,
+    cell,
+    child,
+    collect,
+    decided,
+    find_header,
+    is_blank,
+    layout_error,
+    layout_of,
+    name_of,
+    parse_apex,
+    parse_onset_offset,
+    pick,
+    row_reason,
+    text,
 )
 from lightman.tasks.frames import FrameReadError, decoder_log, decoder_reason, open_video
 from lightman.tasks.schema import EXPRESSIONS, ClipRecord, Skipped
@@ -48,8 +65,9 @@ def find_csv(root: Location, infos: list[pafs.FileInfo]) -> Location:
     found = pick(infos, (r"labels\.csv",), pafs.FileType.File)
     if found is not None:
         return child(root, found)
-    csvs = [i for i in infos
-            if i.type == pafs.FileType.File and i.base_name.lower().endswith(".csv")]
+    csvs = [
+        i for i in infos if i.type == pafs.FileType.File and i.base_name.lower().endswith(".csv")
+    ]
     if len(csvs) != 1:
         problem = "no CSV file" if not csvs else f"{len(csvs)} CSV files and none named labels.csv"
         raise layout_error(TITLE, LAYOUT, root, problem)
@@ -66,8 +84,9 @@ def read_csv(loc: Location, root: Location) -> CodingSheet:
         raise LayoutError(f"cannot read {loc.uri}: {type(e).__name__}: {e}") from e
     found = find_header(rows, REQUIRED, OPTIONAL, search_rows=1)
     if found is None:
-        raise layout_error(TITLE, LAYOUT, root,
-                           f"{name} has no header line with the columns {', '.join(REQUIRED)}")
+        raise layout_error(
+            TITLE, LAYOUT, root, f"{name} has no header line with the columns {', '.join(REQUIRED)}"
+        )
     return CodingSheet(name, rows, found[0], found[1])
 
 
@@ -85,8 +104,9 @@ def build(rec: ClipRecord, uri: str, fps_from_video: bool) -> ClipRecord | Skipp
     except FrameReadError as e:
         return Skipped(DATASET, rec.clip_id, str(e))
     except Exception as e:  # decord raises DECORDError/RuntimeError on broken packets
-        return Skipped(DATASET, rec.clip_id,
-                       f"{uri}: cannot decode its last frame: {decoder_reason(log, e)}")
+        return Skipped(
+            DATASET, rec.clip_id, f"{uri}: cannot decode its last frame: {decoder_reason(log, e)}"
+        )
     return replace(rec, fps=fps, frame_numbers=tuple(range(n)), video_uri=uri, source_uri=uri)
 
 
@@ -118,8 +138,9 @@ def parse_fps(value: object, where: str) -> float | None:
     return fps
 
 
-def scan(root: Location, *, limit: int | None = None, subjects=None,
-         expression: str | None = None) -> ScanResult:
+def scan(
+    root: Location, *, limit: int | None = None, subjects=None, expression: str | None = None
+) -> ScanResult:
     """All clips listed in the CSV under `root` (see the module docstring for the layout)."""
     sheet = read_csv(find_csv(root, storage.list_dir(root)), root)
     candidates: list[Candidate] = []
@@ -138,8 +159,9 @@ def scan(root: Location, *, limit: int | None = None, subjects=None,
         filename = posixpath.splitext(posixpath.basename(clip))[0]
         clip_id = f"{subject}/{filename}"
         try:
-            onset, offset = parse_onset_offset(cell(row, c["onset"]), cell(row, c["offset"]),
-                                               where, ("onset", "offset"))
+            onset, offset = parse_onset_offset(
+                cell(row, c["onset"]), cell(row, c["offset"]), where, ("onset", "offset")
+            )
             emotion, notes = canonical_emotion(DATASET, cell(row, c["emotion"]), where)
             fps = parse_fps(cell(row, c.get("fps")), where)
         except ValueError as e:  # RowError or UnknownEmotion
@@ -148,12 +170,22 @@ def scan(root: Location, *, limit: int | None = None, subjects=None,
             continue
         apex, apex_notes = parse_apex(cell(row, c["apex"]), where, "apex", first_frame=0)
         rec = ClipRecord(
-            dataset=DATASET, subject=subject, filename=filename, expression=kind, emotion=emotion,
-            onset=onset, apex=apex, offset=offset, fps=fps or 0.0,
-            apex_source="annotated" if apex is not None else "missing", repairs=apex_notes + notes,
+            dataset=DATASET,
+            subject=subject,
+            filename=filename,
+            expression=kind,
+            emotion=emotion,
+            onset=onset,
+            apex=apex,
+            offset=offset,
+            fps=fps or 0.0,
+            apex_source="annotated" if apex is not None else "missing",
+            repairs=apex_notes + notes,
         )
         uri = root.join(clip).uri
-        candidates.append(Candidate(clip_id, subject, kind, where,
-                                    partial(build, rec, uri, fps is None)))
-    return collect(DATASET, candidates, row_skips, limit=limit, subjects=subjects,
-                   expression=expression)
+        candidates.append(
+            Candidate(clip_id, subject, kind, where, partial(build, rec, uri, fps is None))
+        )
+    return collect(
+        DATASET, candidates, row_skips, limit=limit, subjects=subjects, expression=expression
+    )
