@@ -7,24 +7,33 @@ RunConfig(name, storage, FailureConfig(max_failures)))` → the final run state.
 Worker (`worker_loop`): rank, world size and device come from Ray Train; the context
 all-reduces through torch.distributed and reports checkpoints with `ray.train.report`.
 
+Data: in replicate mode the driver's pools (loaded once, checked before any worker
+starts) reach every worker through the object store. In shard mode the driver builds one
+Ray Dataset per rank over that rank's training subjects (`read_dataset`, the subject
+filter pushed into the Parquet read; held in the object store, not on the driver) and
+rank r reads only "train_r"; the validation pool still comes from the driver (rank 0
+validates).
+
 Faults: a failed worker group is restarted up to `max_failures` times; every restarted
 worker receives the last reported checkpoint (`ray.train.get_checkpoint`) and continues
-from its step. Since a step's tasks depend on (seed, step) only, no step is lost or
-repeated and the final parameters equal an uninterrupted run's. Resume: `fit` again with
-the same `RunConfig(name, storage_path)` continues from the latest checkpoint. Ray Train
-persists a reported checkpoint folder to storage before it records it, so a restart
-never reads a half-written one.
+from its step. Since a step's tasks depend on (seed, step) only (shard: and the rank),
+no step is lost or repeated and the final parameters equal an uninterrupted run's.
+Resume: `fit` again with the same `RunConfig(name, storage_path)` continues from the
+latest checkpoint. Ray Train persists a reported checkpoint folder to storage before it
+records it, so a restart never reads a half-written one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import sys
 import tempfile
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 import ray.train
@@ -41,9 +50,21 @@ from ray.train import (
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from lightman.platform.config import ConfigError
+from lightman.platform.data import ExactlyOnceDataConfig, read_dataset
+from lightman.platform.index import read_manifest
 from lightman.platform.run_state import load_state, save_state
-from lightman.platform.train import LoopContext, TrainConfig, _check_resumable, train_loop
+from lightman.platform.selection import unified_labels
+from lightman.platform.train import (
+    LoopContext,
+    RunData,
+    TrainConfig,
+    _check_resumable,
+    shard_subjects,
+    train_loop,
+)
 from lightman.tasks import storage
+from lightman.tasks.episodes import ClipPool
+from lightman.tasks.splits import composite_pool
 
 _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 # Ray Train's placement-group cleaner polls the state API, which a cluster without a
@@ -65,23 +86,43 @@ def _report(metrics: dict, payload: dict | None) -> None:
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
+def _shard_pool(cfg: TrainConfig, rank: int, class_names: tuple[str, ...]) -> ClipPool:
+    """This worker's training subjects (data_mode=shard), read from its Ray Data shard."""
+    it = ray.train.get_dataset_shard(f"train_{rank}")
+    table = pa.concat_tables(list(it.iter_batches(batch_size=None, batch_format="pyarrow")))
+    table, names = unified_labels(table, read_manifest(cfg.data.index))
+    pool = ClipPool.from_table(table, names, name=f"train shard {rank}")
+    if cfg.data.labels == "composite3":
+        pool, _ = composite_pool(pool, name=pool.name)
+    if pool.class_names != class_names:  # a shard lacking one of several primary datasets
+        raise ConfigError(
+            f"data_mode=shard: worker {rank}'s subjects give the classes {pool.class_names}, "
+            f"the run's are {class_names}; use data_mode=replicate for these datasets"
+        )
+    return pool
+
+
 def worker_loop(config: dict) -> None:
     """Ray Train's `train_loop_per_worker`: `train_loop` with this worker's context."""
+    cfg, data = config["cfg"], config["data"]
     checkpoint = ray.train.get_checkpoint()
     state = None
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = load_state(folder)
     context = ray.train.get_context()
+    rank = context.get_world_rank()
+    shard = _shard_pool(cfg, rank, data.val.class_names) if data.train is None else None
     ctx = LoopContext(
-        rank=context.get_world_rank(),
+        rank=rank,
         world_size=context.get_world_size(),
         device=ray.train.torch.get_device(),
         all_reduce=_all_reduce,
         report=_report,
         resume=state,
+        train_pool=shard,
     )
-    train_loop(config["cfg"], Path(config["out"]), ctx)
+    train_loop(cfg, Path(config["out"]), ctx, data)
 
 
 def storage_of(cfg: TrainConfig, out: Path) -> tuple[str, pafs.FileSystem | None]:
@@ -182,7 +223,22 @@ def _quiet_ray_logs():
         sys.stdout, sys.stderr = saved
 
 
-def fit(cfg: TrainConfig, out: Path, resume: bool) -> dict:
+def _shard_datasets(cfg: TrainConfig, data: RunData) -> dict:
+    """One Ray Dataset per rank, of that rank's training subjects (data_mode=shard),
+    materialised in the object store before the workers start: every CPU of a small
+    cluster goes to a worker, and Ray Data's read tasks would then wait for one forever."""
+    return {
+        f"train_{rank}": read_dataset(
+            cfg.data.index,
+            datasets=cfg.data.primary,
+            expression="micro",
+            subjects=shard_subjects(data.split.train, rank, cfg.workers),
+        ).materialize()
+        for rank in range(cfg.workers)
+    }
+
+
+def fit(cfg: TrainConfig, out: Path, resume: bool, data: RunData) -> dict:
     """Run `train_loop` on `cfg.workers` Ray Train workers; the final run state (rank 0's)."""
     path, fs = storage_of(cfg, out)
     check_storage(cfg, path, fs)
@@ -194,9 +250,18 @@ def fit(cfg: TrainConfig, out: Path, resume: bool) -> dict:
         try:
             check_placement(cfg)
             _prepare_run_dir(cfg, name, path, fs, resume)
+            shard = cfg.data_mode == "shard"
+            datasets = _shard_datasets(cfg, data) if shard else {}
+            # the workers never see the test subjects: the driver evaluates them at the end
+            worker_data = dataclasses.replace(data, train=None if shard else data.train, test=None)
             trainer = TorchTrainer(
                 worker_loop,
-                train_loop_config={"cfg": cfg, "out": str(out)},
+                # replicate: the driver's pools reach every worker through the object
+                # store; shard: each worker reads only its own subjects' rows
+                train_loop_config={"cfg": cfg, "out": str(out), "data": worker_data},
+                datasets=datasets or None,
+                # every rank gets each dataset whole; rank r reads only "train_r"
+                dataset_config=ExactlyOnceDataConfig(datasets_to_split=[]),
                 torch_config=TorchConfig(backend="nccl" if cfg.device == "cuda" else "gloo"),
                 scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.device == "cuda"),
                 run_config=RunConfig(

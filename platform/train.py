@@ -22,7 +22,7 @@ import dataclasses
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -31,6 +31,7 @@ import torch
 
 from lightman.models.checkpoint import save_checkpoint
 from lightman.models.learners import LearnerConfig, build_learner
+from lightman.models.learners.base import outer_optimizer
 from lightman.models.net import ModelConfig, build_model
 from lightman.models.provenance import to_dict, versions
 from lightman.platform.config import ConfigError
@@ -43,6 +44,7 @@ from lightman.tasks.splits import SubjectSplit, episode_ready_split, split_pools
 
 Backend = Literal["auto", "local", "ray"]
 Device = Literal["cpu", "cuda"]
+DataMode = Literal["replicate", "shard"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,12 @@ class TrainConfig:
     workers: int = 1  # W data-parallel workers; W > 1 runs through Ray Train
     backend: Backend = "auto"  # auto: ray when workers > 1 or storage_path is set; local: no Ray
     device: Device = "cpu"  # cpu: gloo all-reduce; cuda: one GPU per worker, nccl
+    # replicate: every worker holds the whole training pool and computes its share of the
+    # step's global task list (W workers = 1 worker up to float32 summation order);
+    # shard: worker r holds only its training subjects (sorted subjects r, r + W, ...,
+    # read through Ray Data) and draws its tasks from them: for pools too large for one
+    # worker, deterministic for a fixed W but not equal across W.
+    data_mode: DataMode = "replicate"
     checkpoint_every: int = 50  # write the run state every N steps (and after the last)
     keep_checkpoints: int = 2  # newest run-state checkpoints kept
     storage_path: str = ""  # Ray Train storage, local or s3:// ("" = <out>/ray)
@@ -71,13 +79,18 @@ class TrainConfig:
     debug_checksum: bool = False  # all-reduce a parameter checksum every step; fail if ranks differ
 
     def __post_init__(self) -> None:
-        if self.model.ways != self.episode.ways:
+        # supervised trains h_pri on the pool's global classes: model.ways = their count
+        supervised = self.learner.name == "supervised"
+        if self.model.ways != self.episode.ways and not (
+            supervised and self.model.ways > self.episode.ways
+        ):
             raise ValueError(
                 f"model.ways ({self.model.ways}) must equal episode.ways ({self.episode.ways})"
+                + (" or, for supervised, exceed it" if supervised else "")
             )
         if self.meta_batch < 1 or self.iterations < 0 or self.eval_every < 1:
             raise ValueError("meta_batch >= 1, iterations >= 0 and eval_every >= 1 are required")
-        for name, options in (("backend", Backend), ("device", Device)):
+        for name, options in (("backend", Backend), ("device", Device), ("data_mode", DataMode)):
             if getattr(self, name) not in get_args(options):
                 raise ValueError(
                     f"{name} must be one of {list(get_args(options))}, got {getattr(self, name)!r}"
@@ -97,6 +110,8 @@ class TrainConfig:
                 "model.bn_mode=running updates running statistics task by task, which does "
                 "not all-reduce into the one-worker values: use workers=1 or bn_mode=task|clip"
             )
+        if self.data_mode == "shard" and self.workers < 2:
+            raise ValueError("data_mode=shard splits the training subjects over workers >= 2")
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1 or self.max_failures < 0:
             raise ValueError(
                 "checkpoint_every >= 1, keep_checkpoints >= 1 and max_failures >= 0 are required"
@@ -134,6 +149,7 @@ class LoopContext:
     # same steps, only rank 0 passes a payload (the others pass None)
     report: Callable[[dict, dict | None], None] = lambda metrics, payload: None
     resume: dict | None = None  # the run state to continue from (None: a fresh run)
+    train_pool: ClipPool | None = None  # data_mode=shard: this worker's training subjects
 
     @property
     def is_main(self) -> bool:
@@ -142,12 +158,11 @@ class LoopContext:
 
 @dataclass(frozen=True)
 class RunData:
-    """The pools of a run: every worker loads the whole (small) pool, so the step's task
-    list is the same for any W."""
+    """The pools and split of a run, loaded once by the driver and handed to the workers."""
 
-    train: ClipPool
+    train: ClipPool | None  # None on data_mode=shard workers (theirs is ctx.train_pool)
     val: ClipPool
-    test: ClipPool
+    test: ClipPool | None  # None on the workers: only the driver evaluates test subjects
     aux: ClipPool | None
     split: SubjectSplit
     split_attempt: int
@@ -183,7 +198,24 @@ def prepare(cfg: TrainConfig) -> RunData:
     )
     train_pool, val_pool, test_pool = split_pools(pool, split)
     EpisodeSampler(train_pool, ep, seed=cfg.seed, aux_pool=aux_pool)  # raises if it cannot serve
+    if cfg.data_mode == "shard":
+        for rank in range(cfg.workers):
+            mine = shard_subjects(split.train, rank, cfg.workers)
+            try:
+                EpisodeSampler(train_pool.by_subjects(mine), ep, seed=cfg.seed)
+            except ValueError as e:
+                raise ConfigError(
+                    f"data_mode=shard with workers={cfg.workers}: worker {rank}'s "
+                    f"{len(mine)} training subjects cannot serve its episodes ({e}); use "
+                    "fewer workers or data_mode=replicate"
+                ) from e
     return RunData(train_pool, val_pool, test_pool, aux_pool, split, attempt)
+
+
+def shard_subjects(subjects: Sequence[str], rank: int, world_size: int) -> list[str]:
+    """Worker `rank`'s training subjects in shard mode: sorted subjects rank, rank + W, ...
+    (disjoint over the ranks, together all of them)."""
+    return sorted(subjects)[rank::world_size]
 
 
 def outer_step(
@@ -240,12 +272,11 @@ def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
-def train_loop(cfg: TrainConfig, out: Path, ctx: LoopContext) -> None:
+def train_loop(cfg: TrainConfig, out: Path, ctx: LoopContext, data: RunData) -> None:
     """The per-worker loop (module docstring). Rank 0 logs to `out` and reports checkpoints."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    data = prepare(cfg)
     val_eps = fixed_episodes(
         data.val, cfg.episode, cfg.val_episodes, seed=cfg.seed + 1, aux_pool=data.aux
     )
@@ -253,9 +284,7 @@ def train_loop(cfg: TrainConfig, out: Path, ctx: LoopContext) -> None:
     learner = build_learner(cfg.learner)
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
-    optimizer = torch.optim.Adam(
-        params.values(), lr=cfg.learner.outer_lr, weight_decay=cfg.learner.weight_decay
-    )
+    optimizer = outer_optimizer(params.values(), cfg.learner)  # learner.optimizer: adam | adamw
     start, best = 0, {"acc": -1.0, "iteration": -1, "model": None, "val": None}
     if ctx.resume is not None:
         model.load_state_dict(ctx.resume["model"])
@@ -282,12 +311,21 @@ def train_loop(cfg: TrainConfig, out: Path, ctx: LoopContext) -> None:
     with RunLog(out, start, cfg.iterations, enabled=ctx.is_main) as log:
         for it in range(start + 1, cfg.iterations + 1):
             t0 = time.perf_counter()
-            # The step's global task list depends on (seed, step) only, never on W or on
-            # what ran before, so a resumed or re-sharded run draws the same tasks.
-            tasks = fixed_episodes(
-                data.train, cfg.episode, cfg.meta_batch, seed=(cfg.seed, it), aux_pool=data.aux
-            )
-            mine = [ep.to(ctx.device) for ep in tasks[ctx.rank :: ctx.world_size]]
+            if ctx.train_pool is None:
+                # replicate: the step's global task list depends on (seed, step) only, never
+                # on W or on what ran before; this rank takes tasks rank, rank + W, ...
+                tasks = fixed_episodes(
+                    data.train, cfg.episode, cfg.meta_batch, seed=(cfg.seed, it), aux_pool=data.aux
+                )[ctx.rank :: ctx.world_size]
+            else:  # shard: this rank's own subjects and seed (seed, step, rank)
+                tasks = fixed_episodes(
+                    ctx.train_pool,
+                    cfg.episode,
+                    share,
+                    seed=(cfg.seed, it, ctx.rank),
+                    aux_pool=data.aux,
+                )[:]
+            mine = [ep.to(ctx.device) for ep in tasks]
             assert len(mine) == share
             grad_sums, stats = learner.meta_grads(model, params, buffers, mine)
             t1 = time.perf_counter()
@@ -330,7 +368,7 @@ def train_loop(cfg: TrainConfig, out: Path, ctx: LoopContext) -> None:
         ctx.report(final, payload(cfg.iterations) if ctx.is_main else None)
 
 
-def _local_run(cfg: TrainConfig, out: Path, resume: bool) -> dict:
+def _local_run(cfg: TrainConfig, out: Path, resume: bool, data: RunData) -> dict:
     """The in-process driver: one worker, run-state checkpoints under <out>/checkpoints."""
     root = out / "checkpoints"
     state = None
@@ -348,22 +386,17 @@ def _local_run(cfg: TrainConfig, out: Path, resume: bool) -> dict:
         write_checkpoint(root, payload, cfg.keep_checkpoints)
         final[:] = [payload]
 
-    train_loop(cfg, out, LoopContext(report=report, resume=state))
+    train_loop(cfg, out, LoopContext(report=report, resume=state), data)
     return final[0]
 
 
 def _check_resumable(cfg: TrainConfig, state: dict) -> None:
     """A run resumes under its own config; only `iterations` (to train on) and the fields
-    of how it is run may change."""
-    free = {
-        "iterations",
-        "workers",
-        "backend",
-        "threads",
-        "max_failures",
-        "checkpoint_every",
-        "debug_checksum",
-    }
+    of how it is run may change (not `workers` in shard mode: the shards depend on it)."""
+    free = {"iterations", "workers", "backend", "device", "threads", "max_failures"}
+    free |= {"checkpoint_every", "keep_checkpoints", "debug_checksum"}
+    if cfg.data_mode == "shard":
+        free.discard("workers")
     stored, now = state["config"], to_dict(cfg)
     changed = sorted(k for k in now if k not in free and stored.get(k) != now[k])
     if changed:
@@ -432,8 +465,8 @@ def run_training(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Tra
     if cfg.uses_ray:
         from lightman.platform.distributed import fit
 
-        state = fit(cfg, out, resume)
+        state = fit(cfg, out, resume, data)
     else:
-        state = _local_run(cfg, out, resume)
+        state = _local_run(cfg, out, resume, data)
     state["train_seconds"] = round(time.perf_counter() - t0, 1)
     return finish(cfg, out, state, data)

@@ -30,7 +30,7 @@ from lightman.platform.cli import main
 from lightman.platform.config import load_config
 from lightman.platform.ingest import IngestConfig, ingest
 from lightman.platform.run_state import latest_checkpoint, load_state, write_checkpoint
-from lightman.platform.train import TrainConfig, run_training
+from lightman.platform.train import TrainConfig, run_training, shard_subjects
 from lightman.tasks.synth import SynthConfig, synthesize
 
 TINY = [
@@ -243,6 +243,23 @@ def test_bad_configuration_fails_before_any_worker_starts(
     assert field in capsys.readouterr().err
     assert time.perf_counter() - t0 < 20  # no worker group was started (that takes longer here)
     assert not (tmp_path / "bad" / "ray" / "bad").exists()
+
+
+def test_shard_mode_trains_each_worker_on_its_own_subjects(ray_local, index, tmp_path, capsys):
+    subjects = [f"casme2/s{i:02d}" for i in range(7)]
+    shards = [shard_subjects(subjects, rank, 3) for rank in range(3)]
+    assert sorted(s for shard in shards for s in shard) == subjects  # disjoint, complete
+    shard = ["workers=2", "data_mode=shard", "iterations=2"]
+    # 3-way: one worker's 2-3 subjects lack 3 classes of 3 clips; found before any worker starts
+    assert main(["train", "--out", str(tmp_path / "x"), f"data.index={index}", *TINY, *shard]) == 2
+    assert "data_mode=shard with workers=2: worker" in capsys.readouterr().err
+    out = tmp_path / "shard"
+    two_way = ["episode.ways=2", "model.ways=2"]
+    run_training(config(index, *shard, *two_way), out)  # rank r reads its rows via Ray Data
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 2]
+    assert all(0 < r["outer_loss"] < 5 for r in records)
+    assert final_state(out)["step"] == 2
 
 
 def test_a_checkpoint_folder_is_complete_or_absent(tmp_path):
