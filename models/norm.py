@@ -32,7 +32,6 @@ from torch import Tensor, nn
 from lightman.models.batchnorm import batch_norm_max_pool, batch_norm_train
 from lightman.models.maxpool import max_pool_frames
 
-
 BN_MODES = ("task", "clip", "running")
 
 # Dimensions of a (B, T, C, H, W) tensor that the statistics are pooled over.
@@ -108,8 +107,13 @@ class ClipNorm(nn.Module):
         b, t = x.shape[:2]
         track = self.mode == "running" and update_stats
         y = (batch_norm_max_pool if pool else batch_norm_train)(
-            x.flatten(0, 1), self.weight, self.bias,
-            self.running_mean if track else None, self.running_var if track else None, self.momentum, self.eps,
+            x.flatten(0, 1),
+            self.weight,
+            self.bias,
+            self.running_mean if track else None,
+            self.running_var if track else None,
+            self.momentum,
+            self.eps,
         )
         return y.unflatten(0, (b, t))
 

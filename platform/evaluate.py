@@ -17,7 +17,12 @@ from lightman.models.modes import eval_mode
 from lightman.models.provenance import versions
 from lightman.platform.config import from_dict
 from lightman.platform.protocols import (
-    PROTOCOLS, LosoConfig, evaluate_protocol, format_protocol_table, protocol_metrics, write_protocol_results,
+    PROTOCOLS,
+    LosoConfig,
+    evaluate_protocol,
+    format_protocol_table,
+    protocol_metrics,
+    write_protocol_results,
 )
 from lightman.platform.selection import DataSelection, auxiliary_pool, primary_pool
 from lightman.tasks.corrupt import KINDS, corrupt_pool
@@ -43,7 +48,9 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.corrupt not in ("none", *KINDS) or not 0 <= self.corrupt_fraction <= 1:
-            raise ValueError(f"corrupt must be one of {['none', *KINDS]} and corrupt_fraction in [0, 1]")
+            raise ValueError(
+                f"corrupt must be one of {['none', *KINDS]} and corrupt_fraction in [0, 1]"
+            )
         if self.episodes < 1 or min(self.shots, self.query, self.test_inner_steps) < 0:
             raise ValueError("episodes >= 1 and shots, query, test_inner_steps >= 0 are required")
         if self.repeats < 1 or self.batch_size < 1:
@@ -81,8 +88,11 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         cells = [f"{100 * r['test'][m][0]:.2f} ± {100 * r['test'][m][1]:.2f}" for m in METRICS]
         task = f"{r['ways']}-way {r['shots']}-shot"
-        lines.append(f"| {r['learner']} | {task} | " + " | ".join(cells)
-                     + f" | {r.get('train_seconds', '-')} | {r.get('bn_mode', '-')} |")
+        lines.append(
+            f"| {r['learner']} | {task} | "
+            + " | ".join(cells)
+            + f" | {r.get('train_seconds', '-')} | {r.get('bn_mode', '-')} |"
+        )
     return "\n".join(lines)
 
 
@@ -93,11 +103,17 @@ def write_results(out: str | Path, result: dict) -> None:
     m = result["metrics"]
     with (out / "results.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["learner", "ways", "shots", *[f"{k}_{s}" for k in METRICS for s in ("mean", "ci95")]])
-        w.writerow([m["learner"], m["ways"], m["shots"], *[v for k in METRICS for v in m["test"][k]]])
+        w.writerow(
+            ["learner", "ways", "shots", *[f"{k}_{s}" for k in METRICS for s in ("mean", "ci95")]]
+        )
+        w.writerow(
+            [m["learner"], m["ways"], m["shots"], *[v for k in METRICS for v in m["test"][k]]]
+        )
 
 
-def evaluate_checkpoint(checkpoint: str, index: str, protocol: str, cfg: EvalConfig, out: str | None) -> EvalResult:
+def evaluate_checkpoint(
+    checkpoint: str, index: str, protocol: str, cfg: EvalConfig, out: str | None
+) -> EvalResult:
     """Evaluate a training run's checkpoint on the test subjects it recorded: few-shot
     episodes (fewshot), or LOSO over those subjects (loso, composite: platform/protocols.py)."""
     if protocol not in ("fewshot", *PROTOCOLS):
@@ -115,27 +131,65 @@ def evaluate_checkpoint(checkpoint: str, index: str, protocol: str, cfg: EvalCon
     ep_cfg = from_dict(EpisodeConfig, ep)
     data = from_dict(DataSelection, {**train_cfg["data"], "index": index})
     test_subjects = tuple(meta["split"]["test"])
-    out_dir = Path(out) if out else Path(checkpoint).parent / f"eval-{protocol}-{ep_cfg.ways}w{ep_cfg.shots}s"
+    out_dir = (
+        Path(out)
+        if out
+        else Path(checkpoint).parent / f"eval-{protocol}-{ep_cfg.ways}w{ep_cfg.shots}s"
+    )
     if protocol in PROTOCOLS:
-        loso = LosoConfig(shots=ep_cfg.shots, repeats=cfg.repeats, seed=cfg.seed, batch_size=cfg.batch_size,
-                          aux_shots=ep_cfg.aux_shots if data.auxiliary else 0, aux_pairing=ep_cfg.aux_pairing)
+        loso = LosoConfig(
+            shots=ep_cfg.shots,
+            repeats=cfg.repeats,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            aux_shots=ep_cfg.aux_shots if data.auxiliary else 0,
+            aux_pairing=ep_cfg.aux_pairing,
+        )
         result = evaluate_protocol(protocol, learner, model, data, test_subjects, loso)
-        metrics = {**protocol_metrics(result), "learner": learner.cfg.name, "ways": model_cfg.ways,
-                   "shots": loso.shots, "bn_mode": model_cfg.bn_mode, "checkpoint": checkpoint}
-        write_protocol_results(out_dir, result, {
-            "metrics": metrics, "eval_config": cfg.__dict__, "protocol_config": loso.__dict__,
-            "train_meta": meta, "checkpoint_versions": ckpt["versions"], "versions": versions()})
-        return EvalResult(metrics, format_protocol_table(result, learner.cfg.name, loso.shots, model_cfg.bn_mode))
+        metrics = {
+            **protocol_metrics(result),
+            "learner": learner.cfg.name,
+            "ways": model_cfg.ways,
+            "shots": loso.shots,
+            "bn_mode": model_cfg.bn_mode,
+            "checkpoint": checkpoint,
+        }
+        write_protocol_results(
+            out_dir,
+            result,
+            {
+                "metrics": metrics,
+                "eval_config": cfg.__dict__,
+                "protocol_config": loso.__dict__,
+                "train_meta": meta,
+                "checkpoint_versions": ckpt["versions"],
+                "versions": versions(),
+            },
+        )
+        return EvalResult(
+            metrics, format_protocol_table(result, learner.cfg.name, loso.shots, model_cfg.bn_mode)
+        )
     pool = primary_pool(data).by_subjects(test_subjects, name="test")
     corrupted: list[str] = []
     if cfg.corrupt != "none":
         pool, corrupted = corrupt_pool(pool, cfg.corrupt, cfg.corrupt_fraction, seed=cfg.seed)
     aux = auxiliary_pool(data)
     episodes = fixed_episodes(pool, ep_cfg, cfg.episodes, seed=cfg.seed, aux_pool=aux)
-    summary = evaluate_episodes(learner, model, dict(model.named_parameters()), dict(model.named_buffers()), episodes)
-    metrics = {"learner": learner.cfg.name, "ways": ep_cfg.ways, "shots": ep_cfg.shots, "bn_mode": model_cfg.bn_mode,
-               "test": summary, "test_episodes": cfg.episodes, "test_subjects": list(test_subjects),
-               "checkpoint": checkpoint, "corrupt": cfg.corrupt, "corrupted_clips": list(corrupted)}
+    summary = evaluate_episodes(
+        learner, model, dict(model.named_parameters()), dict(model.named_buffers()), episodes
+    )
+    metrics = {
+        "learner": learner.cfg.name,
+        "ways": ep_cfg.ways,
+        "shots": ep_cfg.shots,
+        "bn_mode": model_cfg.bn_mode,
+        "test": summary,
+        "test_episodes": cfg.episodes,
+        "test_subjects": list(test_subjects),
+        "checkpoint": checkpoint,
+        "corrupt": cfg.corrupt,
+        "corrupted_clips": list(corrupted),
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_results(out_dir, {"metrics": metrics, "eval_config": cfg.__dict__, "train_meta": meta})
     return EvalResult(metrics, format_table([metrics]))

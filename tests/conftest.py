@@ -34,7 +34,9 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"moto_server exited with code {proc.returncode} before answering {url}")
+            raise RuntimeError(
+                f"moto_server exited with code {proc.returncode} before answering {url}"
+            )
         try:
             urllib.request.urlopen(url, timeout=1).close()
             return
@@ -57,7 +59,8 @@ def s3_endpoint():
     endpoint = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [str(server), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     mp = pytest.MonkeyPatch()
     try:
@@ -68,7 +71,9 @@ def s3_endpoint():
         mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
         for var in ("AWS_REGION", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
             mp.delenv(var, raising=False)
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=S3_BUCKET)
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
+            Bucket=S3_BUCKET
+        )
         yield endpoint, S3_BUCKET
     finally:
         mp.undo()
@@ -104,8 +109,16 @@ def ray_local(s3_endpoint):
 
 
 def make_index_rows(
-    dataset: str = "casme2", n: int = 6, *, expression: str = "micro", subjects: int = 2,
-    classes: int = 3, frames: int = 3, size: int = 8, channels: int = 3, seed: int = 0,
+    dataset: str = "casme2",
+    n: int = 6,
+    *,
+    expression: str = "micro",
+    subjects: int = 2,
+    classes: int = 3,
+    frames: int = 3,
+    size: int = 8,
+    channels: int = 3,
+    seed: int = 0,
     repairs_every: int = 0,
 ) -> list[dict]:
     """`n` index rows built with `row_from_record` from random uint8 frames (M, H, W, C)."""
@@ -114,15 +127,28 @@ def make_index_rows(
     for i in range(n):
         subject = f"{dataset}/s{i % subjects:02d}"
         rec = ClipRecord(
-            dataset=dataset, subject=subject, filename=f"{expression}_{i:03d}", expression=expression,
-            emotion=f"emotion{i % classes}", onset=10 * i, apex=10 * i + 4, offset=10 * i + 8, fps=200.0,
+            dataset=dataset,
+            subject=subject,
+            filename=f"{expression}_{i:03d}",
+            expression=expression,
+            emotion=f"emotion{i % classes}",
+            onset=10 * i,
+            apex=10 * i + 4,
+            offset=10 * i + 8,
+            fps=200.0,
             source_uri=f"/data/{dataset}/{i}",
-            repairs=(f"apex: missing, estimated for clip {i}",) if repairs_every and i % repairs_every == 0 else (),
+            repairs=(f"apex: missing, estimated for clip {i}",)
+            if repairs_every and i % repairs_every == 0
+            else (),
         )
         pre = Preprocessed(
             frames=rng.integers(0, 256, size=(frames, size, size, channels), dtype=np.uint8),
-            apex=rec.apex, apex_source="annotated", offset=rec.offset, num_frames=9,
-            sampled=tuple(np.linspace(rec.onset, rec.offset, frames).astype(int)), face_box=(0, 0, size, size),
+            apex=rec.apex,
+            apex_source="annotated",
+            offset=rec.offset,
+            num_frames=9,
+            sampled=tuple(np.linspace(rec.onset, rec.offset, frames).astype(int)),
+            face_box=(0, 0, size, size),
         )
         rows.append(row_from_record(rec, pre, label=i % classes, flow=None))
     return rows

@@ -4,10 +4,9 @@ logits and the registry/config checks."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import get_args
-
-import math
 
 import pytest
 import torch
@@ -17,7 +16,11 @@ from torch import Tensor
 from lightman.models.learners import LEARNERS, LearnerConfig, build_learner
 from lightman.models.learners.anil import ANIL
 from lightman.models.learners.base import (
-    LearnerName, aux_loss_fn, forward, inner_loop, outer_optimizer,
+    LearnerName,
+    aux_loss_fn,
+    forward,
+    inner_loop,
+    outer_optimizer,
 )
 from lightman.models.learners.lightman import Lightman, dual_branch_loss, dual_branch_objective
 from lightman.models.learners.maml import MAML, cross_entropy_objective
@@ -51,9 +54,15 @@ def setup():
     labels = torch.arange(c.ways)
 
     def task(classes: tuple[int, ...]) -> Task:
-        return Task(torch.rand((2 * c.ways, *shape), generator=g), labels.repeat(2),
-                    torch.rand((3 * c.ways, *shape), generator=g), labels.repeat(3),
-                    torch.rand((4, *shape), generator=g), torch.tensor([0, 1, 2, -1]), classes)
+        return Task(
+            torch.rand((2 * c.ways, *shape), generator=g),
+            labels.repeat(2),
+            torch.rand((3 * c.ways, *shape), generator=g),
+            labels.repeat(3),
+            torch.rand((4, *shape), generator=g),
+            torch.tensor([0, 1, 2, -1]),
+            classes,
+        )
 
     # way j is a different class in each episode, as drawn by the sampler
     tasks = [task((2, 0, 4, 1, 3)), task((3, 4, 1, 0, 2))]
@@ -70,9 +79,13 @@ def test_one_inner_step_lowers_the_inner_loss(setup, name):
     names = learner.adapted_names(model, params)
     for t in tasks:
         theta = trainable(params, names)
-        objective = learner.make_objective(model, theta, buffers, t.support_x, t.support_y, t.aux_x, "test")
+        objective = learner.make_objective(
+            model, theta, buffers, t.support_x, t.support_y, t.aux_x, "test"
+        )
         before, _ = objective(theta)
-        adapted, _ = inner_loop(objective, theta, names, learner.cfg.inner_lr, 1, create_graph=False)
+        adapted, _ = inner_loop(
+            objective, theta, names, learner.cfg.inner_lr, 1, create_graph=False
+        )
         after, _ = objective(adapted)
         assert float(after.detach()) < float(before.detach())
 
@@ -84,8 +97,12 @@ def test_adapt_lowers_the_support_cross_entropy(setup):
         learner = build_learner(LearnerConfig(name=name, inner_lr=0.05))
         adapted = learner.adapt(model, params, buffers, t.support_x, t.support_y, steps=3)
         with torch.no_grad():
-            before = F.cross_entropy(forward(model, params, buffers, t.support_x, "pri"), t.support_y)
-            after = F.cross_entropy(forward(model, adapted, buffers, t.support_x, "pri"), t.support_y)
+            before = F.cross_entropy(
+                forward(model, params, buffers, t.support_x, "pri"), t.support_y
+            )
+            after = F.cross_entropy(
+                forward(model, adapted, buffers, t.support_x, "pri"), t.support_y
+            )
         # supervised starts from a fresh zero head, whose support CE is log N
         before = math.log(model.cfg.ways) if name == "supervised" else float(before)
         assert float(after) < before, name
@@ -94,8 +111,9 @@ def test_adapt_lowers_the_support_cross_entropy(setup):
 
 def test_adapt_with_zero_steps_returns_theta(setup):
     model, params, buffers, tasks = setup
-    adapted = build_learner("lightman").adapt(model, params, buffers, tasks[0].support_x, tasks[0].support_y,
-                                              steps=0)
+    adapted = build_learner("lightman").adapt(
+        model, params, buffers, tasks[0].support_x, tasks[0].support_y, steps=0
+    )
     assert all(torch.equal(adapted[k], params[k]) for k in params)
 
 
@@ -117,7 +135,9 @@ def test_lightman_gradient_reaches_every_parameter_second_order_only_for_the_aux
             assert g.abs().max() > 1e-3, f"{name} gets no meta-gradient"
     # h_aux enters the inner loss only: with first_order its outer gradient is exactly 0,
     # while the rest of the model still learns from the query loss.
-    first, _ = build_learner(replace(cfg, first_order=True)).meta_grads(model, params, buffers, tasks)
+    first, _ = build_learner(replace(cfg, first_order=True)).meta_grads(
+        model, params, buffers, tasks
+    )
     for name, g in first.items():
         if name.startswith("head_aux."):
             assert torch.equal(g, torch.zeros_like(g)), name
@@ -177,12 +197,18 @@ def test_support_loss_after_is_logged_on_request(setup, name):
     cfg = LearnerConfig(name=name, inner_lr=0.01)
     _, quiet = build_learner(cfg).meta_grads(model, params, buffers, tasks)
     assert "support_loss_after" not in quiet
-    _, logged = build_learner(replace(cfg, log_support_after=True)).meta_grads(model, params, buffers, tasks)
+    _, logged = build_learner(replace(cfg, log_support_after=True)).meta_grads(
+        model, params, buffers, tasks
+    )
     want = 0.0
     for t in tasks:  # the support CE at θ_i = adapt(θ), one step
-        adapted = build_learner(cfg).adapt(model, params, buffers, t.support_x, t.support_y, t.aux_x, steps=1)
+        adapted = build_learner(cfg).adapt(
+            model, params, buffers, t.support_x, t.support_y, t.aux_x, steps=1
+        )
         with torch.no_grad():
-            want += float(F.cross_entropy(forward(model, adapted, buffers, t.support_x, "pri"), t.support_y))
+            want += float(
+                F.cross_entropy(forward(model, adapted, buffers, t.support_x, "pri"), t.support_y)
+            )
     assert logged["support_loss_after"] == pytest.approx(want, rel=1e-5)
     assert logged["support_loss_after"] < logged["support_loss_before"]
     assert {k: v for k, v in logged.items() if k != "support_loss_after"} == quiet
@@ -223,7 +249,7 @@ def test_protonet_logits_are_negative_squared_distances_to_class_means(setup):
     logits = build_learner("protonet").predict(model, params, buffers, t)
     with torch.no_grad():
         z = model(torch.cat((t.support_x, t.query_x)), head="embed").double()
-    zs, zq = z[: len(t.support_y)], z[len(t.support_y):]
+    zs, zq = z[: len(t.support_y)], z[len(t.support_y) :]
     want = torch.empty(len(zq), model.cfg.ways, dtype=torch.float64)
     for j in range(model.cfg.ways):
         proto = zs[t.support_y == j].mean(dim=0)
@@ -260,8 +286,10 @@ def test_supervised_trains_on_global_classes(setup):
     learner = build_learner(cfg)
     grads, metrics = learner.meta_grads(model, params, buffers, tasks)
     theta = trainable(params)
-    want = [torch.autograd.grad(supervised_loss(model, theta, buffers, t, cfg),
-                                list(theta.values())) for t in tasks]
+    want = [
+        torch.autograd.grad(supervised_loss(model, theta, buffers, t, cfg), list(theta.values()))
+        for t in tasks
+    ]
     for i, name in enumerate(params):
         torch.testing.assert_close(grads[name], want[0][i] + want[1][i], rtol=1e-4, atol=1e-6)
     with torch.no_grad():
@@ -307,8 +335,9 @@ def test_dual_branch_objective_weighs_the_two_losses(setup):
     t = tasks[0]
     cfg = LearnerConfig(lambda_pri=0.3)
     with torch.no_grad():
-        total, metrics = dual_branch_objective(model, buffers, t.support_x, t.support_y, t.aux_x, 0.3,
-                                               aux_loss_fn(cfg))(params)
+        total, metrics = dual_branch_objective(
+            model, buffers, t.support_x, t.support_y, t.aux_x, 0.3, aux_loss_fn(cfg)
+        )(params)
         ce, _ = cross_entropy_objective(model, buffers, t.support_x, t.support_y)(params)
     assert float(metrics["support_loss_before"]) == pytest.approx(float(ce))
     assert float(total) == pytest.approx(0.3 * float(ce) + 0.7 * float(metrics["aux_loss"]))
@@ -330,11 +359,13 @@ def test_aux_loss_fn_median_class_form_is_the_direct_computation():
     sigmas = [0.5 * dists[27], 2.0 * dists[27]]  # 55 pairs: the middle one
 
     def mmd(a, b):
-        k = lambda u, v: sum(math.exp(-math.dist(u, v) ** 2 / (2 * s * s)) for s in sigmas)  # noqa: E731
+        k = lambda u, v: sum(math.exp(-(math.dist(u, v) ** 2) / (2 * s * s)) for s in sigmas)  # noqa: E731
         a, b = a.tolist(), b.tolist()
-        return (sum(k(u, v) for u in a for v in a) / len(a) ** 2
-                + sum(k(u, v) for u in b for v in b) / len(b) ** 2
-                - 2 * sum(k(u, v) for u in a for v in b) / (len(a) * len(b)))
+        return (
+            sum(k(u, v) for u in a for v in a) / len(a) ** 2
+            + sum(k(u, v) for u in b for v in b) / len(b) ** 2
+            - 2 * sum(k(u, v) for u in a for v in b) / (len(a) * len(b))
+        )
 
     want = (mmd(micro[y == 0], macro[aux_y == 0]) + mmd(micro[y == 2], macro[aux_y == 2])) / 2
     assert float(aux_loss_fn(cfg, y, aux_y)(micro, macro)) == pytest.approx(want, rel=1e-10)
@@ -349,15 +380,32 @@ def test_joint_pass_is_one_batch_split(setup):
     t = tasks[0]
     cfg = LearnerConfig(aux_norm="joint")
     with torch.no_grad():
-        out = dual_branch_loss(model, params, buffers, t.support_x, t.support_y, t.aux_x,
-                               cfg.lambda_pri, aux_loss_fn(cfg), aux_norm="joint")
+        out = dual_branch_loss(
+            model,
+            params,
+            buffers,
+            t.support_x,
+            t.support_y,
+            t.aux_x,
+            cfg.lambda_pri,
+            aux_loss_fn(cfg),
+            aux_norm="joint",
+        )
         both = torch.cat((t.support_x, t.aux_x))
         n = len(t.support_x)
         logits, feats = model(both, head="pri")[:n], model(both, head="aux")
         want_ce = F.cross_entropy(logits, t.support_y)
         want_aux = aux_loss_fn(cfg)(feats[:n], feats[n:])
-        separate = dual_branch_loss(model, params, buffers, t.support_x, t.support_y, t.aux_x,
-                                    cfg.lambda_pri, aux_loss_fn(cfg))
+        separate = dual_branch_loss(
+            model,
+            params,
+            buffers,
+            t.support_x,
+            t.support_y,
+            t.aux_x,
+            cfg.lambda_pri,
+            aux_loss_fn(cfg),
+        )
     assert float(out.ce) == pytest.approx(float(want_ce), rel=1e-6)
     assert float(out.aux) == pytest.approx(float(want_aux), rel=1e-6)
     # bn_mode=task: the two normalisations differ
@@ -418,8 +466,14 @@ def test_adamw_keeps_h_aux_alive_in_first_order_mode(setup):
 
 def test_registry_covers_every_name():
     assert set(LEARNERS) == set(get_args(LearnerName))
-    classes = {"lightman": Lightman, "maml": MAML, "anil": ANIL, "reptile": Reptile, "protonet": ProtoNet,
-               "supervised": Supervised}
+    classes = {
+        "lightman": Lightman,
+        "maml": MAML,
+        "anil": ANIL,
+        "reptile": Reptile,
+        "protonet": ProtoNet,
+        "supervised": Supervised,
+    }
     for name, cls in classes.items():
         learner = build_learner(LearnerConfig(name=name))
         assert type(learner) is cls and learner.cfg.name == name
@@ -428,24 +482,27 @@ def test_registry_covers_every_name():
         build_learner(3)
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("name", "mamll", "name must be one of"),
-    ("aux_loss", "kl", "aux_loss must be one of"),
-    ("inner_lr", 0.0, "inner_lr must be > 0"),
-    ("outer_lr", -1e-3, "outer_lr must be > 0"),
-    ("weight_decay", -1.0, "weight_decay must be >= 0"),
-    ("inner_steps", 0, "inner_steps must be an integer >= 1"),
-    ("test_inner_steps", -1, "test_inner_steps must be an integer >= 0"),
-    ("reptile_steps", 0, "reptile_steps must be an integer >= 1"),
-    ("lambda_pri", 1.5, r"lambda_pri \(λ1\) must lie in \[0, 1\]"),
-    ("lambda_pri", -0.1, "lambda_pri"),
-    ("sigma", (), "sigma must be one or more bandwidths"),
-    ("sigma", (1.0, -2.0), "sigma must be one or more bandwidths"),
-    ("aux_norm", "shared", r"aux_norm must be one of \['separate', 'joint'\]"),
-    ("bandwidth", "auto", r"bandwidth must be one of \['fixed', 'median'\]"),
-    ("aux_align", "way", r"aux_align must be one of \['marginal', 'class'\]"),
-    ("optimizer", "sgd", r"optimizer must be one of \['adam', 'adamw'\]"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("name", "mamll", "name must be one of"),
+        ("aux_loss", "kl", "aux_loss must be one of"),
+        ("inner_lr", 0.0, "inner_lr must be > 0"),
+        ("outer_lr", -1e-3, "outer_lr must be > 0"),
+        ("weight_decay", -1.0, "weight_decay must be >= 0"),
+        ("inner_steps", 0, "inner_steps must be an integer >= 1"),
+        ("test_inner_steps", -1, "test_inner_steps must be an integer >= 0"),
+        ("reptile_steps", 0, "reptile_steps must be an integer >= 1"),
+        ("lambda_pri", 1.5, r"lambda_pri \(λ1\) must lie in \[0, 1\]"),
+        ("lambda_pri", -0.1, "lambda_pri"),
+        ("sigma", (), "sigma must be one or more bandwidths"),
+        ("sigma", (1.0, -2.0), "sigma must be one or more bandwidths"),
+        ("aux_norm", "shared", r"aux_norm must be one of \['separate', 'joint'\]"),
+        ("bandwidth", "auto", r"bandwidth must be one of \['fixed', 'median'\]"),
+        ("aux_align", "way", r"aux_align must be one of \['marginal', 'class'\]"),
+        ("optimizer", "sgd", r"optimizer must be one of \['adam', 'adamw'\]"),
+    ],
+)
 def test_config_rejects_bad_values(field, value, message):
     with pytest.raises(ValueError, match=message):
         LearnerConfig(**{field: value})
@@ -461,7 +518,13 @@ def test_config_loads_from_yaml_and_overrides(tmp_path):
     path = tmp_path / "learner.yaml"
     path.write_text("name: anil\ninner_lr: 0.2\nsigma: [0.5, 2.0]\n")
     cfg = load_config(LearnerConfig, path, ["lambda_pri=0.7", "first_order=true"])
-    assert (cfg.name, cfg.inner_lr, cfg.sigma, cfg.lambda_pri, cfg.first_order) == ("anil", 0.2, (0.5, 2.0), 0.7, True)
+    assert (cfg.name, cfg.inner_lr, cfg.sigma, cfg.lambda_pri, cfg.first_order) == (
+        "anil",
+        0.2,
+        (0.5, 2.0),
+        0.7,
+        True,
+    )
     assert cfg.lambda_aux == pytest.approx(0.3)
     with pytest.raises(ConfigError, match="valid keys"):
         from_dict(LearnerConfig, {"lamda_pri": 0.5})

@@ -41,8 +41,15 @@ class Task:
     classes: tuple[int, ...] = ()
 
 
-def make_tasks(n: int, shape: tuple[int, ...], ways: int, shots: int = 2, query: int = 2, aux: int = 4,
-               seed: int = 0) -> list[Task]:
+def make_tasks(
+    n: int,
+    shape: tuple[int, ...],
+    ways: int,
+    shots: int = 2,
+    query: int = 2,
+    aux: int = 4,
+    seed: int = 0,
+) -> list[Task]:
     g = torch.Generator().manual_seed(seed)
 
     def clips(k: int) -> Tensor:
@@ -50,8 +57,18 @@ def make_tasks(n: int, shape: tuple[int, ...], ways: int, shots: int = 2, query:
 
     labels = torch.arange(ways)
     aux_y = torch.tensor([j if j < ways else -1 for j in range(aux)])  # ways 0..N-1, then unpaired
-    return [Task(clips(ways * shots), labels.repeat(shots), clips(ways * query), labels.repeat(query),
-                 clips(aux), aux_y, tuple(range(ways))) for _ in range(n)]
+    return [
+        Task(
+            clips(ways * shots),
+            labels.repeat(shots),
+            clips(ways * query),
+            labels.repeat(query),
+            clips(aux),
+            aux_y,
+            tuple(range(ways)),
+        )
+        for _ in range(n)
+    ]
 
 
 # ---- a hand-written smooth model: pure function + the same math as an nn.Module ----------
@@ -68,7 +85,9 @@ def ref_forward(p: dict[str, Tensor], x: Tensor, head: str):
 class SmoothNet(nn.Module):
     """ref_forward's math with nn.Linear layers, behind LightmanNet's forward signature."""
 
-    def __init__(self, frames: int = 3, channels: int = 2, dim: int = 5, ways: int = 3, aux_dim: int = 4):
+    def __init__(
+        self, frames: int = 3, channels: int = 2, dim: int = 5, ways: int = 3, aux_dim: int = 4
+    ):
         super().__init__()
         self.body = nn.Linear(frames * channels, dim)
         self.pri = nn.Linear(dim, ways)
@@ -99,8 +118,11 @@ def ref_aux(kind: str, x: Tensor, y: Tensor, sigma: float) -> Tensor:
     if kind == "mmd":
         return kxx.sum() / n**2 + kyy.sum() / m**2 - 2 * kxy.sum() / (n * m)
     if kind == "mmd_unbiased":
-        return ((kxx.sum() - kxx.trace()) / (n * (n - 1)) + (kyy.sum() - kyy.trace()) / (m * (m - 1))
-                - 2 * kxy.sum() / (n * m))
+        return (
+            (kxx.sum() - kxx.trace()) / (n * (n - 1))
+            + (kyy.sum() - kyy.trace()) / (m * (m - 1))
+            - 2 * kxy.sum() / (n * m)
+        )
     return kxy.sum() / (n * m)
 
 
@@ -115,8 +137,9 @@ def ref_sigmas(cfg: LearnerConfig, micro: Tensor, macro: Tensor) -> tuple[float,
     return tuple(c * dists[(len(dists) - 1) // 2] for c in cfg.sigma)
 
 
-def ref_aux_loss(cfg: LearnerConfig, micro: Tensor, macro: Tensor, y: Tensor,
-                 aux_y: Tensor | None) -> Tensor:
+def ref_aux_loss(
+    cfg: LearnerConfig, micro: Tensor, macro: Tensor, y: Tensor, aux_y: Tensor | None
+) -> Tensor:
     """L_aux as configured, by its definition: the kernel loss summed over bandwidths (MMD is
     linear in the kernel), over the whole sets or as the mean over the paired ways."""
     sigmas = ref_sigmas(cfg, micro, macro)
@@ -146,7 +169,9 @@ def ref_inner_loss(fwd, p: dict[str, Tensor], t: Task, cfg: LearnerConfig) -> Te
     return cfg.lambda_pri * ce + (1 - cfg.lambda_pri) * aux
 
 
-def ref_meta_grad(fwd, params: dict[str, Tensor], tasks: list[Task], cfg: LearnerConfig) -> dict[str, Tensor]:
+def ref_meta_grad(
+    fwd, params: dict[str, Tensor], tasks: list[Task], cfg: LearnerConfig
+) -> dict[str, Tensor]:
     """Σ_i ∇θ CE(query_i; θ_i), θ_i by inner_steps steps on λ1 CE + λ2 L_aux, create_graph=True.
 
     fwd(params, x, head) is called once per head (no "both"), so the learner's single
@@ -167,7 +192,9 @@ def ref_meta_grad(fwd, params: dict[str, Tensor], tasks: list[Task], cfg: Learne
     return total
 
 
-def assert_close(got: dict[str, Tensor], want: dict[str, Tensor], rtol: float = 1e-9, atol: float = 1e-12) -> None:
+def assert_close(
+    got: dict[str, Tensor], want: dict[str, Tensor], rtol: float = 1e-9, atol: float = 1e-12
+) -> None:
     assert set(got) == set(want)
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=rtol, atol=atol, msg=f"gradient of {k}")
@@ -185,7 +212,9 @@ def tiny():
     torch.manual_seed(0)
     model = build_model("tiny").to(DT).train()
     c = model.cfg
-    tasks = make_tasks(2, (c.frames, c.in_channels, c.image_size, c.image_size), ways=c.ways, shots=1, query=1)
+    tasks = make_tasks(
+        2, (c.frames, c.in_channels, c.image_size, c.image_size), ways=c.ways, shots=1, query=1
+    )
     return model, dict(model.named_parameters()), dict(model.named_buffers()), tasks
 
 
@@ -196,7 +225,9 @@ def tiny():
 @pytest.mark.parametrize("aux_loss", ["mmd", "mmd_unbiased", "paper_eq3"])
 def test_lightman_matches_plain_loop_on_smooth_model(smooth, steps, aux_loss):
     model, params, tasks = smooth
-    cfg = LearnerConfig(inner_lr=0.3, inner_steps=steps, lambda_pri=0.55, sigma=(1.5,), aux_loss=aux_loss)
+    cfg = LearnerConfig(
+        inner_lr=0.3, inner_steps=steps, lambda_pri=0.55, sigma=(1.5,), aux_loss=aux_loss
+    )
     got, metrics = build_learner(cfg).meta_grads(model, params, {}, tasks)
     assert_close(got, ref_meta_grad(ref_forward, params, tasks, cfg))
     assert metrics["tasks"] == len(tasks)
@@ -222,7 +253,10 @@ def outer_loss(model, params: dict[str, Tensor], tasks: list[Task], cfg: Learner
         p = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
         for _ in range(cfg.inner_steps):
             grads = torch.autograd.grad(ref_inner_loss(ref_forward, p, t, cfg), list(p.values()))
-            p = {k: (v - cfg.inner_lr * g).detach().requires_grad_() for (k, v), g in zip(p.items(), grads)}
+            p = {
+                k: (v - cfg.inner_lr * g).detach().requires_grad_()
+                for (k, v), g in zip(p.items(), grads)
+            }
         total += float(F.cross_entropy(ref_forward(p, t.query_x, "pri"), t.query_y).detach())
     return total
 
@@ -309,9 +343,11 @@ def test_first_order_is_the_query_gradient_at_the_adapted_parameters(smooth):
         p = {k: v.detach() for k, v in params.items()}
         for _ in range(cfg.inner_steps):  # θ_i by plain SGD, nothing kept
             p = {k: v.requires_grad_() for k, v in p.items()}
-            loss = (cfg.lambda_pri * F.cross_entropy(ref_forward(p, t.support_x, "pri"), t.support_y)
-                    + cfg.lambda_aux * ref_aux("mmd", ref_forward(p, t.support_x, "aux"),
-                                               ref_forward(p, t.aux_x, "aux"), 1.5))
+            loss = cfg.lambda_pri * F.cross_entropy(
+                ref_forward(p, t.support_x, "pri"), t.support_y
+            ) + cfg.lambda_aux * ref_aux(
+                "mmd", ref_forward(p, t.support_x, "aux"), ref_forward(p, t.aux_x, "aux"), 1.5
+            )
             grads = torch.autograd.grad(loss, list(p.values()))
             p = {k: (v - cfg.inner_lr * g).detach() for (k, v), g in zip(p.items(), grads)}
         leaf = {k: v.requires_grad_() for k, v in p.items()}  # a function of θ_i only
@@ -329,7 +365,9 @@ def test_lambda_pri_one_is_maml_exactly(tiny):
     no_aux = [replace(t, aux_x=None) for t in tasks]  # λ2 = 0 needs no macro clips
     cfg = LearnerConfig(inner_lr=0.1, inner_steps=2, lambda_pri=1.0)
     light, light_m = build_learner(cfg).meta_grads(model, params, buffers, no_aux)
-    maml, maml_m = build_learner(replace(cfg, name="maml")).meta_grads(model, params, buffers, tasks)
+    maml, maml_m = build_learner(replace(cfg, name="maml")).meta_grads(
+        model, params, buffers, tasks
+    )
     assert all(torch.equal(light[k], maml[k]) for k in params)
     assert light_m == maml_m
 
@@ -373,7 +411,9 @@ def test_anil_matches_plain_loop_over_the_full_model(tiny):
     for t in tasks:
         p = dict(theta)
         for _ in range(cfg.inner_steps):  # the whole model runs every step; only the head moves
-            loss = F.cross_entropy(functional_call(model, (p, buffers), (t.support_x,)), t.support_y)
+            loss = F.cross_entropy(
+                functional_call(model, (p, buffers), (t.support_x,)), t.support_y
+            )
             grads = torch.autograd.grad(loss, [p[n] for n in head], create_graph=True)
             p = {**p, **{n: p[n] - cfg.inner_lr * g for n, g in zip(head, grads)}}
         outer = F.cross_entropy(functional_call(model, (p, buffers), (t.query_x,)), t.query_y)
@@ -468,13 +508,27 @@ def test_low_memory_holds_one_inner_step_not_all_of_them():
     torch.manual_seed(0)
     model = build_model("tiny").train()
     c = model.cfg
-    tasks = [Task(*(t.float() if t.is_floating_point() else t for t in (u.support_x, u.support_y, u.query_x,
-                                                                        u.query_y, u.aux_x)))
-             for u in make_tasks(1, (c.frames, c.in_channels, c.image_size, c.image_size), ways=c.ways)]
+    tasks = [
+        Task(
+            *(
+                t.float() if t.is_floating_point() else t
+                for t in (u.support_x, u.support_y, u.query_x, u.query_y, u.aux_x)
+            )
+        )
+        for u in make_tasks(1, (c.frames, c.in_channels, c.image_size, c.image_size), ways=c.ways)
+    ]
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
-    peak = {(steps, memory): saved_peak(build_learner(LearnerConfig(inner_steps=steps, memory=memory)),
-                                        model, params, buffers, tasks)
-            for steps in (1, 3) for memory in ("fast", "low")}
+    peak = {
+        (steps, memory): saved_peak(
+            build_learner(LearnerConfig(inner_steps=steps, memory=memory)),
+            model,
+            params,
+            buffers,
+            tasks,
+        )
+        for steps in (1, 3)
+        for memory in ("fast", "low")
+    }
     # fast keeps every step's second-order graph and the query pass at once; low rebuilds
     # one step at a time, so its peak does not grow with the steps.
     assert peak[3, "low"] == peak[1, "low"] < peak[1, "fast"]
@@ -487,8 +541,9 @@ def test_split_gradient_and_hvp_equal_the_whole_objectives(tiny):
     model, params, buffers, tasks = tiny
     t = tasks[0]
     cfg = LearnerConfig(sigma=(2.0,))
-    objective = dual_branch_objective(model, buffers, t.support_x, t.support_y, t.aux_x, cfg.lambda_pri,
-                                      aux_loss_fn(cfg))
+    objective = dual_branch_objective(
+        model, buffers, t.support_x, t.support_y, t.aux_x, cfg.lambda_pri, aux_loss_fn(cfg)
+    )
     point = {k: v.detach() for k, v in params.items()}
     g = torch.Generator().manual_seed(3)
     v = {k: torch.randn(p.shape, generator=g, dtype=DT) for k, p in point.items()}
@@ -499,7 +554,9 @@ def test_split_gradient_and_hvp_equal_the_whole_objectives(tiny):
         loss, _ = objective(theta)
         grads = torch.autograd.grad(loss, [theta[n] for n in names], create_graph=True)
         dot = sum((gi * v[n]).sum() for n, gi in zip(names, grads))
-        return dict(zip(names, grads)), dict(zip(theta, torch.autograd.grad(dot, list(theta.values()))))
+        return dict(zip(names, grads)), dict(
+            zip(theta, torch.autograd.grad(dot, list(theta.values())))
+        )
 
     def split():
         grads, metrics, outs = split_grads(objective, point, names)
@@ -533,7 +590,9 @@ def test_meta_gradient_is_the_same_on_pytorch_layers(tiny, monkeypatch):
     ours, _ = learner.meta_grads(model, params, buffers, tasks)
 
     def batch_norm(x, weight, bias, running_mean, running_var, momentum, eps):
-        return F.batch_norm(x, running_mean, running_var, weight, bias, training=True, momentum=momentum, eps=eps)
+        return F.batch_norm(
+            x, running_mean, running_var, weight, bias, training=True, momentum=momentum, eps=eps
+        )
 
     def block(self, x, update_stats=False):
         x = F.relu(self.norm(backbones.per_frame(self.conv, x), update_stats))

@@ -138,7 +138,10 @@ def test_median_heuristic_is_the_median_pairwise_distance():
 def test_mmd2_first_and_second_order_gradients(unbiased):
     x = sample(4, 3, 17).requires_grad_()
     y = sample(5, 3, 18, shift=0.3).requires_grad_()
-    fn = lambda a, b: mmd2(a, b, (0.8, 2.0), unbiased=unbiased)
+
+    def fn(a, b):
+        return mmd2(a, b, (0.8, 2.0), unbiased=unbiased)
+
     assert torch.autograd.gradcheck(fn, (x, y))
     assert torch.autograd.gradgradcheck(fn, (x, y))
 

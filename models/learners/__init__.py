@@ -28,7 +28,9 @@ def build_learner(cfg: LearnerConfig | str) -> Learner:
     if isinstance(cfg, str):
         cfg = LearnerConfig(name=cfg)
     if not isinstance(cfg, LearnerConfig):
-        raise TypeError(f"build_learner takes a LearnerConfig or a learner name, got {type(cfg).__name__}")
+        raise TypeError(
+            f"build_learner takes a LearnerConfig or a learner name, got {type(cfg).__name__}"
+        )
     return LEARNERS[cfg.name](cfg)
 
 

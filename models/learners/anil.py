@@ -16,10 +16,12 @@ from lightman.models.learners.base import BilevelLearner, Objective, Params, for
 
 
 def head_module(model: nn.Module) -> tuple[str, nn.Module]:
-    """(dotted name, module) of h_pri: the module owning every name of `model.head_param_names()`."""
+    """(dotted name, module) of h_pri: the module that owns every `model.head_param_names()`."""
     names = [n.split(".") for n in model.head_param_names()]
     if not names:
-        raise ValueError(f"{type(model).__name__}.head_param_names() is empty: ANIL has no head to adapt")
+        raise ValueError(
+            f"{type(model).__name__}.head_param_names() is empty: ANIL has no head to adapt"
+        )
     prefix: list[str] = []
     for parts in zip(*(n[:-1] for n in names)):
         if len(set(parts)) > 1:
@@ -31,17 +33,21 @@ def head_module(model: nn.Module) -> tuple[str, nn.Module]:
     return name, model.get_submodule(name)
 
 
-def head_objective(model: nn.Module, params: Params, buffers: Params, x: Tensor, y: Tensor) -> Objective:
+def head_objective(
+    model: nn.Module, params: Params, buffers: Params, x: Tensor, y: Tensor
+) -> Objective:
     """w -> CE(h_pri(z; w), y), with z = g(x; θ) computed here once: (S, D).
 
     Relies on the model contract forward(x, "pri") == h_pri(forward(x, "embed")).
     """
     name, head = head_module(model)
     z = forward(model, params, buffers, x, "embed")  # (S, D), differentiable w.r.t. θ_g
-    local = {n: n[len(name) + 1:] for n in model.head_param_names()}
+    local = {n: n[len(name) + 1 :] for n in model.head_param_names()}
 
     def objective(adapted: Params):
-        logits = functional_call(head, {short: adapted[full] for full, short in local.items()}, (z,))
+        logits = functional_call(
+            head, {short: adapted[full] for full, short in local.items()}, (z,)
+        )
         loss = F.cross_entropy(logits, y)
         return loss, {"support_loss_before": loss.detach()}
 

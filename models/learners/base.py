@@ -31,9 +31,10 @@ rounding (`LearnerConfig.memory`; measured in benchmarks/meta_step.py):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterable, Literal, Protocol, Sequence, get_args
+from typing import Literal, Protocol, get_args
 
 import torch
 import torch.nn.functional as F
@@ -106,7 +107,7 @@ class LearnerConfig:
     outputs are unnormalised; their median distance is ~0.3 at initialisation on the
     demo's episodes, where σ = 1 is in the kernel's quadratic regime)."""
     aux_loss: AuxLossName = "mmd"
-    """L_aux: mmd (squared MMD, biased) | mmd_unbiased | paper_eq3 (Eq. 3 as printed; see mmd.py)."""
+    """L_aux: mmd (squared MMD, biased) | mmd_unbiased | paper_eq3 (Eq. 3 as printed; mmd.py)."""
     aux_norm: AuxNorm = "separate"
     """How the macro clips are normalised beside the support clips (lightman, supervised).
     separate (default): two backbone passes, each normalised with its own batch
@@ -142,15 +143,25 @@ class LearnerConfig:
 
     def __post_init__(self) -> None:
         if self.name not in get_args(LearnerName):
-            raise ValueError(f"name must be one of {list(get_args(LearnerName))}, got {self.name!r}")
+            raise ValueError(
+                f"name must be one of {list(get_args(LearnerName))}, got {self.name!r}"
+            )
         if self.memory not in get_args(MemoryMode):
-            raise ValueError(f"memory must be one of {list(get_args(MemoryMode))}, got {self.memory!r}")
-        for field, options in (("aux_loss", AuxLossName), ("aux_norm", AuxNorm),
-                               ("bandwidth", Bandwidth), ("aux_align", AuxAlign),
-                               ("optimizer", OptimizerName)):
+            raise ValueError(
+                f"memory must be one of {list(get_args(MemoryMode))}, got {self.memory!r}"
+            )
+        for field, options in (
+            ("aux_loss", AuxLossName),
+            ("aux_norm", AuxNorm),
+            ("bandwidth", Bandwidth),
+            ("aux_align", AuxAlign),
+            ("optimizer", OptimizerName),
+        ):
             if getattr(self, field) not in get_args(options):
-                raise ValueError(f"{field} must be one of {list(get_args(options))}, "
-                                 f"got {getattr(self, field)!r}")
+                raise ValueError(
+                    f"{field} must be one of {list(get_args(options))}, "
+                    f"got {getattr(self, field)!r}"
+                )
         for field in ("inner_lr", "outer_lr"):
             if not getattr(self, field) > 0:
                 raise ValueError(f"{field} must be > 0, got {getattr(self, field)!r}")
@@ -161,11 +172,16 @@ class LearnerConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{field} must be an integer >= {low}, got {value!r}")
         if not 0 <= self.lambda_pri <= 1:
-            raise ValueError(f"lambda_pri (λ1) must lie in [0, 1] (λ2 = 1 − λ1), got {self.lambda_pri!r}")
+            raise ValueError(
+                f"lambda_pri (λ1) must lie in [0, 1] (λ2 = 1 − λ1), got {self.lambda_pri!r}"
+            )
         if not self.sigma or not all(s > 0 for s in self.sigma):
             raise ValueError(f"sigma must be one or more bandwidths > 0, got {self.sigma!r}")
         if self.aux_loss == "paper_eq3" and len(self.sigma) != 1:
-            raise ValueError(f"aux_loss=paper_eq3 takes exactly one sigma (Eq. 3 has one kernel), got {self.sigma!r}")
+            raise ValueError(
+                "aux_loss=paper_eq3 takes exactly one sigma (Eq. 3 has one kernel), "
+                f"got {self.sigma!r}"
+            )
 
     @property
     def lambda_aux(self) -> float:
@@ -193,8 +209,9 @@ class Learner(ABC):
         self.cfg = cfg
 
     @abstractmethod
-    def task_grads(self, model: nn.Module, params: Params, buffers: Params, task: TaskLike,
-                   where: str) -> tuple[Params, dict[str, Tensor]]:
+    def task_grads(
+        self, model: nn.Module, params: Params, buffers: Params, task: TaskLike, where: str
+    ) -> tuple[Params, dict[str, Tensor]]:
         """One task's outer gradient, one tensor per name of `params` (leaves that require
         grad, see `trainable`), and its metrics (detached 0-d tensors); the task's graph is
         freed before it returns. `where` names the task in errors."""
@@ -219,15 +236,29 @@ class Learner(ABC):
 
     @abstractmethod
     def adapt(
-        self, model: nn.Module, params: Params, buffers: Params, support_x: Tensor, support_y: Tensor,
-        aux_x: Tensor | None = None, steps: int | None = None, aux_y: Tensor | None = None,
+        self,
+        model: nn.Module,
+        params: Params,
+        buffers: Params,
+        support_x: Tensor,
+        support_y: Tensor,
+        aux_x: Tensor | None = None,
+        steps: int | None = None,
+        aux_y: Tensor | None = None,
     ) -> Params:
         """Parameters fitted to an unseen task's support set (`steps` defaults to
         `cfg.test_inner_steps`; aux_y, the macro clips' ways, is needed by
         aux_align=class only); detached, `params` untouched."""
 
-    def logits(self, model: nn.Module, adapted: Params, buffers: Params, support_x: Tensor,
-               support_y: Tensor, x: Tensor) -> Tensor:
+    def logits(
+        self,
+        model: nn.Module,
+        adapted: Params,
+        buffers: Params,
+        support_x: Tensor,
+        support_y: Tensor,
+        x: Tensor,
+    ) -> Tensor:
         """Logits (n, ways) of clips x: (n, M, C, H, W) by the classifier `adapt` fitted to
         the support set (support_x, support_y), with `adapted` its output; no graph. Here
         h_pri at the adapted θ, which needs no support clip; ProtoNet's classifier is made
@@ -237,8 +268,9 @@ class Learner(ABC):
 
     def predict(self, model: nn.Module, params: Params, buffers: Params, task: TaskLike) -> Tensor:
         """Query logits (N*Q, ways) after adapting on the task's support set."""
-        adapted = self.adapt(model, params, buffers, task.support_x, task.support_y, task.aux_x,
-                             aux_y=task.aux_y)
+        adapted = self.adapt(
+            model, params, buffers, task.support_x, task.support_y, task.aux_x, aux_y=task.aux_y
+        )
         return self.logits(model, adapted, buffers, task.support_x, task.support_y, task.query_x)
 
     def adapt_steps(self, steps: int | None) -> int:
@@ -249,14 +281,23 @@ class Learner(ABC):
 # ---- pure helpers ---------------------------------------------------------------------
 
 
-def forward(model: nn.Module, params: Params, buffers: Params, x: Tensor, head: str,
-            update_stats: bool = False):
+def forward(
+    model: nn.Module,
+    params: Params,
+    buffers: Params,
+    x: Tensor,
+    head: str,
+    update_stats: bool = False,
+):
     """f_θ(x) with θ = params: logits (head="pri"), aux features, both, or the embedding."""
-    return functional_call(model, (params, buffers), (x,), {"head": head, "update_stats": update_stats})
+    return functional_call(
+        model, (params, buffers), (x,), {"head": head, "update_stats": update_stats}
+    )
 
 
-def aux_loss_fn(cfg: LearnerConfig, y: Tensor | None = None,
-                aux_y: Tensor | None = None) -> AuxLossFn:
+def aux_loss_fn(
+    cfg: LearnerConfig, y: Tensor | None = None, aux_y: Tensor | None = None
+) -> AuxLossFn:
     """L_aux(micro features (n, d), macro features (m, d)) -> 0-d tensor, as configured:
     the kernel loss (aux_loss) at σ = sigma (bandwidth=fixed) or at σ_k = sigma[k] ·
     median pairwise distance of the pooled features (bandwidth=median, detached), over
@@ -264,8 +305,10 @@ def aux_loss_fn(cfg: LearnerConfig, y: Tensor | None = None,
     L_aux(micro[y == j], macro[aux_y == j]) (aux_align=class: y (n,) are the micro clips'
     ways, aux_y (m,) the macro clips', -1 unpaired; the median is that of the whole task)."""
     if cfg.aux_align == "class" and (y is None or aux_y is None):
-        raise ValueError("aux_align=class needs the ways of the micro and macro clips (y, aux_y): "
-                         "give the episodes aux_y (tasks/episodes.py) or set aux_align=marginal")
+        raise ValueError(
+            "aux_align=class needs the ways of the micro and macro clips (y, aux_y): "
+            "give the episodes aux_y (tasks/episodes.py) or set aux_align=marginal"
+        )
 
     def kernel_loss(micro: Tensor, macro: Tensor, sigmas: Sequence[float | Tensor]) -> Tensor:
         if cfg.aux_loss == "paper_eq3":
@@ -298,9 +341,9 @@ def require_aux(aux_x: Tensor | None, learner: str, where: str) -> Tensor:
     """aux_x, or a clear error: the auxiliary branch needs macro-expression clips."""
     if aux_x is None or aux_x.shape[0] == 0:
         raise ValueError(
-            f"{learner}: {where} has no auxiliary macro clips (aux_x), but lambda_pri < 1 needs them "
-            "for L_aux; give the episodes an auxiliary pool (data.auxiliary, episode.aux_shots > 0) "
-            "or set learner.lambda_pri=1"
+            f"{learner}: {where} has no auxiliary macro clips (aux_x), but lambda_pri < 1 needs "
+            "them for L_aux; give the episodes an auxiliary pool (data.auxiliary, "
+            "episode.aux_shots > 0) or set learner.lambda_pri=1"
         )
     return aux_x
 
@@ -312,12 +355,20 @@ def sgd_step(params: Params, grads: Params, lr: float) -> Params:
 
 def grads_of(loss: Tensor, params: Params, names: Sequence[str], create_graph: bool) -> Params:
     """∇ loss w.r.t. params[names]; names the loss does not reach are left out."""
-    grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph, allow_unused=True)
+    grads = torch.autograd.grad(
+        loss, [params[n] for n in names], create_graph=create_graph, allow_unused=True
+    )
     return {n: g for n, g in zip(names, grads) if g is not None}
 
 
-def inner_loop(objective: Objective, params: Params, names: Sequence[str], lr: float, steps: int,
-               create_graph: bool) -> tuple[Params, dict[str, Tensor]]:
+def inner_loop(
+    objective: Objective,
+    params: Params,
+    names: Sequence[str],
+    lr: float,
+    steps: int,
+    create_graph: bool,
+) -> tuple[Params, dict[str, Tensor]]:
     """θ^{k+1} = θ^k − α ∇_{θ^k[names]} L_inner(θ^k) for k < steps (Eq. 4, first level).
 
     create_graph=True keeps each inner gradient differentiable, so a loss at the
@@ -335,7 +386,9 @@ def inner_loop(objective: Objective, params: Params, names: Sequence[str], lr: f
 
 def full_grads(loss: Tensor, params: Params) -> Params:
     """∇θ loss for every name of params (zeros where the loss does not reach); frees the graph."""
-    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True, materialize_grads=True)
+    grads = torch.autograd.grad(
+        loss, list(params.values()), allow_unused=True, materialize_grads=True
+    )
     return dict(zip(params, grads))
 
 
@@ -356,8 +409,9 @@ def sum_metrics(rows: Sequence[dict[str, Tensor]]) -> dict[str, float]:
     return out
 
 
-def meta_batch_grads(task_grads: TaskGrads, tasks: Sequence[TaskLike],
-                     learner: str) -> tuple[Params, dict[str, float]]:
+def meta_batch_grads(
+    task_grads: TaskGrads, tasks: Sequence[TaskLike], learner: str
+) -> tuple[Params, dict[str, float]]:
     """(Σ_i task_grads(task i), metrics summed over the tasks with "tasks": their number),
     the loop over a meta-batch every learner shares. Each task's graph is freed inside
     `task_grads`, before the next task starts, so memory holds one task's graph and the
@@ -373,8 +427,13 @@ def meta_batch_grads(task_grads: TaskGrads, tasks: Sequence[TaskLike],
     return total, sum_metrics(rows)
 
 
-def sgd_adapt(make_objective: Callable[[Params], Objective], params: Params, names: Sequence[str],
-              lr: float, steps: int) -> Params:
+def sgd_adapt(
+    make_objective: Callable[[Params], Objective],
+    params: Params,
+    names: Sequence[str],
+    lr: float,
+    steps: int,
+) -> Params:
     """θ after `steps` first-order SGD steps at lr on L_inner = make_objective(θ) over
     θ[names] (test-time adaptation: no meta-gradient through it); detached, `params`
     untouched, θ itself for steps = 0. `make_objective(θ)` binds L_inner to the leaves θ."""
@@ -386,8 +445,9 @@ def sgd_adapt(make_objective: Callable[[Params], Objective], params: Params, nam
     return {n: p.detach() for n, p in adapted.items()}
 
 
-def outer_pass(model: nn.Module, adapted: Params, buffers: Params, task: TaskLike,
-               support_after: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+def outer_pass(
+    model: nn.Module, adapted: Params, buffers: Params, task: TaskLike, support_after: bool = False
+) -> tuple[Tensor, dict[str, Tensor]]:
     """CE(h_pri(g(query)); θ_i), the outer loss at the adapted θ_i, and its metrics
     (detached 0-d tensors): outer_loss, query_acc and, if `support_after`,
     support_loss_after, the support CE at θ_i (one more forward pass)."""
@@ -402,9 +462,18 @@ def outer_pass(model: nn.Module, adapted: Params, buffers: Params, task: TaskLik
     return loss, metrics
 
 
-def task_outer_grads(model: nn.Module, params: Params, buffers: Params, task: TaskLike, objective: Objective,
-                     names: Sequence[str], lr: float, steps: int, first_order: bool,
-                     support_after: bool = False) -> tuple[Params, dict[str, Tensor]]:
+def task_outer_grads(
+    model: nn.Module,
+    params: Params,
+    buffers: Params,
+    task: TaskLike,
+    objective: Objective,
+    names: Sequence[str],
+    lr: float,
+    steps: int,
+    first_order: bool,
+    support_after: bool = False,
+) -> tuple[Params, dict[str, Tensor]]:
     """One task's outer gradient ∇θ CE(h_pri(g(query)); θ_i), θ_i = inner_loop(θ) (Eq. 4).
 
     `params` must be leaves that require grad (see `trainable`). The task's whole graph
@@ -416,9 +485,17 @@ def task_outer_grads(model: nn.Module, params: Params, buffers: Params, task: Ta
     return full_grads(loss, params), {**metrics, **outer}
 
 
-def checkpointed_outer_grads(model: nn.Module, params: Params, buffers: Params, task: TaskLike,
-                             make_objective: Callable[[Params], Objective], names: Sequence[str], lr: float,
-                             steps: int, support_after: bool = False) -> tuple[Params, dict[str, Tensor]]:
+def checkpointed_outer_grads(
+    model: nn.Module,
+    params: Params,
+    buffers: Params,
+    task: TaskLike,
+    make_objective: Callable[[Params], Objective],
+    names: Sequence[str],
+    lr: float,
+    steps: int,
+    support_after: bool = False,
+) -> tuple[Params, dict[str, Tensor]]:
     """`task_outer_grads`' second-order gradient and metrics, by reverse mode through the
     inner loop with per-step recomputation (LearnerConfig.memory="low").
 
@@ -438,7 +515,9 @@ def checkpointed_outer_grads(model: nn.Module, params: Params, buffers: Params, 
     theta = trainable(params, names)
     objective = make_objective(theta)
     split = isinstance(objective, PassObjective) and len(objective.passes) > 1
-    points: list[tuple[Params, list | None]] = []  # θ^k and, if split, the pass outputs at θ^k; k < K
+    points: list[
+        tuple[Params, list | None]
+    ] = []  # θ^k and, if split, the pass outputs at θ^k; k < K
     metrics: dict[str, Tensor] = {}
     for step in range(steps):
         if split:
@@ -453,13 +532,18 @@ def checkpointed_outer_grads(model: nn.Module, params: Params, buffers: Params, 
     loss, outer = outer_pass(model, adapted, buffers, task, support_after)
     v = full_grads(loss, adapted)  # v^K; the query graph is gone from here on
     for point, outs in reversed(points):
-        hvp = split_hvp(objective, point, outs, v, names) if split else step_hvp(make_objective, point, v, names)
+        hvp = (
+            split_hvp(objective, point, outs, v, names)
+            if split
+            else step_hvp(make_objective, point, v, names)
+        )
         v = {n: v[n] - lr * hvp[n] for n in v}
     return v, {**metrics, **outer}
 
 
-def step_hvp(make_objective: Callable[[Params], Objective], point: Params, v: Params,
-             names: Sequence[str]) -> Params:
+def step_hvp(
+    make_objective: Callable[[Params], Objective], point: Params, v: Params, names: Sequence[str]
+) -> Params:
     """∇θ ⟨∇_{θ[names]} L_inner(θ), v[names]⟩ at θ = point, for every name: the step's graph
     rebuilt at θ and differentiated twice."""
     leaves = trainable(point)
@@ -475,8 +559,17 @@ class BilevelLearner(Learner):
     updates."""
 
     @abstractmethod
-    def make_objective(self, model: nn.Module, params: Params, buffers: Params, x: Tensor, y: Tensor,
-                       aux_x: Tensor | None, where: str, aux_y: Tensor | None = None) -> Objective:
+    def make_objective(
+        self,
+        model: nn.Module,
+        params: Params,
+        buffers: Params,
+        x: Tensor,
+        y: Tensor,
+        aux_x: Tensor | None,
+        where: str,
+        aux_y: Tensor | None = None,
+    ) -> Objective:
         """L_inner of one task's support set (x, y) and macro clips aux_x (their ways aux_y);
         `params` is θ (for work done once per task); `where` names the task in errors."""
 
@@ -487,17 +580,58 @@ class BilevelLearner(Learner):
     def task_grads(self, model, params, buffers, task, where):
         cfg = self.cfg
         names = self.adapted_names(model, params)
-        bind = partial(self.make_objective, model, buffers=buffers, x=task.support_x,
-                       y=task.support_y, aux_x=task.aux_x, where=where, aux_y=task.aux_y)
+        bind = partial(
+            self.make_objective,
+            model,
+            buffers=buffers,
+            x=task.support_x,
+            y=task.support_y,
+            aux_x=task.aux_x,
+            where=where,
+            aux_y=task.aux_y,
+        )
         if cfg.memory == "low" and not cfg.first_order:
-            return checkpointed_outer_grads(model, params, buffers, task, bind, names, cfg.inner_lr,
-                                            cfg.inner_steps, cfg.log_support_after)
-        return task_outer_grads(model, params, buffers, task, bind(params), names, cfg.inner_lr,
-                                cfg.inner_steps, cfg.first_order, cfg.log_support_after)
+            return checkpointed_outer_grads(
+                model,
+                params,
+                buffers,
+                task,
+                bind,
+                names,
+                cfg.inner_lr,
+                cfg.inner_steps,
+                cfg.log_support_after,
+            )
+        return task_outer_grads(
+            model,
+            params,
+            buffers,
+            task,
+            bind(params),
+            names,
+            cfg.inner_lr,
+            cfg.inner_steps,
+            cfg.first_order,
+            cfg.log_support_after,
+        )
 
-    def adapt(self, model, params, buffers, support_x, support_y, aux_x=None, steps=None,
-              aux_y=None):
-        bind = partial(self.make_objective, model, buffers=buffers, x=support_x, y=support_y,
-                       aux_x=aux_x, where="the support set", aux_y=aux_y)
-        return sgd_adapt(bind, params, self.adapted_names(model, params), self.cfg.inner_lr,
-                         self.adapt_steps(steps))
+    def adapt(
+        self, model, params, buffers, support_x, support_y, aux_x=None, steps=None, aux_y=None
+    ):
+        bind = partial(
+            self.make_objective,
+            model,
+            buffers=buffers,
+            x=support_x,
+            y=support_y,
+            aux_x=aux_x,
+            where="the support set",
+            aux_y=aux_y,
+        )
+        return sgd_adapt(
+            bind,
+            params,
+            self.adapted_names(model, params),
+            self.cfg.inner_lr,
+            self.adapt_steps(steps),
+        )

@@ -71,8 +71,9 @@ def combined(obj: PassObjective, outs: list[Output], create_graph: bool):
     e = [tuple(t.detach().requires_grad_() for t in parts(o)) for o in outs]
     loss, metrics = obj.combine([like(o, ts) for o, ts in zip(outs, e)])
     flat = [t for ts in e for t in ts]
-    cotangent = torch.autograd.grad(loss, flat, create_graph=create_graph, allow_unused=True,
-                                    materialize_grads=True)
+    cotangent = torch.autograd.grad(
+        loss, flat, create_graph=create_graph, allow_unused=True, materialize_grads=True
+    )
     return loss, metrics, flat, list(cotangent)
 
 
@@ -85,8 +86,9 @@ def spans(outs: list[Output]) -> list[range]:
     return out
 
 
-def split_grads(obj: PassObjective, point: Params, names: Sequence[str]
-                ) -> tuple[Params, dict[str, Tensor], list[Output]]:
+def split_grads(
+    obj: PassObjective, point: Params, names: Sequence[str]
+) -> tuple[Params, dict[str, Tensor], list[Output]]:
     """(∇_names L at θ = point by (1), one pass's first-order graph at a time; ℓ's
     metrics; the pass outputs at θ, detached). Names no pass reaches are left out."""
     outs = outputs_at(obj, point)
@@ -94,28 +96,48 @@ def split_grads(obj: PassObjective, point: Params, names: Sequence[str]
     grads: Params = {}
     for p, span in enumerate(spans(outs)):
         theta = trainable(point, names)
-        got = torch.autograd.grad(parts(obj.run(theta, p)), [theta[n] for n in names],
-                                  [cotangent[i] for i in span], allow_unused=True)
+        got = torch.autograd.grad(
+            parts(obj.run(theta, p)),
+            [theta[n] for n in names],
+            [cotangent[i] for i in span],
+            allow_unused=True,
+        )
         for n, g in zip(names, got):
             if g is not None:
                 grads[n] = grads[n] + g if n in grads else g
     return grads, metrics, outs
 
 
-def pass_curvature(obj: PassObjective, p: int, point: Params, cotangent: list[Tensor], v: Params,
-                   names: Sequence[str], keep: bool):
+def pass_curvature(
+    obj: PassObjective,
+    p: int,
+    point: Params,
+    cotangent: list[Tensor],
+    v: Params,
+    names: Sequence[str],
+    keep: bool,
+):
     """Pass p's term of the first sum of (2), u_p, and (if keep) its forward graph (θ, e_p)."""
     theta = trainable(point)
     out = parts(obj.run(theta, p))
     c = [t.detach().requires_grad_() for t in cotangent]
-    vjp = torch.autograd.grad(out, [theta[n] for n in names], c, create_graph=True, allow_unused=True)
+    vjp = torch.autograd.grad(
+        out, [theta[n] for n in names], c, create_graph=True, allow_unused=True
+    )
     dot = sum((g * v[n]).sum() for n, g in zip(names, vjp) if g is not None)  # ⟨J_p[names]ᵀ c, v⟩
-    got = torch.autograd.grad(dot, [*theta.values(), *c], retain_graph=keep, allow_unused=True,
-                              materialize_grads=True)
-    return dict(zip(theta, got[:len(theta)])), list(got[len(theta):]), (theta, out) if keep else None
+    got = torch.autograd.grad(
+        dot, [*theta.values(), *c], retain_graph=keep, allow_unused=True, materialize_grads=True
+    )
+    return (
+        dict(zip(theta, got[: len(theta)])),
+        list(got[len(theta) :]),
+        (theta, out) if keep else None,
+    )
 
 
-def split_hvp(obj: PassObjective, point: Params, outs: list[Output], v: Params, names: Sequence[str]) -> Params:
+def split_hvp(
+    obj: PassObjective, point: Params, outs: list[Output], v: Params, names: Sequence[str]
+) -> Params:
     """∇θ ⟨∇_names L(θ), v[names]⟩ at θ = point by (2), for every name of point; `outs` are
     the pass outputs at θ (from `split_grads`). One pass's second-order graph at a time."""
     _, _, flat, cotangent = combined(obj, outs, create_graph=True)
@@ -125,20 +147,35 @@ def split_hvp(obj: PassObjective, point: Params, outs: list[Output], v: Params, 
     u: list[Tensor] = [torch.zeros_like(t) for t in flat]
     kept = None
     for p in order:
-        part, u_p, graph = pass_curvature(obj, p, point, [cotangent[i].detach() for i in index[p]], v, names,
-                                          keep=p == order[-1])
+        part, u_p, graph = pass_curvature(
+            obj, p, point, [cotangent[i].detach() for i in index[p]], v, names, keep=p == order[-1]
+        )
         total = {n: total[n] + part[n] for n in total}
         for i, t in zip(index[p], u_p):
             u[i] = t
         kept = graph or kept
     live = [i for i, c in enumerate(cotangent) if c.requires_grad]  # ℓ's curvature: w = ∇²ℓ u
-    w = torch.autograd.grad([cotangent[i] for i in live], flat, [u[i] for i in live], allow_unused=True,
-                            materialize_grads=True) if live else [torch.zeros_like(t) for t in flat]
+    w = (
+        torch.autograd.grad(
+            [cotangent[i] for i in live],
+            flat,
+            [u[i] for i in live],
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        if live
+        else [torch.zeros_like(t) for t in flat]
+    )
     for p in reversed(order):  # Σ_p J_pᵀ w_p: the kept graph first, then free it
         theta, out = kept if p == order[-1] else (trainable(point), None)
         out = out if out is not None else parts(obj.run(theta, p))
         kept = None
-        got = torch.autograd.grad(out, list(theta.values()), [w[i] for i in index[p]], allow_unused=True,
-                                  materialize_grads=True)
+        got = torch.autograd.grad(
+            out,
+            list(theta.values()),
+            [w[i] for i in index[p]],
+            allow_unused=True,
+            materialize_grads=True,
+        )
         total = {n: total[n] + g for n, g in zip(theta, got)}
     return total

@@ -31,12 +31,22 @@ def episode_ways(support_y: Tensor, where: str) -> int:
     ways = int(support_y.max()) + 1
     counts = torch.bincount(support_y, minlength=ways)
     if int(support_y.min()) < 0 or bool((counts == 0).any()):
-        raise ValueError(f"protonet: {where}: support labels must cover 0..N-1, got counts {counts.tolist()}")
+        raise ValueError(
+            f"protonet: {where}: support labels must cover 0..N-1, got counts {counts.tolist()}"
+        )
     return ways
 
 
-def support_logits(model: nn.Module, params: Params, buffers: Params, support_x: Tensor,
-                   support_y: Tensor, x: Tensor, update_stats: bool, where: str) -> Tensor:
+def support_logits(
+    model: nn.Module,
+    params: Params,
+    buffers: Params,
+    support_x: Tensor,
+    support_y: Tensor,
+    x: Tensor,
+    update_stats: bool,
+    where: str,
+) -> Tensor:
     """Logits (n, N) of clips x: (n, M, C, H, W) from the prototypes of the support set
     (support_x, support_y), both embedded in one batch."""
     ways = episode_ways(support_y, where)
@@ -46,11 +56,13 @@ def support_logits(model: nn.Module, params: Params, buffers: Params, support_x:
     return proto_logits(z[n_support:], prototypes(z[:n_support], support_y, ways))
 
 
-def proto_task_grads(model: nn.Module, params: Params, buffers: Params, task: TaskLike,
-                     where: str) -> tuple[Params, dict[str, Tensor]]:
+def proto_task_grads(
+    model: nn.Module, params: Params, buffers: Params, task: TaskLike, where: str
+) -> tuple[Params, dict[str, Tensor]]:
     """(∇θ CE(−||g(query) − c||², y_query) at θ = params (leaves), metrics) of one task."""
-    logits = support_logits(model, params, buffers, task.support_x, task.support_y, task.query_x,
-                            True, where)  # (N*Q, N)
+    logits = support_logits(
+        model, params, buffers, task.support_x, task.support_y, task.query_x, True, where
+    )  # (N*Q, N)
     loss = F.cross_entropy(logits, task.query_y)
     metrics = {"outer_loss": loss.detach(), "query_acc": accuracy(logits, task.query_y)}
     return full_grads(loss, params), metrics
@@ -62,11 +74,13 @@ class ProtoNet(Learner):
     def task_grads(self, model, params, buffers, task, where):
         return proto_task_grads(model, params, buffers, task, where)
 
-    def adapt(self, model, params, buffers, support_x, support_y, aux_x=None, steps=None,
-              aux_y=None):
+    def adapt(
+        self, model, params, buffers, support_x, support_y, aux_x=None, steps=None, aux_y=None
+    ):
         return {n: p.detach() for n, p in params.items()}
 
     def logits(self, model, adapted, buffers, support_x, support_y, x):
         with torch.no_grad():
-            return support_logits(model, adapted, buffers, support_x, support_y, x, False,
-                                  "the support set")
+            return support_logits(
+                model, adapted, buffers, support_x, support_y, x, False, "the support set"
+            )

@@ -16,14 +16,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightman.models.learners.base import (
-    Learner, Params, TaskLike, accuracy, forward, grads_of, sgd_step,
+    Learner,
+    Params,
+    TaskLike,
+    accuracy,
+    forward,
+    grads_of,
+    sgd_step,
 )
 from lightman.models.learners.maml import fine_tune
 from lightman.models.learners.params import trainable
 
 
-def reptile_task_delta(model: nn.Module, params: Params, buffers: Params, task: TaskLike, lr: float,
-                       steps: int) -> tuple[Params, dict[str, torch.Tensor]]:
+def reptile_task_delta(
+    model: nn.Module, params: Params, buffers: Params, task: TaskLike, lr: float, steps: int
+) -> tuple[Params, dict[str, torch.Tensor]]:
     """(θ − θ_i, metrics): θ_i after `steps` SGD steps on the task's support + query clips."""
     x = torch.cat((task.support_x, task.query_x))  # (N*K + N*Q, M, C, H, W)
     y = torch.cat((task.support_y, task.query_y))
@@ -32,11 +39,18 @@ def reptile_task_delta(model: nn.Module, params: Params, buffers: Params, task: 
     metrics: dict[str, torch.Tensor] = {}
     for step in range(steps):
         # The last step's pass is the task's final one: it may update running norm statistics.
-        logits = forward(model, theta, buffers, x, "pri", update_stats=step == steps - 1)  # (B, ways)
+        logits = forward(
+            model, theta, buffers, x, "pri", update_stats=step == steps - 1
+        )  # (B, ways)
         loss = F.cross_entropy(logits, y)
         if step == 0:
-            metrics = {"outer_loss": loss.detach(), "query_acc": accuracy(logits[n_support:], task.query_y)}
-        theta = trainable(sgd_step(theta, grads_of(loss, theta, list(theta), create_graph=False), lr))
+            metrics = {
+                "outer_loss": loss.detach(),
+                "query_acc": accuracy(logits[n_support:], task.query_y),
+            }
+        theta = trainable(
+            sgd_step(theta, grads_of(loss, theta, list(theta), create_graph=False), lr)
+        )
     return {n: params[n].detach() - theta[n].detach() for n in params}, metrics
 
 
@@ -47,7 +61,9 @@ class Reptile(Learner):
         cfg = self.cfg
         return reptile_task_delta(model, params, buffers, task, cfg.inner_lr, cfg.reptile_steps)
 
-    def adapt(self, model, params, buffers, support_x, support_y, aux_x=None, steps=None,
-              aux_y=None):
-        return fine_tune(model, params, buffers, support_x, support_y, self.cfg.inner_lr,
-                         self.adapt_steps(steps))
+    def adapt(
+        self, model, params, buffers, support_x, support_y, aux_x=None, steps=None, aux_y=None
+    ):
+        return fine_tune(
+            model, params, buffers, support_x, support_y, self.cfg.inner_lr, self.adapt_steps(steps)
+        )
