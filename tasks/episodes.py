@@ -576,9 +576,14 @@ class EpisodeSampler:
         support = np.concatenate([p[:k] for p in picks])[s_perm]
         query = np.concatenate([p[k:] for p in picks])[q_perm]
         aux, aux_y = (
-            draw_aux([self._aux_by_class[c] for c in classes], len(self.aux_pool),
-                     self.cfg.aux_shots, rng)
-            if self.aux_pool is not None else (None, None)
+            draw_aux(
+                [self._aux_by_class[c] for c in classes],
+                len(self.aux_pool),
+                self.cfg.aux_shots,
+                rng,
+            )
+            if self.aux_pool is not None
+            else (None, None)
         )
         return _Plan(
             classes,

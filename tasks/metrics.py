@@ -204,10 +204,7 @@ def episode_summary(
     if len(episodes) == 0:
         raise ValueError("episode_summary needs at least one episode")
     pairs = [_labels(t, p) for t, p in episodes]
-    out = {
-        name: mean_ci([fn(t, p) for t, p in pairs], confidence)
-        for name, fn in SCORES.items()
-    }
+    out = {name: mean_ci([fn(t, p) for t, p in pairs], confidence) for name, fn in SCORES.items()}
     t_all = np.concatenate([t for t, _ in pairs])
     p_all = np.concatenate([p for _, p in pairs])
     out["uf1_pooled"] = (uf1(t_all, p_all), float("nan"))

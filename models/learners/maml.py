@@ -24,8 +24,9 @@ def cross_entropy_objective(model: nn.Module, buffers: Params, x: Tensor, y: Ten
     return objective
 
 
-def fine_tune(model: nn.Module, params: Params, buffers: Params, x: Tensor, y: Tensor, lr: float,
-              steps: int) -> Params:
+def fine_tune(
+    model: nn.Module, params: Params, buffers: Params, x: Tensor, y: Tensor, lr: float, steps: int
+) -> Params:
     """θ after `steps` SGD steps at lr on CE(h_pri(g(x)), y) over every parameter, detached:
     MAML's test-time adaptation, which reptile and supervised use as theirs."""
     objective = cross_entropy_objective(model, buffers, x, y)  # binds no θ: the same for every θ
