@@ -173,7 +173,7 @@ def predict_fold(
     for start in range(0, target.size, batch_size):
         x = to_tensor(pool.frames[target[start : start + batch_size]])  # (batch, M, C, H, W)
         logits = learner.logits(model, adapted, buffers, support_x, support_y, x)  # (batch, C)
-        preds.append(logits.argmax(-1).numpy())
+        preds.append(logits.argmax(-1).cpu().numpy())
     return np.concatenate(preds).astype(np.int64)
 
 
