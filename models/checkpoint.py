@@ -100,8 +100,10 @@ def load_checkpoint(
     except OSError:
         raise
     except Exception as e:
+        # torch's unpickling errors run to a dozen lines of advice; the first names the cause
+        first = (str(e).strip().splitlines() or [""])[0]
         raise ValueError(
-            f"{source}: not a loadable Lightman checkpoint ({type(e).__name__}: {e})"
+            f"{source}: not a loadable Lightman checkpoint ({type(e).__name__}: {first})"
         ) from e
     if not isinstance(payload, dict) or any(k not in payload for k in _KEYS):
         have = sorted(payload) if isinstance(payload, dict) else type(payload).__name__

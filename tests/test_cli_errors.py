@@ -247,6 +247,14 @@ def test_every_command_reports_a_bad_path_in_one_line(capsys, tmp_path, argv, na
     assert names.replace("{tmp}", str(tmp_path)) in err
 
 
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", b"PK\x03\x04garbage"])
+def test_a_garbage_checkpoint_is_one_line(capsys, tmp_path, content):
+    (tmp_path / "bad.pt").write_bytes(content)
+    argv = ["eval", "--checkpoint", tmp_path / "bad.pt", "--index", tmp_path / "index"]
+    err = fails_cleanly(capsys, argv).err
+    assert f"{tmp_path / 'bad.pt'}: not a loadable Lightman checkpoint" in err
+
+
 def test_a_bug_shows_its_traceback_and_says_so(capsys, monkeypatch, tmp_path):
     def broken(args):
         raise RuntimeError("an invariant broke")
