@@ -69,6 +69,20 @@ def setup():
     return model, dict(model.named_parameters()), dict(model.named_buffers()), tasks
 
 
+# One gradient step on these fixed tiny tasks lowers a loss by a relative amount that does not
+# depend on the machine (one step is not chaotic): measured with 1 and 2 threads, the
+# smallest drops are 1.6e-3 (anil's head-only inner step), 2.4e-2 (anil's and supervised's
+# adaptation), 5.0e-2 (supervised's step) and 0.12 or more for the others; the two thread
+# counts agree to 1e-7. A drop of at least LOSS_DROP (a third of the smallest) is asserted,
+# thousands of times float32 rounding.
+LOSS_DROP = 5e-4
+
+
+def dropped(before: float, after: float) -> bool:
+    """`after` is below `before` by at least LOSS_DROP of it."""
+    return (before - after) / abs(before) > LOSS_DROP
+
+
 # ---- adaptation ---------------------------------------------------------------------------
 
 
@@ -87,7 +101,7 @@ def test_one_inner_step_lowers_the_inner_loss(setup, name):
             objective, theta, names, learner.cfg.inner_lr, 1, create_graph=False
         )
         after, _ = objective(adapted)
-        assert float(after.detach()) < float(before.detach())
+        assert dropped(float(before.detach()), float(after.detach())), name
 
 
 def test_adapt_lowers_the_support_cross_entropy(setup):
@@ -105,7 +119,7 @@ def test_adapt_lowers_the_support_cross_entropy(setup):
             )
         # supervised starts from a fresh zero head, whose support CE is log N
         before = math.log(model.cfg.ways) if name == "supervised" else float(before)
-        assert float(after) < before, name
+        assert dropped(before, float(after)), name
         assert all(not p.requires_grad for p in adapted.values())
 
 
@@ -210,7 +224,7 @@ def test_support_loss_after_is_logged_on_request(setup, name):
                 F.cross_entropy(forward(model, adapted, buffers, t.support_x, "pri"), t.support_y)
             )
     assert logged["support_loss_after"] == pytest.approx(want, rel=1e-5)
-    assert logged["support_loss_after"] < logged["support_loss_before"]
+    assert dropped(logged["support_loss_before"], logged["support_loss_after"])
     assert {k: v for k, v in logged.items() if k != "support_loss_after"} == quiet
 
 
@@ -298,7 +312,7 @@ def test_supervised_trains_on_global_classes(setup):
     # one step along the summed gradient lowers the loss
     stepped = {k: (v - 0.01 * grads[k] / len(tasks)).detach() for k, v in params.items()}
     _, after = learner.meta_grads(model, stepped, buffers, tasks)
-    assert after["outer_loss"] < metrics["outer_loss"]
+    assert dropped(metrics["outer_loss"], after["outer_loss"])
 
 
 def test_supervised_needs_a_head_for_every_class(setup):
