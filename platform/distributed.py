@@ -238,8 +238,9 @@ def _shard_datasets(cfg: TrainConfig, data: RunData) -> dict:
     }
 
 
-def fit(cfg: TrainConfig, out: Path, resume: bool, data: RunData) -> dict:
-    """Run `train_loop` on `cfg.workers` Ray Train workers; the final run state (rank 0's)."""
+def fit(cfg: TrainConfig, out: Path, resume: bool, data: RunData, callbacks=()) -> dict:
+    """Run `train_loop` on `cfg.workers` Ray Train workers; the final run state (rank 0's).
+    `callbacks`: Ray Train `UserCallback`s (a Ray Tune trial passes its report callback)."""
     path, fs = storage_of(cfg, out)
     check_storage(cfg, path, fs)
     name = cfg.run_name or out.name
@@ -269,6 +270,7 @@ def fit(cfg: TrainConfig, out: Path, resume: bool, data: RunData) -> dict:
                     storage_path=path,
                     storage_filesystem=fs,
                     failure_config=FailureConfig(max_failures=cfg.max_failures),
+                    callbacks=list(callbacks),
                     checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                     # Ray Train's per-report INFO lines would bury the progress bar
                     logging_config=LoggingConfig(log_level="WARNING"),

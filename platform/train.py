@@ -308,6 +308,7 @@ def train_loop(cfg: TrainConfig, out: Path, ctx: LoopContext, data: RunData) -> 
         }
 
     t_start = time.perf_counter()
+    last_val: dict = {}  # the latest validation, also in the final report (Ray Tune's metric)
     with RunLog(out, start, cfg.iterations, enabled=ctx.is_main) as log:
         for it in range(start + 1, cfg.iterations + 1):
             t0 = time.perf_counter()
@@ -349,6 +350,8 @@ def train_loop(cfg: TrainConfig, out: Path, ctx: LoopContext, data: RunData) -> 
                     learner, model, params, buffers, (e.to(ctx.device) for e in val_eps)
                 )
                 record["val_acc"] = val["acc"][0]
+                record["val_uar"] = val["uar"][0]
+                last_val = {"val_acc": record["val_acc"], "val_uar": record["val_uar"]}
                 if val["acc"][0] > best["acc"]:
                     best = {
                         "acc": val["acc"][0],
@@ -364,6 +367,7 @@ def train_loop(cfg: TrainConfig, out: Path, ctx: LoopContext, data: RunData) -> 
         final = {
             "iteration": cfg.iterations,
             "train_seconds": round(time.perf_counter() - t_start, 2),
+            **last_val,
         }
         ctx.report(final, payload(cfg.iterations) if ctx.is_main else None)
 
