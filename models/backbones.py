@@ -40,7 +40,8 @@ from lightman.models.input_conv import input_conv
 from lightman.models.maxpool import max_pool_frames
 from lightman.models.norm import ClipNorm
 
-BACKBONES = ("conv4", "resnet", "vgg", "densenet")
+BACKBONES = ("conv4", "resnet", "vgg", "densenet")  # the per-frame encoders of ClipBackbone
+TWO_BRANCH = ("miacnet", "miacnet_action")  # MIACNet and its one-branch ablation (miacnet.py)
 TEMPORAL_KERNEL = 6  # paper 4.1: "kernel size 6 along the time dimension"
 
 

@@ -114,7 +114,8 @@ def load_checkpoint(
             f"this Lightman reads format {FORMAT}"
         )
     try:
-        cfg = ModelConfig(**payload["config"])
+        # the weights below replace any pre-trained init: the run's config keeps its path
+        cfg = dataclasses.replace(ModelConfig(**payload["config"]), init="")
     except (TypeError, ValueError) as e:
         raise ValueError(f"{source}: invalid model config in checkpoint: {e}") from e
     model = build_model(cfg)

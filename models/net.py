@@ -14,13 +14,14 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from lightman.models.backbones import BACKBONES, TEMPORAL_KERNEL, ClipBackbone
+from lightman.models.backbones import BACKBONES, TEMPORAL_KERNEL, TWO_BRANCH, ClipBackbone
 from lightman.models.heads import AUX_HEADS, build_aux_head
 from lightman.models.norm import BN_MODES
 
 INPUT_MODES = ("frames", "delta", "frames+delta")
 HEADS = ("pri", "aux", "both", "embed")
 MIN_IMAGE_SIZE = 16  # four 2x2 poolings must leave at least 1x1
+MIN_FRAMES_TWO_BRANCH = 2  # MIACNet reads the onset and one apex frame (no 3D convolution)
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,9 @@ class ModelConfig:
     """Everything that fixes LightmanNet's architecture (stored in checkpoints)."""
 
     backbone: str = "conv4"
-    """Per-frame 2D encoder: conv4 (paper) | resnet | vgg | densenet (Table 3 ablation)."""
+    """Per-frame 2D encoder: conv4 (paper) | resnet | vgg | densenet (Table 3 ablation), or
+    MA2MI's two-branch network: miacnet | miacnet_action (its action branch only;
+    models/miacnet.py, docs/ma2mi.md)."""
     in_channels: int = 3
     """C, channels of each input frame (3 for RGB)."""
     frames: int = 8
@@ -46,11 +49,17 @@ class ModelConfig:
     bn_mode: str = "task"
     """Normalisation statistics: task (batch) | clip (per clip) | running (see norm.py)."""
     input_mode: str = "frames"
-    """Encoder input: frames | delta (frame_t - frame_0, the motion) | frames+delta."""
+    """Encoder input: frames | delta (frame_t - frame_0, the motion) | frames+delta.
+    miacnet needs frames: it reads the onset itself and computes its motion (apex - onset)."""
+    init: str = ""
+    """A pre-trained encoder (`lightman pretrain` writes RUN/encoder.pt) that initialises the
+    backbone g before training; "" = random. Its architecture must match this config's
+    (models/ma2mi.py: init_backbone). A loaded checkpoint resets it to "" (its weights are
+    already there; the training config records the path)."""
 
     def __post_init__(self) -> None:
         choices = {
-            "backbone": BACKBONES,
+            "backbone": BACKBONES + TWO_BRANCH,
             "aux_head": AUX_HEADS,
             "bn_mode": BN_MODES,
             "input_mode": INPUT_MODES,
@@ -60,9 +69,21 @@ class ModelConfig:
                 raise ValueError(
                     f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}"
                 )
+        two_branch = self.backbone in TWO_BRANCH
+        if two_branch and self.input_mode != "frames":
+            raise ValueError(
+                f"backbone={self.backbone} reads the onset frame and computes its own motion "
+                f"(apex - onset): use input_mode=frames, got {self.input_mode!r}"
+            )
+        if two_branch and self.image_size % 16:
+            raise ValueError(
+                f"backbone={self.backbone} halves the image four times and places one "
+                f"position token per cell of the last map: image_size must be a multiple of "
+                f"16, got {self.image_size}"
+            )
         minima = {
             "in_channels": 1,
-            "frames": TEMPORAL_KERNEL,
+            "frames": MIN_FRAMES_TWO_BRANCH if two_branch else TEMPORAL_KERNEL,
             "image_size": MIN_IMAGE_SIZE,
             "hidden": 2,
             "ways": 2,
@@ -73,7 +94,7 @@ class ModelConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 why = (
                     " (the temporal 3D convolution has kernel 6 in time)"
-                    if name == "frames"
+                    if name == "frames" and not two_branch
                     else ""
                 )
                 raise ValueError(f"{name} must be an integer >= {low}{why}, got {value!r}")
@@ -106,7 +127,20 @@ class LightmanNet(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.backbone = ClipBackbone(cfg.backbone, cfg.encoder_channels, cfg.hidden, cfg.bn_mode)
+        if cfg.backbone in TWO_BRANCH:
+            from lightman.models.miacnet import MIACNet
+
+            self.backbone = MIACNet(
+                cfg.encoder_channels,
+                cfg.hidden,
+                cfg.image_size,
+                cfg.bn_mode,
+                position=cfg.backbone == "miacnet",
+            )
+        else:
+            self.backbone = ClipBackbone(
+                cfg.backbone, cfg.encoder_channels, cfg.hidden, cfg.bn_mode
+            )
         dim = self.backbone.embed_dim
         self.head_pri = nn.Linear(dim, cfg.ways)
         self.head_aux = build_aux_head(
@@ -149,7 +183,7 @@ class LightmanNet(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"LightmanNet expects float frames in [0, 1], got dtype {x.dtype}")
         _, m, ch, h, w = x.shape
-        if m < TEMPORAL_KERNEL:
+        if m < TEMPORAL_KERNEL and c.backbone not in TWO_BRANCH:
             raise ValueError(
                 f"clips need M >= {TEMPORAL_KERNEL} frames (3D conv kernel 6 in time), got M={m} "
                 f"in shape {tuple(x.shape)}"
@@ -170,6 +204,7 @@ PRESETS: dict[str, ModelConfig] = {
     "vgg-64": replace(_BASE, backbone="vgg"),
     "densenet-64": replace(_BASE, backbone="densenet"),
     "tiny": replace(_BASE, hidden=8, image_size=16, frames=6, aux_dim=8),  # tests
+    "miacnet-64": replace(_BASE, backbone="miacnet"),
 }
 
 
@@ -183,7 +218,12 @@ def build_model(cfg: ModelConfig | str) -> LightmanNet:
         raise TypeError(
             f"build_model takes a ModelConfig or a preset name, got {type(cfg).__name__}"
         )
-    return LightmanNet(cfg)
+    model = LightmanNet(cfg)
+    if cfg.init:
+        from lightman.models.ma2mi import init_backbone
+
+        init_backbone(model, cfg.init)
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:
