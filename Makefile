@@ -28,7 +28,11 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
-demo: $(VENV)/.installed
+$(VENV)/.installed-demo: $(VENV)/.installed-demo
+	$(BIN)/pip install -q -e '.[demo]'
+	touch $@
+
+demo: $(VENV)/.installed-demo
 	$(BIN)/lightman demo --config configs/demo.yaml --out $(DEMO_DIR) seed=$(SEED)
 
 test: $(VENV)/.installed-test

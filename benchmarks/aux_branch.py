@@ -55,11 +55,10 @@ from lightman.models.modes import eval_mode  # noqa: E402
 from lightman.models.net import build_model  # noqa: E402
 from lightman.platform.config import load_config  # noqa: E402
 from lightman.platform.demo import DemoConfig  # noqa: E402
-from lightman.platform.ingest import IngestConfig, ingest  # noqa: E402
+from lightman.platform.generated import small_index  # noqa: E402
 from lightman.platform.train import TrainConfig, prepare, run_training  # noqa: E402
 from lightman.tasks.episodes import fixed_episodes  # noqa: E402
 from lightman.tasks.metrics import mean_ci  # noqa: E402
-from lightman.tasks.synth import SynthConfig, synthesize  # noqa: E402
 
 RATIO_EPISODES = 8  # training episodes the gradient ratio is averaged over
 
@@ -106,9 +105,8 @@ def variants(base: TrainConfig, classes: int) -> dict[str, list[str]]:
 
 def tiny_index(root: Path) -> str:
     """A small CASME II (5-class) + CK+ stand-in at 16 px."""
-    synth = load_config(
-        SynthConfig,
-        None,
+    return small_index(
+        root,
         [
             "datasets=[casme2,ckplus]",
             "seed=0",
@@ -117,18 +115,9 @@ def tiny_index(root: Path) -> str:
             "ckplus.subjects=6",
             "ckplus.clips=40",
         ],
+        size=16,
+        frames=6,
     )
-    roots = dict(synthesize(root / "synth", synth).roots)
-    uri = str(root / "index")
-    size = ["preprocess.size=16", "preprocess.frames=6"]
-    ingest(
-        "casme2",
-        roots["casme2"],
-        uri,
-        load_config(IngestConfig, None, ["label_scheme=five", *size]),
-    )
-    ingest("ckplus", roots["ckplus"], uri, load_config(IngestConfig, None, size))
-    return uri
 
 
 def train_config(

@@ -64,13 +64,11 @@ def meta_grads(setting: Setting, device: str, steps: int) -> tuple[dict, float]:
 
 def train_on_cuda(root: Path) -> str:
     from lightman.platform.config import load_config
-    from lightman.platform.ingest import IngestConfig, ingest
+    from lightman.platform.generated import small_index
     from lightman.platform.train import TrainConfig, run_training
-    from lightman.tasks.synth import SynthConfig, synthesize
 
-    synth = load_config(
-        SynthConfig,
-        None,
+    index = small_index(
+        root,
         [
             "datasets=[casme2,ckplus]",
             "casme2.subjects=10",
@@ -78,17 +76,6 @@ def train_on_cuda(root: Path) -> str:
             "ckplus.subjects=4",
             "ckplus.clips=20",
         ],
-    )
-    roots = dict(synthesize(root / "synth", synth).roots)
-    index = str(root / "index")
-    ingest(
-        "casme2",
-        roots["casme2"],
-        index,
-        load_config(IngestConfig, None, ["label_scheme=five", "preprocess.size=32"]),
-    )
-    ingest(
-        "ckplus", roots["ckplus"], index, load_config(IngestConfig, None, ["preprocess.size=32"])
     )
     cfg = load_config(
         TrainConfig,

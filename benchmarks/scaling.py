@@ -26,10 +26,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from lightman.platform.config import load_config  # noqa: E402
-from lightman.platform.ingest import IngestConfig, ingest  # noqa: E402
+from lightman.platform.generated import small_index  # noqa: E402
 from lightman.platform.run_log import read_metrics  # noqa: E402
 from lightman.platform.train import TrainConfig, run_training  # noqa: E402
-from lightman.tasks.synth import SynthConfig, synthesize  # noqa: E402
 
 MODEL = [
     "episode.ways=5",
@@ -50,9 +49,8 @@ MODEL = [
 
 
 def make_index(root: Path) -> str:
-    synth = load_config(
-        SynthConfig,
-        None,
+    return small_index(
+        root,
         [
             "datasets=[casme2,ckplus]",
             "seed=0",
@@ -62,16 +60,6 @@ def make_index(root: Path) -> str:
             "ckplus.clips=40",
         ],
     )
-    roots = dict(synthesize(root / "synth", synth).roots)
-    uri = str(root / "index")
-    ingest(
-        "casme2",
-        roots["casme2"],
-        uri,
-        load_config(IngestConfig, None, ["label_scheme=five", "preprocess.size=32"]),
-    )
-    ingest("ckplus", roots["ckplus"], uri, load_config(IngestConfig, None, ["preprocess.size=32"]))
-    return uri
 
 
 def measure(index: str, out: Path, steps: int, meta_batch: int, extra: list[str]) -> dict:

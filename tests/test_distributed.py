@@ -26,12 +26,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightman.platform import generated
 from lightman.platform.cli import main
 from lightman.platform.config import load_config
-from lightman.platform.ingest import IngestConfig, ingest
 from lightman.platform.run_state import latest_checkpoint, load_state, write_checkpoint
 from lightman.platform.train import TrainConfig, run_training, shard_subjects
-from lightman.tasks.synth import SynthConfig, synthesize
 
 TINY = [
     "episode.ways=3",
@@ -64,10 +63,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("dist-data")
-    synth = load_config(
-        SynthConfig,
-        None,
+    return generated.small_index(
+        tmp_path_factory.mktemp("dist-data"),
         [
             "datasets=[casme2,ckplus]",
             "seed=5",
@@ -77,16 +74,6 @@ def index(tmp_path_factory) -> str:
             "ckplus.clips=20",
         ],
     )
-    roots = dict(synthesize(root / "synth", synth).roots)
-    uri = str(root / "index")
-    ingest(
-        "casme2",
-        roots["casme2"],
-        uri,
-        load_config(IngestConfig, None, ["label_scheme=five", "preprocess.size=32"]),
-    )
-    ingest("ckplus", roots["ckplus"], uri, load_config(IngestConfig, None, ["preprocess.size=32"]))
-    return uri
 
 
 def config(index: str, *extra: str) -> TrainConfig:

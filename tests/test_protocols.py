@@ -18,16 +18,15 @@ import pytest
 
 from lightman.models.checkpoint import load_checkpoint
 from lightman.models.learners import LearnerConfig, build_learner
+from lightman.platform import generated
 from lightman.platform.cli import main
 from lightman.platform.config import from_dict, load_config
 from lightman.platform.evaluate import EvalConfig, evaluate_checkpoint
-from lightman.platform.ingest import IngestConfig, ingest
 from lightman.platform.protocols import LosoConfig, evaluate_protocol
 from lightman.platform.selection import DataSelection, load_pool
 from lightman.platform.train import TrainConfig, run_training
 from lightman.tasks.episodes import UNPAIRED, ClipPool, draw_aux, pair_aux
 from lightman.tasks.splits import SplitError, draw_support
-from lightman.tasks.synth import SynthConfig, synthesize
 
 TINY = [
     "episode.shots=1",
@@ -64,10 +63,8 @@ T975_DF2 = math.sqrt(2 * 0.95**2 / (1 - 0.95**2))
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("protocol-data")
-    synth = load_config(
-        SynthConfig,
-        None,
+    return generated.small_index(
+        tmp_path_factory.mktemp("protocol-data"),
         [
             "datasets=[casme2,samm,smic,ckplus]",
             "seed=5",
@@ -81,13 +78,6 @@ def index(tmp_path_factory) -> str:
             "ckplus.clips=16",
         ],
     )
-    roots = dict(synthesize(root / "synth", synth).roots)
-    uri = str(root / "index")
-    five = load_config(IngestConfig, None, ["label_scheme=five", "preprocess.size=32"])
-    ingest("casme2", roots["casme2"], uri, five)
-    for name in ("samm", "smic", "ckplus"):
-        ingest(name, roots[name], uri, load_config(IngestConfig, None, ["preprocess.size=32"]))
-    return uri
 
 
 def _train(index: str, out, *overrides: str) -> str:

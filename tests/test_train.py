@@ -12,11 +12,10 @@ import pytest
 import torch
 
 from lightman.models.checkpoint import load_checkpoint
+from lightman.platform import generated
 from lightman.platform.cli import main
 from lightman.platform.config import load_config
-from lightman.platform.ingest import IngestConfig, ingest
 from lightman.platform.train import TrainConfig, outer_step, run_training
-from lightman.tasks.synth import SynthConfig, synthesize
 
 TINY = [
     "episode.ways=3",
@@ -37,10 +36,8 @@ TINY = [
 
 @pytest.fixture(scope="session")
 def small_index(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("train-data")
-    synth = load_config(
-        SynthConfig,
-        None,
+    return generated.small_index(
+        tmp_path_factory.mktemp("train-data"),
         [
             "datasets=[casme2,ckplus]",
             "seed=5",
@@ -50,18 +47,6 @@ def small_index(tmp_path_factory) -> str:
             "ckplus.clips=40",
         ],
     )
-    roots = dict(synthesize(root / "synth", synth).roots)
-    index = str(root / "index")
-    ingest(
-        "casme2",
-        roots["casme2"],
-        index,
-        load_config(IngestConfig, None, ["label_scheme=five", "preprocess.size=32"]),
-    )
-    ingest(
-        "ckplus", roots["ckplus"], index, load_config(IngestConfig, None, ["preprocess.size=32"])
-    )
-    return index
 
 
 def test_outer_step_applies_the_mean_gradient():
