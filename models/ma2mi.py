@@ -54,8 +54,13 @@ def motion_at(x: Tensor, t: Tensor) -> Tensor:
 
 
 def prediction_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """Mean over clips of 2 - 2 cos(pred, target); target is treated as a constant."""
-    return (2 - 2 * F.cosine_similarity(pred, target.detach(), dim=-1)).mean()
+    """Mean squared error between pred (B, D) and the target standardised over the batch,
+    per feature (zero mean, unit variance; a constant). Predicting the batch mean scores 1,
+    so the loss is the share of the future latent's variance left unexplained, and a
+    collapsed (constant) encoder cannot lower it."""
+    goal = target.detach()
+    goal = (goal - goal.mean(0)) / goal.std(0, correction=0).clamp_min(1e-6)
+    return (pred - goal).pow(2).mean()
 
 
 @torch.no_grad()
@@ -146,3 +151,40 @@ def init_backbone(model: nn.Module, path: str | Path) -> None:
     except RuntimeError as e:
         first = (str(e).strip().splitlines() or [""])[0]
         raise ValueError(f"model.init={path}: the encoder's weights do not fit: {first}") from e
+
+
+# ---- how well an embedding separates motion from identity (the pre-training check) -------
+
+
+def standardize(z: Tensor) -> Tensor:
+    """Each feature to zero mean and unit variance over the clips (a probe free of scale)."""
+    return (z - z.mean(0)) / z.std(0, correction=0).clamp_min(1e-8)
+
+
+def cross_group_centroid_accuracy(z: Tensor, labels: Tensor, groups: Tensor) -> float:
+    """Nearest-centroid accuracy of `labels` where every group (subject) is predicted from the
+    centroids of the OTHER groups' clips: how well z carries the label across identities.
+    z (n, D) standardized here; labels, groups (n,) int. Labels absent from the other groups
+    cannot be predicted and their clips count as wrong."""
+    z = standardize(z)
+    correct = 0
+    for g in groups.unique():
+        test, train = groups == g, groups != g
+        classes = labels[train].unique()
+        centroids = torch.stack([z[train & (labels == c)].mean(0) for c in classes])
+        pred = classes[torch.cdist(z[test], centroids).argmin(1)]
+        correct += int((pred == labels[test]).sum())
+    return correct / len(labels)
+
+
+def leave_one_out_centroid_accuracy(z: Tensor, labels: Tensor) -> float:
+    """Nearest-centroid accuracy of `labels` with each clip left out of its own centroid
+    (a label with one clip cannot be predicted for it): how much of the label z keeps."""
+    z = standardize(z)
+    correct = 0
+    for i in range(len(z)):
+        keep = torch.arange(len(z)) != i
+        classes = labels[keep].unique()
+        centroids = torch.stack([z[keep & (labels == c)].mean(0) for c in classes])
+        correct += int(classes[torch.cdist(z[i : i + 1], centroids).argmin()] == labels[i])
+    return correct / len(labels)

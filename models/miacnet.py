@@ -184,6 +184,11 @@ class MIACNet(nn.Module):
         """x: clips (B, M, C, H, W) -> features of (onset = frame 0, motion = apex - onset)."""
         return self.encode(x[:, 0], apex_motion(x), update_stats)
 
+    def action_latent(self, motion: Tensor, update_stats: bool = False) -> Tensor:
+        """The action branch's part of the embedding, project(flatten(last action map)):
+        what MA2MI's target encoder computes of a future motion (models/ma2mi.py)."""
+        return self.project(self.action(motion, update_stats)[-1].flatten(1))
+
     def encode(self, onset: Tensor, motion: Tensor, update_stats: bool = False) -> ClipFeatures:
         """onset (B, C, H, W) to the position branch only; motion (B, 1, C, H, W) to the
         action branch only; fused by adding the position map to the last action map."""

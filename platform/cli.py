@@ -52,6 +52,12 @@ EXAMPLES = {
           lightman train --config configs/demo.yaml --out runs/w2 workers=2   # Ray Train
           lightman train --config configs/demo.yaml --out runs/w2 workers=2 iterations=200 --resume
     """,
+    "pretrain": """
+        example:
+          lightman pretrain --method ma2mi --config configs/ma2mi.yaml --out runs/ma2mi
+          lightman train --config configs/demo.yaml --out runs/mia model.backbone=miacnet \
+              model.input_mode=frames model.init=runs/ma2mi/encoder.pt
+    """,
     "report": """
         example:
           lightman report runs/lightman             # writes runs/lightman/curves.png
@@ -61,6 +67,8 @@ EXAMPLES = {
           lightman eval --checkpoint runs/lightman/best.pt --index data/index --protocol fewshot
           lightman eval --checkpoint runs/lm/best.pt --index data/index --protocol fewshot shots=5
           lightman eval --checkpoint runs/lm/best.pt --index data/index --protocol loso repeats=10
+          # MEGC 2019 LOSO: retrain the checkpoint's config once per subject (supervised)
+          lightman eval --checkpoint runs/sup/best.pt --index data/index --protocol megc-loso
           # a checkpoint trained with data.labels=composite3:
           lightman eval --checkpoint runs/comp/best.pt --index data/index --protocol composite
     """,
@@ -172,6 +180,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learner.name=maml")
 
+    pt = add("pretrain", "Pre-train the encoder self-supervised on macro-expression clips (MA2MI).")
+    pt.add_argument("--method", default="ma2mi", choices=("ma2mi",), help="pre-training method")
+    pt.add_argument("--config", help="YAML PretrainConfig (e.g. configs/ma2mi.yaml)")
+    pt.add_argument("--out", required=True, help="run folder (encoder.pt, metrics, pretrain.json)")
+    pt.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=1 steps=100")
+
     r = add(
         "report", "Draw a run's learning curves (loss, accuracies, MMD term, episodes/s) to a PNG."
     )
@@ -184,9 +198,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--protocol",
         default="fewshot",
-        choices=("fewshot", "loso", "composite"),
+        choices=("fewshot", "loso", "composite", "megc-loso"),
         help="fewshot: N-way K-shot episodes; loso: leave-one-subject-out over the test subjects; "
-        "composite: LOSO on the MEGC 2019 negative/positive/surprise labels",
+        "composite: LOSO on the MEGC 2019 negative/positive/surprise labels; megc-loso: "
+        "MEGC 2019 LOSO, the checkpoint's config retrained once per subject of the primary data",
     )
     e.add_argument(
         "--out", help="where to write results.json / results.csv (default: next to the checkpoint)"
@@ -281,6 +296,14 @@ def _cmd_train(a: argparse.Namespace) -> None:
     print(result.table)
 
 
+def _cmd_pretrain(a: argparse.Namespace) -> None:
+    from lightman.platform.config import load_config
+    from lightman.platform.pretrain import PretrainConfig, run_pretraining
+
+    cfg = load_config(PretrainConfig, a.config, [*a.overrides, f"method={a.method}"])
+    print(run_pretraining(cfg, a.out).table())
+
+
 def _cmd_report(a: argparse.Namespace) -> None:
     from lightman.platform.report import draw_curves
 
@@ -325,6 +348,7 @@ COMMANDS = {
     "ingest": _cmd_ingest,
     "inspect": _cmd_inspect,
     "train": _cmd_train,
+    "pretrain": _cmd_pretrain,
     "report": _cmd_report,
     "eval": _cmd_eval,
     "demo": _cmd_demo,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,8 @@ from lightman.models.learners import LearnerConfig, build_learner
 from lightman.models.modes import eval_mode
 from lightman.models.provenance import versions
 from lightman.platform.config import from_dict
+from lightman.platform.megc import PROTOCOL as MEGC_LOSO
+from lightman.platform.megc import MegcConfig, evaluate_megc
 from lightman.platform.protocols import (
     PROTOCOLS,
     LosoConfig,
@@ -45,6 +47,7 @@ class EvalConfig:
     batch_size: int = 64  # clips of a left-out subject per forward pass (loso / composite)
     corrupt: str = "none"  # robustness study (paper 5.3): none | mask (P1) | noise (P2) | grey (P3)
     corrupt_fraction: float = 0.0  # share of the test clips corrupted (paper: 0.1, 0.3, 0.5)
+    megc: MegcConfig = field(default_factory=MegcConfig)  # megc-loso: training of each fold
 
     def __post_init__(self) -> None:
         if self.corrupt not in ("none", *KINDS) or not 0 <= self.corrupt_fraction <= 1:
@@ -116,11 +119,17 @@ def evaluate_checkpoint(
 ) -> EvalResult:
     """Evaluate a training run's checkpoint on the test subjects it recorded: few-shot
     episodes (fewshot), or LOSO over those subjects (loso, composite: platform/protocols.py)."""
-    if protocol not in ("fewshot", *PROTOCOLS):
-        raise ValueError(f"protocol {protocol!r} is unknown; use one of {['fewshot', *PROTOCOLS]}")
+    known = ["fewshot", *PROTOCOLS, MEGC_LOSO]
+    if protocol not in known:
+        raise ValueError(f"protocol {protocol!r} is unknown; use one of {known}")
     model, model_cfg, ckpt = load_checkpoint(checkpoint)
     meta = ckpt["extra"]  # what train.py recorded: config, split, learner, versions
     train_cfg = meta["config"]
+    if protocol == MEGC_LOSO:  # retrains the run's config per subject (platform/megc.py)
+        out_dir = Path(out) if out else Path(checkpoint).parent / f"eval-{MEGC_LOSO}"
+        record = {"checkpoint": checkpoint, "train_meta": meta}
+        metrics, table = evaluate_megc(train_cfg, index, cfg.megc, cfg.seed, out_dir, record)
+        return EvalResult(metrics, table)
     learner_dict = dict(meta["learner"])
     if cfg.test_inner_steps:
         learner_dict["test_inner_steps"] = cfg.test_inner_steps

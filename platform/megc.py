@@ -1,0 +1,255 @@
+"""MEGC 2019 leave-one-subject-out for supervised models (`lightman eval --protocol megc-loso`).
+
+This is the field's LOSO, and not Lightman's few-shot `loso` protocol (protocols.py):
+
+- `loso` / `composite` evaluate ONE meta-trained checkpoint on the run's held-out test
+  subjects: each fold adapts the checkpoint on a K-shot support set drawn from the other
+  test subjects, then predicts the left-out one.
+- `megc-loso` TRAINS one model per subject of the whole primary pool: fold s trains a
+  fresh model (the checkpoint's model config, with its `model.init` pre-trained encoder if
+  it has one, else random) on every clip of every other subject, for a fixed number of
+  epochs (`epochs`; never the best epoch per subject, which would select on the test
+  subject), then predicts every clip of s. The checkpoint supplies the config only, not
+  its weights.
+
+Predictions of all folds are joined by clip id (each clip exactly once) and scored once on
+the pooled counts: UF1 and UAR as MEGC 2019 computes them (tasks/metrics.py), with ACC and
+macro-F1 beside them, for all clips and per dataset.
+
+Training per fold: Adam (the run's learner.outer_lr and weight_decay unless `lr` is set),
+cross-entropy of h_pri on the pool's classes (model.ways = the class count), minibatches
+of `batch_size` clips reshuffled every epoch from the seed (seed, fold number). Batch
+statistics: under bn_mode task the left-out subject's clips are normalised together, as
+in `loso` (transductive per subject); clip and running are not.
+
+Folds are independent: with `workers > 1` they run as Ray tasks (one CPU each, `workers`
+at a time); Ray is imported only then, so the default path never loads it. A fold's result
+does not depend on where it runs (its seed is its own).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lightman.models.net import ModelConfig, build_model
+from lightman.models.provenance import to_dict, versions
+from lightman.platform.config import from_dict
+from lightman.platform.selection import DataSelection, primary_pool
+from lightman.tasks.episodes import ClipPool, to_tensor
+from lightman.tasks.metrics import SCORES
+from lightman.tasks.splits import loso_folds, pool_predictions
+
+PROTOCOL = "megc-loso"
+
+
+@dataclass(frozen=True)
+class MegcConfig:
+    """Training of each MEGC LOSO fold (`lightman eval ... megc.epochs=30`)."""
+
+    epochs: int = 30  # fixed for every fold
+    batch_size: int = 16  # training clips per Adam step
+    lr: float = 0.0  # 0: the checkpoint run's learner.outer_lr
+    workers: int = 1  # > 1: folds run as Ray tasks, this many at once
+    threads: int = 1  # torch threads per fold
+
+    def __post_init__(self) -> None:
+        for name, low in (("epochs", 1), ("batch_size", 2), ("workers", 1), ("threads", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"megc.{name} must be an integer >= {low}, got {value!r}")
+        if self.lr < 0:
+            raise ValueError(f"megc.lr must be >= 0, got {self.lr!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class FoldResult:
+    fold: str  # the left-out subject
+    clip_ids: tuple[str, ...]
+    y_true: np.ndarray  # (n,) int64
+    y_pred: np.ndarray  # (n,) int64
+    seconds: float
+
+
+def run_fold(
+    model_cfg: ModelConfig,
+    pool: ClipPool,
+    subject: str,
+    number: int,
+    cfg: MegcConfig,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+) -> FoldResult:
+    """Train on every subject but `subject` for cfg.epochs, predict `subject`'s clips."""
+    t0 = time.perf_counter()
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(seed * 100_003 + number)
+    rng = np.random.default_rng((seed, number))
+    own = pool.subjects == subject
+    train, test = np.flatnonzero(~own), np.flatnonzero(own)
+    model = build_model(model_cfg).train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(cfg.epochs):
+        order = rng.permutation(train)
+        # a last batch of one clip cannot be batch-normalised: it joins the previous one
+        starts = list(range(0, order.size, cfg.batch_size))
+        if len(starts) > 1 and order.size - starts[-1] < 2:
+            starts.pop()
+        for i, s in enumerate(starts):
+            end = starts[i + 1] if i + 1 < len(starts) else order.size
+            rows = order[s:end]
+            x, y = to_tensor(pool.frames[rows]), torch.from_numpy(pool.labels[rows])
+            loss = F.cross_entropy(model(x, head="pri", update_stats=True), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        pred = model(to_tensor(pool.frames[test]), head="pri").argmax(-1).numpy()
+    return FoldResult(
+        subject,
+        tuple(pool.clip_ids[test].tolist()),
+        pool.labels[test].copy(),
+        pred.astype(np.int64),
+        round(time.perf_counter() - t0, 2),
+    )
+
+
+def run_folds(
+    model_cfg: ModelConfig,
+    pool: ClipPool,
+    cfg: MegcConfig,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+) -> list[FoldResult]:
+    """Every fold, in process (workers=1) or as Ray tasks (workers>1), in subject order."""
+    subjects = [f.test_subject for f in loso_folds(pool.subjects)]
+    args = (cfg, lr, weight_decay, seed)
+    if cfg.workers == 1:
+        return [run_fold(model_cfg, pool, s, k, *args) for k, s in enumerate(subjects)]
+    import ray  # only when asked: the single-process path never loads Ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=cfg.workers, include_dashboard=False, log_to_driver=False)
+    remote = ray.remote(num_cpus=1)(run_fold)
+    pool_ref = ray.put(pool)
+    pending = [remote.remote(model_cfg, pool_ref, s, k, *args) for k, s in enumerate(subjects)]
+    return list(ray.get(pending))
+
+
+def check_classes(model_cfg: ModelConfig, pool: ClipPool) -> None:
+    n = len(pool.class_names)
+    if model_cfg.ways != n:
+        raise ValueError(
+            f"{PROTOCOL}: every clip is classified among all {n} classes "
+            f"{list(pool.class_names)}, but the checkpoint's model has ways={model_cfg.ways}; "
+            f"train it with learner.name=supervised episode.ways<={n} model.ways={n}"
+        )
+
+
+def megc_loso(
+    model_cfg: ModelConfig,
+    pool: ClipPool,
+    cfg: MegcConfig,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+) -> dict:
+    """Run every fold, pool by clip id, score: the plain-data result."""
+    check_classes(model_cfg, pool)
+    folds = run_folds(model_cfg, pool, cfg, lr, weight_decay, seed)
+    expected = dict(zip(pool.clip_ids.tolist(), pool.labels.tolist()))
+    pooled = pool_predictions(
+        [dict(zip(f.clip_ids, zip(f.y_true.tolist(), f.y_pred.tolist()))) for f in folds],
+        expected,
+    )
+    dataset_of = dict(zip(pool.clip_ids.tolist(), pool.datasets.tolist()))
+    datasets = np.array([dataset_of[c] for c in pooled.clip_ids])
+    groups = {"all": np.ones(datasets.size, dtype=bool)}
+    groups |= {d: datasets == d for d in sorted(set(datasets.tolist()))}
+    metrics = {
+        g: {k: fn(pooled.y_true[m], pooled.y_pred[m]) for k, fn in SCORES.items()}
+        for g, m in groups.items()
+    }
+    return {
+        "protocol": PROTOCOL,
+        "classes": list(pool.class_names),
+        "folds": len(folds),
+        "epochs": cfg.epochs,
+        "metrics": metrics,
+        "clips": {g: int(m.sum()) for g, m in groups.items()},
+        "fold_seconds": {f.fold: f.seconds for f in folds},
+        "predictions": [
+            (f.fold, c, int(t), int(p))
+            for f in folds
+            for c, t, p in zip(f.clip_ids, f.y_true.tolist(), f.y_pred.tolist())
+        ],
+    }
+
+
+def format_megc_table(result: dict, backbone: str, init: str) -> str:
+    lines = [
+        "| protocol | model | init | data | clips | folds | epochs | ACC | macro-F1 | UAR | UF1 |",
+        "|" + "---|" * 11,
+    ]
+    for group, m in result["metrics"].items():
+        cells = " | ".join(f"{100 * m[k]:.2f}" for k in SCORES)
+        lines.append(
+            f"| {PROTOCOL} | {backbone} | {init or 'random'} | {group} | "
+            f"{result['clips'][group]} | {result['folds']} | {result['epochs']} | {cells} |"
+        )
+    return "\n".join(lines)
+
+
+def write_megc_results(out: str | Path, result: dict, record: dict) -> None:
+    """results.json (metrics + `record`), results.csv (one row per group) and
+    predictions.csv (fold, clip_id, y_true, y_pred), from which every number recomputes."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    body = {k: v for k, v in result.items() if k != "predictions"}
+    (out / "results.json").write_text(json.dumps({**record, "metrics": body}, indent=2))
+    with (out / "results.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["protocol", "data", "clips", "folds", "epochs", *SCORES])
+        for g, m in result["metrics"].items():
+            w.writerow(
+                [PROTOCOL, g, result["clips"][g], result["folds"], result["epochs"]]
+                + [m[k] for k in SCORES]
+            )
+    with (out / "predictions.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["fold", "clip_id", "y_true", "y_pred"])
+        w.writerows(result["predictions"])
+
+
+def evaluate_megc(
+    train_cfg: dict, index: str, cfg: MegcConfig, seed: int, out: Path, record: dict
+) -> tuple[dict, str]:
+    """MEGC LOSO of a run's config (its recorded `config`) on the primary pool of `index`;
+    writes the results to `out` -> (metrics, table)."""
+    data = from_dict(DataSelection, {**train_cfg["data"], "index": index})
+    model_cfg = from_dict(ModelConfig, train_cfg["model"])
+    learner = train_cfg["learner"]
+    lr = cfg.lr or learner["outer_lr"]
+    pool = primary_pool(data)
+    result = megc_loso(model_cfg, pool, cfg, lr, learner["weight_decay"], seed)
+    meta = {
+        "megc_config": to_dict(cfg),
+        "seed": seed,
+        "lr": lr,
+        "model": to_dict(model_cfg),
+        "data": to_dict(data),
+        "versions": versions(),
+    }
+    write_megc_results(out, result, {**record, **meta})
+    metrics = {k: v for k, v in result.items() if k != "predictions"}
+    return metrics, format_megc_table(result, model_cfg.backbone, model_cfg.init)
