@@ -32,6 +32,9 @@ for the lightman variants, the gradient ratio ‖∇θ λ2·L_aux‖ / ‖∇θ 
 inner step (LearnerConfig.log_grad_ratio) and L_aux, at initialisation and at the trained
 weights, each the mean over 8 training episodes and then over seeds. Everything also goes
 to <out>/aux_branch.json. Run on an idle machine: ~10 variants x seeds x shots demo runs.
+Each finished run leaves <run>/row.json and is read back instead of re-run, so an
+interrupted table resumes, and processes given disjoint --variants can share one --out
+(a last call with every variant then prints the whole table).
 """
 
 from __future__ import annotations
@@ -254,8 +257,14 @@ def main() -> None:
                 for seed in a.seeds:
                     cfg = train_config(a.config, index, seed, shots, [*extra, *chosen[name]])
                     run = out / f"{shots}shot" / name / f"seed{seed}"
+                    done = run / "row.json"  # a finished run is read back, not re-run
+                    if done.exists():
+                        results[shots][name][seed] = json.loads(done.read_text())
+                        continue
                     print(f"[aux_branch] {shots}-shot {name} seed {seed} ...", flush=True)
-                    results[shots][name][seed] = run_one(cfg, run, a.test_episodes)
+                    row = run_one(cfg, run, a.test_episodes)
+                    done.write_text(json.dumps(row))
+                    results[shots][name][seed] = row
     out.mkdir(parents=True, exist_ok=True)
     (out / "aux_branch.json").write_text(
         json.dumps(

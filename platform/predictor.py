@@ -257,10 +257,11 @@ class Predictor:
             ys += [way] * shots
         return np.concatenate(xs), np.asarray(ys, dtype=np.int64)
 
-    def _aux_clips(self, rng: np.random.Generator) -> Tensor | None:
-        """Macro clips for the auxiliary branch of the inner loss, drawn as in training."""
+    def _aux_clips(self, rng: np.random.Generator) -> tuple[Tensor | None, Tensor | None]:
+        """(macro clips, the way each is paired with) for the auxiliary branch of the inner
+        loss, drawn as in training; (None, None) without an auxiliary pool."""
         if self.aux is None:
-            return None
+            return None, None
         ways = ClipPool(
             frames=np.zeros((0, *self.aux.clip_shape), np.uint8),
             labels=np.zeros(0, np.int64),
@@ -273,8 +274,9 @@ class Predictor:
             name="served classes",
         )
         paired = pair_aux(ways, self.aux, self.aux_pairing)
-        idx, _ = draw_aux(paired, len(self.aux), self.episode.aux_shots, rng)
-        return to_tensor(self.aux.frames[idx]).to(self.device)
+        idx, aux_ways = draw_aux(paired, len(self.aux), self.episode.aux_shots, rng)
+        aux_y = torch.from_numpy(aux_ways).to(self.device)
+        return to_tensor(self.aux.frames[idx]).to(self.device), aux_y
 
     def label_ways(self, labels: list[str]) -> np.ndarray:
         """Class names -> way indices; every served class needs at least one shot."""
@@ -293,9 +295,11 @@ class Predictor:
         """Learner.adapt on a support set: frames (n, M, H, W, C) uint8, ways (n,) int."""
         sx = to_tensor(frames).to(self.device)
         sy = torch.as_tensor(ways, dtype=torch.int64, device=self.device)
-        aux = self._aux_clips(np.random.default_rng([self.seed, len(frames)]))
+        aux, aux_y = self._aux_clips(np.random.default_rng([self.seed, len(frames)]))
         with eval_mode(self.model), torch.enable_grad():  # test-time steps take gradients
-            params = self.learner.adapt(self.model, self.params, self.buffers, sx, sy, aux)
+            params = self.learner.adapt(
+                self.model, self.params, self.buffers, sx, sy, aux, aux_y=aux_y
+            )
         return Adapted({k: v.detach() for k, v in params.items()}, sx, sy)
 
     def probabilities(self, adapted: Adapted, frames: np.ndarray) -> np.ndarray:

@@ -161,14 +161,16 @@ def predict_fold(
     batch_size: int,
     aux: ClipPool | None = None,
     aux_rows: np.ndarray | None = None,
+    aux_ways: np.ndarray | None = None,
 ) -> np.ndarray:
     """(len(target),) predicted classes of pool rows `target` after adapting once on pool rows
-    `support` (labels = ways) and the aux-pool rows `aux_rows`."""
+    `support` (labels = ways) and the aux-pool rows `aux_rows` (paired with `aux_ways`)."""
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
     support_x = to_tensor(pool.frames[support])  # (C*K, M, C, H, W)
     support_y = torch.from_numpy(pool.labels[support])
     aux_x = to_tensor(aux.frames[aux_rows]) if aux_rows is not None else None  # (C*A, M, C, H, W)
-    adapted = learner.adapt(model, params, buffers, support_x, support_y, aux_x)
+    aux_y = torch.from_numpy(aux_ways) if aux_ways is not None else None
+    adapted = learner.adapt(model, params, buffers, support_x, support_y, aux_x, aux_y=aux_y)
     preds = []
     for start in range(0, target.size, batch_size):
         x = to_tensor(pool.frames[target[start : start + batch_size]])  # (batch, M, C, H, W)
@@ -191,12 +193,14 @@ def loso_predictions(
         for fold in folds:
             own = pool.subjects == fold.test_subject
             support = draw_support(pool, np.flatnonzero(~own), cfg.shots, rng, fold.test_subject)
-            aux_rows = (
-                draw_aux(paired, len(aux), cfg.aux_shots, rng)[0] if paired is not None else None
+            aux_rows, aux_ways = (
+                draw_aux(paired, len(aux), cfg.aux_shots, rng)
+                if paired is not None
+                else (None, None)
             )
             target = np.flatnonzero(own)
             y_pred = predict_fold(
-                learner, model, pool, support, target, cfg.batch_size, aux, aux_rows
+                learner, model, pool, support, target, cfg.batch_size, aux, aux_rows, aux_ways
             )
             out.append(
                 FoldPrediction(

@@ -44,7 +44,14 @@ from lightman.platform.predictor import (
     PredictorConfig,
     UnknownModel,
 )
-from lightman.platform.upload import BadUpload, Prepared, Span, UploadLimits, prepare_clip
+from lightman.platform.upload import (
+    BadUpload,
+    Prepared,
+    Span,
+    UploadLimits,
+    parse_span,
+    prepare_clip,
+)
 
 # Adapted models a replica keeps loaded (LRU, `@serve.multiplexed`); an id evicted from
 # a replica is reloaded from the store, an id evicted from the store is a 404.
@@ -254,6 +261,13 @@ class LightmanService:
         support: Annotated[list[UploadFile], File(description="the person's labelled clips")],
         labels: Annotated[list[str], Form(description="one class name per support clip")],
         query: Annotated[list[UploadFile] | None, File(description="clips to predict")] = None,
+        spans: Annotated[
+            list[str] | None,
+            Form(
+                description="one onset:apex:offset per clip, support then query; an empty "
+                "part (e.g. '::' or '2::30') is estimated from the clip"
+            ),
+        ] = None,
         face_crop: Annotated[FaceCrop | None, Form()] = None,
     ) -> dict:
         """Adapt the model to one person's support set; later predictions use its id."""
@@ -271,16 +285,23 @@ class LightmanService:
                 f"than the limit of {cfg.max_clips_per_adapt}",
                 status=413,
             )
+        if spans is not None and len(spans) != len(support) + len(query):
+            raise BadUpload(
+                f"{len(spans)} spans for {len(support) + len(query)} clips: send one "
+                "onset:apex:offset per clip, support clips first, or none"
+            )
         ways = predictor.label_ways(list(labels))
+        clips = [("support", i, u) for i, u in enumerate(support)]
+        clips += [("query", i, u) for i, u in enumerate(query)]
         preps = []
-        for part, uploads in (("support", support), ("query", query)):
-            for i, upload in enumerate(uploads):
-                what = f"{part} clip {i} ({upload.filename})"
-                data = await _read_upload(upload, cfg.limits.max_bytes, what)
-                try:
-                    preps.append(await asyncio.to_thread(self._prepare, data, Span(), face_crop))
-                except BadUpload as e:
-                    raise BadUpload(f"{what}: {e}", e.status) from None
+        for n, (part, i, upload) in enumerate(clips):
+            what = f"{part} clip {i} ({upload.filename})"
+            span = parse_span(spans[n], what) if spans is not None else Span()
+            data = await _read_upload(upload, cfg.limits.max_bytes, what)
+            try:
+                preps.append(await asyncio.to_thread(self._prepare, data, span, face_crop))
+            except BadUpload as e:
+                raise BadUpload(f"{what}: {e}", e.status) from None
         shots = np.stack([p.pre.frames for p in preps[: len(support)]])
         adapted = await asyncio.to_thread(predictor.adapt_frames, shots, ways)
         model_id = await asyncio.to_thread(predictor.store.save, adapted)

@@ -84,6 +84,22 @@ class Span:
             raise BadUpload(f"onset {self.onset} is after offset {self.offset}")
 
 
+def parse_span(text: str, what: str) -> Span:
+    """A span written "onset:apex:offset", any part empty (taken from the clip): "0:9:15",
+    "::" or "2::30"."""
+    parts = text.strip().split(":")
+    if len(parts) != 3:
+        raise BadUpload(f"{what}: span {text!r} is not onset:apex:offset (e.g. 0:9:15 or ::)")
+    try:
+        onset, apex, offset = (int(v) if v.strip() else None for v in parts)
+    except ValueError:
+        raise BadUpload(f"{what}: span {text!r} holds a part that is not a frame number") from None
+    try:
+        return Span(onset, apex, offset)
+    except BadUpload as e:
+        raise BadUpload(f"{what}: {e}") from None
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A preprocessed upload and how its span was chosen."""

@@ -12,6 +12,7 @@ import csv
 import json
 import math
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -195,6 +196,26 @@ def test_loso_joins_every_test_clip_once_with_supports_from_other_test_subjects(
     for a, b in zip(alone.folds, result.folds):
         assert (a.fold, a.support_ids, a.aux_ids) == (b.fold, b.support_ids, b.aux_ids)
         assert np.array_equal(a.y_pred, b.y_pred)
+
+
+def test_loso_gives_class_conditional_alignment_the_macro_clips_ways(index, composite_ckpt):
+    """aux_align=class needs each macro clip's way: LOSO passes the ways of its aux draw
+    (it used to pass none, and the learner refused)."""
+    model, _, meta = load_checkpoint(composite_ckpt)
+    extra = meta["extra"]
+    learner_cfg = from_dict(LearnerConfig, extra["learner"])
+    data = from_dict(DataSelection, {**extra["config"]["data"], "index": index})
+    test = list(extra["split"]["test"])
+    cfg = LosoConfig(shots=1, repeats=1, seed=3, aux_shots=1)
+    results = {
+        align: evaluate_protocol(
+            "loso", build_learner(replace(learner_cfg, aux_align=align)), model, data, test, cfg
+        )
+        for align in ("marginal", "class")
+    }
+    marginal, conditional = results["marginal"], results["class"]
+    assert [f.aux_ids for f in conditional.folds] == [f.aux_ids for f in marginal.folds]
+    assert all(len(f.aux_ids) == 3 for f in conditional.folds)
 
 
 def test_loso_cli_writes_files_whose_predictions_give_the_reported_metrics(

@@ -301,13 +301,35 @@ def test_bad_input_gets_its_4xx_and_the_replica_keeps_serving(service, case):
 
 
 def _adapt(
-    url: str, support: list[np.ndarray], labels: list[str], query: list[np.ndarray] = ()
+    url: str,
+    support: list[np.ndarray],
+    labels: list[str],
+    query: list[np.ndarray] = (),
+    spans: list[str] | None = None,
 ) -> requests.Response:
     files = [("support", (f"s{i}.npz", sf.npz_bytes(c))) for i, c in enumerate(support)]
     files += [("query", (f"q{i}.npz", sf.npz_bytes(c))) for i, c in enumerate(query)]
-    return requests.post(
-        f"{url}/v1/adapt", files=files, data={"labels": labels, "face_crop": "none"}, timeout=120
-    )
+    data = {"labels": labels, "face_crop": "none"} | ({"spans": spans} if spans else {})
+    return requests.post(f"{url}/v1/adapt", files=files, data=data, timeout=120)
+
+
+def test_adapt_takes_a_span_per_clip_and_names_a_bad_one(service):
+    url, _ = service
+    support = [_clip(k, 9, seed=200 + k) for k in range(3)]
+    query = [_clip(1, 9, seed=8), _clip(0, 9, seed=9)]
+    r = _adapt(url, support, list(sf.CLASSES), query, spans=["::"] * 3 + ["1:4:6", "1::"])
+    assert r.status_code == 200, r.text
+    given, partial = r.json()["query"]
+    assert (given["onset"], given["apex"], given["offset"]) == (1, 4, 6)
+    assert given["span_source"] == "given" and given["apex_source"] == "annotated"
+    assert partial["onset"] == 1 and partial["apex_source"] != "annotated"
+
+    r = _adapt(url, support, list(sf.CLASSES), query, spans=["::"] * 3)
+    assert r.status_code == 422 and "3 spans for 5 clips" in r.text
+    r = _adapt(url, support, list(sf.CLASSES), query, spans=["::"] * 3 + ["9:5:3", "::"])
+    assert r.status_code == 422 and "query clip 0 (q0.npz)" in r.text and "after offset" in r.text
+    r = _adapt(url, support, list(sf.CLASSES), query, spans=["0:x:9"] + ["::"] * 4)
+    assert r.status_code == 422 and "support clip 0 (s0.npz)" in r.text
 
 
 def test_adapt_then_predict_with_the_adapted_model_and_bad_support_sets(service):
