@@ -58,6 +58,14 @@ EXAMPLES = {
           lightman train --config configs/demo.yaml --out runs/mia model.backbone=miacnet \
               model.input_mode=frames model.init=runs/ma2mi/encoder.pt
     """,
+    "tune": """
+        example:
+          lightman tune --config configs/tune_demo.yaml --space tune_spaces/lightman.yaml
+                        --trials 8 --out runs/tune-lightman   # --trials 12 later: extends it
+          lightman tune --config configs/tune_demo.yaml --space tune_spaces/maml.yaml
+                        --trials 8 --out runs/tune-maml --final   # + train and test the best
+          --storage postgresql://host/db: any Optuna storage URL (default OUT/study.db)
+    """,
     "report": """
         example:
           lightman report runs/lightman             # writes runs/lightman/curves.png
@@ -186,6 +194,25 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", required=True, help="run folder (encoder.pt, metrics, pretrain.json)")
     pt.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=1 steps=100")
 
+    u = add(
+        "tune",
+        "Search hyper-parameters with Ray Tune + Optuna (TPE, ASHA), each trial a Ray Train run.",
+    )
+    u.add_argument("--config", help="YAML TrainConfig of the experiment (data, episodes, budget)")
+    u.add_argument("--space", required=True, help="search space (e.g. tune_spaces/lightman.yaml)")
+    u.add_argument("--trials", type=int, default=8, help="trials of the study in total (default 8)")
+    u.add_argument("--out", required=True, help="search folder (study, trials, best.yaml, plots)")
+    u.add_argument("--storage", default="", help="Optuna storage URL (default: OUT/study.db)")
+    u.add_argument(
+        "--concurrent", type=int, default=0, help="trials at once (default: CPUs // workers)"
+    )
+    u.add_argument(
+        "--final", action="store_true", help="train the best config, test it on test subjects"
+    )
+    u.add_argument(
+        "overrides", nargs="*", help="key=value overrides of the TrainConfig, e.g. seed=1"
+    )
+
     r = add(
         "report", "Draw a run's learning curves (loss, accuracies, MMD term, episodes/s) to a PNG."
     )
@@ -304,6 +331,22 @@ def _cmd_pretrain(a: argparse.Namespace) -> None:
     print(run_pretraining(cfg, a.out).table())
 
 
+def _cmd_tune(a: argparse.Namespace) -> None:
+    from lightman.platform.config import load_config
+    from lightman.platform.train import TrainConfig
+    from lightman.platform.tune import SearchConfig, run_search
+    from lightman.platform.tune_space import load_space
+
+    cfg = load_config(TrainConfig, a.config, a.overrides)
+    space = load_space(a.space)
+    search = SearchConfig(
+        trials=a.trials, concurrent=a.concurrent, storage=a.storage, final=a.final
+    )
+    result = run_search(cfg, space, a.out, search)
+    print(result.table)
+    print(f"best config: {result.out}/best.yaml")
+
+
 def _cmd_report(a: argparse.Namespace) -> None:
     from lightman.platform.report import draw_curves
 
@@ -348,6 +391,7 @@ COMMANDS = {
     "ingest": _cmd_ingest,
     "inspect": _cmd_inspect,
     "train": _cmd_train,
+    "tune": _cmd_tune,
     "pretrain": _cmd_pretrain,
     "report": _cmd_report,
     "eval": _cmd_eval,

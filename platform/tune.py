@@ -1,0 +1,480 @@
+"""`lightman tune`: hyper-parameter search with Ray Tune + Optuna, each trial a Ray Train run.
+
+Driver (`run_search`): load the experiment config and the space (tune_space.py) → load
+the pools and draw the subject split once (`train.prepare`) → hand the trials the
+training, validation and auxiliary pools only (the test pool never leaves the driver) →
+`Tuner(trial, OptunaSearch(TPE, seeded, Optuna RDB storage), ASHAScheduler)` → one line
+per finished trial → results in the search folder: trials.csv / trials.md, best.yaml (a
+TrainConfig `lightman train --config` runs), history.png, importances.png, lambda_pri.png;
+with `final`, the best config trained once and tested on the test subjects.
+
+Trial (`trial`): the experiment config with the sampled values → `distributed.fit`, the same
+Ray Train driver as `lightman train workers=W`, with a report callback that forwards each
+validation (val_uar, val_acc at `iteration`) to Tune. The space cannot change the data,
+the episodes, the seed or the budget (tune_space.py), so every trial trains on the same
+subjects and is scored on the same validation subjects and episodes.
+
+Persistence: the Optuna study lives in `storage` (SQLite file in the search folder by
+default). `trials` is the study's total: a re-run with the same folder first finishes an
+interrupted search (`Tuner.restore`: its unfinished trials continue from their Ray Train
+checkpoints, so none is lost or run twice), then adds trials until the study holds
+`trials` (a fresh TPE seed per extension, derived from seed and the trial count).
+
+Failures: a trial whose config is invalid, whose training raises, or whose training loss
+becomes NaN or infinite is recorded as `error` with its message (Optuna state FAIL) and
+the search goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import ray.train
+import ray.tune
+import yaml
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from lightman.models.provenance import to_dict
+from lightman.platform.config import ConfigError
+from lightman.platform.distributed import fit
+from lightman.platform.train import RunData, TrainConfig, prepare, run_training
+from lightman.platform.tune_space import Space, apply_params, check_values, optuna_space
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How a search runs (the CLI's options of `lightman tune`)."""
+
+    trials: int = 8  # trials the study should hold in total (a larger number extends it)
+    concurrent: int = 0  # trials at once; 0 = the cluster's CPUs (GPUs) // workers per trial
+    metric: str = "val_uar"  # validation metric maximised (val_uar | val_acc)
+    storage: str = ""  # Optuna storage URL ("" = sqlite:///<out>/study.db)
+    study: str = "lightman"  # the study's name in the storage
+    startup_trials: int = 4  # random trials before TPE models the results
+    grace_steps: int = 0  # ASHA: steps every trial trains before it may stop (0 = eval_every)
+    reduction_factor: int = 2  # ASHA: keep the best 1/reduction_factor at each rung
+    driver_memory_mb: int = 256  # the Ray memory each trial's driver reserves (it holds no CPU)
+    final: bool = False  # train the best config once and test it on the test subjects
+
+    def __post_init__(self) -> None:
+        if self.trials < 1 or self.concurrent < 0 or self.startup_trials < 0:
+            raise ConfigError("--trials >= 1, --concurrent >= 0 and startup_trials >= 0")
+        if self.metric not in ("val_uar", "val_acc"):
+            raise ConfigError(f"metric must be val_uar or val_acc, got {self.metric!r}")
+        if self.reduction_factor < 2 or self.grace_steps < 0 or self.driver_memory_mb < 1:
+            raise ConfigError("reduction_factor >= 2, grace_steps >= 0, driver_memory_mb >= 1")
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    out: str
+    best: dict  # the best trial's record
+    table: str  # Markdown table of every trial
+    final: dict | None  # test metrics of the best config (with `final`)
+
+
+def trial_config(base: dict, params: dict) -> TrainConfig:
+    """A trial's TrainConfig: the experiment's with `params`, run through Ray Train, with a
+    checkpoint (= a report to Tune) at every validation and its storage in the trial folder."""
+    cfg = apply_params(base, params)
+    return dataclasses.replace(
+        cfg, backend="ray", checkpoint_every=cfg.eval_every, storage_path="", run_name=""
+    )
+
+
+WORKER_START_TIMEOUT_S = 900
+
+
+def free_orphaned_placement_groups() -> int:
+    """Remove the placement groups whose creating actor is dead; how many were removed.
+
+    A Ray Train controller reserves its workers' CPUs (GPUs) in a placement group, which
+    Ray keeps until the job ends, not until the controller dies. When Tune ends a trial
+    (ASHA stops it, or it failed) the controller dies with the trial's process, and Ray
+    Train's own cleaner frees the group only through the state API, which a cluster
+    without its dashboard lacks: the reserved CPUs would stall the next trials. The GCS
+    records each group's creator, so orphans are found without the dashboard.
+    """
+    from ray._private.state import state
+    from ray._raylet import PlacementGroupID
+    from ray.core.generated import gcs_pb2
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    table = gcs_pb2.PlacementGroupTableData
+    removed = 0
+    for raw in state._connect_and_get_accessor().get_placement_group_table():
+        pg = table.FromString(raw)
+        live = pg.state in (table.PENDING, table.PREPARED, table.CREATED, table.RESCHEDULING)
+        by_actor = pg.creator_actor_id.strip(b"\xff") != b""  # a driver's has the nil id
+        if live and by_actor and pg.creator_actor_dead and not pg.is_detached:
+            remove_placement_group(PlacementGroup(PlacementGroupID(pg.placement_group_id)))
+            removed += 1
+    return removed
+
+
+class FreeOrphans(ray.tune.Callback):
+    """Frees the placement groups of dead trials' Train controllers every few seconds."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self.every_s, self._last = every_s, 0.0
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if time.monotonic() - self._last >= self.every_s:
+            self._last = time.monotonic()
+            free_orphaned_placement_groups()
+
+
+class TrialReport(TuneReportCallback):
+    """Forwards rank 0's reports that carry a validation to Tune; fails the trial when the
+    training loss is not finite (the run has diverged)."""
+
+    def __init__(self, metric: str) -> None:
+        super().__init__()
+        self.metric = metric
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        first = metrics[0]
+        bad = {k: v for k, v in first.items() if "loss" in k and not math.isfinite(v)}
+        if bad:
+            raise FloatingPointError(f"diverged at step {first.get('iteration')}: {bad}")
+        if self.metric in first:
+            super().after_report(run_context, metrics, checkpoint)
+
+
+def _has_checkpoint(run: Path) -> bool:
+    try:
+        return ray.train.Result.from_path(str(run)).checkpoint is not None
+    except (RuntimeError, FileNotFoundError, ValueError):
+        return False
+
+
+def trial(params: dict, *, base: dict, data: RunData, root: str, metric: str) -> None:
+    """Ray Tune's function trainable: one Ray Train run of the experiment with `params`."""
+    trial_id = ray.tune.get_context().get_trial_id()
+    out = Path(root) / "trials" / trial_id
+    out.mkdir(parents=True, exist_ok=True)
+    # what this trial's workers receive; the leakage test reads it (the test pool is None)
+    seen = {
+        "params": params,
+        "train_subjects": sorted(set(data.train.subjects.tolist())),
+        "val_subjects": sorted(set(data.val.subjects.tolist())),
+        "test_pool": data.test is not None,
+    }
+    (out / "seen.json").write_text(json.dumps(seen, indent=1))
+    cfg = trial_config(base, params)  # an invalid combination fails the trial here
+    # Ray Train gives up on a worker that has not started in 60 s and retries with a new
+    # placement group while the old one still holds the CPUs: on a loaded machine that
+    # stalls the search. Propagated to the Train controller and its workers.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(WORKER_START_TIMEOUT_S))
+    resume = _has_checkpoint(out / "ray" / out.name)  # a restored search continues its runs
+    fit(cfg, out, resume, data, callbacks=[TrialReport(metric)])
+
+
+class Progress(ray.tune.Callback):
+    """One line per finished trial, and its record appended to <out>/trials.jsonl."""
+
+    def __init__(self, out: str, total: int, metric: str, max_steps: int) -> None:
+        self.out, self.total, self.metric, self.max_steps = out, total, metric, max_steps
+
+    def _record(self, trial, error: str | None) -> None:
+        last = trial.last_result or {}
+        step = last.get("iteration")
+        status = "error" if error else ("ok" if step == self.max_steps else "stopped")
+        record = {
+            "trial": trial.trial_id,
+            "status": status,
+            "iteration": step,
+            self.metric: last.get(self.metric),
+            "val_acc": last.get("val_acc"),
+            "seconds": round(last.get("time_total_s", 0.0), 1),
+            "params": trial.config,
+            "error": error,
+        }
+        with open(Path(self.out) / "trials.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        done = len(read_records(self.out))
+        value = record[self.metric]
+        shown = f"{self.metric}={value:.3f} at step {step}" if value is not None else "no result"
+        params = " ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in trial.config.items())
+        print(
+            f"[tune] trial {done}/{self.total} {trial.trial_id} {status}: {shown} | {params}"
+            + (f" | {error}" if error else ""),
+            flush=True,
+        )
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._record(trial, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._record(trial, _error_line(trial))
+
+
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _error_line(trial) -> str:
+    """The exception's own line from the trial's error.txt (Tune wraps it in tracebacks)."""
+    path = Path(trial.local_path or "") / "error.txt"
+    try:
+        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    except OSError:
+        return "failed (no error file)"
+    errors = [ln for ln in lines if "Error:" in ln or "Exception:" in ln]
+    return (errors[-1] if errors else lines[-1])[:300]
+
+
+def read_records(out: str | Path) -> list[dict]:
+    """Every finished trial of the search folder, once (the last record of a trial wins)."""
+    path = Path(out) / "trials.jsonl"
+    if not path.exists():
+        return []
+    by_id = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            by_id[r["trial"]] = r
+    return list(by_id.values())
+
+
+def _storage(out: Path, scfg: SearchConfig):
+    import optuna
+
+    url = scfg.storage or f"sqlite:///{out / 'study.db'}"
+    return optuna.storages.RDBStorage(url)
+
+
+def _searches(out: Path) -> list[dict]:
+    path = out / "searches.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _save_searches(out: Path, searches: list[dict]) -> None:
+    tmp = out / "searches.json.tmp"
+    tmp.write_text(json.dumps(searches, indent=1))
+    os.replace(tmp, out / "searches.json")
+
+
+def _finished_trials(storage, study: str) -> int:
+    """Finished trials of the study; trials left RUNNING by a driver that cannot be
+    restored are marked FAIL (interrupted) and not counted, so their budget is re-run."""
+    import optuna
+
+    try:
+        s = optuna.load_study(study_name=study, storage=storage)
+    except KeyError:  # no such study yet
+        return 0
+    n = 0
+    for t in s.get_trials(deepcopy=False):
+        if t.state.is_finished():
+            n += t.user_attrs.get("interrupted") is None
+        else:
+            s._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            s._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    return n
+
+
+def run_search(
+    base_cfg: TrainConfig, space: Space, out: str | Path, scfg: SearchConfig
+) -> SearchResult:
+    """Run (resume, extend) the search in `out` and write its results (module docstring)."""
+    from optuna.samplers import TPESampler
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    out = Path(os.path.abspath(out))
+    out.mkdir(parents=True, exist_ok=True)
+    base = to_dict(base_cfg)
+    check_values(space, base, space.name)  # every bound and choice fits this experiment
+    trial_config(base, {})  # and the experiment runs as a trial
+    data = prepare(base_cfg)  # the one split; a config the data cannot serve fails here
+    trial_data = dataclasses.replace(data, test=None)  # no trial receives test subjects
+    # Tune's own tables and hints would bury the one line per trial (Progress)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    started = not ray.is_initialized()
+    if started:  # RAY_ADDRESS joins a cluster, else a local one
+        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        unit = "GPU" if base_cfg.device == "cuda" else "CPU"
+        cluster = int(ray.cluster_resources().get(unit, 0))
+        concurrent = scfg.concurrent or max(1, cluster // base_cfg.workers)
+        trainable = ray.tune.with_resources(
+            ray.tune.with_parameters(
+                trial, base=base, data=trial_data, root=str(out), metric=scfg.metric
+            ),
+            # the trial function only drives its Ray Train workers (1 CPU/GPU each)
+            {"cpu": 0, "memory": scfg.driver_memory_mb * 2**20},
+        )
+        storage = _storage(out, scfg)
+        searches = _searches(out)
+        t0 = time.perf_counter()
+        if searches and not searches[-1]["finished"]:
+            path = out / "ray" / searches[-1]["name"]
+            if ray.tune.Tuner.can_restore(str(path)):
+                print(f"[tune] resuming the interrupted search {searches[-1]['name']}", flush=True)
+                ray.tune.Tuner.restore(
+                    str(path), trainable, resume_unfinished=True, resume_errored=False
+                ).fit()
+            searches[-1]["finished"] = True
+            _save_searches(out, searches)
+        have = _finished_trials(storage, scfg.study)
+        if have < scfg.trials:
+            name = f"search-{len(searches) + 1:03d}"
+            searches.append({"name": name, "trials": scfg.trials - have, "finished": False})
+            _save_searches(out, searches)
+            print(
+                f"[tune] {name}: {scfg.trials - have} trial(s) to reach {scfg.trials} "
+                f"({have} done), {concurrent} at a time, {base_cfg.workers} worker(s) each",
+                flush=True,
+            )
+            searcher = OptunaSearch(
+                space=optuna_space(space),
+                metric=scfg.metric,
+                mode="max",
+                sampler=TPESampler(
+                    seed=base_cfg.seed * 100_000 + have, n_startup_trials=scfg.startup_trials
+                ),
+                study_name=scfg.study,
+                storage=storage,
+            )
+            scheduler = ASHAScheduler(
+                time_attr="iteration",
+                metric=scfg.metric,
+                mode="max",
+                max_t=base_cfg.iterations,
+                grace_period=scfg.grace_steps or base_cfg.eval_every,
+                reduction_factor=scfg.reduction_factor,
+            )
+            ray.tune.Tuner(
+                trainable,
+                tune_config=ray.tune.TuneConfig(
+                    search_alg=searcher,
+                    scheduler=scheduler,
+                    num_samples=scfg.trials - have,
+                    max_concurrent_trials=concurrent,
+                ),
+                run_config=ray.tune.RunConfig(
+                    name=name,
+                    storage_path=str(out / "ray"),
+                    callbacks=[
+                        Progress(str(out), scfg.trials, scfg.metric, base_cfg.iterations),
+                        FreeOrphans(),
+                    ],
+                    verbose=0,
+                ),
+            ).fit()
+            searches[-1]["finished"] = True
+            _save_searches(out, searches)
+        print(f"[tune] search done in {time.perf_counter() - t0:.0f} s", flush=True)
+    finally:
+        if started:
+            ray.shutdown()
+    return write_results(base_cfg, space, out, scfg, storage)
+
+
+def write_results(
+    base_cfg: TrainConfig, space: Space, out: Path, scfg: SearchConfig, storage
+) -> SearchResult:
+    """trials.csv / trials.md, best.yaml, the plots and, with `final`, the test of the best."""
+    records = sorted(read_records(out), key=lambda r: r["trial"])
+    scored = [r for r in records if r["status"] != "error" and r[scfg.metric] is not None]
+    if not scored:
+        raise RuntimeError(f"no trial of {out} finished with a {scfg.metric}: see trials.md")
+    table = write_table(out, records, space, scfg.metric)
+    best = max(scored, key=lambda r: r[scfg.metric])
+    best_cfg = apply_params(to_dict(base_cfg), best["params"])
+    header = (
+        f"# lightman train --config {out / 'best.yaml'} --out runs/best\n"
+        f"# best of {len(records)} trials ({space.name}): {scfg.metric}={best[scfg.metric]:.4f} "
+        f"(trial {best['trial']}, step {best['iteration']}) on the validation subjects\n"
+    )
+    (out / "best.yaml").write_text(header + yaml.safe_dump(to_dict(best_cfg), sort_keys=False))
+    plot_results(out, records, space, scfg, storage)
+    final = None
+    if scfg.final:
+        result = run_training(best_cfg, out / "final")
+        print(result.table)
+        final = result.metrics
+    return SearchResult(str(out), best, table, final)
+
+
+def write_table(out: Path, records: list[dict], space: Space, metric: str) -> str:
+    """trials.csv and trials.md: one row per trial, the searched values and the result."""
+    head = ["trial", "status", "iteration", metric, "val_acc", "seconds", *space.keys, "error"]
+    rows = [
+        [
+            r["trial"],
+            r["status"],
+            r["iteration"],
+            r[metric],
+            r["val_acc"],
+            r["seconds"],
+            *[r["params"].get(k) for k in space.keys],
+            r["error"] or "",
+        ]
+        for r in records
+    ]
+    with (out / "trials.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(head)
+        w.writerows(rows)
+
+    def cell(v) -> str:
+        return "" if v is None else _short(v).replace("|", "/")
+
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    table = "\n".join(lines)
+    (out / "trials.md").write_text(table + "\n")
+    return table
+
+
+def plot_results(out: Path, records: list[dict], space: Space, scfg: SearchConfig, storage):
+    """history.png and importances.png (Optuna's matplotlib module, over the whole study),
+    lambda_pri.png (the metric against λ1, the paper's Figure 7) when λ1 is searched."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.importance import PedAnovaImportanceEvaluator
+    from optuna.visualization import matplotlib as ovm
+
+    study = optuna.load_study(study_name=scfg.study, storage=storage)
+    ax = ovm.plot_optimization_history(study, target_name=scfg.metric)
+    ax.figure.savefig(out / "history.png", dpi=120, bbox_inches="tight")
+    plt.close(ax.figure)
+    varying = [p.key for p in space.params if len(set(p.values())) > 1]
+    complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+    if len(complete) >= 2 and varying:
+        # PED-ANOVA: Optuna's own evaluator (fANOVA would need scikit-learn)
+        ax = ovm.plot_param_importances(
+            study, evaluator=PedAnovaImportanceEvaluator(), params=varying
+        )
+        ax.figure.savefig(out / "importances.png", dpi=120, bbox_inches="tight")
+        plt.close(ax.figure)
+    if "learner.lambda_pri" in space.keys:
+        pts = sorted(
+            (r["params"]["learner.lambda_pri"], r[scfg.metric], r["status"])
+            for r in records
+            if r[scfg.metric] is not None
+        )
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for status, marker in (("ok", "o"), ("stopped", "x"), ("error", "s")):
+            sel = [(x, y) for x, y, s in pts if s == status]
+            if sel:
+                ax.scatter(*zip(*sel), marker=marker, label=status)
+        ax.set_xlabel("λ1 (learner.lambda_pri)")
+        ax.set_ylabel(f"{scfg.metric} (validation subjects)")
+        ax.set_title("λ1 sensitivity (paper Fig. 7: best 0.55)")
+        ax.legend()
+        fig.savefig(out / "lambda_pri.png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
