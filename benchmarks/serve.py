@@ -64,7 +64,7 @@ def load(url: str, clips: list[bytes], clients: int, requests_n: int) -> dict:
     """`requests_n` predictions from `clients` threads: clips/s, p50/p99 ms, statuses."""
     local = threading.local()
 
-    def one(i: int) -> tuple[float, int]:
+    def one(i: int) -> tuple[float, int, dict]:
         session = getattr(local, "session", None) or requests.Session()
         local.session = session
         started = time.perf_counter()
@@ -74,14 +74,20 @@ def load(url: str, clips: list[bytes], clients: int, requests_n: int) -> dict:
             data={"face_crop": "none"},
             timeout=300,
         )
-        return 1000 * (time.perf_counter() - started), r.status_code
+        answer = r.json() if r.status_code == 200 else {}
+        return 1000 * (time.perf_counter() - started), r.status_code, answer
 
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(one, range(requests_n)))
     wall = time.perf_counter() - started
-    ms = np.array([m for m, _ in results])
-    codes = [c for _, c in results]
+    ms = np.array([m for m, _, _ in results])
+    codes = [c for _, c, _ in results]
+    answers = [a for _, _, a in results if a]
+
+    def mean_of(key: str) -> float:  # the server's own per-request figures
+        return float(np.mean([a["timings_ms"][key] for a in answers])) if answers else np.nan
+
     return {
         "clips_s": requests_n / wall,
         "p50": float(np.percentile(ms, 50)),
@@ -89,6 +95,13 @@ def load(url: str, clips: list[bytes], clients: int, requests_n: int) -> dict:
         "5xx": sum(c >= 500 for c in codes),
         "not_200": sum(c != 200 for c in codes),
         "n": requests_n,
+        # where a request's time goes: server preprocessing, the forward pass of its batch
+        # (shared by the batch), and what the client saw beyond the server's total (HTTP,
+        # the proxy, multipart parsing)
+        "prep_ms": mean_of("preprocess"),
+        "model_ms": mean_of("model"),
+        "outside_ms": float(np.mean(ms)) - mean_of("total") if answers else np.nan,
+        "batch": float(np.mean([a["batch_size"] for a in answers])) if answers else np.nan,
     }
 
 
@@ -96,7 +109,8 @@ def deploy(cfg: ServeConfig, batch: int) -> None:
     """(Re)deploy with `max_batch_size=batch`: a user_config change reconfigures in place."""
     from ray import serve
 
-    app = build_app(dataclasses.replace(cfg, max_batch_size=batch))
+    gpus = 0.0 if cfg.predictor.device == "cpu" else 1.0
+    app = build_app(dataclasses.replace(cfg, max_batch_size=batch), gpus=gpus)
     serve.run(app, name="lightman", route_prefix="/", blocking=False)
 
 
@@ -119,6 +133,9 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="fewer requests and clips")
     p.add_argument("--hidden", type=int, default=16, help="encoder width (64: the paper's)")
     p.add_argument("--soak", type=int, default=1000, help="requests of the soak")
+    p.add_argument(
+        "--device", default="cpu", help="cuda: the replica on one GPU (scoring stays on CPU)"
+    )
     a = p.parse_args()
     import ray
     from ray import serve
@@ -131,6 +148,7 @@ def main() -> None:
     )
     ray.init(
         num_cpus=os.cpu_count(),
+        num_gpus=0 if a.device == "cpu" else 1,
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
@@ -145,6 +163,7 @@ def main() -> None:
             f"predictor.checkpoint={checkpoint}",
             f"predictor.store={root / 'adapted'}",
             "batch_wait_timeout_s=0.01",
+            f"predictor.device={a.device}",
         ],
     )
     clips = _clips(64)
@@ -159,6 +178,7 @@ def main() -> None:
     soak = load(url, clips, 8, a.soak)
     serve.shutdown()
 
+    # batch scoring stays on the CPU: its actors reserve CPUs, not GPUs
     scfg = load_config(
         ScoreConfig, None, [f"predictor.checkpoint={checkpoint}", "actors=2", "batch_size=16"]
     )
@@ -167,27 +187,39 @@ def main() -> None:
     loop_cps = plain_loop(checkpoint, index, 16)
     ray.shutdown()
 
-    print(f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs, hidden {a.hidden}")
-    print("| measurement | clips/s | p50 ms | p99 ms | ratio |")
-    print("|---|---|---|---|---|")
+    print(
+        f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs, hidden {a.hidden}, "
+        f"device {a.device}"
+    )
+    print(
+        "| measurement | clips/s | p50 ms | p99 ms | ratio | mean batch | preprocess ms "
+        "| model ms per batch | outside the server ms |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    dash = "| – | – | – | – |"
     for clients in (1, 8):
         for batch in (8, 1):
             r = rows[(batch, clients)]
             ratio = r["clips_s"] / rows[(1, clients)]["clips_s"]
             name = f"predict, {clients} client(s), batching {'on' if batch > 1 else 'off'}"
             print(
-                f"| {name} | {r['clips_s']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} | {ratio:.2f} |"
+                f"| {name} | {r['clips_s']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} | {ratio:.2f} "
+                f"| {r['batch']:.1f} | {r['prep_ms']:.1f} | {r['model_ms']:.1f} "
+                f"| {r['outside_ms']:.1f} |"
             )
     print(
         f"| soak: {soak['n']} requests at 8 clients, batching on | {soak['clips_s']:.1f} | "
         f"{soak['p50']:.0f} | {soak['p99']:.0f} | 5xx: {soak['5xx']}, "
-        f"not 200: {soak['not_200']} |"
+        f"not 200: {soak['not_200']} {dash}"
     )
     print(
         f"| score {result.clips} clips, Ray Data, 2 actors | {ray_cps:.1f} | – | – "
-        f"| {ray_cps / loop_cps:.2f} |"
+        f"| {ray_cps / loop_cps:.2f} {dash}"
     )
-    print(f"| score {result.clips} clips, plain loop, 1 process | {loop_cps:.1f} | – | – | 1.00 |")
+    print(
+        f"| score {result.clips} clips, plain loop, 1 process | {loop_cps:.1f} | – | – "
+        f"| 1.00 {dash}"
+    )
 
 
 if __name__ == "__main__":
