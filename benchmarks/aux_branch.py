@@ -171,7 +171,8 @@ def run_one(cfg: TrainConfig, out: Path, test_episodes: int) -> dict:
     if cfg.learner.name == "lightman":
         torch.manual_seed(cfg.seed)  # the trainer's initialisation
         row["init"] = grad_ratio(cfg, build_model(cfg.model).train(), data, cfg.seed)
-    run_training(replace(cfg, test_episodes=1), out)  # the test below is per episode
+    if not (out / "results.json").exists():  # a finished training is not repeated
+        run_training(replace(cfg, test_episodes=1), out)  # the test below is per episode
     acc = episode_accuracies(cfg, out / "best.pt", data, test_episodes)
     row["acc"] = acc.tolist()
     if cfg.learner.name == "lightman":
