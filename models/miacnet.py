@@ -27,8 +27,13 @@ public code), and write every choice down here:
 - Fusion: the position map added to the last action map (MMNet: `x = x + POS`). MMNet
   then flattens the fused map into its linear classifier, so where a motion happens
   matters; a global average would turn the position map into one bias per clip. We keep
-  the flatten: embedding = Linear(D*h*w -> D)(flatten(fused)), and h_pri, a linear layer
-  on it, is MMNet's flatten-classifier factorised through width D.
+  the flatten: embedding = Linear(D*h*w -> D)(flatten(norm(fused))), and h_pri, a linear
+  layer on it, is MMNet's flatten-classifier factorised through width D. The norm (ours,
+  `bn_mode` as everywhere) is there because the attention maps multiply (four sigmoids
+  shrink the action map ~16x) and the position map varies little between faces, so without
+  it the embeddings of different clips differed by ~3% of their size and one few-shot
+  inner step could not tell them apart (measured: constant predictions); ClipBackbone ends
+  with a norm too.
 
 `miacnet_action` is the one-branch ablation: the same action branch, no position branch.
 
@@ -176,6 +181,7 @@ class MIACNet(nn.Module):
         hw = image_size // REDUCTION
         self.action = ActionBranch(cin, hidden, bn_mode)
         self.position = PositionBranch(cin, hidden, hw) if position else None
+        self.norm = ClipNorm(hidden, bn_mode)
         self.project = nn.Linear(hidden * hw * hw, hidden)
         self.embed_dim = hidden
         self.stage_channels = (hidden,) * 4
@@ -187,7 +193,8 @@ class MIACNet(nn.Module):
     def action_latent(self, motion: Tensor, update_stats: bool = False) -> Tensor:
         """The action branch's part of the embedding, project(flatten(last action map)):
         what MA2MI's target encoder computes of a future motion (models/ma2mi.py)."""
-        return self.project(self.action(motion, update_stats)[-1].flatten(1))
+        last = self.action(motion, update_stats)[-1]
+        return self.project(self.norm(last, update_stats).flatten(1))
 
     def encode(self, onset: Tensor, motion: Tensor, update_stats: bool = False) -> ClipFeatures:
         """onset (B, C, H, W) to the position branch only; motion (B, 1, C, H, W) to the
@@ -196,5 +203,5 @@ class MIACNet(nn.Module):
         fused = stages[-1]  # (B, 1, D, h, w)
         if self.position is not None:
             fused = fused + self.position(onset).unsqueeze(1)
-        embedding = self.project(fused.flatten(1))  # (B, D)
+        embedding = self.project(self.norm(fused, update_stats).flatten(1))  # (B, D)
         return ClipFeatures(embedding, stages, fused, (motion.shape[-2], motion.shape[-1]))

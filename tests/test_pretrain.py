@@ -50,12 +50,12 @@ def pretrained(index, tmp_path_factory):
 
 def test_loss_falls_by_a_measured_margin(pretrained):
     """Measured (100 steps at lr 0.003, seeds 0-2; docs/ma2mi.md): the mean loss of the first
-    20 steps is 1.003-1.008 (the standardised target's variance: nothing predicted yet), of
-    the last 20 steps 0.30-0.71, a fall of 0.30-0.70. Bound: a fall of at least 0.15."""
+    20 steps is 0.89-1.00 (1 is the standardised target's variance: nothing predicted), of
+    the last 20 steps 0.27-0.49, a fall of 0.51-0.70. Bound: a fall of at least 0.25."""
     out, s = pretrained
     loss = s["loss"]
-    assert loss["first"] == pytest.approx(1.0, abs=0.05)
-    assert loss["first"] - loss["last"] > 0.15, loss
+    assert loss["first"] == pytest.approx(1.0, abs=0.15)
+    assert loss["first"] - loss["last"] > 0.25, loss
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == list(range(10, 101, 10))
 
@@ -63,13 +63,13 @@ def test_loss_falls_by_a_measured_margin(pretrained):
 def test_pretrained_encoder_separates_motion_from_identity_better_than_random(pretrained):
     """separation = class_acc (across held-out subjects) - subject_acc, on 48 clips of 4
     held-out subjects. Measured (seeds 0-2): the pre-trained encoder's separation exceeds
-    the random one's by 0.94-1.15, its class_acc the random one's by 0.29-0.58 (random:
-    0.29-0.52, pre-trained 0.77-0.88), its subject_acc is 0.17-0.25 (random 0.67-1.0).
-    Bounds: 0.5 and 0.1."""
+    the random one's by 1.02-1.19 and its class_acc the random one's by 0.40-0.58 (random
+    0.40-0.48, pre-trained 0.88-0.98); subject_acc falls from 0.75-1.0 to 0.10-0.31.
+    Bounds: 0.5 and 0.15."""
     _, s = pretrained
     random, trained = s["check"]["random"], s["check"]["pretrained"]
     assert trained["separation"] - random["separation"] > 0.5, s["check"]
-    assert trained["class_acc"] - random["class_acc"] > 0.1, s["check"]
+    assert trained["class_acc"] - random["class_acc"] > 0.15, s["check"]
 
 
 def test_encoder_initialises_training_and_a_mismatch_names_the_fields(
