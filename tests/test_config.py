@@ -74,7 +74,7 @@ def _config_class(path: Path):
         from lightman.tasks.synth import SynthConfig
 
         return SynthConfig
-    if command == "train":
+    if command in ("train", "tune"):  # tune: the experiment's TrainConfig
         from lightman.platform.train import TrainConfig
 
         return TrainConfig

@@ -1,0 +1,175 @@
+"""Hyper-parameter search on a real local Ray (2 CPUs): Ray Tune + Optuna, trials on Ray Train.
+
+One search of 4 tiny trials (16-px clips, 4 outer steps) is shared by the tests of this
+file; its space adds `model.image_size` 16 | 24 to tune_spaces/tiny.yaml, and a 24-px model
+cannot take the index's 16-px clips, so those trials fail in their first step:
+- the search finishes, records every trial once, the failed ones with their error, and
+  writes best.yaml, the tables and the plots; best.yaml then trains with `lightman train`;
+- re-running with --trials 6 adds 2 trials to the same stored study (6, none repeated);
+- no trial receives a test subject (each trial writes the subjects its workers got);
+- every file in tune_spaces/ loads; an unknown or a fixed key is rejected with the list.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from lightman.platform.cli import main
+from lightman.platform.config import ConfigError, load_config
+from lightman.platform.ingest import IngestConfig, ingest
+from lightman.platform.train import TrainConfig, prepare
+from lightman.platform.tune import SearchConfig, read_records, run_search
+from lightman.platform.tune_space import load_space, parse_space
+from lightman.tasks.synth import SynthConfig, synthesize
+
+SPACES = sorted(Path(__file__).parents[1].joinpath("tune_spaces").glob("*.yaml"))
+TINY = [
+    "episode.ways=3",
+    "episode.shots=1",
+    "episode.query=2",
+    "episode.aux_shots=1",
+    "model.ways=3",
+    "model.image_size=16",
+    "model.frames=6",  # the 3D conv's temporal kernel
+    "model.hidden=8",
+    "model.aux_dim=8",
+    "model.input_mode=delta",
+    "meta_batch=2",
+    "threads=1",
+    "iterations=4",
+    "eval_every=2",
+    "val_episodes=4",
+    "test_episodes=6",
+    "max_failures=0",  # a failing trial fails at once, without Ray Train's restarts
+    "seed=3",  # its first 4 TPE draws take both image sizes (asserted below)
+]
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("tune-data")
+    synth = load_config(
+        SynthConfig,
+        None,
+        [
+            "datasets=[casme2,ckplus]",
+            "seed=5",
+            "casme2.subjects=10",
+            "casme2.clips=90",
+            "ckplus.subjects=4",
+            "ckplus.clips=20",
+        ],
+    )
+    roots = dict(synthesize(root / "synth", synth).roots)
+    uri = str(root / "index")
+    small = ["preprocess.size=16", "preprocess.frames=6"]
+    ingest(
+        "casme2",
+        roots["casme2"],
+        uri,
+        load_config(IngestConfig, None, ["label_scheme=five", *small]),
+    )
+    ingest("ckplus", roots["ckplus"], uri, load_config(IngestConfig, None, small))
+    return uri
+
+
+def base_config(index: str) -> TrainConfig:
+    return load_config(TrainConfig, None, [f"data.index={index}", *TINY])
+
+
+def tiny_space():
+    data = yaml.safe_load(Path("tune_spaces/tiny.yaml").read_text())
+    return parse_space({**data, "model.image_size": {"choice": [16, 24]}}, where="tiny+size")
+
+
+@pytest.fixture(scope="module")
+def search(ray_local, index, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("search") / "s"
+    run_search(base_config(index), tiny_space(), out, SearchConfig(trials=4, concurrent=2))
+    return out
+
+
+def test_a_search_of_four_trials_records_each_once_and_writes_the_best_config(search):
+    records = read_records(search)
+    assert len(records) == 4
+    failed = [r for r in records if r["params"]["model.image_size"] == 24]
+    finished = [r for r in records if r["params"]["model.image_size"] == 16]
+    assert failed and finished  # seed=3 draws both sizes
+    for r in failed:  # recorded with the worker's error, and the search went on
+        assert r["status"] == "error" and "16" in r["error"] and "24" in r["error"], r
+    for r in finished:
+        assert r["status"] in ("ok", "stopped") and 0 <= r["val_uar"] <= 1, r
+    best = max(finished, key=lambda r: r["val_uar"])
+    text = (search / "best.yaml").read_text()
+    assert text.startswith("# lightman train --config")
+    cfg = yaml.safe_load(text)
+    assert cfg["learner"]["lambda_pri"] == best["params"]["learner.lambda_pri"]
+    assert cfg["model"]["image_size"] == 16 and cfg["backend"] == "auto"
+    for name in ("trials.csv", "trials.md", "history.png", "importances.png", "lambda_pri.png"):
+        assert (search / name).stat().st_size > 0, name
+    assert len((search / "trials.csv").read_text().splitlines()) == 1 + 4
+    study = optuna.load_study(study_name="lightman", storage=f"sqlite:///{search / 'study.db'}")
+    states = sorted(t.state.name for t in study.trials)
+    assert states.count("FAIL") == len(failed) and len(states) == 4
+
+
+def test_the_best_config_trains_with_lightman_train(search, tmp_path):
+    out = tmp_path / "best"
+    assert main(["train", "--config", str(search / "best.yaml"), "--out", str(out)]) == 0
+    assert (out / "best.pt").exists()
+    assert json.loads((out / "results.json").read_text())["metrics"]["learner"] == "lightman"
+
+
+def test_no_trial_receives_a_test_subject(search, index):
+    split = prepare(base_config(index)).split  # the same seed, data and episodes: the same split
+    seen = [json.loads(p.read_text()) for p in (search / "trials").glob("*/seen.json")]
+    assert len(seen) >= 4
+    for s in seen:
+        assert not s["test_pool"]
+        assert set(s["train_subjects"]) == set(split.train)
+        assert set(s["val_subjects"]) == set(split.val)
+        assert not (set(s["train_subjects"]) | set(s["val_subjects"])) & set(split.test)
+
+
+def test_a_rerun_with_more_trials_extends_the_stored_study(search, index):
+    run_search(base_config(index), tiny_space(), search, SearchConfig(trials=6, concurrent=2))
+    records = read_records(search)
+    assert len(records) == 6
+    draws = [tuple(sorted(r["params"].items())) for r in records]
+    assert len(set(draws)) == 6  # no trial repeated
+    study = optuna.load_study(study_name="lightman", storage=f"sqlite:///{search / 'study.db'}")
+    assert len(study.trials) == 6 and all(t.state.is_finished() for t in study.trials)
+    searches = json.loads((search / "searches.json").read_text())
+    assert [s["trials"] for s in searches] == [4, 2] and all(s["finished"] for s in searches)
+
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.name for p in SPACES])
+def test_every_space_file_loads(path):
+    space = load_space(path)
+    assert space.params and all(p.key.startswith(("learner.", "model.")) for p in space.params)
+
+
+def test_an_unknown_or_fixed_space_key_is_rejected_with_the_valid_list():
+    with pytest.raises(ConfigError, match=r"unknown TrainConfig key\(s\) \['learner.lambda'\]"):
+        parse_space({"learner.lambda": {"uniform": [0.3, 0.7]}})
+    try:
+        parse_space({"learner.lambda": {"uniform": [0.3, 0.7]}})
+    except ConfigError as e:
+        assert "'learner.lambda_pri'" in str(e) and "'episode.shots'" in str(e)
+    with pytest.raises(ConfigError, match=r"\['episode.shots'\] are fixed .*'learner.inner_lr'"):
+        parse_space({"episode.shots": {"choice": [1, 5]}})
+    with pytest.raises(ConfigError, match="learner.aux_norm='both' is not a valid value"):
+        parse_space({"learner.aux_norm": {"choice": ["joint", "both"]}})
+
+
+def test_the_cli_rejects_a_bad_space_before_starting_ray(tmp_path, capsys):
+    space = tmp_path / "bad.yaml"
+    space.write_text("learner.sigmaa: {loguniform: [0.1, 10]}\n")
+    rc = main(["tune", "--space", str(space), "--trials", "2", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "learner.sigmaa" in err and "'learner.sigma'" in err
