@@ -33,6 +33,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -443,12 +444,19 @@ def plot_results(out: Path, records: list[dict], space: Space, scfg: SearchConfi
     import matplotlib
 
     matplotlib.use("Agg")
+    import optuna
+
+    with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        _draw(out, records, space, scfg, optuna.load_study(study_name=scfg.study, storage=storage))
+
+
+def _draw(out: Path, records: list[dict], space: Space, scfg: SearchConfig, study) -> None:
     import matplotlib.pyplot as plt
     import optuna
     from optuna.importance import PedAnovaImportanceEvaluator
     from optuna.visualization import matplotlib as ovm
 
-    study = optuna.load_study(study_name=scfg.study, storage=storage)
     ax = ovm.plot_optimization_history(study, target_name=scfg.metric)
     ax.figure.savefig(out / "history.png", dpi=120, bbox_inches="tight")
     plt.close(ax.figure)
