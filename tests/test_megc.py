@@ -119,7 +119,8 @@ def test_single_process_folds_never_import_ray(index, pool, tmp_path, monkeypatc
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_folds_as_ray_tasks_give_the_in_process_predictions(pool):
+def test_folds_as_ray_tasks_give_the_in_process_predictions(ray_local, pool):
+    """On the session's local Ray (conftest), which run_folds uses when it is up."""
     one = run_folds(MODEL, pool, FOLD, 1e-3, 0.0, seed=0)
     two = run_folds(MODEL, pool, replace(FOLD, workers=2), 1e-3, 0.0, seed=0)
     assert [f.fold for f in one] == [f.fold for f in two]
