@@ -82,6 +82,10 @@ def _config_class(path: Path):
         from lightman.platform.demo import DemoConfig
 
         return DemoConfig
+    if command == "pretrain":
+        from lightman.platform.pretrain import PretrainConfig
+
+        return PretrainConfig
     if command == "ingest":
         from lightman.platform.ingest import IngestConfig
 
