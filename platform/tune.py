@@ -249,6 +249,7 @@ def read_records(out: str | Path) -> list[dict]:
 def _storage(out: Path, scfg: SearchConfig):
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the Progress lines say enough
     url = scfg.storage or f"sqlite:///{out / 'study.db'}"
     return optuna.storages.RDBStorage(url)
 
