@@ -9,7 +9,7 @@ RUFF := ruff==0.17.6
 SEED ?= 0
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test lint install install-test bench clean
+.PHONY: demo tune-demo demo-ma2mi test lint install install-test bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,7 +26,21 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-install-test: $(VENV)/.installed-test
+install-# A small Ray Tune + Optuna search of LightmanNet on a generated CASME II + CK+ index
+# (6 trials, 2 at a time); the study persists in runs/tune-demo/lightman/study.db.
+TUNE_DIR ?= runs/tune-demo
+tune-demo: $(VENV)/.installed
+	$(BIN)/lightman synth --out $(TUNE_DIR)/synth "datasets=[casme2,ckplus]" seed=$(SEED)
+	$(BIN)/lightman ingest casme2 $(TUNE_DIR)/synth/CASME2 --out $(TUNE_DIR)/index --label-scheme five --size 32 --replace
+	$(BIN)/lightman ingest ckplus $(TUNE_DIR)/synth/CK+ --out $(TUNE_DIR)/index --size 32 --replace
+	RAY_AUTH_MODE=disabled $(BIN)/lightman tune --config configs/tune_demo.yaml \
+		--space tune_spaces/lightman.yaml --trials 6 --out $(TUNE_DIR)/lightman data.index=$(TUNE_DIR)/index seed=$(SEED)
+
+# MA2MI pre-training of a MIACNet encoder on the demo's macro clips (needs `make demo` first)
+demo-ma2mi: $(VENV)/.installed
+	$(BIN)/lightman pretrain --method ma2mi --config configs/ma2mi.yaml --out runs/ma2mi seed=$(SEED)
+
+test: $(VENV)/.installed-test
 
 $(VENV)/.installed-demo: $(VENV)/.installed-demo
 	$(BIN)/pip install -q -e '.[demo]'

@@ -6,9 +6,10 @@ In one run, each worker with one torch thread, on a seeded 32-px CASME II + CK+
 stand-in (LightmanNet, 5-way 1-shot, Conv4 with 32 channels): the same training in
 process (W = 1, no Ray), through Ray Train with W = 1 and with W = 2. It prints, as
 ratios measured in this run: episodes/s (median over steps after the first two), the
-share of step time spent in the all-reduce of the flat gradient buffer (this includes
-waiting for the slower worker: the two ranks of a step meet there) and the time from
-the call to the first finished step (Ray's start-up included). The machine is shared and
+share of step time spent in the all-reduce of the flat gradient buffer and, apart from
+it, the share spent waiting for the slower worker (the ranks first meet in a one-number
+all-reduce), and the time from the call to the first finished step (Ray's start-up
+included). The machine is shared and
 noisy: compare the ratios, not the absolute figures, and run it on an idle machine.
 """
 
@@ -83,6 +84,7 @@ def measure(index: str, out: Path, steps: int, meta_batch: int, extra: list[str]
         "episodes_per_s": statistics.median(r["episodes_per_s"] for r in rows),
         "reduce_share": sum(r["reduce_seconds"] for r in rows)
         / sum(r["step_seconds"] for r in rows),
+        "wait_share": sum(r["wait_seconds"] for r in rows) / sum(r["step_seconds"] for r in rows),
         "first_step_s": read_metrics(out)[0]["time"] - t0,
     }
 
@@ -107,12 +109,16 @@ def main() -> None:
         f"scaling, {a.steps} steps of {a.meta_batch} tasks, one thread per worker, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
-    print("| run | episodes/s | x Ray W=1 | all-reduce share | time to first step s |")
-    print("|---|---|---|---|---|")
+    print(
+        "| run | episodes/s | x Ray W=1 | all-reduce share | waiting for the slower worker "
+        "| time to first step s |"
+    )
+    print("|---|---|---|---|---|---|")
     for name, r in runs.items():
         print(
             f"| {name} | {r['episodes_per_s']:.2f} | {r['episodes_per_s'] / base:.2f} | "
-            f"{100 * r['reduce_share']:.1f}% | {r['first_step_s']:.1f} |"
+            f"{100 * r['reduce_share']:.1f}% | {100 * r['wait_share']:.1f}% "
+            f"| {r['first_step_s']:.1f} |"
         )
     sys.stdout.flush()
 

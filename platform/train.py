@@ -330,8 +330,11 @@ def train_loop(cfg: TrainConfig, out: Path, ctx: LoopContext, data: RunData) -> 
             assert len(mine) == share
             grad_sums, stats = learner.meta_grads(model, params, buffers, mine)
             t1 = time.perf_counter()
-            grad_sums, stats = all_reduce_sums(ctx, grad_sums, stats)
+            if ctx.world_size > 1:  # meet first: reduce_seconds is then the all-reduce alone
+                ctx.all_reduce(torch.zeros(1, device=ctx.device), "sum")
             t2 = time.perf_counter()
+            grad_sums, stats = all_reduce_sums(ctx, grad_sums, stats)
+            t3 = time.perf_counter()
             outer_step(optimizer, params, grad_sums, cfg.meta_batch)
             step_s = time.perf_counter() - t0
             record = {
@@ -339,7 +342,8 @@ def train_loop(cfg: TrainConfig, out: Path, ctx: LoopContext, data: RunData) -> 
                 "time": round(time.time(), 3),
                 "seconds": round(time.perf_counter() - t_start, 3),
                 "step_seconds": round(step_s, 4),
-                "reduce_seconds": round(t2 - t1, 5),
+                "wait_seconds": round(t2 - t1, 5),  # for the slowest worker's tasks
+                "reduce_seconds": round(t3 - t2, 5),
                 "episodes_per_s": round(cfg.meta_batch / step_s, 3),
                 **{k: v / stats["tasks"] for k, v in stats.items() if k != "tasks"},
             }
