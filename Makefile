@@ -26,7 +26,16 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-install-# A small Ray Tune + Optuna search of LightmanNet on a generated CASME II + CK+ index
+install-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-demo: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[demo]'
+	touch $@
+
+demo: $(VENV)/.installed-demo
+	$(BIN)/lightman demo --config configs/demo.yaml --out $(DEMO_DIR) seed=$(SEED)
+
+# A small Ray Tune + Optuna search of LightmanNet on a generated CASME II + CK+ index
 # (6 trials, 2 at a time); the study persists in runs/tune-demo/lightman/study.db.
 TUNE_DIR ?= runs/tune-demo
 tune-demo: $(VENV)/.installed
@@ -39,15 +48,6 @@ tune-demo: $(VENV)/.installed
 # MA2MI pre-training of a MIACNet encoder on the demo's macro clips (needs `make demo` first)
 demo-ma2mi: $(VENV)/.installed
 	$(BIN)/lightman pretrain --method ma2mi --config configs/ma2mi.yaml --out runs/ma2mi seed=$(SEED)
-
-test: $(VENV)/.installed-test
-
-$(VENV)/.installed-demo: $(VENV)/.installed-demo
-	$(BIN)/pip install -q -e '.[demo]'
-	touch $@
-
-demo: $(VENV)/.installed-demo
-	$(BIN)/lightman demo --config configs/demo.yaml --out $(DEMO_DIR) seed=$(SEED)
 
 test: $(VENV)/.installed-test
 	RAY_AUTH_MODE=disabled OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q tests
