@@ -466,8 +466,8 @@ def run_training(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Tra
     """
     out = Path(os.path.abspath(out))  # Ray Train workers run in their own working folders
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    if cfg.threads and not cfg.uses_ray:  # Ray Train workers set their own; the driver
+        torch.set_num_threads(cfg.threads)  # keeps its cores for the final test
     data = prepare(cfg)  # bad data config fails here, before any worker starts
     t0 = time.perf_counter()
     if cfg.uses_ray:
