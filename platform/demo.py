@@ -134,21 +134,6 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> str:
     )
     print(inspect_index(index, str(out / "contact_sheet.png")))
 
-    started = False
-    if cfg.serve or cfg.train.uses_ray:  # one Ray runtime for every learner and the service
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(include_dashboard=False, configure_logging=False)
-            started = True
-    try:
-        return _train_and_serve(cfg, out, index, video, t0)
-    finally:
-        if started:
-            ray.shutdown()
-
-
-def _train_and_serve(cfg: DemoConfig, out: Path, index: str, video: Path | None, t0: float) -> str:
     rows = []
     for name in cfg.learners:
         tcfg = replace(
