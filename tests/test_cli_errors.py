@@ -335,6 +335,10 @@ def test_a_signal_ends_a_two_worker_ingest_with_its_workers(
     manifest = (index / "manifest.json").read_bytes()
     before = snapshot(index)
     # files, not pipes: a process that outlived the ingest would hold a pipe open
+    # a terminal's process has Ctrl-C's default action, but a test run started in the
+    # background of a script inherits SIGINT ignored, and so would the ingest: a Python
+    # handler here becomes the default action in the child
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
         argv = ["ingest", "casme2", slow_src, "--out", index, "--workers", "2", "--flow"]
         proc = subprocess.Popen(
@@ -343,6 +347,7 @@ def test_a_signal_ends_a_two_worker_ingest_with_its_workers(
             stderr=err,
             start_new_session=True,
         )  # a process group of its own, as in a shell
+    signal.signal(signal.SIGINT, inherited)
     seen: set[int] = set()
     deadline = time.monotonic() + 120
     while proc.poll() is None:
