@@ -460,10 +460,14 @@ def test_adamw_keeps_h_aux_alive_in_first_order_mode(setup):
     aux = [n for n in params if n.startswith("head_aux.") and n.endswith("weight")]
     assert all(torch.equal(grads[n], torch.zeros_like(grads[n])) for n in aux)
     kept = {}
-    for optimizer in ("adam", "adamw"):
+    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "auto": torch.optim.AdamW}
+    assert type(outer_optimizer(params.values(), replace(cfg, first_order=False))) is (
+        torch.optim.Adam
+    )  # auto: Adam in second-order mode, AdamW in first-order mode
+    for optimizer in ("adam", "adamw", "auto"):
         theta = {n: p.detach().clone().requires_grad_() for n, p in params.items()}
         opt = outer_optimizer(theta.values(), replace(cfg, optimizer=optimizer))
-        assert type(opt) is {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optimizer]
+        assert type(opt) is kinds[optimizer]
         for _ in range(100):
             for n, p in theta.items():
                 p.grad = grads[n] / len(tasks)
@@ -472,7 +476,7 @@ def test_adamw_keeps_h_aux_alive_in_first_order_mode(setup):
     # measured: 63% of h_aux's weight norm is left after 100 Adam steps (each |w| shrinks by
     # ~0.1; the tiny model's weights are ~0.3), all of it after 100 AdamW steps
     assert kept["adam"] < 0.7
-    assert kept["adamw"] > 0.999
+    assert kept["adamw"] > 0.999 and kept["auto"] == kept["adamw"]
 
 
 # ---- registry and config ------------------------------------------------------------------
@@ -514,7 +518,7 @@ def test_registry_covers_every_name():
         ("aux_norm", "shared", r"aux_norm must be one of \['separate', 'joint'\]"),
         ("bandwidth", "auto", r"bandwidth must be one of \['fixed', 'median'\]"),
         ("aux_align", "way", r"aux_align must be one of \['marginal', 'class'\]"),
-        ("optimizer", "sgd", r"optimizer must be one of \['adam', 'adamw'\]"),
+        ("optimizer", "sgd", r"optimizer must be one of \['auto', 'adam', 'adamw'\]"),
     ],
 )
 def test_config_rejects_bad_values(field, value, message):

@@ -20,7 +20,7 @@ from lightman.platform.megc import MegcConfig, run_fold, run_folds
 from lightman.platform.selection import load_pool
 
 sys.path.insert(0, str(Path(__file__).parent))  # pytest runs with --import-mode=importlib
-from toy_clips import toy_index  # noqa: E402
+from toy_clips import supervised_miacnet_run, toy_index  # noqa: E402
 
 MODEL = ModelConfig(backbone="miacnet", image_size=16, frames=6, hidden=8, aux_dim=8, ways=3)
 FOLD = MegcConfig(epochs=3, batch_size=8)
@@ -51,30 +51,8 @@ def reference_uf1_uar(t: np.ndarray, p: np.ndarray) -> tuple[float, float]:
 
 def test_cli_pools_one_fold_per_subject_and_reports_megc_scores(index, pool, tmp_path, capsys):
     run = tmp_path / "sup"
-    train = [
-        "train",
-        "--out",
-        str(run),
-        f"data.index={index}",
-        "data.auxiliary=[]",
-        "data.val_fraction=0.25",
-        "data.test_fraction=0.25",
-        "episode.ways=3",
-        "episode.shots=1",
-        "episode.query=1",
-        "episode.aux_shots=0",
-        "model.backbone=miacnet",
-        "model.image_size=16",
-        "model.frames=6",
-        "model.hidden=8",
-        "model.aux_dim=8",
-        "model.ways=3",
-        "learner.name=supervised",
-        "iterations=0",
-        "val_episodes=2",
-        "test_episodes=2",
-        "threads=1",
-    ]
+    small = ["model.image_size=16", "model.frames=6", "model.hidden=8", "model.aux_dim=8"]
+    train = supervised_miacnet_run(index, run, *small)
     assert main(train) == 0
     out = tmp_path / "megc"
     args = ["eval", "--checkpoint", str(run / "best.pt"), "--index", index]

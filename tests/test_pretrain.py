@@ -20,7 +20,7 @@ from lightman.platform.config import load_config
 from lightman.platform.pretrain import PretrainConfig, run_pretraining
 
 sys.path.insert(0, str(Path(__file__).parent))  # pytest runs with --import-mode=importlib
-from toy_clips import toy_index  # noqa: E402
+from toy_clips import supervised_miacnet_run, toy_index  # noqa: E402
 
 MODEL = ["model.image_size=16", "model.frames=6", "model.hidden=16", "model.aux_dim=8"]
 PRETRAIN = [
@@ -82,28 +82,7 @@ def test_encoder_initialises_training_and_a_mismatch_names_the_fields(
     assert stored["extra"]["pretrain"]["method"] == "ma2mi"
     # model.init through `lightman train`, every learner: 0 steps leave the encoder's weights
     run = tmp_path / "sup"
-    args = [
-        "train",
-        "--out",
-        str(run),
-        f"data.index={index}",
-        "data.auxiliary=[]",
-        "data.val_fraction=0.25",
-        "data.test_fraction=0.25",
-        "episode.ways=3",
-        "episode.shots=1",
-        "episode.query=1",
-        "episode.aux_shots=0",
-        *MODEL,
-        "model.backbone=miacnet",
-        "model.ways=3",
-        f"model.init={encoder}",
-        "learner.name=supervised",
-        "iterations=0",
-        "val_episodes=2",
-        "test_episodes=2",
-        "threads=1",
-    ]
+    args = supervised_miacnet_run(index, run, *MODEL, f"model.init={encoder}")
     assert main(args) == 0
     model, cfg, meta = load_checkpoint(run / "best.pt")
     assert cfg.init == "" and meta["extra"]["config"]["model"]["init"] == str(encoder)

@@ -105,3 +105,29 @@ def toy_index(
     }
     write_index(rows, uri, entry)
     return uri
+
+
+def supervised_miacnet_run(index: str, out, *model: str) -> list[str]:
+    """`lightman train` arguments of a 0-step supervised 3-way MIACNet run on a toy index (no
+    auxiliary data): the checkpoint the MA2MI and MEGC tests start from. Index 2 is `out`."""
+    return [
+        "train",
+        "--out",
+        str(out),
+        f"data.index={index}",
+        "data.auxiliary=[]",
+        "data.val_fraction=0.25",
+        "data.test_fraction=0.25",
+        "episode.ways=3",
+        "episode.shots=1",
+        "episode.query=1",
+        "episode.aux_shots=0",
+        "model.backbone=miacnet",
+        "model.ways=3",
+        *model,
+        "learner.name=supervised",
+        "iterations=0",
+        "val_episodes=2",
+        "test_episodes=2",
+        "threads=1",
+    ]

@@ -58,7 +58,7 @@ MemoryMode = Literal["fast", "low"]
 AuxNorm = Literal["separate", "joint"]
 Bandwidth = Literal["fixed", "median"]
 AuxAlign = Literal["marginal", "class"]
-OptimizerName = Literal["adam", "adamw"]
+OptimizerName = Literal["auto", "adam", "adamw"]
 
 
 @dataclass(frozen=True)
@@ -82,13 +82,14 @@ class LearnerConfig:
     for Adam (it normalises the step to ~β per weight); 1e-3 is Adam's usual value."""
     weight_decay: float = 1e-4
     """Weight decay of the outer optimiser (paper 5.1), coupled or decoupled: `optimizer`."""
-    optimizer: OptimizerName = "adam"
-    """The outer optimiser (`outer_optimizer`). adam (default): torch's Adam, whose weight
-    decay is coupled (added to the gradient, then normalised), so a weight whose
-    gradient is 0 still moves by about outer_lr·sign(w) per step: with first_order=True
-    h_aux has an outer gradient of exactly 0 and decays to a few per cent of its size
-    within ~100 steps. adamw: decoupled weight decay (AdamW, w ← w − outer_lr·wd·w),
-    which leaves such a weight all but unchanged."""
+    optimizer: OptimizerName = "auto"
+    """The outer optimiser (`outer_optimizer`). adam: torch's Adam, whose weight decay is
+    coupled (added to the gradient, then normalised), so a weight whose gradient is 0 still
+    moves by about outer_lr·sign(w) per step: with first_order=True h_aux has an outer
+    gradient of exactly 0 and decays to a few per cent of its size within ~100 steps.
+    adamw: decoupled weight decay (AdamW, w ← w − outer_lr·wd·w), which leaves such a
+    weight all but unchanged. auto (default): adamw when first_order, else adam (every
+    second-order result in the README was measured with Adam)."""
     inner_steps: int = 1
     """Inner SGD steps per task during meta-training (MAML family: lightman, maml, anil)."""
     test_inner_steps: int = 1
@@ -327,8 +328,10 @@ def aux_loss_fn(
 
 def outer_optimizer(params: Iterable[Tensor], cfg: LearnerConfig) -> torch.optim.Optimizer:
     """The trainer's optimiser of θ (paper Eq. 4, second level): Adam (coupled weight
-    decay) or AdamW (decoupled), `cfg.optimizer`, at outer_lr and weight_decay."""
-    kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    decay) or AdamW (decoupled), `cfg.optimizer`; auto is AdamW in first-order mode, where
+    h_aux has no outer gradient for coupled decay to be normalised against."""
+    decoupled = cfg.optimizer == "adamw" or (cfg.optimizer == "auto" and cfg.first_order)
+    kind = torch.optim.AdamW if decoupled else torch.optim.Adam
     return kind(params, lr=cfg.outer_lr, weight_decay=cfg.weight_decay)
 
 
