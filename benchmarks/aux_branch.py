@@ -3,15 +3,17 @@
     python benchmarks/aux_branch.py --index runs/demo/index --seeds 0 1 2 3 4 --shots 1 5
     python benchmarks/aux_branch.py --tiny          # a minute-sized smoke run of the whole table
 
-Each variant is the demo's training run (`configs/demo.yaml`, its `train:` section, on an
-existing index: `make demo` leaves one in runs/demo/index) with a few overrides, trained
-once per seed (the seed draws the subject split, the episodes and the initialisation):
+Each variant is the training run of `configs/aux_branch.yaml` (its `train:` section: the
+demo's schedule with the learner's old auxiliary defaults pinned) on an existing index
+(`make demo` leaves one in runs/demo/index) with a few overrides, trained once per seed
+(the seed draws the subject split, the episodes and the initialisation):
 
     maml              learner.name=maml
     maml_step         MAML at α·λ1: learner.name=maml learner.inner_lr=α·λ1, the CE step
                       LightmanNet takes (the step-size control of its λ1)
-    lightman          LightmanNet with the learner's defaults (aux_norm=separate,
-                      bandwidth=fixed σ = 1, aux_align=marginal)
+    lightman          LightmanNet with the old defaults, pinned (aux_norm=separate,
+                      bandwidth=fixed σ = 1, aux_align=marginal); the variants below
+                      change one thing of these (or, lightman_all, three)
     lightman_step     LightmanNet at α/λ1: learner.inner_lr=α/λ1, so its CE step is α, MAML's
     lightman_joint    learner.aux_norm=joint
     lightman_median   learner.bandwidth=median learner.sigma=[1.0]
@@ -83,25 +85,28 @@ TINY = [
 
 
 def variants(base: TrainConfig, classes: int) -> dict[str, list[str]]:
-    """Variant name -> its overrides of the base training config (module docstring)."""
+    """Variant name -> its overrides of the base training config (module docstring). The
+    lightman variants start from the old defaults, pinned (OLD), and change one thing."""
     alpha, lam = base.learner.inner_lr, base.learner.lambda_pri
+    old = [
+        "learner.name=lightman",
+        "learner.aux_norm=separate",
+        "learner.bandwidth=fixed",
+        "learner.sigma=[1.0]",
+        "learner.aux_align=marginal",
+    ]
     joint, median = "learner.aux_norm=joint", "learner.bandwidth=median"
+    cls = "learner.aux_align=class"
     return {
         "maml": ["learner.name=maml"],
         "maml_step": ["learner.name=maml", f"learner.inner_lr={alpha * lam!r}"],
-        "lightman": ["learner.name=lightman"],
-        "lightman_step": ["learner.name=lightman", f"learner.inner_lr={alpha / lam!r}"],
-        "lightman_joint": ["learner.name=lightman", joint],
-        "lightman_median": ["learner.name=lightman", median, "learner.sigma=[1.0]"],
-        "lightman_multi": ["learner.name=lightman", median, "learner.sigma=[0.5,1.0,2.0]"],
-        "lightman_class": ["learner.name=lightman", "learner.aux_align=class"],
-        "lightman_all": [
-            "learner.name=lightman",
-            joint,
-            median,
-            "learner.sigma=[1.0]",
-            "learner.aux_align=class",
-        ],
+        "lightman": old,
+        "lightman_step": [*old, f"learner.inner_lr={alpha / lam!r}"],
+        "lightman_joint": [*old, joint],
+        "lightman_median": [*old, median],
+        "lightman_multi": [*old, median, "learner.sigma=[0.5,1.0,2.0]"],
+        "lightman_class": [*old, cls],
+        "lightman_all": [*old, joint, median, cls],
         "supervised": ["learner.name=supervised", f"model.ways={classes}"],
     }
 
@@ -228,7 +233,7 @@ def main() -> None:
     )
     p.add_argument("--index", help="an index with the config's datasets (e.g. runs/demo/index)")
     p.add_argument(
-        "--config", default="configs/demo.yaml", help="a demo config; its train: section"
+        "--config", default="configs/aux_branch.yaml", help="a demo config; its train: section"
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--shots", type=int, nargs="+", default=[1, 5])
