@@ -32,7 +32,7 @@ from lightman.models.backbones import TWO_BRANCH
 from lightman.models.net import ModelConfig, build_model
 from lightman.models.provenance import to_dict, versions
 from lightman.platform.config import ConfigError
-from lightman.platform.selection import load_pool
+from lightman.platform.selection import check_clip_shape, load_pool
 from lightman.tasks.episodes import ClipPool, to_tensor
 
 METHODS = ("ma2mi",)
@@ -112,14 +112,7 @@ def macro_pool(cfg: PretrainConfig) -> ClipPool:
     """The pre-training clips; a pool the model cannot read fails here, naming the field."""
     expression = "macro" if cfg.expression == "macro" else None
     pool = load_pool(cfg.index, datasets=cfg.datasets, expression=expression)
-    m, h, w, c = pool.clip_shape
-    have = (m, c, h)
-    want = (cfg.model.frames, cfg.model.in_channels, cfg.model.image_size)
-    if have != want or h != w:
-        raise ConfigError(
-            f"the index's clips are (M={m}, C={c}, H={h}, W={w}), the model reads "
-            f"model.frames={want[0]}, model.in_channels={want[1]}, model.image_size={want[2]}"
-        )
+    check_clip_shape(pool, cfg.model, "pre-training")
     return pool
 
 

@@ -14,6 +14,8 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
+from lightman.models.net import ModelConfig
+from lightman.platform.config import ConfigError
 from lightman.platform.index import BadIndexError, read_manifest, read_table
 from lightman.tasks.episodes import ClipPool
 from lightman.tasks.splits import composite_pool
@@ -55,6 +57,17 @@ def auxiliary_pool(data: DataSelection) -> ClipPool | None:
     if not data.auxiliary:
         return None
     return load_pool(data.index, datasets=data.auxiliary, expression="macro")
+
+
+def check_clip_shape(pool: ClipPool, model: ModelConfig, what: str) -> None:
+    """Clips the model cannot read fail here, naming the fields (before any worker starts)."""
+    m, h, w, c = pool.clip_shape
+    want = (model.frames, model.in_channels, model.image_size)
+    if (m, c, h) != want or h != w:
+        raise ConfigError(
+            f"the {what} clips of the index are (M={m}, C={c}, H={h}, W={w}), the model reads "
+            f"model.frames={want[0]}, model.in_channels={want[1]}, model.image_size={want[2]}"
+        )
 
 
 def unified_labels(table: pa.Table, manifest: dict) -> tuple[pa.Table, tuple[str, ...]]:

@@ -38,7 +38,12 @@ from lightman.platform.config import ConfigError
 from lightman.platform.evaluate import evaluate_episodes, format_table, write_results
 from lightman.platform.run_log import RunLog
 from lightman.platform.run_state import latest_checkpoint, load_state, write_checkpoint
-from lightman.platform.selection import DataSelection, auxiliary_pool, primary_pool
+from lightman.platform.selection import (
+    DataSelection,
+    auxiliary_pool,
+    check_clip_shape,
+    primary_pool,
+)
 from lightman.tasks.episodes import ClipPool, EpisodeConfig, EpisodeSampler, fixed_episodes
 from lightman.tasks.splits import SubjectSplit, episode_ready_split, split_pools
 
@@ -173,6 +178,9 @@ def prepare(cfg: TrainConfig) -> RunData:
     naming the field, before any worker starts."""
     pool = primary_pool(cfg.data)
     aux_pool = auxiliary_pool(cfg.data)
+    check_clip_shape(pool, cfg.model, "primary")
+    if aux_pool is not None:
+        check_clip_shape(aux_pool, cfg.model, "auxiliary")
     ep = cfg.episode
     present = [c for c, n in zip(pool.class_names, pool.class_counts()) if n]
     if ep.ways > len(present):

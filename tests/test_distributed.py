@@ -200,6 +200,7 @@ def test_a_killed_worker_resumes_from_s3_and_a_finished_run_resumes_to_the_same_
         (["episode.ways=6", "model.ways=6"], "episode.ways=6"),  # the 5-class scheme
         (["episode.shots=40"], "episode.shots + episode.query"),
         (["workers=4"], "workers=4"),  # 2 CPUs
+        (["model.image_size=24"], "(M=8, C=3, H=32, W=32), the model reads model.frames=8"),
         (["storage_path=s3://no-such-bucket/runs"], "storage_path='s3://no-such-bucket/runs'"),
     ],
 )

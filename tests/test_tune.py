@@ -2,7 +2,8 @@
 
 One search of 4 tiny trials (16-px clips, 4 outer steps) is shared by the tests of this
 file; its space adds `model.image_size` 16 | 24 to tune_spaces/tiny.yaml, and a 24-px model
-cannot take the index's 16-px clips, so those trials fail in their first step:
+cannot take the index's 16-px clips, so those trials fail (in the trial's check of the
+data, before its Ray Train worker group starts):
 - the search finishes, records every trial once, the failed ones with their error, and
   writes best.yaml, the tables and the plots; best.yaml then trains with `lightman train`;
 - re-running with --trials 6 adds 2 trials to the same stored study (6, none repeated);
