@@ -146,9 +146,11 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> str:
             f"[demo] meta-training {name} ({tcfg.iterations} outer steps, "
             f"meta-batch {tcfg.meta_batch}) ..."
         )
+        t_run = time.perf_counter()
         result = run_training(tcfg, out / "runs" / name)
         rows.append(result.metrics)
         print(result.table)
+        print(f"[demo] {name}: {time.perf_counter() - t_run:.0f} s, start-up and test included")
 
     table = format_table(rows)
     paper = "\n".join(
@@ -165,7 +167,9 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> str:
     served = None
     if video is not None:
         print(f"[demo] serving {cfg.learners[0]}'s best.pt with Ray Serve ...")
+        t_serve = time.perf_counter()
         served = serve_and_score(out / "runs" / cfg.learners[0] / "best.pt", video)
+        print(f"[demo] served and scored in {time.perf_counter() - t_serve:.0f} s")
         answer = format_answer(video, served)
         print(answer)
         text += f"\n{answer}\n"

@@ -32,7 +32,7 @@ from lightman.models.backbones import TWO_BRANCH
 from lightman.models.net import ModelConfig, build_model
 from lightman.models.provenance import to_dict, versions
 from lightman.platform.config import ConfigError
-from lightman.platform.selection import check_clip_shape, load_pool
+from lightman.platform.selection import check_clip_shapes, load_pool
 from lightman.tasks.episodes import ClipPool, to_tensor
 
 METHODS = ("ma2mi",)
@@ -112,7 +112,7 @@ def macro_pool(cfg: PretrainConfig) -> ClipPool:
     """The pre-training clips; a pool the model cannot read fails here, naming the field."""
     expression = "macro" if cfg.expression == "macro" else None
     pool = load_pool(cfg.index, datasets=cfg.datasets, expression=expression)
-    check_clip_shape(pool, cfg.model, "pre-training")
+    check_clip_shapes(cfg.model, {"pre-training": pool})
     return pool
 
 

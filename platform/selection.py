@@ -59,15 +59,20 @@ def auxiliary_pool(data: DataSelection) -> ClipPool | None:
     return load_pool(data.index, datasets=data.auxiliary, expression="macro")
 
 
-def check_clip_shape(pool: ClipPool, model: ModelConfig, what: str) -> None:
-    """Clips the model cannot read fail here, naming the fields (before any worker starts)."""
-    m, h, w, c = pool.clip_shape
+def check_clip_shapes(model: ModelConfig, pools: dict[str, ClipPool | None]) -> None:
+    """Clips the model cannot read fail here, naming the fields (before any worker starts).
+    `pools`: what each pool is (primary, auxiliary, ...) -> the pool, or None (no pool)."""
     want = (model.frames, model.in_channels, model.image_size)
-    if (m, c, h) != want or h != w:
-        raise ConfigError(
-            f"the {what} clips of the index are (M={m}, C={c}, H={h}, W={w}), the model reads "
-            f"model.frames={want[0]}, model.in_channels={want[1]}, model.image_size={want[2]}"
-        )
+    for what, pool in pools.items():
+        if pool is None:
+            continue
+        m, h, w, c = pool.clip_shape
+        if (m, c, h) != want or h != w:
+            raise ConfigError(
+                f"the {what} clips of the index are (M={m}, C={c}, H={h}, W={w}), the model "
+                f"reads model.frames={want[0]}, model.in_channels={want[1]}, "
+                f"model.image_size={want[2]}"
+            )
 
 
 def unified_labels(table: pa.Table, manifest: dict) -> tuple[pa.Table, tuple[str, ...]]:

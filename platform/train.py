@@ -41,7 +41,7 @@ from lightman.platform.run_state import latest_checkpoint, load_state, write_che
 from lightman.platform.selection import (
     DataSelection,
     auxiliary_pool,
-    check_clip_shape,
+    check_clip_shapes,
     primary_pool,
 )
 from lightman.tasks.episodes import ClipPool, EpisodeConfig, EpisodeSampler, fixed_episodes
@@ -178,9 +178,7 @@ def prepare(cfg: TrainConfig) -> RunData:
     naming the field, before any worker starts."""
     pool = primary_pool(cfg.data)
     aux_pool = auxiliary_pool(cfg.data)
-    check_clip_shape(pool, cfg.model, "primary")
-    if aux_pool is not None:
-        check_clip_shape(aux_pool, cfg.model, "auxiliary")
+    check_clip_shapes(cfg.model, {"primary": pool, "auxiliary": aux_pool})
     ep = cfg.episode
     present = [c for c, n in zip(pool.class_names, pool.class_counts()) if n]
     if ep.ways > len(present):

@@ -46,6 +46,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from lightman.models.provenance import to_dict
 from lightman.platform.config import ConfigError
 from lightman.platform.distributed import fit
+from lightman.platform.selection import check_clip_shapes
 from lightman.platform.train import RunData, TrainConfig, prepare, run_training
 from lightman.platform.tune_space import Space, apply_params, check_values, optuna_space
 
@@ -171,6 +172,7 @@ def trial(params: dict, *, base: dict, data: RunData, root: str, metric: str) ->
     }
     (out / "seen.json").write_text(json.dumps(seen, indent=1))
     cfg = trial_config(base, params)  # an invalid combination fails the trial here
+    check_clip_shapes(cfg.model, {"primary": data.val, "auxiliary": data.aux})  # and this
     # Ray Train gives up on a worker that has not started in 60 s and retries with a new
     # placement group while the old one still holds the CPUs: on a loaded machine that
     # stalls the search. Propagated to the Train controller and its workers.
