@@ -15,7 +15,8 @@ demo's schedule with the learner's old auxiliary defaults pinned) on an existing
                       bandwidth=fixed σ = 1, aux_align=marginal); the variants below
                       change one thing of these (or, lightman_all, three)
     lightman_step     LightmanNet at α/λ1: learner.inner_lr=α/λ1, so its CE step is α, MAML's
-    lightman_joint    learner.aux_norm=joint
+    lightman_joint    learner.aux_norm=joint (the CE's support logits normalised jointly too)
+    lightman_auxjoint learner.aux_norm=aux_joint (CE on the support pass alone, L_aux joint)
     lightman_median   learner.bandwidth=median learner.sigma=[1.0]
     lightman_multi    learner.bandwidth=median learner.sigma=[0.5,1.0,2.0]
     lightman_class    learner.aux_align=class
@@ -103,6 +104,7 @@ def variants(base: TrainConfig, classes: int) -> dict[str, list[str]]:
         "lightman": old,
         "lightman_step": [*old, f"learner.inner_lr={alpha / lam!r}"],
         "lightman_joint": [*old, joint],
+        "lightman_auxjoint": [*old, "learner.aux_norm=aux_joint"],
         "lightman_median": [*old, median],
         "lightman_multi": [*old, median, "learner.sigma=[0.5,1.0,2.0]"],
         "lightman_class": [*old, cls],

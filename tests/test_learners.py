@@ -424,6 +424,21 @@ def test_joint_pass_is_one_batch_split(setup):
     assert float(out.aux) == pytest.approx(float(want_aux), rel=1e-6)
     # bn_mode=task: the two normalisations differ
     assert float(out.aux) != pytest.approx(float(separate.aux), rel=1e-2)
+    # aux_joint: the CE of the separate pass (the support clips alone), the joint L_aux
+    with torch.no_grad():
+        mixed = dual_branch_loss(
+            model,
+            params,
+            buffers,
+            t.support_x,
+            t.support_y,
+            t.aux_x,
+            cfg.lambda_pri,
+            aux_loss_fn(cfg),
+            aux_norm="aux_joint",
+        )
+    assert float(mixed.ce) == pytest.approx(float(separate.ce), rel=1e-6)
+    assert float(mixed.aux) == pytest.approx(float(want_aux), rel=1e-6)
 
 
 def test_grad_ratio_is_logged_on_request(setup):
@@ -515,7 +530,7 @@ def test_registry_covers_every_name():
         ("lambda_pri", -0.1, "lambda_pri"),
         ("sigma", (), "sigma must be one or more bandwidths"),
         ("sigma", (1.0, -2.0), "sigma must be one or more bandwidths"),
-        ("aux_norm", "shared", r"aux_norm must be one of \['separate', 'joint'\]"),
+        ("aux_norm", "shared", r"aux_norm must be one of \['separate', 'joint', 'aux_joint'\]"),
         ("bandwidth", "auto", r"bandwidth must be one of \['fixed', 'median'\]"),
         ("aux_align", "way", r"aux_align must be one of \['marginal', 'class'\]"),
         ("optimizer", "sgd", r"optimizer must be one of \['auto', 'adam', 'adamw'\]"),

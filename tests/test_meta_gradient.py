@@ -155,11 +155,13 @@ def ref_aux_loss(
 
 def ref_inner_loss(fwd, p: dict[str, Tensor], t: Task, cfg: LearnerConfig) -> Tensor:
     """λ1 CE + λ2 L_aux on the support set; aux_norm=joint runs one batch of support + macro
-    clips and splits its outputs after the support rows."""
+    clips and splits its outputs after the support rows; aux_joint takes the CE's logits
+    from the support clips alone and L_aux's features from the joint batch."""
     n = len(t.support_x)
-    if cfg.aux_norm == "joint":
+    if cfg.aux_norm in ("joint", "aux_joint"):
         both = torch.cat((t.support_x, t.aux_x))
-        logits, feats = fwd(p, both, "pri")[:n], fwd(p, both, "aux")
+        logits = fwd(p, both, "pri")[:n] if cfg.aux_norm == "joint" else fwd(p, t.support_x, "pri")
+        feats = fwd(p, both, "aux")
         micro, macro = feats[:n], feats[n:]
     else:
         logits, micro = fwd(p, t.support_x, "pri"), fwd(p, t.support_x, "aux")
@@ -280,6 +282,7 @@ def test_lightman_matches_finite_differences(smooth, steps):
 # The auxiliary-branch options (LearnerConfig: aux_norm, bandwidth, aux_align), alone and together.
 AUX_OPTIONS = {
     "joint": {"aux_norm": "joint"},
+    "aux_joint": {"aux_norm": "aux_joint"},
     "median": {"bandwidth": "median", "sigma": (0.5, 2.0)},
     "class": {"aux_align": "class"},
     "all": {"aux_norm": "joint", "bandwidth": "median", "sigma": (1.0,), "aux_align": "class"},
@@ -317,7 +320,7 @@ def test_joint_normalisation_changes_the_aux_loss(tiny):
 
 
 @pytest.mark.parametrize("memory", ["fast", "low"])
-@pytest.mark.parametrize("option", ["joint", "class"])
+@pytest.mark.parametrize("option", ["joint", "aux_joint", "class"])
 def test_aux_options_match_finite_differences(smooth, option, memory):
     """Central differences of the outer loss (median bandwidths are left out: the learner
     treats σ as a constant, which the numerical derivative would not)."""

@@ -55,7 +55,7 @@ AuxLossFn = Callable[[Tensor, Tensor], Tensor]
 LearnerName = Literal["lightman", "maml", "anil", "reptile", "protonet", "supervised"]
 AuxLossName = Literal["mmd", "mmd_unbiased", "paper_eq3"]
 MemoryMode = Literal["fast", "low"]
-AuxNorm = Literal["separate", "joint"]
+AuxNorm = Literal["separate", "joint", "aux_joint"]
 Bandwidth = Literal["fixed", "median"]
 AuxAlign = Literal["marginal", "class"]
 OptimizerName = Literal["auto", "adam", "adamw"]
@@ -116,7 +116,10 @@ class LearnerConfig:
     every channel's mean and variance of the two sets at every layer before L_aux sees
     them. joint: one pass over support + macro clips whose outputs are split, so both
     sets share one normalisation (and the support logits of the CE are normalised with
-    the joint statistics too). No difference under bn_mode=clip."""
+    the joint statistics too, unlike the query set's at test time). aux_joint: the CE on
+    the support clips' own pass (as the query set is normalised), L_aux on a second pass
+    over support + macro clips together (one normalisation for what L_aux compares); one
+    pass more than the others. No difference under bn_mode=clip."""
     aux_align: AuxAlign = "marginal"
     """What L_aux aligns. marginal (default): the whole micro set against the whole macro
     set. class: the mean over the paired ways j (macro clips with aux_y = j) of

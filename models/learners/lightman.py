@@ -10,8 +10,10 @@ Every L_aux here depends on the features through ||x − y|| alone, so the bias 
 h_aux's output layer, which shifts micro and macro features alike, never gets one.
 λ2 = 1 − λ1; λ1 = 1 is exactly MAML (the auxiliary pass is skipped).
 
-Options of the auxiliary branch (LearnerConfig, defaults first): aux_norm separate|joint
-(two backbone passes, or one over support + macro clips split after it), bandwidth
+Options of the auxiliary branch (LearnerConfig, defaults first): aux_norm
+separate|joint|aux_joint (two backbone passes; one over support + macro clips split after
+it; or the support clips alone for the CE and support + macro clips together for L_aux),
+bandwidth
 fixed|median and aux_align marginal|class (base.aux_loss_fn, mmd.py); log_grad_ratio
 reports ‖∇θ λ2·L_aux‖ / ‖∇θ λ1·CE‖ at θ.
 """
@@ -61,19 +63,26 @@ def dual_branch_passes(
     """The backbone passes of the dual-branch loss, (clips, head) each. separate: the micro
     clips x (B, ...) with head "both" and the macro clips aux_x (A, ...) with head "aux",
     each batch normalised with its own statistics; joint: one pass over cat(x, aux_x)
-    (B + A, ...) with head "both", one normalisation for both sets."""
+    (B + A, ...) with head "both", one normalisation for both sets; aux_joint: the micro
+    clips alone with head "pri" (the CE's normalisation is the one the query set gets at
+    test time) and one pass over cat(x, aux_x) with head "aux" for L_aux."""
     if aux_norm == "joint":
         return ((torch.cat((x, aux_x)), "both"),)
+    if aux_norm == "aux_joint":
+        return ((x, "pri"), (torch.cat((x, aux_x)), "aux"))
     return ((x, "both"), (aux_x, "aux"))
 
 
-def branch_outputs(outs: list[Output], n_micro: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(logits (B, ways), micro (B, aux_dim), macro (A, aux_dim)) of the passes'
-    outputs: the two passes as they are, or the joint pass split after its B micro rows
-    (its logits of the macro clips are dropped)."""
-    if len(outs) == 1:
+def branch_outputs(outs: list[Output], n_micro: int, aux_norm: AuxNorm) -> tuple[Tensor, ...]:
+    """(logits (B, ways), micro (B, aux_dim), macro (A, aux_dim)) of the passes of
+    `dual_branch_passes`: the two separate passes as they are, or a joint pass split after
+    its B micro rows (joint: its logits of the macro clips are dropped)."""
+    if aux_norm == "joint":
         logits, feats = outs[0]
         return logits[:n_micro], feats[:n_micro], feats[n_micro:]
+    if aux_norm == "aux_joint":
+        logits, feats = outs
+        return logits, feats[:n_micro], feats[n_micro:]
     (logits, micro), macro = outs
     return logits, micro, macro
 
@@ -101,7 +110,7 @@ def dual_branch_loss(
         forward(model, params, buffers, clips, head, update_stats and p == 0)
         for p, (clips, head) in enumerate(passes)
     ]
-    return dual_branch_terms(*branch_outputs(outs, x.shape[0]), y, lambda_pri, aux_fn)
+    return dual_branch_terms(*branch_outputs(outs, x.shape[0], aux_norm), y, lambda_pri, aux_fn)
 
 
 def dual_branch_objective(
@@ -119,7 +128,7 @@ def dual_branch_objective(
     differentiate it one pass at a time."""
 
     def combine(outs):
-        out = dual_branch_terms(*branch_outputs(outs, x.shape[0]), y, lambda_pri, aux_fn)
+        out = dual_branch_terms(*branch_outputs(outs, x.shape[0], aux_norm), y, lambda_pri, aux_fn)
         return out.total, {"support_loss_before": out.ce.detach(), "aux_loss": out.aux.detach()}
 
     return PassObjective(model, buffers, dual_branch_passes(x, aux_x, aux_norm), combine)
@@ -130,6 +139,7 @@ def grad_ratio(
     y: Tensor,
     lambda_pri: float,
     aux_fn: AuxLossFn,
+    aux_norm: AuxNorm,
     params: Params,
     names: tuple[str, ...],
 ) -> Tensor:
@@ -138,7 +148,7 @@ def grad_ratio(
     drives. A detached 0-d tensor."""
     theta = trainable(params, names)
     outs = [objective.run(theta, p) for p in range(len(objective.passes))]
-    out = dual_branch_terms(*branch_outputs(outs, y.shape[0]), y, lambda_pri, aux_fn)
+    out = dual_branch_terms(*branch_outputs(outs, y.shape[0], aux_norm), y, lambda_pri, aux_fn)
     leaves = [theta[n] for n in names]
     ce = torch.autograd.grad(
         lambda_pri * out.ce, leaves, retain_graph=True, allow_unused=True, materialize_grads=True
@@ -187,6 +197,7 @@ class Lightman(BilevelLearner):
                 task.support_y,
                 cfg.lambda_pri,
                 aux_loss_fn(cfg, task.support_y, task.aux_y),
+                cfg.aux_norm,
                 params,
                 self.adapted_names(model, params),
             )
