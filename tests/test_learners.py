@@ -390,11 +390,14 @@ def test_aux_loss_fn_median_class_form_is_the_direct_computation():
 
 
 def test_joint_pass_is_one_batch_split(setup):
+    """joint: CE and L_aux from one batch of support + macro clips split after the support
+    rows; aux_joint: the CE of the support clips alone, L_aux of that joint batch."""
     model, params, buffers, tasks = setup
     t = tasks[0]
     cfg = LearnerConfig(aux_norm="joint")
-    with torch.no_grad():
-        out = dual_branch_loss(
+
+    def loss(aux_norm: str):
+        return dual_branch_loss(
             model,
             params,
             buffers,
@@ -403,40 +406,20 @@ def test_joint_pass_is_one_batch_split(setup):
             t.aux_x,
             cfg.lambda_pri,
             aux_loss_fn(cfg),
-            aux_norm="joint",
+            aux_norm=aux_norm,
         )
+
+    with torch.no_grad():
+        out, separate, mixed = loss("joint"), loss("separate"), loss("aux_joint")
         both = torch.cat((t.support_x, t.aux_x))
         n = len(t.support_x)
         logits, feats = model(both, head="pri")[:n], model(both, head="aux")
         want_ce = F.cross_entropy(logits, t.support_y)
         want_aux = aux_loss_fn(cfg)(feats[:n], feats[n:])
-        separate = dual_branch_loss(
-            model,
-            params,
-            buffers,
-            t.support_x,
-            t.support_y,
-            t.aux_x,
-            cfg.lambda_pri,
-            aux_loss_fn(cfg),
-        )
     assert float(out.ce) == pytest.approx(float(want_ce), rel=1e-6)
     assert float(out.aux) == pytest.approx(float(want_aux), rel=1e-6)
     # bn_mode=task: the two normalisations differ
     assert float(out.aux) != pytest.approx(float(separate.aux), rel=1e-2)
-    # aux_joint: the CE of the separate pass (the support clips alone), the joint L_aux
-    with torch.no_grad():
-        mixed = dual_branch_loss(
-            model,
-            params,
-            buffers,
-            t.support_x,
-            t.support_y,
-            t.aux_x,
-            cfg.lambda_pri,
-            aux_loss_fn(cfg),
-            aux_norm="aux_joint",
-        )
     assert float(mixed.ce) == pytest.approx(float(separate.ce), rel=1e-6)
     assert float(mixed.aux) == pytest.approx(float(want_aux), rel=1e-6)
 
