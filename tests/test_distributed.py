@@ -3,9 +3,9 @@
 - W = 2 Ray Train workers end with the parameters of the in-process W = 1 loop (same seed,
   same global meta-batch), up to float32 summation order, and the two workers' parameters
   are bit-identical after every step (`debug_checksum`);
-- in one run whose checkpoints go to a real S3 endpoint (moto_server), a worker process
-  killed by its pid mid-run is restarted from the last checkpoint, the finished run is then
-  resumed for more steps, and it ends with exactly the parameters of the uninterrupted run;
+- a worker process killed by its pid mid-run is restarted from the last checkpoint and the
+  run ends with exactly the parameters of the uninterrupted run;
+- checkpoints go to a real S3 endpoint (moto_server) and a finished run resumes from there;
 - bad configuration fails before any worker starts, naming the field.
 """
 
@@ -137,23 +137,13 @@ def _train_worker_pids() -> list[int]:
     return sorted(pids)
 
 
-def test_a_killed_worker_resumes_from_s3_and_a_finished_run_resumes_to_the_same_parameters(
-    s3_endpoint, index, two_workers, tmp_path
-):
-    """One run, checkpoints on S3 (moto_server): a worker SIGKILLed after step 3 restarts
-    from the step-2 checkpoint and the run ends at step 6; a second run of the same
-    command is refused; `--resume iterations=8` continues it. The result equals the
-    uninterrupted 8-step run bit for bit, with every step logged once."""
-    import boto3
-
-    endpoint, bucket = s3_endpoint
-    out = tmp_path / "s3run"
-    storage = [f"storage_path=s3://{bucket}/runs", "run_name=s3run", "workers=2"]
+def test_killed_worker_resumes_from_checkpoint_to_the_same_parameters(index, two_workers, tmp_path):
+    out = tmp_path / "fault"
     failed: list[BaseException] = []
 
     def train() -> None:
         try:
-            run_training(config(index, *storage, "max_failures=2", "iterations=6"), out)
+            run_training(config(index, "workers=2", "max_failures=2"), out)
         except BaseException as e:  # reported by the main thread
             failed.append(e)
 
@@ -173,17 +163,43 @@ def test_a_killed_worker_resumes_from_s3_and_a_finished_run_resumes_to_the_same_
     assert not failed, failed
     assert killed is not None and killed not in _train_worker_pids()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in records] == list(range(1, 7))  # none lost, none repeated
+    assert [r["iteration"] for r in records] == list(range(1, 9))  # none lost, none repeated
+    resumed, reference = final_state(out)["model"], final_state(two_workers)["model"]
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
 
-    base = ["train", "--out", str(out), f"data.index={index}", *TINY, *storage]
-    assert main([*base, "iterations=6"]) == 2  # the run exists: only --resume continues it
+
+def test_checkpoints_on_s3_and_resume_a_finished_run(s3_endpoint, index, two_workers, tmp_path):
+    import boto3
+
+    endpoint, bucket = s3_endpoint
+    out = tmp_path / "s3run"
+    base = [
+        "train",
+        "--out",
+        str(out),
+        f"data.index={index}",
+        *TINY,
+        "workers=2",
+        f"storage_path=s3://{bucket}/runs",
+        "run_name=s3run",
+    ]
+    assert main([*base, "iterations=4"]) == 0
+    assert main([*base, "iterations=4"]) == 2  # the run exists: only --resume continues it
     assert main([*base, "iterations=8", "--resume"]) == 0
-    s3 = boto3.client("s3", endpoint_url=endpoint)
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="runs/s3run/")["Contents"]]
+    keys = [
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=endpoint).list_objects_v2(
+            Bucket=bucket, Prefix="runs/s3run/"
+        )["Contents"]
+    ]
     states = sorted(k for k in keys if k.endswith("/state.pt"))
     assert len(states) == 2  # keep_checkpoints
+    body = (
+        boto3.client("s3", endpoint_url=endpoint)
+        .get_object(Bucket=bucket, Key=states[-1])["Body"]
+        .read()
+    )
     (tmp_path / "last").mkdir()
-    body = s3.get_object(Bucket=bucket, Key=states[-1])["Body"].read()
     (tmp_path / "last" / "state.pt").write_bytes(body)
     state, reference = load_state(tmp_path / "last"), final_state(two_workers)
     assert state["step"] == 8 and state["config"]["iterations"] == 8
