@@ -87,7 +87,7 @@ TINY = [
 
 def variants(base: TrainConfig, classes: int) -> dict[str, list[str]]:
     """Variant name -> its overrides of the base training config (module docstring). The
-    lightman variants start from the old defaults, pinned (OLD), and change one thing."""
+    lightman variants start from the old defaults, pinned (`old`), and change one thing."""
     alpha, lam = base.learner.inner_lr, base.learner.lambda_pri
     old = [
         "learner.name=lightman",

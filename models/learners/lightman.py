@@ -13,9 +13,8 @@ h_aux's output layer, which shifts micro and macro features alike, never gets on
 Options of the auxiliary branch (LearnerConfig, defaults first): aux_norm
 separate|joint|aux_joint (two backbone passes; one over support + macro clips split after
 it; or the support clips alone for the CE and support + macro clips together for L_aux),
-bandwidth
-fixed|median and aux_align marginal|class (base.aux_loss_fn, mmd.py); log_grad_ratio
-reports ‖∇θ λ2·L_aux‖ / ‖∇θ λ1·CE‖ at θ.
+bandwidth fixed|median and aux_align marginal|class (base.aux_loss_fn, mmd.py);
+log_grad_ratio reports ‖∇θ λ2·L_aux‖ / ‖∇θ λ1·CE‖ at θ.
 """
 
 from __future__ import annotations
