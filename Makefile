@@ -49,8 +49,12 @@ tune-demo: $(VENV)/.installed
 demo-ma2mi: $(VENV)/.installed
 	$(BIN)/lightman pretrain --method ma2mi --config configs/ma2mi.yaml --out runs/ma2mi seed=$(SEED)
 
+# Two pytest workers (pytest-xdist), whole files each, the longest files first (conftest.py):
+# much of the suite waits on Ray and HTTP start-ups, which overlap. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-test
-	RAY_AUTH_MODE=disabled OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q tests
+	RAY_AUTH_MODE=disabled OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q \
+		-n $(TEST_WORKERS) --dist loadfile tests
 
 $(VENV)/.installed-lint: | $(BIN)/python
 	$(BIN)/pip install -q '$(RUFF)'

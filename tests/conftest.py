@@ -3,6 +3,9 @@
 `s3_endpoint` starts the `moto_server` console script from this virtualenv on a free
 127.0.0.1 port and points the standard AWS variables at it for the whole session;
 `ray_local` starts a 2-CPU local Ray. Tests using them are marked `integration`.
+`make test` runs two pytest-xdist workers, a whole file each at a time (`--dist
+loadfile`); `pytest_collection_modifyitems` puts the longest files first, so that the two
+workers finish together. Each worker has its own moto_server and its own local Ray.
 """
 
 from __future__ import annotations
@@ -22,6 +25,21 @@ import pytest
 from lightman.tasks.schema import ClipRecord, Preprocessed, row_from_record
 
 S3_BUCKET = "lightman-test"
+# The files that take longest (seconds, one process on an idle 2-core machine): run first,
+# a worker that picks one up late would finish alone. The rest keep their order.
+LONGEST_FIRST = {
+    "test_distributed.py": 184,
+    "test_train.py": 176,
+    "test_tune.py": 70,
+    "test_data.py": 31,
+    "test_serve.py": 29,
+    "test_demo.py": 23,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest files first (stable: the order within a file is kept)."""
+    items.sort(key=lambda item: -LONGEST_FIRST.get(item.path.name, 0))
 
 
 def _free_port() -> int:
@@ -95,6 +113,9 @@ def ray_local(s3_endpoint):
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # two xdist workers each run a Ray on 2 cores: a Ray Train worker group may take
+    # longer than Ray's default 60 s to start (inherited by the Train controller)
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
