@@ -3,12 +3,14 @@
 Every experiment config is a frozen dataclass (possibly nested). `load_config(cls,
 path, overrides)` reads the YAML, applies dotted `key=value` overrides (values parsed
 as YAML scalars), rejects unknown keys with the list of valid ones, and builds the
-dataclass, whose `__post_init__` checks values.
+dataclass, whose `__post_init__` checks values. `load_yaml` reads both: YAML as PyYAML
+reads it, except that `1e-3` and `1.5e1` are the numbers a person means (YAML 1.2), not strings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -23,6 +25,22 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config key or value is invalid; the message names the key."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader plus YAML 1.2's exponent floats: without a dot or a sign (`1e-3`, `1.5e1`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """One YAML document (a config file, a space file or an override's value)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -132,7 +150,7 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml(raw) if raw != "" else ""
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -160,7 +178,7 @@ def load_config(
     data: dict = {}
     if path is not None:
         text = Path(path).read_text()
-        loaded = yaml.safe_load(text)
+        loaded = load_yaml(text)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

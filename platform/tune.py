@@ -134,9 +134,17 @@ class FreeOrphans(ray.tune.Callback):
             free_orphaned_placement_groups()
 
 
+def check_finite(record: dict) -> None:
+    """Raise FloatingPointError, naming the step and the losses, when a metrics record of a
+    training run holds a loss that is NaN or infinite (the run has diverged)."""
+    bad = {k: v for k, v in record.items() if "loss" in k and not math.isfinite(v)}
+    if bad:
+        raise FloatingPointError(f"diverged at step {record.get('iteration')}: {bad}")
+
+
 class TrialReport(TuneReportCallback):
     """Forwards rank 0's reports that carry a validation to Tune; fails the trial when the
-    training loss is not finite (the run has diverged)."""
+    training loss is not finite (`check_finite`)."""
 
     def __init__(self, metric: str) -> None:
         super().__init__()
@@ -144,9 +152,7 @@ class TrialReport(TuneReportCallback):
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         first = metrics[0]
-        bad = {k: v for k, v in first.items() if "loss" in k and not math.isfinite(v)}
-        if bad:
-            raise FloatingPointError(f"diverged at step {first.get('iteration')}: {bad}")
+        check_finite(first)
         if self.metric in first:
             super().after_report(run_context, metrics, checkpoint)
 

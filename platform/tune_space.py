@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
-from lightman.platform.config import ConfigError, _merge, from_dict, valid_keys
+from lightman.platform.config import ConfigError, _merge, from_dict, load_yaml, valid_keys
 from lightman.platform.train import TrainConfig
 
 Kind = Literal["uniform", "loguniform", "int", "choice"]
@@ -155,7 +155,7 @@ def load_space(path: str | Path) -> Space:
     """Read and validate a space file (tune_spaces/*.yaml)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     return parse_space(data, where=str(path))

@@ -36,6 +36,22 @@ def test_yaml_and_overrides(tmp_path):
     assert cfg == Outer(seed=3, name="maml", sigma=(0.5, 2.0), inner=Inner(inner_lr=0.5, steps=2))
 
 
+def test_exponent_floats_without_a_dot_are_numbers_in_files_and_overrides(tmp_path):
+    """PyYAML (YAML 1.1) reads `1e-3` and `1.5e1` as strings; a person means numbers (YAML 1.2)."""
+    p = tmp_path / "c.yaml"
+    p.write_text("inner:\n  inner_lr: 1e-3\nsigma: [5E2, 1.5e1]\n")
+    cfg = load_config(Outer, p)
+    assert cfg.inner.inner_lr == 1e-3 and cfg.sigma == (500.0, 15.0)
+    assert load_config(Outer, None, ["inner.inner_lr=-2e+4"]).inner.inner_lr == -2e4
+    assert parse_overrides(["a=1e", "b=e5", "c=10", "d=1_000"]) == {
+        "a": "1e",
+        "b": "e5",
+        "c": 10,
+        "d": 1000,
+    }
+    assert yaml.safe_load("x: 1.5e1") == {"x": "1.5e1"}  # the standard loader is unchanged
+
+
 def test_unknown_key_lists_valid_keys():
     with pytest.raises(ConfigError) as e:
         load_config(Outer, None, ["inner.stepz=2"])

@@ -14,6 +14,7 @@ data, before its Ray Train worker group starts):
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import optuna
@@ -23,8 +24,8 @@ import yaml
 from lightman.platform.cli import main
 from lightman.platform.config import ConfigError, load_config
 from lightman.platform.ingest import IngestConfig, ingest
-from lightman.platform.train import TrainConfig, prepare
-from lightman.platform.tune import SearchConfig, read_records, run_search
+from lightman.platform.train import TrainConfig, prepare, run_training
+from lightman.platform.tune import SearchConfig, check_finite, read_records, run_search
 from lightman.platform.tune_space import load_space, parse_space
 from lightman.tasks.synth import SynthConfig, synthesize
 
@@ -174,3 +175,23 @@ def test_the_cli_rejects_a_bad_space_before_starting_ray(tmp_path, capsys):
     rc = main(["tune", "--space", str(space), "--trials", "2", "--out", str(tmp_path / "s")])
     err = capsys.readouterr().err
     assert rc == 2 and "learner.sigmaa" in err and "'learner.sigma'" in err
+
+
+def test_a_diverging_run_fails_its_trial_at_the_first_non_finite_loss(index, tmp_path):
+    """A real run at an absurd learning rate: its own metrics stream, as Ray Train hands it
+    to a trial's report callback (`TrialReport` runs `check_finite` on every record), fails
+    the trial at the first non-finite loss, which the search then records as `error`, as
+    it does the failing trials above."""
+    cfg = load_config(
+        TrainConfig,
+        None,
+        [f"data.index={index}", *TINY, "learner.inner_lr=1e6", "learner.outer_lr=1e6"],
+    )
+    run_training(cfg, tmp_path / "diverged")  # in process: the loop itself goes on
+    log = (tmp_path / "diverged" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in log]
+    first_bad = next(r["iteration"] for r in records if not math.isfinite(r["outer_loss"]))
+    for r in records[: first_bad - 1]:
+        check_finite(r)  # finite: the trial goes on
+    with pytest.raises(FloatingPointError, match=rf"diverged at step {first_bad}: .*outer_loss"):
+        check_finite(records[first_bad - 1])
