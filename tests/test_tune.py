@@ -178,10 +178,11 @@ def test_the_cli_rejects_a_bad_space_before_starting_ray(tmp_path, capsys):
 
 
 def test_a_diverging_run_fails_its_trial_at_the_first_non_finite_loss(index, tmp_path):
-    """A real run at an absurd learning rate: its own metrics stream, as Ray Train hands it
-    to a trial's report callback (`TrialReport` runs `check_finite` on every record), fails
-    the trial at the first non-finite loss, which the search then records as `error`, as
-    it does the failing trials above."""
+    """A real run at an absurd learning rate. Rank 0 reports its metrics record to Ray Train
+    every `checkpoint_every` steps, and a trial's report callback (`TrialReport`) runs
+    `check_finite` on each: it passes the finite records and fails the trial, naming the
+    step, at the first non-finite loss; the search then records it as `error`, as it does
+    the failing trials above. (Once the weights are NaN every later loss is NaN too.)"""
     cfg = load_config(
         TrainConfig,
         None,
