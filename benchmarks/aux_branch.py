@@ -37,7 +37,12 @@ weights, each the mean over 8 training episodes and then over seeds. Everything 
 to <out>/aux_branch.json. Run on an idle machine: ~10 variants x seeds x shots demo runs.
 Each finished run leaves <run>/row.json and is read back instead of re-run, so an
 interrupted table resumes, and processes given disjoint --variants can share one --out
-(a last call with every variant then prints the whole table).
+(a last call with every variant then prints the whole table). With --results DIR each
+finished run's row (its accuracies per test episode, the ratios, its training config,
+the package versions and the machine's CPUs) is also kept as DIR/<shots>shot/<variant>/
+seed<k>.json and read back from there first: the repository's benchmarks/results/aux_branch
+holds the rows behind the README's tables, so a call with that folder prints them without
+training, and a table left unfinished continues where it stopped on any machine.
 """
 
 from __future__ import annotations
@@ -59,9 +64,11 @@ from lightman.models.checkpoint import load_checkpoint  # noqa: E402
 from lightman.models.learners import build_learner  # noqa: E402
 from lightman.models.modes import eval_mode  # noqa: E402
 from lightman.models.net import build_model  # noqa: E402
+from lightman.models.provenance import to_dict, versions  # noqa: E402
 from lightman.platform.config import load_config  # noqa: E402
 from lightman.platform.demo import DemoConfig  # noqa: E402
 from lightman.platform.generated import small_index  # noqa: E402
+from lightman.platform.index import read_manifest  # noqa: E402
 from lightman.platform.train import TrainConfig, prepare, run_training  # noqa: E402
 from lightman.tasks.episodes import fixed_episodes  # noqa: E402
 from lightman.tasks.metrics import mean_ci  # noqa: E402
@@ -188,6 +195,14 @@ def run_one(cfg: TrainConfig, out: Path, test_episodes: int) -> dict:
     return row
 
 
+def provenance(cfg: TrainConfig) -> dict:
+    """What a kept row carries beside its figures: the training config (the index named by
+    its content hash, not by a path of this machine), the versions and the machine's CPUs."""
+    config = to_dict(cfg)
+    config["data"]["index"] = read_manifest(cfg.data.index)["content_hash"]
+    return {"config": config, "versions": versions(), "cpus": os.cpu_count()}
+
+
 def ci(values) -> str:
     mean, half = mean_ci(np.asarray(values, dtype=np.float64))
     return f"{100 * mean:.1f} ± {100 * half:.1f}" if np.isfinite(half) else f"{100 * mean:.1f}"
@@ -243,6 +258,7 @@ def main() -> None:
     p.add_argument("--test-episodes", type=int, default=500)
     p.add_argument("--set", nargs="*", default=[], help="more train overrides, key=value")
     p.add_argument("--out", default="runs/aux_branch")
+    p.add_argument("--results", help="a folder of finished rows, read back and written (above)")
     p.add_argument("--tiny", action="store_true", help="a tiny generated index and schedule")
     a = p.parse_args()
     out = Path(a.out)
@@ -266,12 +282,18 @@ def main() -> None:
                     cfg = train_config(a.config, index, seed, shots, [*extra, *chosen[name]])
                     run = out / f"{shots}shot" / name / f"seed{seed}"
                     done = run / "row.json"  # a finished run is read back, not re-run
-                    if done.exists():
-                        results[shots][name][seed] = json.loads(done.read_text())
-                        continue
-                    print(f"[aux_branch] {shots}-shot {name} seed {seed} ...", flush=True)
-                    row = run_one(cfg, run, a.test_episodes)
-                    done.write_text(json.dumps(row))
+                    kept = a.results and Path(a.results, f"{shots}shot", name, f"seed{seed}.json")
+                    if kept and kept.exists():
+                        row = json.loads(kept.read_text())
+                    elif done.exists():
+                        row = json.loads(done.read_text())
+                    else:
+                        print(f"[aux_branch] {shots}-shot {name} seed {seed} ...", flush=True)
+                        row = run_one(cfg, run, a.test_episodes)
+                        done.write_text(json.dumps(row))
+                    if kept and not kept.exists():
+                        kept.parent.mkdir(parents=True, exist_ok=True)
+                        kept.write_text(json.dumps({**row, **provenance(cfg)}))
                     results[shots][name][seed] = row
     out.mkdir(parents=True, exist_ok=True)
     (out / "aux_branch.json").write_text(
