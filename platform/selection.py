@@ -18,6 +18,7 @@ from lightman.models.net import ModelConfig
 from lightman.platform.config import ConfigError
 from lightman.platform.index import BadIndexError, read_manifest, read_table
 from lightman.tasks.episodes import ClipPool
+from lightman.tasks.schema import INDEX_COLUMNS
 from lightman.tasks.splits import composite_pool
 
 
@@ -44,9 +45,14 @@ class DataSelection:
             )
 
 
-def primary_pool(data: DataSelection) -> ClipPool:
-    """The micro-expression pool of the primary datasets, under the selected labels."""
-    pool = load_pool(data.index, datasets=data.primary, expression="micro")
+def primary_pool(
+    data: DataSelection, *, subjects: Iterable[str] | None = None, frames: bool = True
+) -> ClipPool:
+    """The micro-expression pool of the primary datasets, under the selected labels (of
+    these subjects only, if given; without frames, if `frames=False`: see `ClipPool`)."""
+    pool = load_pool(
+        data.index, datasets=data.primary, expression="micro", subjects=subjects, frames=frames
+    )
     if data.labels == "composite3":
         pool, _ = composite_pool(pool, name="composite3")
     return pool
@@ -108,14 +114,19 @@ def load_pool(
     datasets: Iterable[str] | None = None,
     expression: str | None = None,
     subjects: Iterable[str] | None = None,
+    frames: bool = True,
 ) -> ClipPool:
-    """The filtered index as an in-memory `ClipPool` (frames (n, M, H, W, C) uint8)."""
+    """The filtered index as an in-memory `ClipPool` (frames (n, M, H, W, C) uint8); with
+    `frames=False` the frame bytes are not read (labels, subjects and shape only)."""
     manifest = read_manifest(uri)
-    table = read_table(uri, datasets=datasets, expression=expression, subjects=subjects)
+    columns = None if frames else [c for c in INDEX_COLUMNS if c not in ("frames", "flow")]
+    table = read_table(
+        uri, datasets=datasets, expression=expression, subjects=subjects, columns=columns
+    )
     if table.num_rows == 0:
         raise BadIndexError(
             f"no clips in index at {uri} match datasets={datasets}, "
             f"expression={expression}, subjects={subjects}"
         )
     table, class_names = unified_labels(table, manifest)
-    return ClipPool.from_table(table, class_names)
+    return ClipPool.from_table(table, class_names, frames=frames)

@@ -175,8 +175,11 @@ class RunData:
 
 def prepare(cfg: TrainConfig) -> RunData:
     """Load the pools and draw the subject split; a config the data cannot serve fails here,
-    naming the field, before any worker starts."""
-    pool = primary_pool(cfg.data)
+    naming the field, before any worker starts. In shard mode the driver reads no frame of
+    a training subject: the split is drawn from the clips' labels and subjects, the frames
+    of the validation and test subjects are read after it, and each worker reads its own."""
+    shard = cfg.data_mode == "shard"
+    pool = primary_pool(cfg.data, frames=not shard)
     aux_pool = auxiliary_pool(cfg.data)
     check_clip_shapes(cfg.model, {"primary": pool, "auxiliary": aux_pool})
     ep = cfg.episode
@@ -204,7 +207,7 @@ def prepare(cfg: TrainConfig) -> RunData:
     )
     train_pool, val_pool, test_pool = split_pools(pool, split)
     EpisodeSampler(train_pool, ep, seed=cfg.seed, aux_pool=aux_pool)  # raises if it cannot serve
-    if cfg.data_mode == "shard":
+    if shard:
         for rank in range(cfg.workers):
             mine = shard_subjects(split.train, rank, cfg.workers)
             try:
@@ -215,6 +218,14 @@ def prepare(cfg: TrainConfig) -> RunData:
                     f"{len(mine)} training subjects cannot serve its episodes ({e}); use "
                     "fewer workers or data_mode=replicate"
                 ) from e
+        held = primary_pool(cfg.data, subjects=[*split.val, *split.test])
+        if held.class_names != pool.class_names:  # a primary dataset absent from val + test
+            raise ConfigError(
+                f"data_mode=shard: the validation and test subjects give the classes "
+                f"{held.class_names}, the run's are {pool.class_names}; use data_mode=replicate"
+            )
+        val_pool = held.by_subjects(split.val, name="val")
+        test_pool = held.by_subjects(split.test, name="test")
     return RunData(train_pool, val_pool, test_pool, aux_pool, split, attempt)
 
 

@@ -66,6 +66,10 @@ class ClipPool:
     """Materialised clips, one row per clip (index columns as numpy arrays).
 
     `labels[i]` indexes `class_names`; every per-clip array has length n = frames.shape[0].
+    A pool without frames (`frames_loaded=False`, `from_table(..., frames=False)`) holds the
+    clips' labels, subjects and shape only: `frames` is a read-only zero view of no memory,
+    kept a view by `subset`. It can be counted, split and checked, never sampled (the
+    driver of a sharded run draws the split from it; each worker reads its own frames).
     """
 
     frames: np.ndarray  # (n, M, H, W, C) uint8
@@ -77,6 +81,7 @@ class ClipPool:
     expressions: np.ndarray  # (n,) str, "micro" | "macro"
     class_names: tuple[str, ...]
     name: str = "pool"  # used in error messages ("pool 'train' has: …")
+    frames_loaded: bool = True  # False: labels, subjects and shape only (above)
 
     def __post_init__(self) -> None:
         frames = np.asarray(self.frames)
@@ -132,10 +137,12 @@ class ClipPool:
 
     @classmethod
     def from_table(
-        cls, table: pa.Table, class_names: Sequence[str], name: str = "pool"
+        cls, table: pa.Table, class_names: Sequence[str], name: str = "pool", frames: bool = True
     ) -> ClipPool:
-        """A pool from index rows (tasks/schema.py: INDEX_SCHEMA) with materialised frames."""
-        missing = [c for c in POOL_COLUMNS if c not in table.column_names]
+        """A pool from index rows (tasks/schema.py: INDEX_SCHEMA) with materialised frames;
+        `frames=False`: without them (the table may lack the column), labels and shape only."""
+        needed = [c for c in POOL_COLUMNS if frames or c != "frames"]
+        missing = [c for c in needed if c not in table.column_names]
         if missing:
             raise PoolError(
                 f"pool {name!r}: the table lacks column(s) {missing}; it has {table.column_names}"
@@ -149,11 +156,14 @@ class ClipPool:
             raise PoolError(
                 f"pool {name!r}: rows without a label: {abbreviate(ids[nulls].tolist())}"
             )
-        frames = _decode_frames(
-            table.column("frames"), table.column("frames_shape").to_pylist(), ids, name
-        )
+        shapes = table.column("frames_shape").to_pylist()
+        if frames:
+            clips = _decode_frames(table.column("frames"), shapes, ids, name)
+        else:
+            shape = _one_shape(shapes, ids, name)
+            clips = np.broadcast_to(np.zeros((1, *shape), np.uint8), (len(ids), *shape))
         return cls(
-            frames=frames,
+            frames=clips,
             labels=label_col.to_numpy().astype(np.int64),
             subjects=table.column("subject").to_pylist(),
             clip_ids=ids,
@@ -162,6 +172,7 @@ class ClipPool:
             expressions=table.column("expression").to_pylist(),
             class_names=tuple(class_names),
             name=name,
+            frames_loaded=frames,
         )
 
     def _indices(self, sel: Sequence[int] | Sequence[bool] | np.ndarray) -> np.ndarray:
@@ -193,7 +204,12 @@ class ClipPool:
     ) -> ClipPool:
         """The clips selected by a boolean mask or integer indices (in that order)."""
         idx = self._indices(sel)
-        rows = {f: getattr(self, f)[idx] for f in _ARRAY_FIELDS}
+        rows = {f: getattr(self, f)[idx] for f in _ARRAY_FIELDS if f != "frames"}
+        rows["frames"] = (
+            self.frames[idx]
+            if self.frames_loaded
+            else np.broadcast_to(self.frames[:1], (idx.size, *self.clip_shape))
+        )
         return dataclasses.replace(self, **rows, name=name or self.name)
 
     def by_subjects(
@@ -259,9 +275,8 @@ def _call_label(
     return -1 if label is None else int(label)
 
 
-def _decode_frames(col: pa.ChunkedArray, shapes: list, ids: np.ndarray, name: str) -> np.ndarray:
-    """The `frames` column as one (n, M, H, W, C) uint8 array: one np.frombuffer over the
-    concatenated bytes (all clips must have the same shape)."""
+def _one_shape(shapes: list, ids: np.ndarray, name: str) -> tuple[int, int, int, int]:
+    """The one (M, H, W, C) of the clips' `frames_shape` values (a pool needs one)."""
     empty = [i for i, s in enumerate(shapes) if not s]
     if empty:
         raise PoolError(
@@ -279,6 +294,13 @@ def _decode_frames(col: pa.ChunkedArray, shapes: list, ids: np.ndarray, name: st
     shape = next(iter(by_shape))
     if len(shape) != 4:
         raise PoolError(f"pool {name!r}: frames_shape must be (M, H, W, C), got {shape}")
+    return shape  # type: ignore[return-value]
+
+
+def _decode_frames(col: pa.ChunkedArray, shapes: list, ids: np.ndarray, name: str) -> np.ndarray:
+    """The `frames` column as one (n, M, H, W, C) uint8 array: one np.frombuffer over the
+    concatenated bytes (all clips must have the same shape)."""
+    shape = _one_shape(shapes, ids, name)
     arr = col.combine_chunks()
     if arr.null_count:
         nulls = np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))
@@ -597,6 +619,11 @@ class EpisodeSampler:
 
     def _materialise(self, plan: _Plan) -> Episode:
         pool, aux = self.pool, self.aux_pool
+        if not pool.frames_loaded:
+            raise PoolError(
+                f"pool {pool.name!r} holds no frames (labels and subjects only): "
+                "it can be split and checked, not sampled"
+            )
         has_aux = plan.aux is not None
         return Episode(
             support_x=to_tensor(pool.frames[plan.support]),

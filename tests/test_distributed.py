@@ -23,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,7 +31,7 @@ from lightman.platform import generated
 from lightman.platform.cli import main
 from lightman.platform.config import load_config
 from lightman.platform.run_state import latest_checkpoint, load_state, write_checkpoint
-from lightman.platform.train import TrainConfig, run_training, shard_subjects
+from lightman.platform.train import TrainConfig, prepare, run_training, shard_subjects
 
 TINY = [
     "episode.ways=3",
@@ -243,7 +244,18 @@ def test_shard_mode_trains_each_worker_on_its_own_subjects(ray_local, index, tmp
     assert "data_mode=shard with workers=2: worker" in capsys.readouterr().err
     out = tmp_path / "shard"
     two_way = ["episode.ways=2", "model.ways=2"]
-    run_training(config(index, *shard, *two_way), out)  # rank r reads its rows via Ray Data
+    cfg = config(index, *shard, *two_way)
+    data = prepare(cfg)  # the driver reads no frame of a training subject
+    assert not data.train.frames_loaded and data.train.frames.strides[0] == 0
+    assert data.val.frames_loaded and data.test.frames_loaded
+    whole = prepare(config(index, "workers=2", *two_way))  # replicate: the same split and pools
+    assert data.split == whole.split
+    for mine, ref in ((data.val, whole.val), (data.test, whole.test)):
+        assert mine.clip_ids.tolist() == ref.clip_ids.tolist()
+        np.testing.assert_array_equal(mine.frames, ref.frames)
+        assert mine.class_names == ref.class_names
+    assert data.train.clip_ids.tolist() == whole.train.clip_ids.tolist()
+    run_training(cfg, out)  # rank r reads its rows via Ray Data
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [1, 2]
     assert all(0 < r["outer_loss"] < 5 for r in records)

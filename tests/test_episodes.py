@@ -322,6 +322,28 @@ def test_from_table_round_trip_over_chunks_and_slices():
         np.testing.assert_array_equal(recast.frames, pool.frames)
 
 
+def test_a_pool_without_frames_holds_labels_and_shape_only_and_is_never_sampled():
+    classes = ("negative", "positive", "surprise")
+    rows, _ = _rows(9, (2, 3, 5, 3))
+    table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
+    full = ClipPool.from_table(table, classes)
+    meta = ClipPool.from_table(table.drop_columns(["frames", "flow"]), classes, frames=False)
+    assert not meta.frames_loaded and full.frames_loaded
+    assert meta.clip_shape == full.clip_shape == (2, 3, 5, 3) and len(meta) == 9
+    for f in ("labels", "subjects", "clip_ids", "datasets", "emotions", "expressions"):
+        np.testing.assert_array_equal(getattr(meta, f), getattr(full, f))
+    part = meta.by_subjects(["smic/s1"]).relabel(lambda d, e: 0 if e == "surprise" else 1, "ab")
+    assert part.clip_ids.tolist() == [f"smic/s1/c{i}" for i in (1, 3, 5, 7)]
+    assert not part.frames_loaded and part.frames.shape == (4, 2, 3, 5, 3)
+    assert part.frames.strides[0] == 0 and not part.frames.flags.writeable  # a view, no memory
+    cfg = EpisodeConfig(ways=2, shots=1, query=1, aux_shots=0)
+    sampler = EpisodeSampler(meta, cfg, seed=0)  # checking that it could serve works
+    with pytest.raises(PoolError, match="holds no frames"):
+        sampler.sample()
+    with pytest.raises(PoolError, match=r"lacks column\(s\) \['frames_shape'\]"):
+        ClipPool.from_table(table.drop_columns(["frames_shape"]), classes, frames=False)
+
+
 def test_from_table_errors_name_clips():
     classes = ("negative", "positive", "surprise")
     rows, _ = _rows(2, (2, 3, 5, 3))
