@@ -285,6 +285,9 @@ def main() -> None:
                     kept = a.results and Path(a.results, f"{shots}shot", name, f"seed{seed}.json")
                     if kept and kept.exists():
                         row = json.loads(kept.read_text())
+                        made_on = row["config"]["data"]["index"]
+                        if made_on != read_manifest(cfg.data.index)["content_hash"]:
+                            p.error(f"{kept} was measured on index {made_on}, not {index}")
                     elif done.exists():
                         row = json.loads(done.read_text())
                     else:
