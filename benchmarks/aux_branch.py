@@ -286,8 +286,9 @@ def main() -> None:
                     if kept and kept.exists():
                         row = json.loads(kept.read_text())
                         made_on = row["config"]["data"]["index"]
-                        if made_on != read_manifest(cfg.data.index)["content_hash"]:
-                            p.error(f"{kept} was measured on index {made_on}, not {index}")
+                        here = read_manifest(cfg.data.index)["content_hash"]
+                        if made_on != here:
+                            p.error(f"{kept} was measured on index {made_on}, not {here}")
                     elif done.exists():
                         row = json.loads(done.read_text())
                     else:
