@@ -195,11 +195,11 @@ def run_one(cfg: TrainConfig, out: Path, test_episodes: int) -> dict:
     return row
 
 
-def provenance(cfg: TrainConfig) -> dict:
+def provenance(cfg: TrainConfig, index_hash: str) -> dict:
     """What a kept row carries beside its figures: the training config (the index named by
     its content hash, not by a path of this machine), the versions and the machine's CPUs."""
     config = to_dict(cfg)
-    config["data"]["index"] = read_manifest(cfg.data.index)["content_hash"]
+    config["data"]["index"] = index_hash
     return {"config": config, "versions": versions(), "cpus": os.cpu_count()}
 
 
@@ -273,6 +273,7 @@ def main() -> None:
         classes = len(prepare(base).train.class_names)
         chosen = variants(base, classes)
         names = a.variants or list(chosen)
+        index_hash = read_manifest(index)["content_hash"]  # what kept rows were measured on
         results: dict = {}
         for shots in a.shots:
             results[shots] = {}
@@ -282,13 +283,16 @@ def main() -> None:
                     cfg = train_config(a.config, index, seed, shots, [*extra, *chosen[name]])
                     run = out / f"{shots}shot" / name / f"seed{seed}"
                     done = run / "row.json"  # a finished run is read back, not re-run
-                    kept = a.results and Path(a.results, f"{shots}shot", name, f"seed{seed}.json")
+                    kept = (
+                        Path(a.results, f"{shots}shot", name, f"seed{seed}.json")
+                        if a.results
+                        else None
+                    )
                     if kept and kept.exists():
                         row = json.loads(kept.read_text())
                         made_on = row["config"]["data"]["index"]
-                        here = read_manifest(cfg.data.index)["content_hash"]
-                        if made_on != here:
-                            p.error(f"{kept} was measured on index {made_on}, not {here}")
+                        if made_on != index_hash:
+                            p.error(f"{kept} was measured on index {made_on}, not {index_hash}")
                     elif done.exists():
                         row = json.loads(done.read_text())
                     else:
@@ -297,7 +301,7 @@ def main() -> None:
                         done.write_text(json.dumps(row))
                     if kept and not kept.exists():
                         kept.parent.mkdir(parents=True, exist_ok=True)
-                        kept.write_text(json.dumps({**row, **provenance(cfg)}))
+                        kept.write_text(json.dumps({**row, **provenance(cfg, index_hash)}))
                     results[shots][name][seed] = row
     out.mkdir(parents=True, exist_ok=True)
     (out / "aux_branch.json").write_text(
