@@ -64,11 +64,12 @@ from lightman.models.checkpoint import load_checkpoint  # noqa: E402
 from lightman.models.learners import build_learner  # noqa: E402
 from lightman.models.modes import eval_mode  # noqa: E402
 from lightman.models.net import build_model  # noqa: E402
-from lightman.models.provenance import to_dict, versions  # noqa: E402
+from lightman.models.provenance import to_dict  # noqa: E402
 from lightman.platform.config import load_config  # noqa: E402
 from lightman.platform.demo import DemoConfig  # noqa: E402
 from lightman.platform.generated import small_index  # noqa: E402
 from lightman.platform.index import read_manifest  # noqa: E402
+from lightman.platform.kept import KeptRowError, read_row, write_row  # noqa: E402
 from lightman.platform.train import TrainConfig, prepare, run_training  # noqa: E402
 from lightman.tasks.episodes import fixed_episodes  # noqa: E402
 from lightman.tasks.metrics import mean_ci  # noqa: E402
@@ -195,12 +196,12 @@ def run_one(cfg: TrainConfig, out: Path, test_episodes: int) -> dict:
     return row
 
 
-def provenance(cfg: TrainConfig, index_hash: str) -> dict:
-    """What a kept row carries beside its figures: the training config (the index named by
-    its content hash, not by a path of this machine), the versions and the machine's CPUs."""
+def path_free(cfg: TrainConfig, index_hash: str) -> dict:
+    """The training config of a kept row, the index named by its content hash, not by a
+    path of this machine."""
     config = to_dict(cfg)
     config["data"]["index"] = index_hash
-    return {"config": config, "versions": versions(), "cpus": os.cpu_count()}
+    return config
 
 
 def ci(values) -> str:
@@ -288,20 +289,18 @@ def main() -> None:
                         if a.results
                         else None
                     )
-                    if kept and kept.exists():
-                        row = json.loads(kept.read_text())
-                        made_on = row["config"]["data"]["index"]
-                        if made_on != index_hash:
-                            p.error(f"{kept} was measured on index {made_on}, not {index_hash}")
-                    elif done.exists():
+                    try:
+                        row = read_row(kept, index_hash) if kept else None
+                    except KeptRowError as e:
+                        p.error(str(e))
+                    if row is None and done.exists():
                         row = json.loads(done.read_text())
-                    else:
+                    elif row is None:
                         print(f"[aux_branch] {shots}-shot {name} seed {seed} ...", flush=True)
                         row = run_one(cfg, run, a.test_episodes)
                         done.write_text(json.dumps(row))
                     if kept and not kept.exists():
-                        kept.parent.mkdir(parents=True, exist_ok=True)
-                        kept.write_text(json.dumps({**row, **provenance(cfg, index_hash)}))
+                        write_row(kept, row, path_free(cfg, index_hash), index_hash)
                     results[shots][name][seed] = row
     out.mkdir(parents=True, exist_ok=True)
     (out / "aux_branch.json").write_text(

@@ -107,18 +107,23 @@ def _value_bytes(value) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
+# Where a clip's source lay is provenance, not content: the same release ingested from a
+# copy in another folder, or from S3, gives the same rows and the same hash.
+CONTENT_COLUMNS = tuple(c for c in INDEX_COLUMNS if c != "source_uri")
+
+
 def row_digest(row: dict) -> bytes:
-    """sha256 of one row over every column of INDEX_SCHEMA (name, length and value)."""
+    """sha256 of one row over CONTENT_COLUMNS (name, length and value)."""
     h = hashlib.sha256()
-    for name in INDEX_COLUMNS:
+    for name in CONTENT_COLUMNS:
         b = _value_bytes(row[name])
         h.update(name.encode() + b"\0" + len(b).to_bytes(8, "little") + b)
     return h.digest()
 
 
 def table_digests(table: pa.Table) -> list[bytes]:
-    """Row digests of a table holding all INDEX_SCHEMA columns (values as stored)."""
-    return [row_digest(r) for r in table.select(list(INDEX_COLUMNS)).to_pylist()]
+    """Row digests of a table holding all CONTENT_COLUMNS (values as stored)."""
+    return [row_digest(r) for r in table.select(list(CONTENT_COLUMNS)).to_pylist()]
 
 
 def combine_digests(digests: Iterable[bytes]) -> str:

@@ -113,6 +113,11 @@ def test_content_hash_order_independent_sensitive_and_recomputable(
     c = index.write_index(changed, str(tmp_path / "c"), dataset_entry("casme2"))
     assert c.content_hash != a.content_hash
 
+    # where the source lay is not content: the same rows from another folder hash the same
+    moved = [{**r, "source_uri": "s3://bucket/elsewhere/" + r["source_uri"]} for r in rows]
+    d = index.write_index(moved, str(tmp_path / "d"), dataset_entry("casme2"))
+    assert d.content_hash == a.content_hash
+
     # the hash is over the stored values, so it can be recomputed from the files
     table = index.read_table(str(tmp_path / "b"))
     assert index.combine_digests(index.table_digests(table)) == b.entry("casme2")["content_hash"]

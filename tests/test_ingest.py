@@ -208,6 +208,7 @@ def test_ingest_from_and_to_s3(s3_endpoint, casme2_src, tmp_path):
     b = index.read_table(str(tmp_path / "idx")).sort_by("clip_id")
     # the same clips, frames and labels; only where they came from differs
     assert a.drop_columns(["source_uri"]).equals(b.drop_columns(["source_uri"]))
+    assert remote.content_hash == local.content_hash  # the hash names content, not location
     assert all(
         u.startswith(f"s3://{bucket}/releases/CASME2/") for u in a.column("source_uri").to_pylist()
     )

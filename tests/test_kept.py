@@ -1,0 +1,36 @@
+import json
+
+import pytest
+
+from lightman.platform.kept import KeptRowError, read_row, write_row
+
+HASH = "sha256:" + "a" * 64
+
+
+def test_a_kept_row_reads_back_with_its_provenance(tmp_path):
+    path = tmp_path / "5shot" / "maml" / "seed0.json"
+    assert read_row(path, HASH) is None  # nothing kept yet: the caller trains
+    written = write_row(path, {"acc": [0.5, 0.7]}, {"seed": 0}, HASH)
+    row = read_row(path, HASH)
+    assert row == written and row["acc"] == [0.5, 0.7] and row["index"] == HASH
+    assert row["config"] == {"seed": 0} and "torch" in row["versions"] and row["cpus"] >= 1
+    assert [p.name for p in path.parent.iterdir()] == ["seed0.json"]  # no temporary left
+
+
+def test_a_row_from_another_index_or_unreadable_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "seed0.json"
+    write_row(path, {"acc": [0.5]}, {}, HASH)
+    other = "sha256:" + "b" * 64
+    with pytest.raises(
+        KeptRowError, match=rf"seed0.json was measured on index {HASH}, not {other}"
+    ):
+        read_row(path, other)
+    path.write_text(json.dumps({"acc": [0.5]})[:-3])
+    with pytest.raises(KeptRowError, match="seed0.json: not a kept row"):
+        read_row(path, HASH)
+
+
+def test_figures_may_not_shadow_the_provenance(tmp_path):
+    with pytest.raises(KeptRowError, match=r"provenance keys \['index'\]"):
+        write_row(tmp_path / "r.json", {"acc": [1.0], "index": "mine"}, {}, HASH)
+    assert not (tmp_path / "r.json").exists()
