@@ -23,6 +23,13 @@ subject split, the episodes and the initialisation.
 Printed: per variant and metric the mean over seeds with the 95% CI across seeds (Student
 t, n - 1 dof) and the per-seed values; all of it also goes to <out>/ma2mi.json. Nothing
 here decides the question for real data: the index is generated.
+
+Each finished run leaves <out>/<variant>-s<seed>/row.json, read back instead of re-run.
+With --results DIR its figures are also kept as DIR/<kind>/<variant>/seed<k>.json with
+their configs (training, pre-training, LOSO; the index by content hash), the versions and
+the CPUs (platform/kept.py), and read back from there first, before any pre-training:
+benchmarks/results/ma2mi holds the rows behind the README's table, so the table prints
+without training and an unfinished one continues on any machine, a seed at a time.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ import yaml  # noqa: E402
 from lightman.models.provenance import to_dict, versions  # noqa: E402
 from lightman.platform.config import load_config  # noqa: E402
 from lightman.platform.demo import DemoConfig  # noqa: E402
+from lightman.platform.index import read_manifest  # noqa: E402
+from lightman.platform.kept import KeptRowError, read_row, write_row  # noqa: E402
 from lightman.platform.megc import MegcConfig, evaluate_megc  # noqa: E402
 from lightman.platform.pretrain import PretrainConfig, run_pretraining  # noqa: E402
 from lightman.platform.train import TrainConfig, run_training  # noqa: E402
@@ -61,6 +70,7 @@ MEGC = {
     "miacnet_sup_pre": (MIA, "miacnet"),
     "action_sup_pre": (ACTION, "miacnet_action"),
 }
+METRICS = {"fewshot": ("acc", "uf1"), "megc": ("uf1", "uar", "acc")}
 TINY_TRAIN = ["iterations=2", "val_episodes=2", "test_episodes=4", "eval_every=1"]
 TINY_PRETRAIN = ["steps=3", "log_every=1"]
 
@@ -74,35 +84,44 @@ def base_yaml(tmp: Path) -> str:
     return str(path)
 
 
-def pretrain(index: str, backbone: str, seed: int, out: Path, extra: list[str]) -> str:
-    path = out / f"pre-{backbone}-s{seed}" / "encoder.pt"
+def pretrain_config(index: str, backbone: str, seed: int, extra: list[str]) -> PretrainConfig:
+    over = [f"index={index}", f"seed={seed}", f"model.backbone={backbone}", *extra]
+    return load_config(PretrainConfig, "configs/ma2mi.yaml", over)
+
+
+def pretrained(cfg: PretrainConfig, out: Path) -> str:
+    """The encoder of `cfg`'s pre-training, run once per --out."""
+    path = out / f"pre-{cfg.model.backbone}-s{cfg.seed}" / "encoder.pt"
     if not path.is_file():
-        over = [f"index={index}", f"seed={seed}", f"model.backbone={backbone}", *extra]
-        run_pretraining(load_config(PretrainConfig, "configs/ma2mi.yaml", over), path.parent)
+        run_pretraining(cfg, path.parent)
     return str(path)
 
 
-def run_variant(name, kind, overrides, encoder, base, index, seed, out, extra, epochs):
-    row_path = out / f"{name}-s{seed}" / "row.json"
-    if row_path.is_file():  # a finished run is read back: an interrupted table resumes
-        return json.loads(row_path.read_text())
+def path_free(train: TrainConfig, pre: PretrainConfig | None, megc: MegcConfig | None, index_hash):
+    """A kept row's config: the training run's, the pre-training's that made its encoder
+    (model.init names it) and the LOSO's, the index named by its content hash."""
+    config = {"train": to_dict(train), "pretrain": to_dict(pre) if pre else None}
+    config["train"]["data"]["index"] = index_hash
+    if pre:
+        config["train"]["model"]["init"] = "pretrain"
+        config["pretrain"]["index"] = index_hash
+    config["megc"] = to_dict(megc) if megc else None
+    return config
+
+
+def run_variant(kind, overrides, pre, base, index, seed, run_dir, extra, epochs, out):
+    """One variant's figures: a few-shot run's test ACC / UF1, or MEGC LOSO UF1 / UAR / ACC."""
     over = [f"data.index={index}", f"seed={seed}", *overrides, *extra]
-    if encoder:
-        over.append(f"model.init={encoder}")
+    if pre:
+        over.append(f"model.init={pretrained(pre, out)}")
     if kind == "megc":
-        over += ["learner.name=supervised"]
-        cfg = load_config(TrainConfig, base, over)
-        metrics, _ = evaluate_megc(
-            to_dict(cfg), index, MegcConfig(epochs=epochs), seed, row_path.parent, {}
-        )
-        row = {k: metrics["metrics"]["all"][k] for k in ("uf1", "uar", "acc")}
-    else:
-        cfg = load_config(TrainConfig, base, over)
-        metrics = run_training(cfg, row_path.parent).metrics
-        row = {"acc": metrics["test"]["acc"][0], "uf1": metrics["test"]["uf1"][0]}
-    row_path.parent.mkdir(parents=True, exist_ok=True)
-    row_path.write_text(json.dumps(row))
-    return row
+        megc = MegcConfig(epochs=epochs)
+        cfg = load_config(TrainConfig, base, [*over, "learner.name=supervised"])
+        metrics, _ = evaluate_megc(to_dict(cfg), index, megc, seed, run_dir, {})
+        return cfg, megc, {k: metrics["metrics"]["all"][k] for k in ("uf1", "uar", "acc")}
+    cfg = load_config(TrainConfig, base, over)
+    metrics = run_training(cfg, run_dir).metrics
+    return cfg, None, {"acc": metrics["test"]["acc"][0], "uf1": metrics["test"]["uf1"][0]}
 
 
 def main() -> None:
@@ -111,6 +130,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--out", default="runs/bench-ma2mi")
     p.add_argument("--epochs", type=int, default=30, help="MEGC LOSO epochs per fold")
+    p.add_argument("--results", help="a folder of kept rows, read back first and written")
     p.add_argument("--tiny", action="store_true", help="a smoke run on a small generated index")
     a = p.parse_args()
     out = Path(a.out)
@@ -125,27 +145,31 @@ def main() -> None:
         pre_extra = [*TINY_PRETRAIN, "datasets=[ckplus]", "holdout_fraction=0.5"]
         train_extra, epochs = TINY_TRAIN, 1
         a.seeds = a.seeds[:2]
+    index_hash = read_manifest(index)["content_hash"]  # what kept rows were measured on
     with tempfile.TemporaryDirectory() as tmp:
         base = base_yaml(Path(tmp))
         table: dict[str, list[dict]] = {}
         for seed in a.seeds:
-            enc = {
-                b: pretrain(index, b, seed, out, pre_extra) for b in ("miacnet", "miacnet_action")
-            }
             for kind, variants in (("fewshot", FEWSHOT), ("megc", MEGC)):
                 for name, (over, which) in variants.items():
-                    row = run_variant(
-                        name,
-                        kind,
-                        over,
-                        enc.get(which),
-                        base,
-                        index,
-                        seed,
-                        out,
-                        train_extra,
-                        epochs,
-                    )
+                    pre = pretrain_config(index, which, seed, pre_extra) if which else None
+                    run_dir = out / f"{name}-s{seed}"
+                    kept = Path(a.results, kind, name, f"seed{seed}.json") if a.results else None
+                    try:
+                        row = read_row(kept, index_hash) if kept else None
+                    except KeptRowError as e:
+                        p.error(str(e))
+                    if row is None and (run_dir / "row.json").is_file():
+                        row = json.loads((run_dir / "row.json").read_text())
+                    elif row is None:  # a finished run is read back: an interrupted table resumes
+                        cfg, megc, row = run_variant(
+                            kind, over, pre, base, index, seed, run_dir, train_extra, epochs, out
+                        )
+                        run_dir.mkdir(parents=True, exist_ok=True)
+                        (run_dir / "row.json").write_text(json.dumps(row))
+                        if kept:
+                            write_row(kept, row, path_free(cfg, pre, megc, index_hash), index_hash)
+                    row = {m: row[m] for m in METRICS[kind]}
                     table.setdefault(f"{kind}/{name}", []).append(row)
                     print(f"[ma2mi] seed {seed} {kind}/{name}: {row}", flush=True)
     summary = {
@@ -162,7 +186,7 @@ def main() -> None:
             per = ", ".join(f"{100 * x:.1f}" for x in s["seeds"])
             lines.append(f"| {v} | {m} | {100 * mean:.2f} ± {100 * ci:.2f} | {per} |")
     print("\n".join(lines))
-    record = {"seeds": a.seeds, "index": index, "summary": summary, "versions": versions()}
+    record = {"seeds": a.seeds, "index": index_hash, "summary": summary, "versions": versions()}
     (out / "ma2mi.json").write_text(json.dumps(record, indent=2))
 
 
