@@ -7,9 +7,9 @@ public code), and write every choice down here:
 
 - Action branch, on the motion: the apex frame minus the onset frame (MMNet: `x5 - x1`).
   The clips hold M frames sampled onset -> offset, and the sampled frames need not contain
-  the annotated apex, so the apex is the sampled frame t >= 1 with the largest mean
-  |frame_t - frame_0| (the "diff" apex estimate of tasks/preprocess.py, on the sampled
-  frames; `apex_motion`). A stem (conv3x3-norm-ReLU-2x2 max-pool, MMNet: a stride-2
+  the annotated apex, so the apex is the sampled frame farthest from neutral, neutral
+  being the onset -> offset blend (the "diff" apex estimate of tasks/preprocess.py, on the
+  sampled frames; `apex_motion`). A stem (conv3x3-norm-ReLU-2x2 max-pool, MMNet: a stride-2
   conv) then four CA blocks (MMNet's `CABlock`): conv3x3 (stride 1, then 2, 2, 2) -> norm
   -> ReLU -> conv1x1 -> norm, a residual shortcut, ReLU; then a spatial attention map
   a = sigmoid(conv1x1([mean over channels, max over channels])), multiplied by the previous
@@ -63,11 +63,21 @@ def attention_heads(dim: int) -> int:
 
 
 def apex_motion(x: Tensor) -> Tensor:
-    """x (B, M, C, H, W) -> apex - onset (B, 1, C, H, W); the apex is the frame t >= 1 with the
-    largest mean |frame_t - frame_0| (ties: the earliest). A function of x alone."""
-    delta = x[:, 1:] - x[:, :1]  # (B, M-1, C, H, W)
-    apex = delta.abs().mean(dim=(2, 3, 4)).argmax(dim=1)  # (B,)
-    return delta[torch.arange(x.shape[0], device=x.device), apex].unsqueeze(1)
+    """x (B, M, C, H, W) -> apex - onset (B, 1, C, H, W). The apex is the frame 0 < t < M-1
+    farthest from neutral, where neutral at t is the blend (1 - w)·onset + w·offset,
+    w = t / (M - 1): the "diff" estimate of tasks/preprocess.py (motion_scores with its
+    offset blend, without the blur). The blend cancels slow drift (illumination, head pose):
+    without it the last sampled frame was the apex of 241 of the demo's 246 micro clips, and
+    MIACNet's action branch saw offset - onset, with the expression gone. Ties: the
+    earliest; with M = 2 the apex is frame 1. A function of x alone."""
+    b, m = x.shape[:2]
+    if m <= 2:
+        return x[:, 1:2] - x[:, :1]
+    w = torch.linspace(0.0, 1.0, m, dtype=x.dtype, device=x.device).view(1, m, 1, 1, 1)
+    neutral = (1 - w) * x[:, :1] + w * x[:, -1:]  # (B, M, C, H, W)
+    score = (x[:, 1:-1] - neutral[:, 1:-1]).abs().mean(dim=(2, 3, 4))  # (B, M-2)
+    apex = score.argmax(dim=1) + 1  # (B,)
+    return (x[torch.arange(b, device=x.device), apex] - x[:, 0]).unsqueeze(1)
 
 
 class CABlock(nn.Module):

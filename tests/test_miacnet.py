@@ -14,6 +14,7 @@ from torch.func import functional_call
 from lightman.models.learners import LearnerConfig, build_learner
 from lightman.models.miacnet import apex_motion
 from lightman.models.net import PRESETS, build_model
+from lightman.tasks.preprocess import spot_apex
 
 sys.path.insert(0, str(Path(__file__).parent))  # pytest runs with --import-mode=importlib
 from test_meta_gradient import DT, assert_close, make_tasks, ref_meta_grad  # noqa: E402
@@ -101,6 +102,18 @@ def test_apex_is_the_frame_that_moved_most():
     motion = apex_motion(x)
     assert motion.shape == (2, 1, 1, 4, 4)
     assert torch.equal(motion[0, 0], x[0, 3]) and torch.equal(motion[1, 0], x[1, 1])
+
+
+def test_apex_is_not_the_last_frame_of_a_drifting_clip():
+    # illumination drifts linearly onset -> offset (0.1 per frame); a smaller bump at t = 2.
+    # |frame_t - onset| is largest at the last frame; against the onset -> offset blend the
+    # drift cancels and the bump is the apex, as ingest's estimate finds it
+    t = torch.arange(6, dtype=torch.float32).view(1, 6, 1, 1, 1)
+    x = (0.1 * t).expand(1, 6, 1, 4, 4).clone()
+    x[0, 2] += 0.3
+    assert torch.allclose(apex_motion(x)[0, 0], x[0, 2] - x[0, 0])
+    frames = (x[0, :, 0] * 255).numpy()  # the same clip through the ingest estimate
+    assert spot_apex(frames) == 2
 
 
 @pytest.mark.parametrize("name,steps", [("lightman", 2), ("maml", 1)])
