@@ -130,6 +130,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--out", default="runs/bench-ma2mi")
     p.add_argument("--epochs", type=int, default=30, help="MEGC LOSO epochs per fold")
+    kinds = ["fewshot", "megc"]
+    p.add_argument("--kinds", nargs="+", choices=kinds, default=kinds, help="which halves to run")
     p.add_argument("--results", help="a folder of kept rows, read back first and written")
     p.add_argument("--tiny", action="store_true", help="a smoke run on a small generated index")
     a = p.parse_args()
@@ -150,7 +152,8 @@ def main() -> None:
         base = base_yaml(Path(tmp))
         table: dict[str, list[dict]] = {}
         for seed in a.seeds:
-            for kind, variants in (("fewshot", FEWSHOT), ("megc", MEGC)):
+            for kind in a.kinds:
+                variants = FEWSHOT if kind == "fewshot" else MEGC
                 for name, (over, which) in variants.items():
                     pre = pretrain_config(index, which, seed, pre_extra) if which else None
                     run_dir = out / f"{name}-s{seed}"
