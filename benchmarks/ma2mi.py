@@ -21,8 +21,10 @@ subject split, the episodes and the initialisation.
       action_sup_pre        action branch + its MA2MI encoder
 
 Printed: per variant and metric the mean over seeds with the 95% CI across seeds (Student
-t, n - 1 dof) and the per-seed values; all of it also goes to <out>/ma2mi.json. Nothing
-here decides the question for real data: the index is generated.
+t, n - 1 dof), the per-seed values and the paired difference against the kind's
+reference (Conv4 + LightmanNet; MIACNet from scratch), per seed, then mean ± CI; all of
+it also goes to <out>/ma2mi.json. Nothing here decides the question for real data: the
+index is generated.
 
 Each finished run leaves <out>/<variant>-s<seed>/row.json, read back instead of re-run.
 With --results DIR its figures are also kept as DIR/<kind>/<variant>/seed<k>.json with
@@ -71,6 +73,19 @@ MEGC = {
     "action_sup_pre": (ACTION, "miacnet_action"),
 }
 METRICS = {"fewshot": ("acc", "uf1"), "megc": ("uf1", "uar", "acc")}
+# each kind's reference: the paired column is, per seed, variant - reference, then mean ± CI
+REFERENCE = {"fewshot": "fewshot/conv4_lightman", "megc": "megc/miacnet_sup"}
+# the ablations of the MA2MI abstract and the question of the table: (variant, reference)
+CONTRASTS = {
+    "pre-training on - off (MIACNet, MAML)": ("fewshot/miacnet_maml_pre", "fewshot/miacnet_maml"),
+    "one branch - two (pre-trained, MAML)": ("fewshot/action_maml_pre", "fewshot/miacnet_maml_pre"),
+    "+ LightmanNet alignment (pre-trained MIACNet)": (
+        "fewshot/miacnet_lightman_pre",
+        "fewshot/miacnet_maml_pre",
+    ),
+    "pre-training on - off (MIACNet, MEGC)": ("megc/miacnet_sup_pre", "megc/miacnet_sup"),
+    "one branch - two (pre-trained, MEGC)": ("megc/action_sup_pre", "megc/miacnet_sup_pre"),
+}
 TINY_TRAIN = ["iterations=2", "val_episodes=2", "test_episodes=4", "eval_every=1"]
 TINY_PRETRAIN = ["steps=3", "log_every=1"]
 
@@ -122,6 +137,11 @@ def run_variant(kind, overrides, pre, base, index, seed, run_dir, extra, epochs,
     cfg = load_config(TrainConfig, base, over)
     metrics = run_training(cfg, run_dir).metrics
     return cfg, None, {"acc": metrics["test"]["acc"][0], "uf1": metrics["test"]["uf1"][0]}
+
+
+def paired(rows: list[dict], ref: list[dict], metric: str) -> tuple[float, float]:
+    """Mean ± 95% CI across seeds of the per-seed difference rows - ref (same seeds)."""
+    return mean_ci([r[metric] - q[metric] for r, q in zip(rows, ref, strict=True)])
 
 
 def main() -> None:
@@ -177,17 +197,34 @@ def main() -> None:
                     print(f"[ma2mi] seed {seed} {kind}/{name}: {row}", flush=True)
     summary = {
         v: {
-            m: {"mean_ci": mean_ci([r[m] for r in rows]), "seeds": [r[m] for r in rows]}
+            m: {
+                "mean_ci": mean_ci([r[m] for r in rows]),
+                "seeds": [r[m] for r in rows],
+                "paired": paired(rows, table[REFERENCE[v.split("/")[0]]], m),
+            }
             for m in rows[0]
         }
         for v, rows in table.items()
     }
-    lines = ["| variant | metric | mean ± 95% CI (seeds) | per seed |", "|---|---|---|---|"]
+    lines = ["| variant | metric | mean ± 95% CI (seeds) | per seed | paired vs reference |"]
+    lines.append("|---|---|---|---|---|")
     for v, ms in summary.items():
         for m, s in ms.items():
             mean, ci = s["mean_ci"]
             per = ", ".join(f"{100 * x:.1f}" for x in s["seeds"])
-            lines.append(f"| {v} | {m} | {100 * mean:.2f} ± {100 * ci:.2f} | {per} |")
+            d, dci = s["paired"]
+            vs = (
+                "-"
+                if v.endswith(REFERENCE[v.split("/")[0]])
+                else f"{100 * d:+.1f} ± {100 * dci:.1f}"
+            )
+            lines.append(f"| {v} | {m} | {100 * mean:.1f} ± {100 * ci:.1f} | {per} | {vs} |")
+    lines += ["", "| contrast (paired by seed) | metric | mean ± 95% CI |", "|---|---|---|"]
+    for label, (v, ref) in CONTRASTS.items():
+        if v in table and ref in table:
+            for m in table[v][0]:
+                d, dci = paired(table[v], table[ref], m)
+                lines.append(f"| {label} | {m} | {100 * d:+.1f} ± {100 * dci:.1f} |")
     print("\n".join(lines))
     record = {"seeds": a.seeds, "index": index_hash, "summary": summary, "versions": versions()}
     (out / "ma2mi.json").write_text(json.dumps(record, indent=2))
