@@ -55,9 +55,13 @@ TINY = [
 ]
 # W = 1 against W = 2: the same per-task gradients summed in another order (float32). Adam
 # normalises every step to about outer_lr (1e-3) per weight, so a gradient component whose
-# tasks nearly cancel carries its large relative rounding error into a whole step: measured
-# max |Δθ| 3.6e-5 after 8 steps here (4% of one step), spread over the conv weights.
-STATE_ATOL = 1e-4
+# tasks nearly cancel carries its large relative rounding error into a whole step, and
+# later steps spread it. Measured after 8 steps on two CPUs with the same code: max |Δθ|
+# 3.6e-5 on one, 6.4e-4 on another (median 1.3e-5, 99th percentile 1.5e-4). The bounds:
+# the largest difference within two Adam steps, and the median within 1e-4 (8x the worst
+# measured), so the weights as a whole must still agree.
+STATE_ATOL = 2e-3
+STATE_MEDIAN_ATOL = 1e-4
 
 pytestmark = pytest.mark.integration
 
@@ -109,14 +113,20 @@ def test_two_workers_equal_one_worker_and_stay_bit_identical(index, two_workers,
     diff = max_diff(final_state(one)["model"], final_state(two_workers)["model"])
     print(f"max |theta(W=1) - theta(W=2)| after 8 steps: {diff:.3g}")
     assert diff <= STATE_ATOL
+    a, b = final_state(one)["model"], final_state(two_workers)["model"]
+    deltas = torch.cat([(a[k].double() - b[k].double()).abs().flatten() for k in a])
+    assert deltas.median().item() <= STATE_MEDIAN_ATOL
     w1 = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
     w2 = [json.loads(line) for line in (two_workers / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in w2] == list(range(1, 9))
-    # rank 0 logs global figures: the all-reduced metrics equal the one-worker ones
+    # rank 0 logs global figures: the all-reduced metrics equal the one-worker ones; at the
+    # first step (the same weights) up to the summation order, later within the spread
+    # above (measured outer-loss difference up to 6e-4)
+    assert abs(w1[0]["outer_loss"] - w2[0]["outer_loss"]) < 1e-5
+    assert w1[0]["query_acc"] == pytest.approx(w2[0]["query_acc"])
     for a, b in zip(w1, w2):
-        assert abs(a["outer_loss"] - b["outer_loss"]) < 1e-4 and a["query_acc"] == pytest.approx(
-            b["query_acc"]
-        )
+        assert abs(a["outer_loss"] - b["outer_loss"]) < 5e-3
+        assert a["query_acc"] == pytest.approx(b["query_acc"], abs=0.1)
     # every step passed the checksum all-reduce (it raises when the workers differ)
     assert all(isinstance(r["params_checksum"], int) for r in w2)
     assert list((two_workers / "tensorboard").glob("events.out.tfevents.*"))
