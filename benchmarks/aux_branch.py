@@ -69,7 +69,7 @@ from lightman.platform.config import load_config  # noqa: E402
 from lightman.platform.demo import DemoConfig  # noqa: E402
 from lightman.platform.generated import small_index  # noqa: E402
 from lightman.platform.index import read_manifest  # noqa: E402
-from lightman.platform.kept import KeptRowError, read_row, write_row  # noqa: E402
+from lightman.platform.kept import KeptRowError, measure  # noqa: E402
 from lightman.platform.train import TrainConfig, prepare, run_training  # noqa: E402
 from lightman.tasks.episodes import fixed_episodes  # noqa: E402
 from lightman.tasks.metrics import mean_ci  # noqa: E402
@@ -283,24 +283,22 @@ def main() -> None:
                 for seed in a.seeds:
                     cfg = train_config(a.config, index, seed, shots, [*extra, *chosen[name]])
                     run = out / f"{shots}shot" / name / f"seed{seed}"
-                    done = run / "row.json"  # a finished run is read back, not re-run
                     kept = (
                         Path(a.results, f"{shots}shot", name, f"seed{seed}.json")
                         if a.results
                         else None
                     )
-                    try:
-                        row = read_row(kept, index_hash) if kept else None
+
+                    def train(cfg=cfg, run=run, shots=shots, name=name, seed=seed) -> dict:
+                        print(f"[aux_branch] {shots}-shot {name} seed {seed} ...", flush=True)
+                        return run_one(cfg, run, a.test_episodes)
+
+                    try:  # a finished run is read back, not re-run
+                        row = measure(
+                            kept, run / "row.json", index_hash, path_free(cfg, index_hash), train
+                        )
                     except KeptRowError as e:
                         p.error(str(e))
-                    if row is None and done.exists():
-                        row = json.loads(done.read_text())
-                    elif row is None:
-                        print(f"[aux_branch] {shots}-shot {name} seed {seed} ...", flush=True)
-                        row = run_one(cfg, run, a.test_episodes)
-                        done.write_text(json.dumps(row))
-                    if kept and not kept.exists():
-                        write_row(kept, row, path_free(cfg, index_hash), index_hash)
                     results[shots][name][seed] = row
     out.mkdir(parents=True, exist_ok=True)
     (out / "aux_branch.json").write_text(

@@ -40,6 +40,7 @@ import argparse
 import json
 import os
 import tempfile
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -51,7 +52,7 @@ from lightman.models.provenance import to_dict, versions  # noqa: E402
 from lightman.platform.config import load_config  # noqa: E402
 from lightman.platform.demo import DemoConfig  # noqa: E402
 from lightman.platform.index import read_manifest  # noqa: E402
-from lightman.platform.kept import KeptRowError, read_row, write_row  # noqa: E402
+from lightman.platform.kept import KeptRowError, measure  # noqa: E402
 from lightman.platform.megc import MegcConfig, evaluate_megc  # noqa: E402
 from lightman.platform.pretrain import PretrainConfig, run_pretraining  # noqa: E402
 from lightman.platform.train import TrainConfig, run_training  # noqa: E402
@@ -104,12 +105,16 @@ def pretrain_config(index: str, backbone: str, seed: int, extra: list[str]) -> P
     return load_config(PretrainConfig, "configs/ma2mi.yaml", over)
 
 
-def pretrained(cfg: PretrainConfig, out: Path) -> str:
-    """The encoder of `cfg`'s pre-training, run once per --out."""
-    path = out / f"pre-{cfg.model.backbone}-s{cfg.seed}" / "encoder.pt"
+def encoder_path(cfg: PretrainConfig, out: Path) -> Path:
+    """Where `cfg`'s pre-trained encoder lives under --out (one per backbone and seed)."""
+    return out / f"pre-{cfg.model.backbone}-s{cfg.seed}" / "encoder.pt"
+
+
+def pretrained(cfg: PretrainConfig, out: Path) -> None:
+    """Pre-train `cfg`'s encoder, once per --out."""
+    path = encoder_path(cfg, out)
     if not path.is_file():
         run_pretraining(cfg, path.parent)
-    return str(path)
 
 
 def path_free(train: TrainConfig, pre: PretrainConfig | None, megc: MegcConfig | None, index_hash):
@@ -124,19 +129,26 @@ def path_free(train: TrainConfig, pre: PretrainConfig | None, megc: MegcConfig |
     return config
 
 
-def run_variant(kind, overrides, pre, base, index, seed, run_dir, extra, epochs, out):
-    """One variant's figures: a few-shot run's test ACC / UF1, or MEGC LOSO UF1 / UAR / ACC."""
+def variant_config(kind, overrides, pre, base, index, seed, extra, epochs, out):
+    """A variant's training config and, for MEGC, its LOSO config."""
     over = [f"data.index={index}", f"seed={seed}", *overrides, *extra]
     if pre:
-        over.append(f"model.init={pretrained(pre, out)}")
+        over.append(f"model.init={encoder_path(pre, out)}")
     if kind == "megc":
-        megc = MegcConfig(epochs=epochs)
         cfg = load_config(TrainConfig, base, [*over, "learner.name=supervised"])
+        return cfg, MegcConfig(epochs=epochs)
+    return load_config(TrainConfig, base, over), None
+
+
+def run_variant(cfg, megc, pre, index, seed, run_dir, out) -> dict:
+    """One variant's figures: a few-shot run's test ACC / UF1, or MEGC LOSO UF1 / UAR / ACC."""
+    if pre:
+        pretrained(pre, out)  # the encoder cfg.model.init names
+    if megc:
         metrics, _ = evaluate_megc(to_dict(cfg), index, megc, seed, run_dir, {})
-        return cfg, megc, {k: metrics["metrics"]["all"][k] for k in ("uf1", "uar", "acc")}
-    cfg = load_config(TrainConfig, base, over)
+        return {k: metrics["metrics"]["all"][k] for k in ("uf1", "uar", "acc")}
     metrics = run_training(cfg, run_dir).metrics
-    return cfg, None, {"acc": metrics["test"]["acc"][0], "uf1": metrics["test"]["uf1"][0]}
+    return {"acc": metrics["test"]["acc"][0], "uf1": metrics["test"]["uf1"][0]}
 
 
 def paired(rows: list[dict], ref: list[dict], metric: str) -> tuple[float, float]:
@@ -178,20 +190,19 @@ def main() -> None:
                     pre = pretrain_config(index, which, seed, pre_extra) if which else None
                     run_dir = out / f"{name}-s{seed}"
                     kept = Path(a.results, kind, name, f"seed{seed}.json") if a.results else None
-                    try:
-                        row = read_row(kept, index_hash) if kept else None
+                    cfg, megc = variant_config(
+                        kind, over, pre, base, index, seed, train_extra, epochs, out
+                    )
+                    try:  # a finished run is read back: an interrupted table resumes
+                        row = measure(
+                            kept,
+                            run_dir / "row.json",
+                            index_hash,
+                            path_free(cfg, pre, megc, index_hash),
+                            partial(run_variant, cfg, megc, pre, index, seed, run_dir, out),
+                        )
                     except KeptRowError as e:
                         p.error(str(e))
-                    if row is None and (run_dir / "row.json").is_file():
-                        row = json.loads((run_dir / "row.json").read_text())
-                    elif row is None:  # a finished run is read back: an interrupted table resumes
-                        cfg, megc, row = run_variant(
-                            kind, over, pre, base, index, seed, run_dir, train_extra, epochs, out
-                        )
-                        run_dir.mkdir(parents=True, exist_ok=True)
-                        (run_dir / "row.json").write_text(json.dumps(row))
-                        if kept:
-                            write_row(kept, row, path_free(cfg, pre, megc, index_hash), index_hash)
                     row = {m: row[m] for m in METRICS[kind]}
                     table.setdefault(f"{kind}/{name}", []).append(row)
                     print(f"[ma2mi] seed {seed} {kind}/{name}: {row}", flush=True)

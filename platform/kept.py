@@ -6,12 +6,17 @@ A row holds the run's figures plus `index` (the content hash of the index it ran
 never a path of one machine: see platform/index.py), `config` (what the caller says made
 it, with paths replaced by that hash), `versions` and `cpus`. Files are written
 atomically (temporary file and rename), so an interrupted run leaves no half row.
+
+`measure` is how a benchmark gets one run's figures: the kept row, else the row.json a
+finished run left in its run folder, else the run itself, and in every case the row is
+kept if it was not yet.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from lightman.models.provenance import versions
@@ -39,6 +44,13 @@ def read_row(path: str | Path, index_hash: str) -> dict | None:
     return row
 
 
+def _write_atomically(path: Path, body: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(body))
+    tmp.replace(path)
+
+
 def write_row(path: str | Path, figures: dict, config: dict, index_hash: str) -> dict:
     """Keep `figures` at `path` with their provenance (module docstring); the row written."""
     clash = sorted(set(figures) & set(PROVENANCE))
@@ -51,9 +63,27 @@ def write_row(path: str | Path, figures: dict, config: dict, index_hash: str) ->
         "versions": versions(),
         "cpus": os.cpu_count(),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(row))
-    tmp.replace(path)
+    _write_atomically(Path(path), row)
+    return row
+
+
+def measure(
+    kept: str | Path | None,
+    done: str | Path,
+    index_hash: str,
+    config: dict,
+    run: Callable[[], dict],
+) -> dict:
+    """One benchmark run's figures, measured at most once: the row kept at `kept` (None: no
+    results folder), else the row at `done` that a finished run left, else `run()`'s
+    figures, written to `done`. A row not yet at `kept` is kept there with `config`."""
+    row = read_row(kept, index_hash) if kept else None
+    done = Path(done)
+    if row is None and done.is_file():
+        row = json.loads(done.read_text())
+    elif row is None:
+        row = run()
+        _write_atomically(done, row)
+    if kept and not Path(kept).is_file():
+        row = write_row(kept, row, config, index_hash)
     return row

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from lightman.platform.kept import KeptRowError, read_row, write_row
+from lightman.platform.kept import KeptRowError, measure, read_row, write_row
 
 HASH = "sha256:" + "a" * 64
 
@@ -34,3 +34,22 @@ def test_figures_may_not_shadow_the_provenance(tmp_path):
     with pytest.raises(KeptRowError, match=r"provenance keys \['index'\]"):
         write_row(tmp_path / "r.json", {"acc": [1.0], "index": "mine"}, {}, HASH)
     assert not (tmp_path / "r.json").exists()
+
+
+def test_measure_runs_once_and_keeps_what_a_finished_run_left(tmp_path):
+    calls = []
+
+    def run():
+        calls.append(1)
+        return {"acc": [0.25 * len(calls)]}
+
+    kept, done = tmp_path / "kept" / "seed0.json", tmp_path / "run" / "row.json"
+    first = measure(kept, done, HASH, {"seed": 0}, run)
+    assert calls == [1] and first["acc"] == [0.25] and first["config"] == {"seed": 0}
+    assert measure(kept, done, HASH, {"seed": 0}, run) == first and calls == [1]
+    kept.unlink()  # a run whose row.json exists but whose kept row does not: kept, not re-run
+    again = measure(kept, done, HASH, {"seed": 0}, run)
+    assert calls == [1] and again["acc"] == [0.25] and read_row(kept, HASH) == again
+    assert measure(None, done, HASH, {}, run) == {"acc": [0.25]} and calls == [1]
+    with pytest.raises(KeptRowError, match="was measured on index"):
+        measure(kept, done, "sha256:" + "c" * 64, {}, run)
