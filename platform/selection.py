@@ -34,6 +34,9 @@ class DataSelection:
     labels: Literal["index", "composite3"] = "index"
     val_fraction: float = 0.2  # share of primary subjects held out for model selection
     test_fraction: float = 0.3  # share of primary subjects held out for the final few-shot test
+    # seeds the subject split alone (None: the run's seed): training seeds that share one
+    # split, e.g. the seeds that test a config selected on that split's validation subjects
+    split_seed: int | None = None
 
     def __post_init__(self) -> None:
         if not self.primary:

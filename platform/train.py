@@ -201,7 +201,7 @@ def prepare(cfg: TrainConfig) -> RunData:
         pool,
         eval_fraction=cfg.data.test_fraction,
         val_fraction=cfg.data.val_fraction,
-        seed=cfg.seed,
+        seed=cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed,
         ways=ep.ways,
         min_clips=need,
     )

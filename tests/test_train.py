@@ -15,7 +15,7 @@ from lightman.models.checkpoint import load_checkpoint
 from lightman.platform import generated
 from lightman.platform.cli import main
 from lightman.platform.config import load_config
-from lightman.platform.train import TrainConfig, outer_step, run_training
+from lightman.platform.train import TrainConfig, outer_step, prepare, run_training
 
 TINY = [
     "episode.ways=3",
@@ -140,6 +140,17 @@ def test_train_rejects_mismatched_ways(small_index, tmp_path):
         )
         == 2
     )
+
+
+def test_split_seed_fixes_the_subjects_across_training_seeds(small_index):
+    def split(*overrides):
+        cfg = load_config(TrainConfig, None, [*TINY, f"data.index={small_index}", *overrides])
+        s = prepare(cfg).split
+        return s.train, s.val, s.test
+
+    seeds = (1, 2, 3, 4, 5)
+    assert len({split(f"seed={s}") for s in seeds}) > 1  # without it the run's seed draws it
+    assert {split(f"seed={s}", "data.split_seed=1") for s in seeds} == {split("seed=1")}
 
 
 # Measured spread behind the bound below (small_index, 60 steps, 3-way 1-shot, 150 test
