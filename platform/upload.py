@@ -23,10 +23,10 @@ import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-import cv2
 import numpy as np
 from PIL import Image
 
+from lightman.tasks.cv import cv2
 from lightman.tasks.datasets.video import build as open_video_record
 from lightman.tasks.face import NO_FACE
 from lightman.tasks.frames import FrameReadError, decoder_log, numeric_key

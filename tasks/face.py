@@ -21,8 +21,9 @@ import os
 from dataclasses import dataclass
 from functools import cache
 
-import cv2
 import numpy as np
+
+from lightman.tasks.cv import cv2
 
 EYE_ROW = 0.4  # eyes' height in the crop, as a fraction of its side (aligned-face layout)
 MAX_ROLL = 30.0  # degrees; a steeper "eye line" is a false eye detection

@@ -23,10 +23,10 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 
-import cv2
 import numpy as np
 
 from lightman.tasks import storage
+from lightman.tasks.cv import cv2
 from lightman.tasks.schema import ClipRecord
 
 _INT = re.compile(r"(\d+)")

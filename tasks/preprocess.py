@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import cv2
 import numpy as np
 
+from lightman.tasks.cv import cv2
 from lightman.tasks.face import FaceBox, crop_face, grey, locate_face
 from lightman.tasks.frames import ClipFrames, FrameReadError
 from lightman.tasks.schema import ClipRecord, Preprocessed

@@ -55,11 +55,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import cv2
 import numpy as np
 import openpyxl
 
 from lightman.models.provenance import to_dict
+from lightman.tasks.cv import cv2
 from lightman.tasks.synth_face import (
     OTHERS_POOL,
     AUs,

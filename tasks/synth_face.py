@@ -26,8 +26,9 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
+
+from lightman.tasks.cv import cv2
 
 SUPERSAMPLE = 4  # faces are drawn at 4x and area-downsampled (antialiasing)
 LID_LEVELS = 16  # lid closure is drawn in 1/16 steps (cached per identity)
