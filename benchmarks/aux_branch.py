@@ -41,8 +41,10 @@ interrupted table resumes, and processes given disjoint --variants can share one
 finished run's row (its accuracies per test episode, the ratios, its training config,
 the package versions and the machine's CPUs) is also kept as DIR/<shots>shot/<variant>/
 seed<k>.json and read back from there first: the repository's benchmarks/results/aux_branch
-holds the rows behind the README's tables, so a call with that folder prints them without
-training, and a table left unfinished continues where it stopped on any machine.
+holds the rows behind the README's tables. With --results and no --index the table is
+printed from the kept rows alone (every row kept, one table's rows from one index: no data
+needed); with an index whose content hash is the rows', a table left unfinished continues
+where it stopped.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ from lightman.platform.config import load_config  # noqa: E402
 from lightman.platform.demo import DemoConfig  # noqa: E402
 from lightman.platform.generated import small_index  # noqa: E402
 from lightman.platform.index import read_manifest  # noqa: E402
-from lightman.platform.kept import KeptRowError, measure  # noqa: E402
+from lightman.platform.kept import KeptRowError, measure, read_table  # noqa: E402
 from lightman.platform.train import TrainConfig, prepare, run_training  # noqa: E402
 from lightman.tasks.episodes import fixed_episodes  # noqa: E402
 from lightman.tasks.metrics import mean_ci  # noqa: E402
@@ -268,15 +270,26 @@ def main() -> None:
         if a.tiny:
             index = tiny_index(Path(tmp))
             extra = [*TINY, *extra]
-        if not index:
-            p.error("--index is required (or --tiny)")
-        base = train_config(a.config, index, a.seeds[0], a.shots[0], extra)
-        classes = len(prepare(base).train.class_names)
-        chosen = variants(base, classes)
+        if not index and not a.results:
+            p.error("--index is required (or --tiny, or --results alone to print kept rows)")
+        base = train_config(a.config, index or "", a.seeds[0], a.shots[0], extra)
+        chosen = variants(base, len(prepare(base).train.class_names) if index else 0)
         names = a.variants or list(chosen)
-        index_hash = read_manifest(index)["content_hash"]  # what kept rows were measured on
         results: dict = {}
-        for shots in a.shots:
+        if not index:  # the kept rows alone, each table measured on one index
+            for shots in a.shots:
+                paths = [
+                    Path(a.results, f"{shots}shot", n, f"seed{s}.json")
+                    for n in names
+                    for s in a.seeds
+                ]
+                try:
+                    rows = iter(read_table(paths))
+                except KeptRowError as e:
+                    p.error(str(e))
+                results[shots] = {n: {s: next(rows) for s in a.seeds} for n in names}
+        index_hash = read_manifest(index)["content_hash"] if index else None
+        for shots in a.shots if index else []:
             results[shots] = {}
             for name in names:
                 results[shots][name] = {}

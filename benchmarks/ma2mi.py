@@ -52,7 +52,7 @@ from lightman.models.provenance import to_dict, versions  # noqa: E402
 from lightman.platform.config import load_config  # noqa: E402
 from lightman.platform.demo import DemoConfig  # noqa: E402
 from lightman.platform.index import read_manifest  # noqa: E402
-from lightman.platform.kept import KeptRowError, measure  # noqa: E402
+from lightman.platform.kept import KeptRowError, measure, read_table  # noqa: E402
 from lightman.platform.megc import MegcConfig, evaluate_megc  # noqa: E402
 from lightman.platform.pretrain import PretrainConfig, run_pretraining  # noqa: E402
 from lightman.platform.train import TrainConfig, run_training  # noqa: E402
@@ -156,30 +156,8 @@ def paired(rows: list[dict], ref: list[dict], metric: str) -> tuple[float, float
     return mean_ci([r[metric] - q[metric] for r, q in zip(rows, ref, strict=True)])
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--index", default="runs/demo/index")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--out", default="runs/bench-ma2mi")
-    p.add_argument("--epochs", type=int, default=30, help="MEGC LOSO epochs per fold")
-    kinds = ["fewshot", "megc"]
-    p.add_argument("--kinds", nargs="+", choices=kinds, default=kinds, help="which halves to run")
-    p.add_argument("--results", help="a folder of kept rows, read back first and written")
-    p.add_argument("--tiny", action="store_true", help="a smoke run on a small generated index")
-    a = p.parse_args()
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    train_extra, pre_extra, index, epochs = [], [], a.index, a.epochs
-    if a.tiny:
-        from lightman.platform.generated import small_index
-
-        synth = ["datasets=[casme2,ckplus]", "casme2.subjects=10", "casme2.clips=100"]
-        synth += ["ckplus.subjects=6", "ckplus.clips=40"]
-        index = str(out / "index") if (out / "index").exists() else small_index(out, synth, 32, 8)
-        pre_extra = [*TINY_PRETRAIN, "datasets=[ckplus]", "holdout_fraction=0.5"]
-        train_extra, epochs = TINY_TRAIN, 1
-        a.seeds = a.seeds[:2]
-    index_hash = read_manifest(index)["content_hash"]  # what kept rows were measured on
+def measured_table(a, p, index, index_hash, out, train_extra, pre_extra, epochs):
+    """Each variant's rows over --seeds: kept, else measured on `index` (and kept)."""
     with tempfile.TemporaryDirectory() as tmp:
         base = base_yaml(Path(tmp))
         table: dict[str, list[dict]] = {}
@@ -206,6 +184,56 @@ def main() -> None:
                     row = {m: row[m] for m in METRICS[kind]}
                     table.setdefault(f"{kind}/{name}", []).append(row)
                     print(f"[ma2mi] seed {seed} {kind}/{name}: {row}", flush=True)
+    return table
+
+
+def kept_table(results: str, kinds: list[str], seeds: list[int]) -> dict[str, list[dict]]:
+    """Each variant's kept rows over `seeds`, read without the index: one index per kind."""
+    table: dict[str, list[dict]] = {}
+    for kind in kinds:
+        variants = FEWSHOT if kind == "fewshot" else MEGC
+        paths = [Path(results, kind, name, f"seed{s}.json") for name in variants for s in seeds]
+        rows = iter(read_table(paths))
+        for name in variants:
+            per_seed = [next(rows) for _ in seeds]
+            table[f"{kind}/{name}"] = [{m: r[m] for m in METRICS[kind]} for r in per_seed]
+    return table
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--index", help="the index to measure on (omit with --results: print kept rows)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--out", default="runs/bench-ma2mi")
+    p.add_argument("--epochs", type=int, default=30, help="MEGC LOSO epochs per fold")
+    kinds = ["fewshot", "megc"]
+    p.add_argument("--kinds", nargs="+", choices=kinds, default=kinds, help="which halves to run")
+    p.add_argument("--results", help="a folder of kept rows, read back first and written")
+    p.add_argument("--tiny", action="store_true", help="a smoke run on a small generated index")
+    a = p.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_extra, pre_extra, index, epochs = [], [], a.index, a.epochs
+    if a.tiny:
+        from lightman.platform.generated import small_index
+
+        synth = ["datasets=[casme2,ckplus]", "casme2.subjects=10", "casme2.clips=100"]
+        synth += ["ckplus.subjects=6", "ckplus.clips=40"]
+        index = str(out / "index") if (out / "index").exists() else small_index(out, synth, 32, 8)
+        pre_extra = [*TINY_PRETRAIN, "datasets=[ckplus]", "holdout_fraction=0.5"]
+        train_extra, epochs = TINY_TRAIN, 1
+        a.seeds = a.seeds[:2]
+    index_hash = None  # the kept rows' own, checked one index per kind, if no index is given
+    if index is None:  # the kept rows alone, no data needed
+        if not a.results:
+            p.error("--index is required (or --tiny, or --results alone to print kept rows)")
+        try:
+            table = kept_table(a.results, a.kinds, a.seeds)
+        except KeptRowError as e:
+            p.error(str(e))
+    else:
+        index_hash = read_manifest(index)["content_hash"]  # what kept rows were measured on
+        table = measured_table(a, p, index, index_hash, out, train_extra, pre_extra, epochs)
     summary = {
         v: {
             m: {

@@ -9,7 +9,9 @@ atomically (temporary file and rename), so an interrupted run leaves no half row
 
 `measure` is how a benchmark gets one run's figures: the kept row, else the row.json a
 finished run left in its run folder, else the run itself, and in every case the row is
-kept if it was not yet.
+kept if it was not yet. `read_table` reads a whole table's rows without the index (to
+print it on a machine that does not have, or cannot rebuild, that exact index): every row
+must be kept, and all of them measured on one index.
 """
 
 from __future__ import annotations
@@ -87,3 +89,16 @@ def measure(
     if kept and not Path(kept).is_file():
         row = write_row(kept, row, config, index_hash)
     return row
+
+
+def read_table(paths: list[str | Path]) -> list[dict]:
+    """The kept rows at `paths`, in order: an error naming the first that is not kept, or
+    the indexes if the rows were measured on more than one."""
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise KeptRowError(
+            f"{missing[0]} is not kept ({len(missing)} of {len(paths)} rows missing): "
+            "measuring them needs the index"
+        )
+    first = json.loads(Path(paths[0]).read_text()).get("index") if paths else None
+    return [read_row(p, first) for p in paths]  # each parses and shares the first's index

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from lightman.platform.kept import KeptRowError, measure, read_row, write_row
+from lightman.platform.kept import KeptRowError, measure, read_row, read_table, write_row
 
 HASH = "sha256:" + "a" * 64
 
@@ -53,3 +53,16 @@ def test_measure_runs_once_and_keeps_what_a_finished_run_left(tmp_path):
     assert measure(None, done, HASH, {}, run) == {"acc": [0.25]} and calls == [1]
     with pytest.raises(KeptRowError, match="was measured on index"):
         measure(kept, done, "sha256:" + "c" * 64, {}, run)
+
+
+def test_a_table_reads_without_its_index_only_whole_and_from_one_index(tmp_path):
+    paths = [tmp_path / f"seed{k}.json" for k in range(3)]
+    for k, path in enumerate(paths[:2]):
+        write_row(path, {"acc": [k / 10]}, {}, HASH)
+    with pytest.raises(KeptRowError, match=r"seed2.json is not kept \(1 of 3 rows missing\)"):
+        read_table(paths)
+    write_row(paths[2], {"acc": [0.2]}, {}, "sha256:" + "d" * 64)
+    with pytest.raises(KeptRowError, match="seed2.json was measured on index sha256:d"):
+        read_table(paths)
+    write_row(paths[2], {"acc": [0.2]}, {}, HASH)
+    assert [r["acc"] for r in read_table(paths)] == [[0.0], [0.1], [0.2]]
