@@ -24,6 +24,11 @@ import pytest
 
 from lightman.tasks.schema import ClipRecord, Preprocessed, row_from_record
 
+# Serve's HTTP proxy may take longer than its 3 readiness checks of 5 s to start on a
+# loaded 2-core machine (then Serve kills it and a test's first request finds no proxy:
+# seen at a load average of 4); set before any test starts Ray, which every Ray process inherits
+os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+
 S3_BUCKET = "lightman-test"
 # The files that take longest (seconds, one process on an idle 2-core machine): run first,
 # a worker that picks one up late would finish alone. The rest keep their order.
