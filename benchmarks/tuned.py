@@ -130,8 +130,11 @@ def table(rows: dict[str, dict[int, dict]], seeds: list[int], a: argparse.Namesp
         "| ACC per seed | lightman − maml, ACC (paired) | UF1 (paired) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for learner in LEARNERS:
-        summary = json.loads((search_dir(learner, a) / "search.json").read_text())
+    summaries = {
+        learner: json.loads((search_dir(learner, a) / "search.json").read_text())
+        for learner in LEARNERS
+    }
+    for learner, summary in summaries.items():
         per = [rows[learner][s] for s in seeds]
         cells = [pct(*mean_ci([r[m] for r in per])) for m in ("acc", "uf1")]
         paired = ["-", "-"]
@@ -146,8 +149,7 @@ def table(rows: dict[str, dict[int, dict]], seeds: list[int], a: argparse.Namesp
             f"| {learner} | {best} | {' | '.join(cells)} | {each} | {' | '.join(paired)} |"
         )
     params = []
-    for learner in LEARNERS:
-        summary = json.loads((search_dir(learner, a) / "search.json").read_text())
+    for learner, summary in summaries.items():
         values = ", ".join(
             f"{k.split('.')[-1]}={v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
             for k, v in summary["best_params"].items()
