@@ -71,7 +71,7 @@ from lightman.platform.config import load_config  # noqa: E402
 from lightman.platform.demo import DemoConfig  # noqa: E402
 from lightman.platform.generated import small_index  # noqa: E402
 from lightman.platform.index import read_manifest  # noqa: E402
-from lightman.platform.kept import KeptRowError, measure, read_table  # noqa: E402
+from lightman.platform.kept import KeptRowError, measure, read_grid  # noqa: E402
 from lightman.platform.train import TrainConfig, prepare, run_training  # noqa: E402
 from lightman.tasks.episodes import fixed_episodes  # noqa: E402
 from lightman.tasks.metrics import mean_ci  # noqa: E402
@@ -247,6 +247,32 @@ def table(results: dict, seeds: list[int], shots: int) -> str:
     return "\n".join(lines)
 
 
+def measured(a, index: str, names: list[str], chosen: dict, extra: list[str], out: Path):
+    """{shots: {variant: {seed: row}}}: each row kept, else measured on `index` (and kept)."""
+    index_hash = read_manifest(index)["content_hash"]
+    results: dict = {}
+    for shots in a.shots:
+        results[shots] = {}
+        for name in names:
+            results[shots][name] = {}
+            for seed in a.seeds:
+                cfg = train_config(a.config, index, seed, shots, [*extra, *chosen[name]])
+                run = out / f"{shots}shot" / name / f"seed{seed}"
+                kept = (
+                    Path(a.results, f"{shots}shot", name, f"seed{seed}.json") if a.results else None
+                )
+
+                def train(cfg=cfg, run=run, shots=shots, name=name, seed=seed) -> dict:
+                    print(f"[aux_branch] {shots}-shot {name} seed {seed} ...", flush=True)
+                    return run_one(cfg, run, a.test_episodes)
+
+                config = path_free(cfg, index_hash)
+                results[shots][name][seed] = measure(
+                    kept, run / "row.json", index_hash, config, train
+                )
+    return results
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -275,44 +301,15 @@ def main() -> None:
         base = train_config(a.config, index or "", a.seeds[0], a.shots[0], extra)
         chosen = variants(base, len(prepare(base).train.class_names) if index else 0)
         names = a.variants or list(chosen)
-        results: dict = {}
-        if not index:  # the kept rows alone, each table measured on one index
-            for shots in a.shots:
-                paths = [
-                    Path(a.results, f"{shots}shot", n, f"seed{s}.json")
-                    for n in names
-                    for s in a.seeds
-                ]
-                try:
-                    rows = iter(read_table(paths))
-                except KeptRowError as e:
-                    p.error(str(e))
-                results[shots] = {n: {s: next(rows) for s in a.seeds} for n in names}
-        index_hash = read_manifest(index)["content_hash"] if index else None
-        for shots in a.shots if index else []:
-            results[shots] = {}
-            for name in names:
-                results[shots][name] = {}
-                for seed in a.seeds:
-                    cfg = train_config(a.config, index, seed, shots, [*extra, *chosen[name]])
-                    run = out / f"{shots}shot" / name / f"seed{seed}"
-                    kept = (
-                        Path(a.results, f"{shots}shot", name, f"seed{seed}.json")
-                        if a.results
-                        else None
-                    )
-
-                    def train(cfg=cfg, run=run, shots=shots, name=name, seed=seed) -> dict:
-                        print(f"[aux_branch] {shots}-shot {name} seed {seed} ...", flush=True)
-                        return run_one(cfg, run, a.test_episodes)
-
-                    try:  # a finished run is read back, not re-run
-                        row = measure(
-                            kept, run / "row.json", index_hash, path_free(cfg, index_hash), train
-                        )
-                    except KeptRowError as e:
-                        p.error(str(e))
-                    results[shots][name][seed] = row
+        try:
+            if index:
+                results = measured(a, index, names, chosen, extra, out)
+            else:  # the kept rows alone, each table measured on one index
+                results = {
+                    k: read_grid(Path(a.results, f"{k}shot"), names, a.seeds) for k in a.shots
+                }
+        except KeptRowError as e:
+            p.error(str(e))
     out.mkdir(parents=True, exist_ok=True)
     (out / "aux_branch.json").write_text(
         json.dumps(

@@ -52,7 +52,7 @@ from lightman.models.provenance import to_dict, versions  # noqa: E402
 from lightman.platform.config import load_config  # noqa: E402
 from lightman.platform.demo import DemoConfig  # noqa: E402
 from lightman.platform.index import read_manifest  # noqa: E402
-from lightman.platform.kept import KeptRowError, measure, read_table  # noqa: E402
+from lightman.platform.kept import KeptRowError, measure, read_grid  # noqa: E402
 from lightman.platform.megc import MegcConfig, evaluate_megc  # noqa: E402
 from lightman.platform.pretrain import PretrainConfig, run_pretraining  # noqa: E402
 from lightman.platform.train import TrainConfig, run_training  # noqa: E402
@@ -191,12 +191,9 @@ def kept_table(results: str, kinds: list[str], seeds: list[int]) -> dict[str, li
     """Each variant's kept rows over `seeds`, read without the index: one index per kind."""
     table: dict[str, list[dict]] = {}
     for kind in kinds:
-        variants = FEWSHOT if kind == "fewshot" else MEGC
-        paths = [Path(results, kind, name, f"seed{s}.json") for name in variants for s in seeds]
-        rows = iter(read_table(paths))
-        for name in variants:
-            per_seed = [next(rows) for _ in seeds]
-            table[f"{kind}/{name}"] = [{m: r[m] for m in METRICS[kind]} for r in per_seed]
+        grid = read_grid(Path(results, kind), list(FEWSHOT if kind == "fewshot" else MEGC), seeds)
+        for name, rows in grid.items():
+            table[f"{kind}/{name}"] = [{m: rows[s][m] for m in METRICS[kind]} for s in seeds]
     return table
 
 

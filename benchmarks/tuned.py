@@ -44,7 +44,7 @@ from lightman.models.provenance import to_dict  # noqa: E402
 from lightman.platform.config import load_config  # noqa: E402
 from lightman.platform.generated import small_index  # noqa: E402
 from lightman.platform.index import read_manifest  # noqa: E402
-from lightman.platform.kept import KeptRowError, measure, read_table  # noqa: E402
+from lightman.platform.kept import KeptRowError, measure, read_grid  # noqa: E402
 from lightman.platform.train import TrainConfig, run_training  # noqa: E402
 from lightman.platform.tune import SearchConfig, run_search  # noqa: E402
 from lightman.platform.tune_space import load_space  # noqa: E402
@@ -114,10 +114,8 @@ def tested(cfg: TrainConfig, run: Path) -> dict:
 
 
 def kept_rows(a: argparse.Namespace) -> dict[str, dict[int, dict]]:
-    """Every learner's kept rows for --seeds, read without the index (kept.read_table)."""
-    paths = [Path(a.results, learner, f"seed{s}.json") for learner in LEARNERS for s in a.seeds]
-    rows = iter(read_table(paths))
-    return {learner: {s: next(rows) for s in a.seeds} for learner in LEARNERS}
+    """Every learner's kept rows for --seeds, read without the index (kept.read_grid)."""
+    return read_grid(a.results, LEARNERS, a.seeds)
 
 
 def pct(mean: float, half: float) -> str:

@@ -11,7 +11,8 @@ atomically (temporary file and rename), so an interrupted run leaves no half row
 finished run left in its run folder, else the run itself, and in every case the row is
 kept if it was not yet. `read_table` reads a whole table's rows without the index (to
 print it on a machine that does not have, or cannot rebuild, that exact index): every row
-must be kept, and all of them measured on one index.
+must be kept, and all of them measured on one index; `read_grid` reads them from a folder
+of <name>/seed<k>.json, the layout every benchmark keeps.
 """
 
 from __future__ import annotations
@@ -30,20 +31,25 @@ class KeptRowError(ValueError):
     """A kept row that cannot be used: unreadable, or measured on another index."""
 
 
-def read_row(path: str | Path, index_hash: str) -> dict | None:
-    """The kept row at `path`, None if there is none; an error naming the file if it does not
-    parse or was measured on an index other than `index_hash`."""
-    path = Path(path)
-    if not path.is_file():
-        return None
+def _parse(path: Path) -> dict:
     try:
-        row = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise KeptRowError(f"{path}: not a kept row ({e})") from e
+
+
+def _same_index(path: Path, row: dict, index_hash: str) -> dict:
     made_on = row.get("index")
     if made_on != index_hash:
         raise KeptRowError(f"{path} was measured on index {made_on}, not {index_hash}")
     return row
+
+
+def read_row(path: str | Path, index_hash: str) -> dict | None:
+    """The kept row at `path`, None if there is none; an error naming the file if it does not
+    parse or was measured on an index other than `index_hash`."""
+    path = Path(path)
+    return _same_index(path, _parse(path), index_hash) if path.is_file() else None
 
 
 def _write_atomically(path: Path, body: dict) -> None:
@@ -93,12 +99,20 @@ def measure(
 
 def read_table(paths: list[str | Path]) -> list[dict]:
     """The kept rows at `paths`, in order: an error naming the first that is not kept, or
-    the indexes if the rows were measured on more than one."""
-    missing = [str(p) for p in paths if not Path(p).is_file()]
+    the first measured on another index than the first row's."""
+    paths = [Path(p) for p in paths]
+    missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise KeptRowError(
             f"{missing[0]} is not kept ({len(missing)} of {len(paths)} rows missing): "
             "measuring them needs the index"
         )
-    first = json.loads(Path(paths[0]).read_text()).get("index") if paths else None
-    return [read_row(p, first) for p in paths]  # each parses and shares the first's index
+    rows = [_parse(p) for p in paths]
+    return [_same_index(p, r, rows[0].get("index")) for p, r in zip(paths, rows, strict=True)]
+
+
+def read_grid(folder: str | Path, names: list[str], seeds: list[int]) -> dict[str, dict[int, dict]]:
+    """A table's kept rows `folder`/<name>/seed<k>.json as {name: {seed: row}}, read as
+    `read_table` reads them (all kept, one index)."""
+    rows = iter(read_table([Path(folder, n, f"seed{s}.json") for n in names for s in seeds]))
+    return {n: {s: next(rows) for s in seeds} for n in names}

@@ -2,7 +2,14 @@ import json
 
 import pytest
 
-from lightman.platform.kept import KeptRowError, measure, read_row, read_table, write_row
+from lightman.platform.kept import (
+    KeptRowError,
+    measure,
+    read_grid,
+    read_row,
+    read_table,
+    write_row,
+)
 
 HASH = "sha256:" + "a" * 64
 
@@ -66,3 +73,16 @@ def test_a_table_reads_without_its_index_only_whole_and_from_one_index(tmp_path)
         read_table(paths)
     write_row(paths[2], {"acc": [0.2]}, {}, HASH)
     assert [r["acc"] for r in read_table(paths)] == [[0.0], [0.1], [0.2]]
+
+
+def test_a_grid_is_the_table_of_a_folder_of_names_by_seeds(tmp_path):
+    for name in ("a", "b"):
+        for seed in (0, 3):
+            write_row(tmp_path / name / f"seed{seed}.json", {"acc": [seed], "n": name}, {}, HASH)
+    grid = read_grid(tmp_path, ["b", "a"], [3, 0])
+    assert {n: {s: (r["n"], r["acc"]) for s, r in g.items()} for n, g in grid.items()} == {
+        "b": {3: ("b", [3]), 0: ("b", [0])},
+        "a": {3: ("a", [3]), 0: ("a", [0])},
+    }
+    with pytest.raises(KeptRowError, match=r"c.seed0.json is not kept \(2 of 6 rows missing\)"):
+        read_grid(tmp_path, ["a", "b", "c"], [0, 3])
