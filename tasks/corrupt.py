@@ -17,6 +17,7 @@ Generator passed in, so `corrupt_pool` is deterministic for its seed.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 import numpy as np
@@ -42,7 +43,8 @@ def random_box(
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"area must satisfy 0 < low <= high <= 1, got {area}")
     target = rng.uniform(lo, hi) * height * width
-    aspect = np.exp(rng.uniform(np.log(0.5), np.log(2.0)))  # box_h / box_w
+    # box_h / box_w; math's exp and log give the same bits on every CPU (tasks/portable.py)
+    aspect = math.exp(rng.uniform(math.log(0.5), math.log(2.0)))
     box_h = int(np.clip(round(np.sqrt(target * aspect)), 1, height))
     box_w = int(np.clip(round(target / box_h), 1, width))
     top = int(rng.integers(0, height - box_h + 1))

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lightman.tasks.cv import cv2
+from lightman.tasks.portable import float32_power
 
 SUPERSAMPLE = 4  # faces are drawn at 4x and area-downsampled (antialiasing)
 LID_LEVELS = 16  # lid closure is drawn in 1/16 steps (cached per identity)
@@ -396,7 +397,7 @@ def _face_layer(ident: Identity, spec: RenderSpec) -> np.ndarray:
     face = _ellipse(shape, (cx, cy), (a, b))
     ys, xs = np.mgrid[0:H, 0:W].astype(np.float32)
     r2 = ((xs - cx) / a) ** 2 + ((ys - cy) / b) ** 2
-    shade = (1.0 - 0.22 * np.clip(r2, 0, 1) ** 1.5)[..., None]  # rounder look: darker rim
+    shade = (1.0 - 0.22 * float32_power(np.clip(r2, 0, 1), 1.5))[..., None]  # darker rim
     skin_img = skin * shade * _texture(ident.texture_seed, shape)[..., None]
     img = img * (1 - face[..., None]) + skin_img * face[..., None]
     fringe = _ellipse(shape, (cx + 0.05 * fw, cy - b), (a * 1.08, (ident.hairline + 0.06) * fw))
