@@ -42,6 +42,8 @@ import ray.train
 import ray.tune
 import yaml
 from ray.tune.integration.ray_train import TuneReportCallback
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from lightman.models.provenance import to_dict
 from lightman.platform.config import ConfigError
@@ -259,7 +261,24 @@ def _storage(out: Path, scfg: SearchConfig):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the Progress lines say enough
     url = scfg.storage or f"sqlite:///{out / 'study.db'}"
-    return optuna.storages.RDBStorage(url)
+    try:
+        return optuna.storages.RDBStorage(url)
+    except ImportError as e:  # the URL's SQLAlchemy dialect needs a driver not installed
+        raise ConfigError(
+            f"--storage {_shown(url)}: its database driver is not installed ({e.__cause__ or e}); "
+            "install it, or name the one you have (e.g. postgresql+psycopg2://)"
+        ) from e
+    except SQLAlchemyError as e:  # a malformed URL, a server that does not answer, ...
+        reason = str(e.orig if getattr(e, "orig", None) else e).strip().splitlines()[0]
+        raise ConfigError(f"--storage {_shown(url)}: {reason}") from e
+
+
+def _shown(url: str) -> str:
+    """The storage URL with its password hidden (it goes into error messages)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except SQLAlchemyError:
+        return url.split("@")[-1]
 
 
 def _searches(out: Path) -> list[dict]:
@@ -305,6 +324,7 @@ def run_search(
     base = to_dict(base_cfg)
     check_values(space, base, space.name)  # every bound and choice fits this experiment
     trial_config(base, {})  # and the experiment runs as a trial
+    storage = _storage(out, scfg)  # a bad URL or a missing driver fails before Ray starts
     data = prepare(base_cfg)  # the one split; a config the data cannot serve fails here
     trial_data = dataclasses.replace(data, test=None)  # no trial receives test subjects
     # Tune's own tables and hints would bury the one line per trial (Progress)
@@ -323,7 +343,6 @@ def run_search(
             # the trial function only drives its Ray Train workers (1 CPU/GPU each)
             {"cpu": 0, "memory": scfg.driver_memory_mb * 2**20},
         )
-        storage = _storage(out, scfg)
         searches = _searches(out)
         t0 = time.perf_counter()
         if searches and not searches[-1]["finished"]:
