@@ -18,8 +18,8 @@ import math
 from pathlib import Path
 
 import optuna
-import ray
 import pytest
+import ray
 import yaml
 
 from lightman.platform.cli import main
