@@ -233,14 +233,23 @@ def _short(v) -> str:
 
 
 def _error_line(trial) -> str:
-    """The exception's own line from the trial's error.txt (Tune wraps it in tracebacks)."""
+    """The message of the trial's error.txt (see error_message)."""
     path = Path(trial.local_path or "") / "error.txt"
     try:
-        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        return error_message(path.read_text())
     except OSError:
         return "failed (no error file)"
-    errors = [ln for ln in lines if "Error:" in ln or "Exception:" in ln]
-    return (errors[-1] if errors else lines[-1])[:300]
+
+
+def error_message(text: str) -> str:
+    """The last exception's line of a trial's error text (Tune wraps it in tracebacks) and
+    the lines after it: Ray Train's ControllerError puts its cause there ("Training failed
+    due to controller error:" / "diverged at step 2: ..."). At most 300 characters."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return "failed (empty error file)"
+    errors = [i for i, ln in enumerate(lines) if "Error:" in ln or "Exception:" in ln]
+    return " ".join(lines[errors[-1] if errors else -1 :])[:300]
 
 
 def read_records(out: str | Path) -> list[dict]:

@@ -26,7 +26,13 @@ from lightman.platform.cli import main
 from lightman.platform.config import ConfigError, load_config
 from lightman.platform.ingest import IngestConfig, ingest
 from lightman.platform.train import TrainConfig, prepare, run_training
-from lightman.platform.tune import SearchConfig, check_finite, read_records, run_search
+from lightman.platform.tune import (
+    SearchConfig,
+    check_finite,
+    error_message,
+    read_records,
+    run_search,
+)
 from lightman.platform.tune_space import load_space, parse_space
 from lightman.tasks.synth import SynthConfig, synthesize
 
@@ -218,3 +224,24 @@ def test_a_storage_that_cannot_open_is_named_before_ray_starts(url, says, tmp_pa
     err = capsys.readouterr().err
     assert says in err and "secret" not in err and "internal error" not in err
     assert not ray.is_initialized()
+
+
+def test_a_trial_error_keeps_the_cause_ray_train_puts_after_its_own_line():
+    """The shape of a real diverged trial's error.txt (a search whose trials ran at
+    α = β = 10⁶): Ray Train's line ends with a colon and the cause follows it."""
+    text = (
+        "Failure # 1 (occurred at 2026-12-07_05-04-30)\n"
+        "Traceback (most recent call last):\n"
+        '  File "ray/tune/trainable.py", line 331, in train\n'
+        "    raise skipped from exception_cause(skipped)\n"
+        "ray.train.ControllerError: Training failed due to controller error:\n"
+        "diverged at step 2: {'outer_loss': nan}\n"
+    )
+    assert error_message(text) == (
+        "ray.train.ControllerError: Training failed due to controller error: "
+        "diverged at step 2: {'outer_loss': nan}"
+    )
+    assert error_message("ValueError: a 24-px model cannot take 16-px clips\n") == (
+        "ValueError: a 24-px model cannot take 16-px clips"
+    )
+    assert error_message("") == "failed (empty error file)"
