@@ -13,6 +13,8 @@ import importlib.metadata as md
 import platform as _stdlib_platform  # the standard library's, never lightman.platform
 from typing import Any
 
+from lightman.models.cpu_kernels import requested
+
 PACKAGES = (
     "lightman",
     "torch",
@@ -26,13 +28,15 @@ PACKAGES = (
 
 
 def versions() -> dict[str, str]:
-    """The Python version and each of PACKAGES' installed version ("not installed" if absent)."""
+    """The Python version, each of PACKAGES' installed version ("not installed" if absent) and
+    the CPU kernels torch was asked for (models/cpu_kernels.py)."""
     out = {"python": _stdlib_platform.python_version()}
     for name in PACKAGES:
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
             out[name] = "not installed"
+    out["torch_cpu_kernels"] = requested()
     return out
 
 
