@@ -10,11 +10,17 @@ the index's content hash with them. `cv2.setUseOptimized(False)` sends every dis
 function, and IPP, to the baseline code (SSE3 on x86-64), which is the same on every
 x86-64 CPU. Other architectures (ARM NEON) have another baseline and may still differ.
 
+OpenCV also runs one thread: its parallel loops (the Haar cascade over its scales) return
+detections in the order their threads finish, and the face detector keeps the largest of
+them, so two faces of equal size made the crop box depend on thread timing (seen: one
+clip of 39 in two concurrent builds of one release, about one build in two).
+
 Every module that computes pixels with OpenCV imports it from here.
 """
 
 import cv2
 
 cv2.setUseOptimized(False)
+cv2.setNumThreads(1)
 
 __all__ = ["cv2"]

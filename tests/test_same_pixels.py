@@ -6,7 +6,10 @@ CASME II clips and 12 CK+ clips built with OpenCV's SSE4/AVX/AVX2 code turned of
 another content hash than one built with it on, on the same machine; the same happens
 between machines with other CPU features (the demo's index hashed differently on a
 machine without AVX-512 than on one with it). NumPy's AVX-512 power gave the same kind of
-difference until tasks/portable.py (the tests below).
+difference until tasks/portable.py (the tests below). The two builds run at the same time,
+so this also catches a result that depends on thread timing: OpenCV's threaded face
+detection chose between two equal faces by which thread finished first, about one build in
+two, until tasks/cv.py held OpenCV to one thread.
 """
 
 import os
