@@ -282,6 +282,15 @@ def _storage(out: Path, scfg: SearchConfig):
         raise ConfigError(f"--storage {_shown(url)}: {reason}") from e
 
 
+def _from_here(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it (a command written
+    into a file names no folder of this machine), else as it is."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _shown(url: str) -> str:
     """The storage URL with its password hidden (it goes into error messages)."""
     try:
@@ -430,7 +439,7 @@ def write_results(
     best = max(scored, key=lambda r: r[scfg.metric])
     best_cfg = apply_params(to_dict(base_cfg), best["params"])
     header = (
-        f"# lightman train --config {out / 'best.yaml'} --out runs/best\n"
+        f"# lightman train --config {_from_here(out / 'best.yaml')} --out runs/best\n"
         f"# best of {len(records)} trials ({space.name}): {scfg.metric}={best[scfg.metric]:.4f} "
         f"(trial {best['trial']}, step {best['iteration']}) on the validation subjects\n"
     )
