@@ -282,15 +282,6 @@ def _storage(out: Path, scfg: SearchConfig):
         raise ConfigError(f"--storage {_shown(url)}: {reason}") from e
 
 
-def _from_here(path: Path) -> str:
-    """`path` relative to the working directory when it lies below it (a command written
-    into a file names no folder of this machine), else as it is."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
 def _shown(url: str) -> str:
     """The storage URL with its password hidden (it goes into error messages)."""
     try:
@@ -425,6 +416,15 @@ def run_search(
         if started:
             ray.shutdown()
     return write_results(base_cfg, space, out, scfg, storage)
+
+
+def _from_here(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it (a command written
+    into a file names no folder of this machine), else as it is."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def write_results(

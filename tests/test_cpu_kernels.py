@@ -22,7 +22,7 @@ print(torch.backends.cpu.get_cpu_capability(), versions()["torch_cpu_kernels"])
 
 
 def _capability(**env: str) -> list[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY",)}
+    clean = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
     out = subprocess.run(
         [sys.executable, "-c", CAPABILITY],
         env={**clean, **env},

@@ -15,6 +15,7 @@ two, until tasks/cv.py held OpenCV to one thread.
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 
@@ -34,15 +35,25 @@ def test_opencv_runs_its_baseline_code_once_lightman_imports_it():
     assert not cv2.useOptimized()
 
 
-def test_generated_index_is_the_same_with_opencv_simd_off(tmp_path):
+def _on_and_off(script: str, variable: str, off: str, folder: Path | None = None) -> list[str]:
+    """stdout of `script` run twice at the same time, in two processes: with `variable`
+    empty (the library's code for this CPU) and set to `off`; with `folder`, each run gets
+    its own subfolder of it as its argument."""
     runs = []
-    for name, disable in (("simd", ""), ("baseline", "SSE4.1,SSE4.2,AVX,FP16,AVX2,POPCNT")):
-        env = {**os.environ, "OPENCV_CPU_DISABLE": disable, "OMP_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-c", BUILD, str(tmp_path / name)]
+    for name, value in (("on", ""), ("off", off)):
+        env = {**os.environ, variable: value, "OMP_NUM_THREADS": "1"}
+        args = [str(folder / name)] if folder else []
+        cmd = [sys.executable, "-c", script, *args]
         runs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True))
-    hashes = [p.communicate(timeout=300)[0].strip() for p in runs]
+    outs = [p.communicate(timeout=300)[0].strip() for p in runs]
     assert all(p.returncode == 0 for p in runs)
-    assert hashes[0].startswith("sha256:") and hashes[0] == hashes[1]
+    return outs
+
+
+def test_generated_index_is_the_same_with_opencv_simd_off(tmp_path):
+    disable = "SSE4.1,SSE4.2,AVX,FP16,AVX2,POPCNT"
+    on, off = _on_and_off(BUILD, "OPENCV_CPU_DISABLE", disable, tmp_path)
+    assert on.startswith("sha256:") and on == off
 
 
 def _numpy_avx512() -> str:
@@ -66,23 +77,11 @@ print(digest.hexdigest())
 """
 
 
-def _run_both(script: str, *args: str) -> list[str]:
-    """stdout of `script` with NumPy's AVX-512 code on and off, in two processes."""
-    runs = []
-    for disable in ("", _numpy_avx512()):
-        env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": disable, "OMP_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-c", script, *args]
-        runs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True))
-    outs = [p.communicate(timeout=300)[0].strip() for p in runs]
-    assert all(p.returncode == 0 for p in runs)
-    return outs
-
-
 def test_generated_faces_are_the_same_with_numpy_avx512_off():
     """NumPy's AVX-512 power rounded the faces' shading otherwise than the C library's
     (tasks/portable.py): on an AVX-512 machine these float faces differed, and the demo's
     index with them (one grey level in three sampled SMIC frames)."""
-    on, off = _run_both(FACES)
+    on, off = _on_and_off(FACES, "NPY_DISABLE_CPU_FEATURES", _numpy_avx512())
     assert len(on) == 64 and on == off
 
 
