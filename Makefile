@@ -42,7 +42,7 @@ tune-demo: $(VENV)/.installed
 	$(BIN)/lightman synth --out $(TUNE_DIR)/synth "datasets=[casme2,ckplus]" seed=$(SEED)
 	$(BIN)/lightman ingest casme2 $(TUNE_DIR)/synth/CASME2 --out $(TUNE_DIR)/index --label-scheme five --size 32 --replace
 	$(BIN)/lightman ingest ckplus $(TUNE_DIR)/synth/CK+ --out $(TUNE_DIR)/index --size 32 --replace
-	RAY_AUTH_MODE=disabled $(BIN)/lightman tune --config configs/tune_demo.yaml \
+	$(BIN)/lightman tune --config configs/tune_demo.yaml \
 		--space tune_spaces/lightman.yaml --trials 6 --out $(TUNE_DIR)/lightman data.index=$(TUNE_DIR)/index seed=$(SEED)
 
 # MA2MI pre-training of a MIACNet encoder on the demo's macro clips (needs `make demo` first)
@@ -53,7 +53,7 @@ demo-ma2mi: $(VENV)/.installed
 # much of the suite waits on Ray and HTTP start-ups, which overlap. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed-test
-	RAY_AUTH_MODE=disabled OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q \
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q \
 		-n $(TEST_WORKERS) --dist loadfile tests
 
 $(VENV)/.installed-lint: | $(BIN)/python

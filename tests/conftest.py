@@ -10,10 +10,14 @@ workers finish together. Each worker has its own moto_server and its own local R
 
 from __future__ import annotations
 
+import atexit
 import os
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +32,25 @@ from lightman.tasks.schema import ClipRecord, Preprocessed, row_from_record
 # loaded 2-core machine (then Serve kills it and a test's first request finds no proxy:
 # seen at a load average of 4); set before any test starts Ray, which every Ray process inherits
 os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+
+
+def _token_auth_on() -> None:
+    """Ray's token authentication stays on in every test, as it is on for local clusters by
+    default from Ray 2.60: each test process gets its own token in a private file (the way
+    Ray documents it: RAY_AUTH_MODE=token with RAY_AUTH_TOKEN_PATH), which every Ray
+    process, `ray start` and `ray job submit` it starts inherits; the user's own
+    ~/.ray/auth_token is never read or written."""
+    folder = Path(tempfile.mkdtemp(prefix="lightman-ray-auth-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    token = folder / "auth_token"
+    token.touch(mode=0o600)
+    token.write_text(secrets.token_hex(32))  # 256 bits, as `ray get-auth-token --generate`
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+
+
+_token_auth_on()
 
 S3_BUCKET = "lightman-test"
 # The files that take longest (seconds, one process on an idle 2-core machine): run first,
@@ -110,14 +133,13 @@ def s3_endpoint():
 
 @pytest.fixture(scope="session")
 def ray_local(s3_endpoint):
-    """A local 2-CPU Ray for the session (token auth off, no dashboard, quiet Ray Data).
+    """A local 2-CPU Ray for the session (token auth on, no dashboard, quiet Ray Data).
 
     Started after `s3_endpoint`, so its worker processes inherit the AWS variables and
     Ray tasks can read s3:// URIs of the test endpoint.
     """
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # two xdist workers each run a Ray on 2 cores: a Ray Train worker group may take
     # longer than Ray's default 60 s to start (inherited by the Train controller)
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")

@@ -317,7 +317,7 @@ def test_ray_job_submit_trains_on_a_running_cluster(index, tmp_path):
     the job although the working dir holds the repo's platform/ folder."""
     repo = Path(__file__).parents[1]
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     port, dashboard = _free_port(), _free_port()
     # Every port the head binds is chosen free: other Ray clusters on this machine hold
