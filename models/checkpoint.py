@@ -84,13 +84,14 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path_or_fileobj: str | Path | BinaryIO,
+    path_or_fileobj: str | Path | BinaryIO, name: str | None = None
 ) -> tuple[LightmanNet, ModelConfig, dict]:
     """Load a checkpoint with `weights_only=True` -> (model in eval mode, cfg, meta).
 
-    meta = {"format", "versions", "extra"}. Errors name the source and what is wrong.
+    meta = {"format", "versions", "extra"}. Errors name the source (`name`: where a file
+    object was read from) and what is wrong.
     """
-    source = (
+    source = name or (
         str(path_or_fileobj)
         if isinstance(path_or_fileobj, (str, Path))
         else "checkpoint file object"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 import torch.nn.functional as F
@@ -107,10 +108,12 @@ def save_encoder(path: str | Path, model: nn.Module, extra: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_encoder(path: str | Path) -> dict:
-    """The payload of an encoder checkpoint; a file that is not one is one clear error."""
+def load_encoder(source: str | Path | BinaryIO, name: str | None = None) -> dict:
+    """The payload of an encoder checkpoint (a local path, or a file object whose origin is
+    `name`); a file that is not one is one clear error."""
+    path = name or str(source)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(source, map_location="cpu", weights_only=True)
     except OSError:
         raise
     except Exception as e:
@@ -136,10 +139,12 @@ def architecture_mismatch(stored: dict, cfg) -> list[str]:
     ]
 
 
-def init_backbone(model: nn.Module, path: str | Path) -> None:
-    """Load the encoder at `path` into model.backbone (in place); a different architecture
-    is a ValueError naming every field that differs."""
-    payload = load_encoder(path)
+def init_backbone(model: nn.Module, source: str | Path | BinaryIO, name: str | None = None) -> None:
+    """Load the encoder at `source` (a local path, or a file object read from `name`) into
+    model.backbone (in place); a different architecture is a ValueError naming every field
+    that differs."""
+    path = name or str(source)
+    payload = load_encoder(source, name)
     diff = architecture_mismatch(payload["config"], model.cfg)
     if diff:
         raise ValueError(

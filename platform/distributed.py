@@ -29,9 +29,11 @@ import contextlib
 import dataclasses
 import io
 import os
+import posixpath
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -52,19 +54,21 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from lightman.platform.config import ConfigError
 from lightman.platform.data import ExactlyOnceDataConfig, read_dataset
 from lightman.platform.index import read_manifest
-from lightman.platform.run_state import load_state, save_state
-from lightman.platform.selection import unified_labels
-from lightman.platform.train import (
+from lightman.platform.loop import (
     LoopContext,
     RunData,
-    TrainConfig,
-    _check_resumable,
+    check_resumable,
     shard_subjects,
     train_loop,
 )
+from lightman.platform.run_state import load_state, save_state
+from lightman.platform.selection import unified_labels
 from lightman.tasks import storage
 from lightman.tasks.episodes import ClipPool
 from lightman.tasks.splits import composite_pool
+
+if TYPE_CHECKING:  # read only; train.py defines it and calls `fit` lazily
+    from lightman.platform.train import TrainConfig
 
 _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 # Ray Train's placement-group cleaner polls the state API, which a cluster without a
@@ -113,6 +117,12 @@ def worker_loop(config: dict) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     shard = _shard_pool(cfg, rank, data.val.class_names) if data.train is None else None
+    out = config["out"]
+    # rank 0 keeps the live logs under --out when every node reaches it (s3://) or it runs
+    # beside the driver; elsewhere a local --out would be another node's disk, and the
+    # driver writes the logs from the final run state alone
+    here = ray.get_runtime_context().get_node_id() == config["driver_node"]
+    live = out.startswith("s3://") or here
     ctx = LoopContext(
         rank=rank,
         world_size=context.get_world_size(),
@@ -121,19 +131,17 @@ def worker_loop(config: dict) -> None:
         report=_report,
         resume=state,
         train_pool=shard,
+        log_to=out if live else None,
     )
-    train_loop(cfg, Path(config["out"]), ctx, data)
+    train_loop(cfg, ctx, data)
 
 
-def storage_of(cfg: TrainConfig, out: Path) -> tuple[str, pafs.FileSystem | None]:
-    """(storage_path, storage_filesystem) for RunConfig. An s3:// URI gets a filesystem
-    built from the standard AWS variables (endpoint included) and a path without the
-    scheme: Ray refuses an s3:// path together with a filesystem."""
-    if not cfg.storage_path:
-        return str(out / "ray"), None
-    if cfg.storage_path.startswith("s3://"):
-        return cfg.storage_path[len("s3://") :].rstrip("/"), storage.s3_filesystem()
-    return os.path.abspath(cfg.storage_path), None
+def storage_of(cfg: TrainConfig, out: str) -> tuple[str, pafs.FileSystem | None]:
+    """(storage_path, storage_filesystem) for RunConfig: `storage_path`, else <out>/ray. An
+    s3:// URI gets a filesystem built from the standard AWS variables (endpoint included)
+    and a path without the scheme: Ray refuses an s3:// path together with a filesystem."""
+    loc = storage.resolve(cfg.storage_path or posixpath.join(out, "ray"))
+    return (loc.path, loc.fs) if loc.is_s3 else (loc.path, None)
 
 
 def check_storage(cfg: TrainConfig, path: str, fs: pafs.FileSystem | None) -> None:
@@ -178,7 +186,7 @@ def _prepare_run_dir(
                 f"--resume: no checkpoint of run {name!r} under storage {path!r} to resume"
             )
         with latest.as_directory() as folder:
-            _check_resumable(cfg, load_state(folder))
+            check_resumable(cfg, load_state(folder))
         return
     if fs.get_file_info(run).type != pafs.FileType.NotFound:
         if cfg.storage_path:  # a user's storage is never deleted implicitly
@@ -238,12 +246,14 @@ def _shard_datasets(cfg: TrainConfig, data: RunData) -> dict:
     }
 
 
-def fit(cfg: TrainConfig, out: Path, resume: bool, data: RunData, callbacks=()) -> dict:
+def fit(cfg: TrainConfig, out: str, resume: bool, data: RunData, callbacks=()) -> dict:
     """Run `train_loop` on `cfg.workers` Ray Train workers; the final run state (rank 0's).
-    `callbacks`: Ray Train `UserCallback`s (a Ray Tune trial passes its report callback)."""
+    `out`: the run's URI (local or s3://). `callbacks`: Ray Train `UserCallback`s (a Ray
+    Tune trial passes its report callback)."""
+    out = storage.resolve(out).uri
     path, fs = storage_of(cfg, out)
     check_storage(cfg, path, fs)
-    name = cfg.run_name or out.name
+    name = cfg.run_name or posixpath.basename(out)
     started = not ray.is_initialized()
     if started:  # RAY_ADDRESS (e.g. inside `ray job submit`) joins a cluster, else a local one
         ray.init(include_dashboard=False, configure_logging=False)
@@ -259,7 +269,12 @@ def fit(cfg: TrainConfig, out: Path, resume: bool, data: RunData, callbacks=()) 
                 worker_loop,
                 # replicate: the driver's pools reach every worker through the object
                 # store; shard: each worker reads only its own subjects' rows
-                train_loop_config={"cfg": cfg, "out": str(out), "data": worker_data},
+                train_loop_config={
+                    "cfg": cfg,
+                    "out": out,
+                    "data": worker_data,
+                    "driver_node": ray.get_runtime_context().get_node_id(),
+                },
                 datasets=datasets or None,
                 # every rank gets each dataset whole; rank r reads only "train_r"
                 dataset_config=ExactlyOnceDataConfig(datasets_to_split=[]),

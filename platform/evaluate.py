@@ -4,7 +4,9 @@ query set, and summarise ACC / macro-F1 / UAR / UF1 as mean ± 95% CI over episo
 from __future__ import annotations
 
 import csv
+import io
 import json
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from lightman.platform.protocols import (
     write_protocol_results,
 )
 from lightman.platform.selection import DataSelection, auxiliary_pool, primary_pool
+from lightman.tasks import storage
 from lightman.tasks.corrupt import KINDS, corrupt_pool
 from lightman.tasks.episodes import EpisodeConfig, fixed_episodes
 from lightman.tasks.metrics import episode_summary
@@ -99,19 +102,25 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_results(out: str | Path, result: dict) -> None:
-    """results.json (everything, with config and versions) and results.csv (the table)."""
-    out = Path(out)
-    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+def write_results(out: str, result: dict) -> None:
+    """results.json (everything, with config and versions) and results.csv (the table), under
+    `out` (a local folder or s3://)."""
+    root = storage.resolve(out)
+    storage.write_text(root.join("results.json"), json.dumps(result, indent=2, default=str))
     m = result["metrics"]
-    with (out / "results.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            ["learner", "ways", "shots", *[f"{k}_{s}" for k in METRICS for s in ("mean", "ci95")]]
-        )
-        w.writerow(
-            [m["learner"], m["ways"], m["shots"], *[v for k in METRICS for v in m["test"][k]]]
-        )
+    text = io.StringIO()
+    w = csv.writer(text)
+    w.writerow(
+        ["learner", "ways", "shots", *[f"{k}_{s}" for k in METRICS for s in ("mean", "ci95")]]
+    )
+    w.writerow([m["learner"], m["ways"], m["shots"], *[v for k in METRICS for v in m["test"][k]]])
+    storage.write_text(root.join("results.csv"), text.getvalue())
+
+
+def _default_out(checkpoint: str, name: str) -> str:
+    """`eval-...` beside the checkpoint (local or s3://) when no --out is given."""
+    loc = storage.resolve(checkpoint)
+    return storage.uri_of(loc, posixpath.join(posixpath.dirname(loc.path), name))
 
 
 def evaluate_checkpoint(
@@ -122,11 +131,11 @@ def evaluate_checkpoint(
     known = ["fewshot", *PROTOCOLS, MEGC_LOSO]
     if protocol not in known:
         raise ValueError(f"protocol {protocol!r} is unknown; use one of {known}")
-    model, model_cfg, ckpt = load_checkpoint(checkpoint)
+    model, model_cfg, ckpt = load_checkpoint(io.BytesIO(storage.read_bytes(checkpoint)), checkpoint)
     meta = ckpt["extra"]  # what train.py recorded: config, split, learner, versions
     train_cfg = meta["config"]
     if protocol == MEGC_LOSO:  # retrains the run's config per subject (platform/megc.py)
-        out_dir = Path(out) if out else Path(checkpoint).parent / f"eval-{MEGC_LOSO}"
+        out_dir = Path(out) if out else Path(_default_out(checkpoint, f"eval-{MEGC_LOSO}"))
         record = {"checkpoint": checkpoint, "train_meta": meta}
         metrics, table = evaluate_megc(train_cfg, index, cfg.megc, cfg.seed, out_dir, record)
         return EvalResult(metrics, table)
@@ -140,11 +149,7 @@ def evaluate_checkpoint(
     ep_cfg = from_dict(EpisodeConfig, ep)
     data = from_dict(DataSelection, {**train_cfg["data"], "index": index})
     test_subjects = tuple(meta["split"]["test"])
-    out_dir = (
-        Path(out)
-        if out
-        else Path(checkpoint).parent / f"eval-{protocol}-{ep_cfg.ways}w{ep_cfg.shots}s"
-    )
+    out_dir = out or _default_out(checkpoint, f"eval-{protocol}-{ep_cfg.ways}w{ep_cfg.shots}s")
     if protocol in PROTOCOLS:
         loso = LosoConfig(
             shots=ep_cfg.shots,
@@ -199,6 +204,5 @@ def evaluate_checkpoint(
         "corrupt": cfg.corrupt,
         "corrupted_clips": list(corrupted),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_results(out_dir, {"metrics": metrics, "eval_config": cfg.__dict__, "train_meta": meta})
     return EvalResult(metrics, format_table([metrics]))

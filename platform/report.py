@@ -1,4 +1,5 @@
-"""`lightman report RUN_DIR`: a run's learning curves, from its metrics.jsonl, as one PNG.
+"""`lightman report RUN`: a run's learning curves, from its metrics.jsonl, as one PNG (the
+run and the PNG local or s3://).
 
 Panels: the outer (query) loss, query and validation accuracy, the auxiliary MMD term
 (LightmanNet's L_aux; absent for learners without one) and throughput in episodes/s.
@@ -6,9 +7,11 @@ Panels: the outer (query) loss, query and validation accuracy, the auxiliary MMD
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from lightman.platform.run_log import METRICS_FILE, read_metrics
+from lightman.tasks import storage
 
 # (panel title, y label, record keys drawn in it)
 PANELS = (
@@ -21,17 +24,18 @@ PANELS = (
 
 def draw_curves(run: str | Path, png: str | Path | None = None) -> str:
     """Write the curves of `run` to `png` (default RUN/curves.png); a one-line summary."""
+    run = storage.resolve(run)
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    records = read_metrics(run)
+    records = read_metrics(run.uri)
     if not records:
         raise FileNotFoundError(
-            f"{Path(run) / METRICS_FILE}: no metrics to draw (not a training run folder?)"
+            f"{run.join(METRICS_FILE).uri}: no metrics to draw (not a training run folder?)"
         )
-    png = Path(png) if png else Path(run) / "curves.png"
+    png = storage.resolve(png) if png else run.join("curves.png")
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
     for ax, (title, ylabel, keys) in zip(axes, PANELS):
         for key in keys:
@@ -54,7 +58,8 @@ def draw_curves(run: str | Path, png: str | Path | None = None) -> str:
         if len(ax.lines) > 1:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    return f"wrote {png} ({len(records)} steps)"
+    storage.write_bytes(png, buf.getvalue())
+    return f"wrote {png.uri} ({len(records)} steps)"

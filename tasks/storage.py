@@ -119,3 +119,14 @@ def write_bytes(loc: Location, data: bytes) -> None:
 def delete_dir(loc: Location) -> None:
     if exists(loc):
         loc.fs.delete_dir(loc.path)
+
+
+def write_text(loc: Location, text: str) -> None:
+    """Write a UTF-8 text file atomically (see `write_bytes`)."""
+    write_bytes(loc, text.encode())
+
+
+def make_dirs(loc: Location) -> None:
+    """Create a local folder and its parents; nothing on S3, where folders are key prefixes."""
+    if not loc.is_s3:
+        loc.fs.create_dir(loc.path, recursive=True)

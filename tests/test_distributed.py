@@ -30,8 +30,10 @@ import torch
 from lightman.platform import generated
 from lightman.platform.cli import main
 from lightman.platform.config import load_config
+from lightman.platform.loop import shard_subjects
 from lightman.platform.run_state import latest_checkpoint, load_state, write_checkpoint
-from lightman.platform.train import TrainConfig, prepare, run_training, shard_subjects
+from lightman.platform.train import TrainConfig, prepare, run_training
+from lightman.tasks import storage
 
 TINY = [
     "episode.ways=3",
@@ -87,7 +89,7 @@ def config(index: str, *extra: str) -> TrainConfig:
 
 def final_state(out: Path) -> dict:
     """The newest run-state checkpoint of a run: in-process or Ray Train (default storage)."""
-    local = latest_checkpoint(out / "checkpoints")
+    local = latest_checkpoint(storage.resolve(out / "checkpoints"))
     if local is not None:
         return load_state(local)
     ray_runs = sorted(
@@ -269,11 +271,18 @@ def test_shard_mode_trains_each_worker_on_its_own_subjects(ray_local, index, tmp
 
 def test_a_checkpoint_folder_is_complete_or_absent(tmp_path):
     root = tmp_path / "checkpoints"
-    (root / ".step-000004.tmp123").mkdir(parents=True)  # what a crash mid-write leaves
+    crashed = root / "step-000008"  # what a crash mid-write leaves: no state.pt, a temp file
+    crashed.mkdir(parents=True)
+    (crashed / "state.pt.tmp-0123").write_bytes(b"half")
+    loc = storage.resolve(root)
     for step in (2, 4, 6):
-        write_checkpoint(root, {"step": step, "w": torch.full((3,), float(step))}, keep=2)
-    assert [p.name for p in sorted(root.glob("step-*"))] == ["step-000004", "step-000006"]
-    assert load_state(latest_checkpoint(root))["step"] == 6
+        write_checkpoint(loc, {"step": step, "w": torch.full((3,), float(step))}, keep=2)
+    assert [p.name for p in sorted(root.glob("step-*/state.pt"))] == ["state.pt"] * 2
+    assert sorted(p.parent.name for p in root.glob("step-*/state.pt")) == [
+        "step-000004",
+        "step-000006",
+    ]
+    assert load_state(latest_checkpoint(loc))["step"] == 6
 
 
 def test_single_process_training_never_imports_ray():

@@ -15,7 +15,8 @@ from lightman.models.checkpoint import load_checkpoint
 from lightman.platform import generated
 from lightman.platform.cli import main
 from lightman.platform.config import load_config
-from lightman.platform.train import TrainConfig, outer_step, prepare, run_training
+from lightman.platform.loop import outer_step
+from lightman.platform.train import TrainConfig, prepare, run_training
 
 TINY = [
     "episode.ways=3",
