@@ -61,6 +61,7 @@ from lightman.platform.loop import (
     shard_subjects,
     train_loop,
 )
+from lightman.platform.placement import check_placement  # knows the autoscaler
 from lightman.platform.run_state import load_state, save_state
 from lightman.platform.selection import unified_labels
 from lightman.tasks import storage
@@ -157,17 +158,6 @@ def check_storage(cfg: TrainConfig, path: str, fs: pafs.FileSystem | None) -> No
                 raise FileNotFoundError(f"bucket {bucket!r} does not exist")
     except OSError as e:
         raise ConfigError(f"storage_path={cfg.storage_path or path!r} is unreachable: {e}") from e
-
-
-def check_placement(cfg: TrainConfig) -> None:
-    """Fail now, naming `workers`, when the cluster cannot place W workers (1 CPU or 1 GPU each)."""
-    unit = "GPU" if cfg.device == "cuda" else "CPU"
-    have = int(ray.cluster_resources().get(unit, 0))
-    if cfg.workers > have:
-        raise ConfigError(
-            f"workers={cfg.workers}: the Ray cluster has {have} {unit}(s), one per worker "
-            f"is needed (device={cfg.device})"
-        )
 
 
 def _prepare_run_dir(
