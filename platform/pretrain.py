@@ -1,14 +1,15 @@
 """`lightman pretrain --method ma2mi`: self-supervised pre-training of the encoder on
 macro-expression clips of the index (docs/ma2mi.md; the loss is models/ma2mi.py).
 
-One loop, in process, no Ray: draw a batch of training clips (seeded by (seed, step)), a
-time t and t + k per clip, predict the EMA encoder's latent of frame t + k from the onset
-and the motion so far, Adam step on the online encoder and the predictor, EMA step of the
-target. Subjects are split first: `holdout_fraction` of them never train and are used
-only by the check at the end, which embeds their clips with the initial (random) encoder
-and with the pre-trained one and reports how well each carries the expression class
-across subjects (`class_acc`, nearest centroid of the other subjects) and the subject
-(`subject_acc`, leave one clip out).
+One loop, in process, no Ray, on `device` (cpu, cuda or cuda:N; checked before the index
+is read or RUN is made, platform/devices.py): draw a batch of training clips (seeded by
+(seed, step)), a time t and t + k per clip, predict the EMA encoder's latent of frame
+t + k from the onset and the motion so far, Adam step on the online encoder and the
+predictor, EMA step of the target. Subjects are split first: `holdout_fraction` of them
+never train and are used only by the check at the end, which embeds their clips with the
+initial (random) encoder and with the pre-trained one and reports how well each carries
+the expression class across subjects (`class_acc`, nearest centroid of the other
+subjects) and the subject (`subject_acc`, leave one clip out).
 
 Writes RUN/encoder.pt (the backbone's weights + ModelConfig + versions + this config,
 for `lightman train ... model.init=RUN/encoder.pt`), RUN/metrics.jsonl (one line per
@@ -32,6 +33,7 @@ from lightman.models.backbones import TWO_BRANCH
 from lightman.models.net import ModelConfig, build_model
 from lightman.models.provenance import to_dict, versions
 from lightman.platform.config import ConfigError
+from lightman.platform.devices import check_device_name, resolve_device
 from lightman.platform.selection import check_clip_shapes, load_pool
 from lightman.tasks.episodes import ClipPool, to_tensor
 
@@ -61,8 +63,10 @@ class PretrainConfig:
     holdout_fraction: float = 0.25  # share of subjects kept out of training, for the check
     log_every: int = 10
     threads: int = 0  # torch CPU threads (0: torch's default)
+    device: str = "cpu"  # cpu, cuda or cuda:N: where the encoder trains and the check embeds
 
     def __post_init__(self) -> None:
+        check_device_name(self.device, "device")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
         if self.model.backbone not in TWO_BRANCH:
@@ -138,11 +142,13 @@ def step_seed(seed: int, step: int) -> int:
 
 @torch.no_grad()
 def embed(backbone: torch.nn.Module, pool: ClipPool, rows: np.ndarray, batch: int = 64):
-    """(len(rows), D) embeddings of the clips (onset + apex - onset), in eval mode."""
+    """(len(rows), D) embeddings of the clips (onset + apex - onset), in eval mode, on the
+    CPU; the clips go through the backbone on the device of its parameters."""
     was = backbone.training
     backbone.eval()
+    device = next(backbone.parameters()).device
     out = [
-        backbone(to_tensor(pool.frames[rows[i : i + batch]])).embedding
+        backbone(to_tensor(pool.frames[rows[i : i + batch]]).to(device)).embedding.cpu()
         for i in range(0, rows.size, batch)
     ]
     backbone.train(was)
@@ -182,6 +188,7 @@ def check(backbone: torch.nn.Module, pool: ClipPool, rows: np.ndarray) -> dict:
 
 def run_pretraining(cfg: PretrainConfig, out: str | Path) -> PretrainResult:
     """Pre-train (module docstring); writes encoder.pt, metrics.jsonl and pretrain.json."""
+    device = resolve_device(cfg.device, "device")  # before RUN is made or a clip is read
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -190,8 +197,8 @@ def run_pretraining(cfg: PretrainConfig, out: str | Path) -> PretrainResult:
     train_rows, held_rows = split_subjects(pool, cfg.holdout_fraction, cfg.seed)
     torch.manual_seed(cfg.seed)
     model = build_model(replace(cfg.model, init=""))  # heads are not pre-trained
-    online = model.backbone.train()
-    predictor = ma2mi.Predictor(online.embed_dim)
+    online = model.backbone.to(device).train()
+    predictor = ma2mi.Predictor(online.embed_dim).to(device)
     target = copy.deepcopy(online).requires_grad_(False)
     before = check(online, pool, held_rows)
     params = [*online.parameters(), *predictor.parameters()]
@@ -202,7 +209,7 @@ def run_pretraining(cfg: PretrainConfig, out: str | Path) -> PretrainResult:
         for step in range(1, cfg.steps + 1):
             gen = torch.Generator().manual_seed(step_seed(cfg.seed, step))
             pick = torch.randint(len(train_rows), (cfg.batch_size,), generator=gen).numpy()
-            x = to_tensor(pool.frames[train_rows[pick]])  # (B, M, C, H, W) in [0, 1]
+            x = to_tensor(pool.frames[train_rows[pick]]).to(device)  # (B, M, C, H, W) in [0, 1]
             t, future = ma2mi.draw_steps(len(x), x.shape[1], cfg.horizon, gen)
             onset = x[:, 0]
             z = online.encode(onset, ma2mi.motion_at(x, t), update_stats=True).embedding
