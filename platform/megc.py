@@ -25,6 +25,10 @@ in `loso` (transductive per subject); clip and running are not.
 Folds are independent: with `workers > 1` they run as Ray tasks (one CPU each, `workers`
 at a time); Ray is imported only then, so the default path never loads it. A fold's result
 does not depend on where it runs (its seed is its own).
+
+Device: the caller resolves it (`lightman eval ... device=cuda`, platform/devices.py) and
+passes the torch.device; folds train and predict there. As Ray tasks on CUDA each fold
+reserves one GPU (`num_gpus=1`) and sees it as cuda, so folds share a GPU one at a time.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from lightman.tasks.metrics import SCORES
 from lightman.tasks.splits import loso_folds, pool_predictions
 
 PROTOCOL = "megc-loso"
+CPU = torch.device("cpu")  # the folds' device unless the caller passes another
 
 
 @dataclass(frozen=True)
@@ -87,15 +92,17 @@ def run_fold(
     lr: float,
     weight_decay: float,
     seed: int,
+    device: torch.device = CPU,
 ) -> FoldResult:
-    """Train on every subject but `subject` for cfg.epochs, predict `subject`'s clips."""
+    """Train on every subject but `subject` for cfg.epochs on `device`, predict `subject`'s
+    clips."""
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(seed * 100_003 + number)
     rng = np.random.default_rng((seed, number))
     own = pool.subjects == subject
     train, test = np.flatnonzero(~own), np.flatnonzero(own)
-    model = build_model(model_cfg).train()
+    model = build_model(model_cfg).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     for _ in range(cfg.epochs):
         order = rng.permutation(train)
@@ -106,14 +113,16 @@ def run_fold(
         for i, s in enumerate(starts):
             end = starts[i + 1] if i + 1 < len(starts) else order.size
             rows = order[s:end]
-            x, y = to_tensor(pool.frames[rows]), torch.from_numpy(pool.labels[rows])
+            x = to_tensor(pool.frames[rows]).to(device)  # (batch, M, C, H, W)
+            y = torch.from_numpy(pool.labels[rows]).to(device)  # (batch,)
             loss = F.cross_entropy(model(x, head="pri", update_stats=True), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
     model.eval()
     with torch.no_grad():
-        pred = model(to_tensor(pool.frames[test]), head="pri").argmax(-1).numpy()
+        x = to_tensor(pool.frames[test]).to(device)  # (n, M, C, H, W): one subject's clips
+        pred = model(x, head="pri").argmax(-1).cpu().numpy()
     return FoldResult(
         subject,
         tuple(pool.clip_ids[test].tolist()),
@@ -130,19 +139,23 @@ def run_folds(
     lr: float,
     weight_decay: float,
     seed: int,
+    device: torch.device = CPU,
 ) -> list[FoldResult]:
     """Every fold, in process (workers=1) or as Ray tasks (workers>1), in subject order."""
     subjects = [f.test_subject for f in loso_folds(pool.subjects)]
     args = (cfg, lr, weight_decay, seed)
     if cfg.workers == 1:
-        return [run_fold(model_cfg, pool, s, k, *args) for k, s in enumerate(subjects)]
+        return [run_fold(model_cfg, pool, s, k, *args, device) for k, s in enumerate(subjects)]
     import ray  # only when asked: the single-process path never loads Ray
 
     if not ray.is_initialized():
         ray.init(num_cpus=cfg.workers, include_dashboard=False, log_to_driver=False)
-    remote = ray.remote(num_cpus=1)(run_fold)
+    cuda = device.type == "cuda"
+    # a CUDA fold gets a GPU of its own, which it sees as cuda (its CUDA_VISIBLE_DEVICES)
+    remote = ray.remote(num_cpus=1, num_gpus=1 if cuda else 0)(run_fold)
+    on = torch.device("cuda") if cuda else device
     pool_ref = ray.put(pool)
-    pending = [remote.remote(model_cfg, pool_ref, s, k, *args) for k, s in enumerate(subjects)]
+    pending = [remote.remote(model_cfg, pool_ref, s, k, *args, on) for k, s in enumerate(subjects)]
     return list(ray.get(pending))
 
 
@@ -163,10 +176,11 @@ def megc_loso(
     lr: float,
     weight_decay: float,
     seed: int,
+    device: torch.device = CPU,
 ) -> dict:
-    """Run every fold, pool by clip id, score: the plain-data result."""
+    """Run every fold on `device`, pool by clip id, score: the plain-data result."""
     check_classes(model_cfg, pool)
-    folds = run_folds(model_cfg, pool, cfg, lr, weight_decay, seed)
+    folds = run_folds(model_cfg, pool, cfg, lr, weight_decay, seed, device)
     expected = dict(zip(pool.clip_ids.tolist(), pool.labels.tolist()))
     pooled = pool_predictions(
         [dict(zip(f.clip_ids, zip(f.y_true.tolist(), f.y_pred.tolist()))) for f in folds],
@@ -232,18 +246,26 @@ def write_megc_results(out: str | Path, result: dict, record: dict) -> None:
 
 
 def evaluate_megc(
-    train_cfg: dict, index: str, cfg: MegcConfig, seed: int, out: Path, record: dict
+    train_cfg: dict,
+    index: str,
+    cfg: MegcConfig,
+    seed: int,
+    out: Path,
+    record: dict,
+    device: torch.device = CPU,
 ) -> tuple[dict, str]:
-    """MEGC LOSO of a run's config (its recorded `config`) on the primary pool of `index`;
+    """MEGC LOSO of a run's config (its recorded `config`) on the primary pool of `index`,
+    every fold trained on `device` (resolved by the caller, before this reads the index);
     writes the results to `out` -> (metrics, table)."""
     data = from_dict(DataSelection, {**train_cfg["data"], "index": index})
     model_cfg = from_dict(ModelConfig, train_cfg["model"])
     learner = train_cfg["learner"]
     lr = cfg.lr or learner["outer_lr"]
     pool = primary_pool(data)
-    result = megc_loso(model_cfg, pool, cfg, lr, learner["weight_decay"], seed)
+    result = megc_loso(model_cfg, pool, cfg, lr, learner["weight_decay"], seed, device)
     meta = {
         "megc_config": to_dict(cfg),
+        "device": str(device),
         "seed": seed,
         "lr": lr,
         "model": to_dict(model_cfg),

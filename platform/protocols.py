@@ -164,16 +164,23 @@ def predict_fold(
     aux_ways: np.ndarray | None = None,
 ) -> np.ndarray:
     """(len(target),) predicted classes of pool rows `target` after adapting once on pool rows
-    `support` (labels = ways) and the aux-pool rows `aux_rows` (paired with `aux_ways`)."""
+    `support` (labels = ways) and the aux-pool rows `aux_rows` (paired with `aux_ways`).
+    The clips go to the device of the model's parameters (`lightman eval ... device=cuda`
+    moves the model there)."""
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
-    support_x = to_tensor(pool.frames[support])  # (C*K, M, C, H, W)
-    support_y = torch.from_numpy(pool.labels[support])
-    aux_x = to_tensor(aux.frames[aux_rows]) if aux_rows is not None else None  # (C*A, M, C, H, W)
-    aux_y = torch.from_numpy(aux_ways) if aux_ways is not None else None
+    device = next(iter(params.values())).device
+    support_x = to_tensor(pool.frames[support]).to(device)  # (C*K, M, C, H, W)
+    support_y = torch.from_numpy(pool.labels[support]).to(device)
+    aux_x = aux_y = None
+    if aux_rows is not None:
+        aux_x = to_tensor(aux.frames[aux_rows]).to(device)  # (C*A, M, C, H, W)
+    if aux_ways is not None:
+        aux_y = torch.from_numpy(aux_ways).to(device)  # (C*A,)
     adapted = learner.adapt(model, params, buffers, support_x, support_y, aux_x, aux_y=aux_y)
     preds = []
     for start in range(0, target.size, batch_size):
-        x = to_tensor(pool.frames[target[start : start + batch_size]])  # (batch, M, C, H, W)
+        rows = target[start : start + batch_size]
+        x = to_tensor(pool.frames[rows]).to(device)  # (batch, M, C, H, W)
         logits = learner.logits(model, adapted, buffers, support_x, support_y, x)  # (batch, C)
         preds.append(logits.argmax(-1).cpu().numpy())
     return np.concatenate(preds).astype(np.int64)
