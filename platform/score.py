@@ -4,6 +4,8 @@ through a pool of model actors; a predictions Parquet, and metrics where labels 
 Each actor of the pool loads the checkpoint once (`Predictor`, the same base model the
 service answers with: adapted at start to the reference support set), and Ray Data
 streams the clips to the pool in batches (`map_batches` over an `ActorPoolStrategy`).
+With predictor.device=cuda each actor holds one GPU (`actor_resources`), checked to exist
+where the command starts before Ray does (platform/devices.py).
 An index's clips are already preprocessed; a video of a folder with no annotation goes
 through the upload path of the service (`prepare_clip`: the video adapter's decoding
 checks, face box on the onset frame, whole clip as the span, apex estimated), so a clip
@@ -11,7 +13,8 @@ scores the same here as over HTTP. A video that cannot be used is a row with its
 reason in `error`, not a failed run.
 
 Outputs under `out` (local or s3://): `predictions.parquet` (clip_id, label,
-probabilities in the order of `classes`, true_label where known, error) and, where the
+probabilities in the order of `classes`, true_label where known, error; its metadata
+holds the classes, the config and the devices the actors' models ran on) and, where the
 index has labels, `metrics.json` / `metrics.csv` (ACC, macro-F1, UAR, UF1 over the clips
 of the served classes) and `confusion.png`.
 """
@@ -29,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lightman.models.provenance import to_dict, versions
+from lightman.platform.devices import is_cuda, resolve_device
 from lightman.platform.predictor import Predictor, PredictorConfig
 from lightman.platform.upload import BadUpload, Span, UploadLimits, prepare_clip
 from lightman.tasks import storage
@@ -45,7 +49,8 @@ class ScoreConfig:
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     """Checkpoint, served classes and reference support (as the service's)."""
     actors: int = 2
-    """Model actors in the pool; each loads the checkpoint once and takes cpus_per_actor."""
+    """Model actors in the pool; each loads the checkpoint once and takes cpus_per_actor
+    (and one GPU when predictor.device is cuda)."""
     cpus_per_actor: float = 1.0
     """CPUs reserved per actor (give it as many as its torch threads)."""
     batch_size: int = 16
@@ -64,6 +69,11 @@ class ScoreConfig:
             raise ValueError(f"expression must be micro, macro or all, got {self.expression!r}")
         if self.face_crop not in ("", "haar", "none"):
             raise ValueError(f"face_crop must be '', haar or none, got {self.face_crop!r}")
+        if self.predictor.device.startswith("cuda:"):
+            raise ValueError(
+                f"predictor.device={self.predictor.device}: Ray gives each actor one GPU of "
+                "its own, which the actor sees as cuda; use predictor.device=cuda"
+            )
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,7 @@ class IndexScorer:
             "true_label": truth,
             "error": [""] * n,
             "classes": [list(self.predictor.classes)] * n,
+            "device": [str(self.predictor.device)] * n,
         }
 
 
@@ -148,6 +159,7 @@ class VideoScorer:
             "true_label": [""] * len(ok),
             "error": errors,
             "classes": [list(self.predictor.classes)] * len(ok),
+            "device": [str(self.predictor.device)] * len(ok),
         }
 
 
@@ -165,6 +177,16 @@ def _videos(root: storage.Location) -> list[dict]:
     return items
 
 
+def actor_resources(cfg: ScoreConfig) -> dict:
+    """What each actor of the pool reserves (map_batches' num_cpus / num_gpus): its
+    cpus_per_actor, and on cuda one GPU of its own, which Ray makes the actor's only
+    visible GPU (its CUDA_VISIBLE_DEVICES), seen as cuda."""
+    return {
+        "num_cpus": cfg.cpus_per_actor,
+        "num_gpus": 1 if is_cuda(cfg.predictor.device) else 0,
+    }
+
+
 def _dataset(cfg: ScoreConfig, source: str):
     """(Ray Dataset of scored rows, whether the source has labels)."""
     import ray
@@ -177,7 +199,7 @@ def _dataset(cfg: ScoreConfig, source: str):
     common = {
         "compute": pool,
         "batch_size": cfg.batch_size,
-        "num_cpus": cfg.cpus_per_actor,
+        **actor_resources(cfg),
         "batch_format": "numpy",
     }
     if storage.exists(root.join("manifest.json")):
@@ -257,6 +279,8 @@ def score(cfg: ScoreConfig, source: str, out: str) -> ScoreResult:
 
     if not cfg.predictor.checkpoint:
         raise ValueError("predictor.checkpoint is required")
+    # CUDA actors need CUDA where the command starts: fail before Ray starts or reads a row
+    resolve_device(cfg.predictor.device, "predictor.device")
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     started = time.perf_counter()
@@ -266,11 +290,14 @@ def score(cfg: ScoreConfig, source: str, out: str) -> ScoreResult:
     table = pa.concat_tables(batches) if batches else None
     if table is None or table.num_rows == 0:
         raise ValueError(f"{source}: no clips to score")
-    # every actor serves the same classes; they travel with the rows, once per clip
+    # every actor serves the same classes; they travel with the rows, once per clip, as
+    # does the device each actor's model ran on (what the run used, not what it asked for)
     classes = table.column("classes")[0].as_py()
-    table = table.drop_columns(["classes"]).sort_by("clip_id")
+    devices = sorted(set(table.column("device").to_pylist()))
+    table = table.drop_columns(["classes", "device"]).sort_by("clip_id")
     meta = {
         "classes": classes,
+        "devices": devices,
         "checkpoint": cfg.predictor.checkpoint,
         "source": source,
         "config": to_dict(cfg),
@@ -296,6 +323,7 @@ def score(cfg: ScoreConfig, source: str, out: str) -> ScoreResult:
     failed = sum(1 for e in table.column("error").to_pylist() if e)
     lines = [
         f"scored {table.num_rows} clips in {seconds:.1f} s with {cfg.actors} actors "
+        f"on {', '.join(devices)} "
         f"-> {root.uri}/predictions.parquet" + (f" ({failed} unusable)" if failed else "")
     ]
     if metrics:
