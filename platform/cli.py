@@ -203,9 +203,24 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--trials", type=int, default=8, help="trials of the study in total (default 8)")
     u.add_argument("--out", required=True, help="search folder (study, trials, best.yaml, plots)")
     u.add_argument("--storage", default="", help="Optuna storage URL (default: OUT/study.db)")
+    # every SearchConfig field has an option (None: SearchConfig's default, named in help)
+    u.add_argument("--study", help="the study's name in the storage: searches sharing one "
+                   "--storage keep apart by it (default lightman)")
     u.add_argument(
-        "--concurrent", type=int, default=0, help="trials at once (default: CPUs // workers)"
+        "--concurrent",
+        type=int,
+        default=0,
+        help="trials at once (default: the CPUs (GPUs) the cluster could place // workers)",
     )
+    u.add_argument("--metric", choices=("val_uar", "val_acc"), help="validation metric "
+                   "maximised (default val_uar)")
+    u.add_argument("--startup-trials", type=int, help="random trials before TPE (default 4)")
+    u.add_argument("--grace-steps", type=int, help="ASHA: steps every trial trains before "
+                   "it may stop (default eval_every)")
+    u.add_argument("--reduction-factor", type=int, help="ASHA: keep the best 1/N at each "
+                   "rung (default 2)")
+    u.add_argument("--driver-memory-mb", type=int, help="Ray memory each trial's driver "
+                   "reserves (default 256)")
     u.add_argument(
         "--final", action="store_true", help="train the best config, test it on test subjects"
     )
@@ -244,7 +259,12 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--config", help="YAML ServeConfig (limits, batching, store of adapted models)")
     v.add_argument("--replicas", type=int, default=1, help="replicas of the service (default 1)")
     v.add_argument("--cpus", type=float, default=1.0, help="CPUs per replica (default 1)")
-    v.add_argument("--gpus", type=float, default=0.0, help="GPUs per replica (default 0)")
+    v.add_argument(
+        "--gpus",
+        type=float,
+        default=0.0,
+        help="GPUs per replica (default 0); > 0 runs each replica's model on cuda",
+    )
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     v.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     v.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_batch_size=1")
@@ -339,9 +359,8 @@ def _cmd_tune(a: argparse.Namespace) -> None:
 
     cfg = load_config(TrainConfig, a.config, a.overrides)
     space = load_space(a.space)
-    search = SearchConfig(
-        trials=a.trials, concurrent=a.concurrent, storage=a.storage, final=a.final
-    )
+    given = {f.name: getattr(a, f.name) for f in dataclasses.fields(SearchConfig)}
+    search = SearchConfig(**{k: v for k, v in given.items() if v is not None})
     result = run_search(cfg, space, a.out, search)
     print(result.table)
     print(f"best config: {result.out}/best.yaml")

@@ -41,6 +41,7 @@ from lightman.models.learners import LearnerConfig, build_learner
 from lightman.models.modes import eval_mode
 from lightman.models.net import build_model
 from lightman.platform.config import from_dict
+from lightman.platform.devices import check_device_name, resolve_device
 from lightman.platform.index import read_manifest
 from lightman.platform.selection import DataSelection, auxiliary_pool, primary_pool
 from lightman.tasks import storage
@@ -83,15 +84,16 @@ class PredictorConfig:
     max_stored: int = 1000
     """Adapted models kept in the store; the oldest are evicted past it (their id -> 404)."""
     device: str = "cpu"
-    """Where the model runs: cpu, cuda or cuda:N (a replica given a GPU)."""
+    """Where the model runs: cpu, cuda or cuda:N; a Ray replica or actor given a GPU sees it
+    as cuda (`lightman serve --gpus N` and `lightman score predictor.device=cuda` reserve
+    the GPUs). A CUDA device this process cannot see fails when the Predictor is made."""
 
     def __post_init__(self) -> None:
         if self.shots < 0:
             raise ValueError(f"shots must be >= 0 (0: as trained), got {self.shots}")
         if self.max_stored < 1:
             raise ValueError(f"max_stored must be >= 1, got {self.max_stored}")
-        if self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        check_device_name(self.device, "predictor.device")  # it is always nested as that
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be distinct, got {list(self.classes)}")
 
@@ -201,6 +203,9 @@ class Predictor:
         started = time.perf_counter()
         if not cfg.checkpoint:
             raise ValueError("checkpoint is required: the URI of a training run's best.pt")
+        # before the checkpoint and the index are read: no model is loaded onto the CPU
+        # in place of a GPU that this replica or actor was not given
+        self.device = resolve_device(cfg.device, "predictor.device")
         raw = storage.read_bytes(cfg.checkpoint)
         self.version = hashlib.sha256(raw).hexdigest()[:16]
         model, self.model_cfg, meta = load_checkpoint(io.BytesIO(raw))  # weights_only=True
@@ -217,7 +222,6 @@ class Predictor:
         self.index_hash = manifest.get("content_hash", "")
         pool = primary_pool(data).by_subjects(extra["split"]["train"], name="meta-train")
         self.classes = _served_classes(pool, self.model_cfg.ways, cfg.classes)
-        self.device = torch.device(cfg.device)
         self.model = model.to(self.device).eval()
         self.serving = self._serving_model(self.model)
         self.params = dict(model.named_parameters())
@@ -321,6 +325,7 @@ class Predictor:
             "classes": list(self.classes),
             "label_scheme": self.label_scheme,
             "learner": self.learner.cfg.name,
+            "device": str(self.device),
             "model_config": dataclasses.asdict(self.model_cfg),
             "preprocess": dataclasses.asdict(self.preprocess),
             "training_index": self.index,

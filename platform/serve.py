@@ -24,9 +24,10 @@ uploads before decoding them); only a bug is a 500, and the replica keeps servin
 # No `from __future__ import annotations`: FastAPI reads the endpoint signatures after
 # Serve has rebuilt the methods, and string annotations would turn uploads into queries.
 import asyncio
+import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Literal
 
 import numpy as np
@@ -36,7 +37,8 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from lightman.models.provenance import to_dict
-from lightman.platform.config import from_dict
+from lightman.platform.config import ConfigError, from_dict
+from lightman.platform.devices import check_device_name, cuda_missing, is_cuda
 from lightman.platform.predictor import (
     Adapted,
     BadSupport,
@@ -327,10 +329,41 @@ class LightmanService:
 app = LightmanService.bind()
 
 
+def replica_device(device: str, gpus: float) -> str:
+    """The predictor.device of every replica given `gpus` GPUs each (`--gpus`).
+
+    `--gpus N > 0` puts the replicas on cuda: Ray sets each replica's CUDA_VISIBLE_DEVICES
+    to its own ceil(N) GPU(s), which it sees as cuda:0, ...; predictor.device may only pick
+    one of those. A CUDA predictor.device with `--gpus 0` is refused: Ray would place
+    the replicas without a GPU of their own (in Ray 2.60 they still see every GPU of
+    their node, so they would share them with whatever else Ray put there)."""
+    check_device_name(device, "predictor.device")
+    if not gpus >= 0:
+        raise ConfigError(f"--gpus must be >= 0, got {gpus:g}")
+    if gpus == 0:
+        if is_cuda(device):
+            raise ConfigError(
+                f"predictor.device={device} with --gpus 0: no GPU is reserved for the "
+                "replicas; pass --gpus 1 (one GPU per replica), or leave predictor.device=cpu"
+            )
+        return device
+    own = math.ceil(gpus)
+    index = torch.device(device).index if is_cuda(device) else None
+    if index is not None and index >= own:
+        raise ConfigError(
+            f"predictor.device={device} with --gpus {gpus:g}: each replica sees its {own} "
+            f"GPU(s) as cuda:0 to cuda:{own - 1}"
+        )
+    return device if index is not None else "cuda"
+
+
 def build_app(
     cfg: ServeConfig, replicas: int = 1, cpus: float = 1.0, gpus: float = 0.0
 ) -> serve.Application:
-    """The app with its config and resources, as `lightman serve` deploys it."""
+    """The app with its config and resources, as `lightman serve` deploys it: `gpus` GPUs
+    per replica, on which its model runs (`replica_device`)."""
+    device = replica_device(cfg.predictor.device, gpus)
+    cfg = replace(cfg, predictor=replace(cfg.predictor, device=device))
     return LightmanService.options(
         user_config=to_dict(cfg),
         num_replicas=replicas,
@@ -349,11 +382,17 @@ def run_service(
 ) -> str:
     """Start Ray (if not running) and Serve, deploy the app and return its URL; with `wait`,
     serve until interrupted. The model loads before this returns, so a bad checkpoint
-    fails here with its own message."""
+    fails here with its own message. GPU replicas (`gpus` > 0) need CUDA where the command
+    starts: without it this fails in one line before Ray starts (platform/devices.py)."""
     import ray
 
     from lightman.tasks import storage
 
+    device = replica_device(cfg.predictor.device, gpus)
+    if is_cuda(device):
+        missing = cuda_missing()
+        if missing is not None:
+            raise ConfigError(f"--gpus {gpus:g}: the replicas run on {device}, but {missing}")
     checkpoint = cfg.predictor.checkpoint
     if not checkpoint or not storage.exists(storage.resolve(checkpoint)):
         raise ValueError(f"checkpoint {checkpoint!r} not found")  # before minutes of startup
