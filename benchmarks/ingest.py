@@ -23,7 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+from lightman.platform.runtime import setup  # noqa: E402
+
+setup()  # an entry point: process-wide settings before torch loads (runtime.py)
 
 import numpy as np  # noqa: E402
 

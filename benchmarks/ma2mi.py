@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 from functools import partial
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+from lightman.platform.runtime import setup  # noqa: E402
+
+setup()  # an entry point: process-wide settings before torch loads (runtime.py)
 
 import yaml  # noqa: E402
 

@@ -103,6 +103,7 @@ from lightman.models.learners.base import forward
 from lightman.models.learners.params import Params, trainable
 from lightman.models.mmd import mmd2
 from lightman.models.net import PRESETS, build_model
+from lightman.platform.runtime import setup
 
 GRAD_TOLERANCE = 1e-4  # float32 relative L2 error above which the table flags a gradient
 
@@ -580,4 +581,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    setup()  # an entry point: process-wide settings before the first kernel (runtime.py)
     main()

@@ -23,8 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+from lightman.platform.runtime import setup  # noqa: E402
+
+setup()  # an entry point: process-wide settings before torch loads (runtime.py)
 
 from lightman.platform.config import load_config  # noqa: E402
 from lightman.platform.generated import small_index  # noqa: E402

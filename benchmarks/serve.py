@@ -33,8 +33,9 @@ import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from lightman.platform.runtime import setup  # noqa: E402
+
+setup()  # an entry point: process-wide settings before torch loads (runtime.py)
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # the generated clips
 
 import numpy as np  # noqa: E402

@@ -31,14 +31,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+from lightman.platform.runtime import setup  # noqa: E402
+
+setup()  # an entry point: process-wide settings before torch loads (runtime.py)
 
 from lightman.models.provenance import to_dict  # noqa: E402
 from lightman.platform.config import load_config  # noqa: E402

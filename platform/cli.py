@@ -14,17 +14,11 @@ so); 130 Ctrl-C (SIGINT) and 143 SIGTERM, with a one-line message.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import textwrap
 import threading
 import traceback
-
-# OpenMP threads that spin while waiting turn a busy machine (another job, Ray workers)
-# into a 5-10x slowdown of the meta-step; passive waiting costs little when the machine is
-# idle. Must be set before torch loads libgomp, i.e. before the commands import torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 EXAMPLES = {
     "synth": """
@@ -421,6 +415,10 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    # process-wide settings before any command imports torch (platform/runtime.py)
+    from lightman.platform.runtime import setup
+
+    setup()
     parser = _parser()
     # key=value overrides may follow options (`ingest casme2 SRC --out X preprocess.size=32`),
     # which argparse cannot assign to a positional after the options: collect them here.

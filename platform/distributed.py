@@ -63,6 +63,7 @@ from lightman.platform.loop import (
 )
 from lightman.platform.placement import check_placement  # knows the autoscaler
 from lightman.platform.run_state import load_state, save_state
+from lightman.platform.runtime import setup
 from lightman.platform.selection import unified_labels
 from lightman.tasks import storage
 from lightman.tasks.episodes import ClipPool
@@ -109,6 +110,7 @@ def _shard_pool(cfg: TrainConfig, rank: int, class_names: tuple[str, ...]) -> Cl
 
 def worker_loop(config: dict) -> None:
     """Ray Train's `train_loop_per_worker`: `train_loop` with this worker's context."""
+    setup()  # this worker's process-wide settings, before its first kernel
     cfg, data = config["cfg"], config["data"]
     checkpoint = ray.train.get_checkpoint()
     state = None

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lightman.platform.runtime import setup
 from lightman.tasks.schema import ClipRecord, Preprocessed, row_from_record
 
 # Serve's HTTP proxy may take longer than its 3 readiness checks of 5 s to start on a
@@ -51,6 +52,7 @@ def _token_auth_on() -> None:
 
 
 _token_auth_on()
+setup()  # Lightman's process-wide settings, as every entry point applies them (runtime.py)
 
 S3_BUCKET = "lightman-test"
 # The files that take longest (seconds, one process on an idle 2-core machine): run first,
