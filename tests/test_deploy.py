@@ -1,4 +1,5 @@
-"""deploy/ applies: every manifest passes the schema of the exact version it targets.
+"""deploy/ applies: every manifest passes the schema of the exact version it targets, and
+deploy/submit.sh runs as the README shows it.
 
 - deploy/cluster.yaml goes through what `ray up` runs before it touches a cloud (Ray's
   `prepare_config` and `validate_config`, against the `ray-schema.json` in the ray wheel);
@@ -7,13 +8,30 @@
   unknown fields rejected as `kubectl apply`'s strict field validation does; a validator
   that passes everything would prove nothing, so manifests with an unknown field or with
   the old `rayClusterSpec` of a RayService must fail it;
-- Ray's token authentication is on in every manifest.
+- Ray's token authentication is on in every manifest;
+- deploy/submit.sh builds the wheel and submits a tiny 2-worker training to a real
+  `ray start --head` (token auth on) whose Python holds Ray but not Lightman, as a
+  cluster node whose image lacks the project: the job finds the `lightman` command and
+  the config only through what `ray job submit` uploads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
 from functools import cache
 from pathlib import Path
 
@@ -22,6 +40,7 @@ import pytest
 import ray
 import yaml
 
+from lightman.platform import generated
 from lightman.platform.config import load_config
 from lightman.platform.train import TrainConfig
 
@@ -251,6 +270,20 @@ def test_the_rayjob_writes_to_s3_with_a_repo_training_config_and_a_valid_runtime
     ray.runtime_env.RuntimeEnv(**yaml.safe_load(job["spec"]["runtimeEnvYAML"]))
 
 
+def test_the_runtime_env_submit_sh_fills_in_is_one_ray_accepts():
+    """deploy/submit.sh replaces WHEEL with the wheel's path in the upload; the result
+    installs that wheel alone (the nodes hold the dependencies), over any installed copy."""
+    text = (DEPLOY / "runtime_env.yaml").read_text()
+    assert text.count("/WHEEL\n") == 1
+    env = yaml.safe_load(text.replace("/WHEEL\n", "/wheels/0123/lightman-0.1.0-py3-none-any.whl\n"))
+    parsed = ray.runtime_env.RuntimeEnv(**env)
+    assert parsed["pip"]["packages"] == [
+        "${RAY_RUNTIME_ENV_CREATE_WORKING_DIR}/wheels/0123/lightman-0.1.0-py3-none-any.whl"
+    ]
+    assert {"--no-deps", "--ignore-installed"} <= set(parsed["pip"]["pip_install_options"])
+    assert "py_modules" not in env and "working_dir" not in env  # submit.sh gives the upload
+
+
 # --- Ray cluster launcher ----------------------------------------------------------------
 
 
@@ -286,3 +319,209 @@ def test_no_deploy_file_turns_token_auth_off():
     for path in sorted(DEPLOY.iterdir()):
         assert "RAY_AUTH_MODE=disabled" not in path.read_text(), path.name
         assert "mode: disabled" not in path.read_text(), path.name
+
+
+# --- deploy/submit.sh against a real head ------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _descendants(root: int) -> list[int]:
+    """`root` and every process below it (from /proc), children last."""
+    parents: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit():
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                parents.setdefault(ppid, []).append(int(proc.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += parents.get(pid, [])
+    return found
+
+
+def node_python(root: Path) -> Path:
+    """A Python that holds this environment's packages but not Lightman, nor its `lightman`
+    command: a virtualenv whose .pth names this one's site-packages as a plain folder.
+
+    Python runs the .pth files only of its own site folders, so the editable install's
+    finder (a .pth there) never runs, as on a node whose image lacks the project.
+    """
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    purelib = Path(sysconfig.get_path("purelib", vars={"base": str(root), "platbase": str(root)}))
+    (purelib / "node_packages.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    python = root / "bin" / "python"
+    (root / "bin" / "ray").write_text(
+        f"#!{python}\nimport sys\nfrom ray.scripts.scripts import main\nsys.exit(main())\n"
+    )
+    (root / "bin" / "ray").chmod(0o755)
+    check = subprocess.run(
+        [str(python), "-c", "import ray, torch, lightman.platform"], capture_output=True, text=True
+    )
+    assert "No module named 'lightman'" in check.stderr, check.stderr  # and ray, torch import
+    return root / "bin"
+
+
+@contextlib.contextmanager
+def ray_head(node_bin: Path, env: dict[str, str]):
+    """`ray start --head` on 127.0.0.1 from `node_bin`, every port chosen free (other Ray
+    clusters on this machine hold the defaults); yields the dashboard's address and stops
+    exactly this cluster (`ray stop` would stop every Ray on the machine)."""
+    dashboard = _free_port()
+    ports = [
+        f"--{name}-port={_free_port()}"
+        for name in (
+            "dashboard-agent-listen",
+            "dashboard-agent-grpc",
+            "runtime-env-agent",
+            "metrics-export",
+            "ray-client-server",
+            "node-manager",
+            "object-manager",
+        )
+    ]
+    temp = tempfile.mkdtemp(prefix="rd", dir="/tmp")  # short: Ray's socket paths must fit
+    head = subprocess.Popen(
+        [
+            str(node_bin / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={_free_port()}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            *ports,
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # its own process group: the finally stops exactly this cluster
+    try:
+        address = f"http://127.0.0.1:{dashboard}"
+        deadline = time.monotonic() + 120
+        while True:  # the job server answers once the dashboard is up
+            ping = subprocess.run(
+                [str(node_bin / "ray"), "job", "list", "--address", address],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if ping.returncode == 0 or time.monotonic() > deadline or head.poll() is not None:
+                break
+            time.sleep(2)
+        assert ping.returncode == 0, ping.stderr[-2000:]
+        yield address
+    finally:
+        stray = _descendants(head.pid)  # in case a process left the group
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, sig)
+            for pid in reversed(stray):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            if sig == signal.SIGTERM:
+                time.sleep(3)
+        head.wait(timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+TINY = [
+    "episode.ways=3",
+    "episode.shots=1",
+    "episode.query=2",
+    "episode.aux_shots=1",
+    "model.ways=3",
+    "model.image_size=32",
+    "model.hidden=16",
+    "model.aux_dim=16",
+    "model.input_mode=delta",
+    "meta_batch=4",
+    "threads=1",
+    "data.val_fraction=0.2",
+    "data.test_fraction=0.3",
+    "iterations=2",
+    "eval_every=2",
+    "checkpoint_every=2",
+    "val_episodes=4",
+    "test_episodes=6",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_submit_sh_trains_on_a_head_whose_python_lacks_lightman_with_token_auth(tmp_path):
+    """deploy/submit.sh as the README runs it: the wheel built, `ray job submit` to a head
+    on 127.0.0.1 with token auth on, a 2-worker training of configs/cluster_gpu.yaml (sized
+    down by overrides) that finds the `lightman` command and the config only in the upload."""
+    index = generated.small_index(
+        tmp_path / "data",
+        [
+            "datasets=[casme2,ckplus]",
+            "seed=5",
+            "casme2.subjects=10",
+            "casme2.clips=90",
+            "ckplus.subjects=4",
+            "ckplus.clips=20",
+        ],
+    )
+    node_bin = node_python(tmp_path / "node")
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    # the node's PATH has no `lightman` (nor this environment's bin/)
+    node_env = {**base, **auth, "PATH": f"{node_bin}:/usr/bin:/bin"}
+    out = tmp_path / "run"
+    with ray_head(node_bin, node_env) as address:
+        with pytest.raises(urllib.error.HTTPError) as refused:  # no token: refused
+            urllib.request.urlopen(f"{address}/api/jobs/", timeout=30)
+        assert refused.value.code == 401
+
+        submitter_bin = Path(sys.executable).parent  # ray and python3 with pip, as a laptop's
+        done = subprocess.run(
+            [
+                str(DEPLOY / "submit.sh"),
+                "configs/cluster_gpu.yaml",
+                str(out),
+                f"data.index={index}",
+                "device=cpu",
+                "workers=2",
+                f"storage_path={tmp_path / 'storage'}",
+                "max_failures=0",
+                *TINY,
+            ],
+            cwd=REPO,
+            env={
+                **base,
+                **auth,
+                "RAY_ADDRESS": address,
+                "PATH": f"{submitter_bin}:{os.environ['PATH']}",
+            },
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    log = done.stdout[-4000:] + done.stderr[-3000:]
+    assert done.returncode == 0, log
+    assert "succeeded" in done.stdout, log
+    assert "| lightman | 3-way 1-shot |" in done.stdout, log
+    results = json.loads((out / "results.json").read_text())
+    assert results["metrics"]["workers"] == 2
+    assert (out / "best.pt").is_file()
+    # the run's config is configs/cluster_gpu.yaml's, as the upload carried it
+    assert results["config"]["run_name"] == "lightman-gpu"
+    assert results["config"]["learner"]["lambda_pri"] == 0.55
