@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -315,10 +316,15 @@ def test_cluster_yaml_starts_gpu_workers_at_zero_and_every_node_with_token_auth(
         assert starts and all(c.startswith("RAY_AUTH_MODE=token ray start ") for c in starts)
 
 
-def test_no_deploy_file_turns_token_auth_off():
+def test_every_auth_mode_a_deploy_file_sets_is_token():
+    """Whatever form it takes (a shell variable, a YAML env var, KubeRay's authOptions),
+    no deploy/ file sets Ray's authentication mode to anything but token."""
+    found = []
     for path in sorted(DEPLOY.iterdir()):
-        assert "RAY_AUTH_MODE=disabled" not in path.read_text(), path.name
-        assert "mode: disabled" not in path.read_text(), path.name
+        text = path.read_text()
+        found += [(path.name, m) for m in re.findall(r"RAY_AUTH_MODE\W+(\w+)", text)]
+        found += [(path.name, m) for m in re.findall(r"authOptions:\s+mode:\s*(\w+)", text)]
+    assert found and {mode for _, mode in found} == {"token"}, found
 
 
 # --- deploy/submit.sh against a real head ------------------------------------------------
