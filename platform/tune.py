@@ -10,9 +10,21 @@ with `final`, the best config trained once and tested on the test subjects.
 
 Trial (`trial`): the experiment config with the sampled values → `distributed.fit`, the same
 Ray Train driver as `lightman train workers=W`, with a report callback that forwards each
-validation (val_uar, val_acc at `iteration`) to Tune. The space cannot change the data,
+validation (val_uar, val_acc at `iteration`) to Tune, with the nodes its Ray Train workers
+run on (`train_nodes`, kept in the trial's record). The space cannot change the data,
 the episodes, the seed or the budget (tune_space.py), so every trial trains on the same
 subjects and is scored on the same validation subjects and episodes.
+
+Storage: everything a search writes lies under its folder: the study (by default), Tune's
+experiment state (`ray/`), and per trial `trials/<trial id>/` (what its workers saw, its
+metrics, and its Ray Train run state and checkpoints in `trials/<trial id>/ray/<trial id>`,
+named by `trial_storage`, the one place that decides it). A trial's Ray Train storage is
+set explicitly, never left to Tune's trial folder, which lives in the Ray session's temp
+folder of whichever node runs the trial.
+
+Cluster: trials run on the cluster `ray.init` joins (RAY_ADDRESS, else a local one).
+`concurrent=0` runs as many trials at once as the cluster could ever place
+(`placement.cluster_capacity`: the nodes present, or those its autoscaler may add).
 
 Persistence: the Optuna study lives in `storage` (SQLite file in the search folder by
 default). `trials` is the study's total: a re-run with the same folder first finishes an
@@ -48,6 +60,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from lightman.models.provenance import to_dict
 from lightman.platform.config import ConfigError
 from lightman.platform.distributed import fit
+from lightman.platform.placement import cluster_capacity, unit_of
 from lightman.platform.selection import check_clip_shapes
 from lightman.platform.train import RunData, TrainConfig, prepare, run_training
 from lightman.platform.tune_space import Space, apply_params, check_values, optuna_space
@@ -58,7 +71,7 @@ class SearchConfig:
     """How a search runs (the CLI's options of `lightman tune`)."""
 
     trials: int = 8  # trials the study should hold in total (a larger number extends it)
-    concurrent: int = 0  # trials at once; 0 = the cluster's CPUs (GPUs) // workers per trial
+    concurrent: int = 0  # trials at once; 0 = the CPUs (GPUs) the cluster could place // workers
     metric: str = "val_uar"  # validation metric maximised (val_uar | val_acc)
     storage: str = ""  # Optuna storage URL ("" = sqlite:///<out>/study.db)
     study: str = "lightman"  # the study's name in the storage
@@ -85,12 +98,21 @@ class SearchResult:
     final: dict | None  # test metrics of the best config (with `final`)
 
 
-def trial_config(base: dict, params: dict) -> TrainConfig:
+def trial_storage(root: str, trial_id: str) -> str:
+    """The Ray Train storage of a trial of the search in `root`: `<root>/trials/<id>/ray`
+    (its run is `<that>/<trial id>`). The one place that names it, so that a search folder
+    given as a URI gives its trials storage under that URI."""
+    return f"{str(root).rstrip('/')}/trials/{trial_id}/ray"
+
+
+def trial_config(base: dict, params: dict, root: str = "", trial_id: str = "") -> TrainConfig:
     """A trial's TrainConfig: the experiment's with `params`, run through Ray Train, with a
-    checkpoint (= a report to Tune) at every validation and its storage in the trial folder."""
+    checkpoint (= a report to Tune) at every validation and its storage under the search's
+    (`trial_storage`; without `root`, the check of the experiment, in no trial)."""
     cfg = apply_params(base, params)
+    storage = trial_storage(root, trial_id) if root else ""
     return dataclasses.replace(
-        cfg, backend="ray", checkpoint_every=cfg.eval_every, storage_path="", run_name=""
+        cfg, backend="ray", checkpoint_every=cfg.eval_every, storage_path=storage, run_name=trial_id
     )
 
 
@@ -144,9 +166,31 @@ def check_finite(record: dict) -> None:
         raise FloatingPointError(f"diverged at step {record.get('iteration')}: {bad}")
 
 
+def train_worker_nodes() -> list[str]:
+    """The ids of the nodes the live Ray Train workers owned by this process run on (called
+    in a Train controller, which owns its workers). The GCS actor table records each
+    actor's owner and node, and needs no dashboard."""
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+
+    context = ray.get_runtime_context()
+    me = bytes.fromhex(context.get_worker_id())
+    job = ray.JobID.from_hex(context.get_job_id())
+    table = state._connect_and_get_accessor().get_actor_table(job, "ALIVE")
+    actors = (gcs_pb2.ActorTableData.FromString(raw) for raw in table)
+    return sorted(
+        {
+            a.address.node_id.hex()
+            for a in actors
+            if a.owner_address.worker_id == me and a.class_name.endswith("RayTrainWorker")
+        }
+    )
+
+
 class TrialReport(TuneReportCallback):
-    """Forwards rank 0's reports that carry a validation to Tune; fails the trial when the
-    training loss is not finite (`check_finite`)."""
+    """Forwards rank 0's reports that carry a validation to Tune, with the nodes of the
+    trial's workers (`train_nodes`); fails the trial when the training loss is not finite
+    (`check_finite`). Runs in the trial's Ray Train controller."""
 
     def __init__(self, metric: str) -> None:
         super().__init__()
@@ -156,14 +200,25 @@ class TrialReport(TuneReportCallback):
         first = metrics[0]
         check_finite(first)
         if self.metric in first:
-            super().after_report(run_context, metrics, checkpoint)
+            first = {**first, "train_nodes": train_worker_nodes()}
+            super().after_report(run_context, [first, *metrics[1:]], checkpoint)
 
 
-def _has_checkpoint(run: Path) -> bool:
+def _has_checkpoint(run: str) -> bool:
     try:
-        return ray.train.Result.from_path(str(run)).checkpoint is not None
+        return ray.train.Result.from_path(run).checkpoint is not None
     except (RuntimeError, FileNotFoundError, ValueError):
         return False
+
+
+def _start_over(run: str) -> None:
+    """Delete a trial's Ray Train run folder that holds no checkpoint (a trial stopped before
+    its first one, restarted by a resumed search), so that its run starts afresh."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(run if "://" in run else os.path.abspath(run))
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
 
 
 def trial(params: dict, *, base: dict, data: RunData, root: str, metric: str) -> None:
@@ -179,14 +234,17 @@ def trial(params: dict, *, base: dict, data: RunData, root: str, metric: str) ->
         "test_pool": data.test is not None,
     }
     (out / "seen.json").write_text(json.dumps(seen, indent=1))
-    cfg = trial_config(base, params)  # an invalid combination fails the trial here
+    cfg = trial_config(base, params, root, trial_id)  # an invalid combination fails here
     check_clip_shapes(cfg.model, {"primary": data.val, "auxiliary": data.aux})  # and this
     # Ray Train gives up on a worker that has not started in 60 s and retries with a new
     # placement group while the old one still holds the CPUs: on a loaded machine that
     # stalls the search. Propagated to the Train controller and its workers.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(WORKER_START_TIMEOUT_S))
-    resume = _has_checkpoint(out / "ray" / out.name)  # a restored search continues its runs
-    fit(cfg, out, resume, data, callbacks=[TrialReport(metric)])
+    run = f"{cfg.storage_path}/{cfg.run_name}"
+    resume = _has_checkpoint(run)  # a restored search continues its trials' runs
+    if not resume:
+        _start_over(run)
+    fit(cfg, str(out), resume, data, callbacks=[TrialReport(metric)])
 
 
 class Progress(ray.tune.Callback):
@@ -207,6 +265,7 @@ class Progress(ray.tune.Callback):
             "val_acc": last.get("val_acc"),
             "seconds": round(last.get("time_total_s", 0.0), 1),
             "params": trial.config,
+            "train_nodes": last.get("train_nodes"),  # where its Ray Train workers ran
             "error": error,
         }
         with open(Path(self.out) / "trials.jsonl", "a") as f:
@@ -342,9 +401,9 @@ def run_search(
     if started:  # RAY_ADDRESS joins a cluster, else a local one
         ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
-        unit = "GPU" if base_cfg.device == "cuda" else "CPU"
-        cluster = int(ray.cluster_resources().get(unit, 0))
-        concurrent = scfg.concurrent or max(1, cluster // base_cfg.workers)
+        # what the cluster could ever place, the nodes its autoscaler may add included
+        fits = cluster_capacity(unit_of(base_cfg)) // base_cfg.workers
+        concurrent = scfg.concurrent or int(max(1, min(fits, scfg.trials)))
         trainable = ray.tune.with_resources(
             ray.tune.with_parameters(
                 trial, base=base, data=trial_data, root=str(out), metric=scfg.metric
