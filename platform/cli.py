@@ -198,23 +198,34 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--out", required=True, help="search folder (study, trials, best.yaml, plots)")
     u.add_argument("--storage", default="", help="Optuna storage URL (default: OUT/study.db)")
     # every SearchConfig field has an option (None: SearchConfig's default, named in help)
-    u.add_argument("--study", help="the study's name in the storage: searches sharing one "
-                   "--storage keep apart by it (default lightman)")
+    u.add_argument(
+        "--study",
+        help="the study's name in the storage: searches sharing one "
+        "--storage keep apart by it (default lightman)",
+    )
     u.add_argument(
         "--concurrent",
         type=int,
         default=0,
         help="trials at once (default: the CPUs (GPUs) the cluster could place // workers)",
     )
-    u.add_argument("--metric", choices=("val_uar", "val_acc"), help="validation metric "
-                   "maximised (default val_uar)")
+    u.add_argument(
+        "--metric",
+        choices=("val_uar", "val_acc"),
+        help="validation metric maximised (default val_uar)",
+    )
     u.add_argument("--startup-trials", type=int, help="random trials before TPE (default 4)")
-    u.add_argument("--grace-steps", type=int, help="ASHA: steps every trial trains before "
-                   "it may stop (default eval_every)")
-    u.add_argument("--reduction-factor", type=int, help="ASHA: keep the best 1/N at each "
-                   "rung (default 2)")
-    u.add_argument("--driver-memory-mb", type=int, help="Ray memory each trial's driver "
-                   "reserves (default 256)")
+    u.add_argument(
+        "--grace-steps",
+        type=int,
+        help="ASHA: steps every trial trains before it may stop (default eval_every)",
+    )
+    u.add_argument(
+        "--reduction-factor", type=int, help="ASHA: keep the best 1/N at each rung (default 2)"
+    )
+    u.add_argument(
+        "--driver-memory-mb", type=int, help="Ray memory each trial's driver reserves (default 256)"
+    )
     u.add_argument(
         "--final", action="store_true", help="train the best config, test it on test subjects"
     )
@@ -346,6 +357,8 @@ def _cmd_pretrain(a: argparse.Namespace) -> None:
 
 
 def _cmd_tune(a: argparse.Namespace) -> None:
+    import dataclasses
+
     from lightman.platform.config import load_config
     from lightman.platform.train import TrainConfig
     from lightman.platform.tune import SearchConfig, run_search
