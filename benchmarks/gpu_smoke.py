@@ -33,7 +33,6 @@ import argparse
 import dataclasses
 import io
 import json
-import os
 import socket
 import sys
 import tempfile
@@ -42,7 +41,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).parent))  # the shared settings of meta_step.py
 
 import numpy as np  # noqa: E402
@@ -57,6 +55,7 @@ from meta_step import (  # noqa: E402
 )
 
 from lightman.models.learners import LearnerConfig, build_learner  # noqa: E402
+from lightman.platform.runtime import setup  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -493,4 +492,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    setup()  # an entry point: process-wide settings before the first kernel (runtime.py)
     sys.exit(main())
