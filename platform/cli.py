@@ -40,16 +40,16 @@ EXAMPLES = {
     """,
     "train": """
         example:
-          lightman train --config configs/demo.yaml --out runs/lightman
-          lightman train --config configs/demo.yaml --out runs/maml learner.name=maml
-          lightman train --config configs/demo.yaml --out runs/x learner.lambda_pri=0.7
-          lightman train --config configs/demo.yaml --out runs/w2 workers=2   # Ray Train
-          lightman train --config configs/demo.yaml --out runs/w2 workers=2 iterations=200 --resume
+          lightman train --config configs/train.yaml --out runs/lightman
+          lightman train --config configs/train.yaml --out runs/maml learner.name=maml
+          lightman train --config configs/train.yaml --out runs/x learner.lambda_pri=0.7
+          lightman train --config configs/train.yaml --out runs/w2 workers=2   # Ray Train
+          lightman train --config configs/train.yaml --out runs/w2 workers=2 iterations=200 --resume
     """,
     "pretrain": """
         example:
           lightman pretrain --method ma2mi --config configs/ma2mi.yaml --out runs/ma2mi
-          lightman train --config configs/demo.yaml --out runs/mia model.backbone=miacnet \
+          lightman train --config configs/train.yaml --out runs/mia model.backbone=miacnet \
               model.input_mode=frames model.init=runs/ma2mi/encoder.pt
     """,
     "tune": """
@@ -173,12 +173,17 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     t = add("train", "Meta-train a learner (LightmanNet by default) on an index.")
-    t.add_argument("--config", help="YAML TrainConfig (e.g. configs/demo.yaml)")
-    t.add_argument("--out", required=True, help="run folder (checkpoints, metrics, report)")
+    t.add_argument("--config", help="YAML TrainConfig (e.g. configs/train.yaml)")
+    t.add_argument(
+        "--out", required=True, help="run folder, local or s3:// (checkpoints, metrics, best.pt)"
+    )
     t.add_argument(
         "--resume",
         action="store_true",
         help="continue from the last checkpoint (a finished run too, given more iterations)",
+    )
+    t.add_argument(
+        "--verbose", action="store_true", help="show Ray's own log lines unfiltered (workers > 1)"
     )
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learner.name=maml")
 
@@ -344,7 +349,7 @@ def _cmd_train(a: argparse.Namespace) -> None:
     from lightman.platform.train import TrainConfig, run_training
 
     cfg = load_config(TrainConfig, a.config, a.overrides)
-    result = run_training(cfg, a.out, resume=a.resume)
+    result = run_training(cfg, a.out, resume=a.resume, verbose=a.verbose)
     print(result.table)
 
 

@@ -62,7 +62,7 @@ from lightman.platform.loop import (
     train_loop,
 )
 from lightman.platform.placement import check_placement  # knows the autoscaler
-from lightman.platform.run_state import load_state, save_state
+from lightman.platform.run_state import STATE_FILE, load_state, save_state
 from lightman.platform.runtime import setup
 from lightman.platform.selection import unified_labels
 from lightman.tasks import storage
@@ -73,9 +73,12 @@ if TYPE_CHECKING:  # read only; train.py defines it and calls `fit` lazily
     from lightman.platform.train import TrainConfig
 
 _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
-# Ray Train's placement-group cleaner polls the state API, which a cluster without a
-# dashboard does not serve; it then logs this harmless warning every second.
-_NOISE = ("Failed to query Ray Train Controller actor state",)
+# What Ray forwards from the workers and the controller that a person does not need beside
+# Lightman's progress bar and summary (`lightman train --verbose` shows it): Ray Train's
+# per-report dump of every metric (one line per report and rank, from a logger that its
+# LoggingConfig does not reach), and the placement-group cleaner's polling of the state
+# API, which a cluster without a dashboard does not serve (a warning every second).
+_NOISE = ("Reporting training result", "Failed to query Ray Train Controller actor state")
 
 
 def _all_reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
@@ -112,11 +115,13 @@ def worker_loop(config: dict) -> None:
     """Ray Train's `train_loop_per_worker`: `train_loop` with this worker's context."""
     setup()  # this worker's process-wide settings, before its first kernel
     cfg, data = config["cfg"], config["data"]
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.train.get_checkpoint()  # after a restart, or a resume Ray recorded
     state = None
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = load_state(folder)
+    elif config["resume_from"]:  # --resume of a run whose driver died before Ray recorded it
+        state = load_state(storage.resolve(config["resume_from"]))
     context = ray.train.get_context()
     rank = context.get_world_rank()
     shard = _shard_pool(cfg, rank, data.val.class_names) if data.train is None else None
@@ -162,31 +167,41 @@ def check_storage(cfg: TrainConfig, path: str, fs: pafs.FileSystem | None) -> No
         raise ConfigError(f"storage_path={cfg.storage_path or path!r} is unreachable: {e}") from e
 
 
-def _prepare_run_dir(
-    cfg: TrainConfig, name: str, path: str, fs: pafs.FileSystem | None, resume: bool
-) -> None:
-    """A fresh run starts in an empty run folder; --resume needs one with a checkpoint."""
-    fs = fs or pafs.LocalFileSystem()
-    run = f"{path}/{name}"
+def _newest_saved(run: storage.Location) -> storage.Location | None:
+    """The newest checkpoint folder Ray Train persisted under the run folder whose state.pt
+    is complete (folder names sort by time). Read from storage alone: a driver killed
+    mid-run may leave a checkpoint its own bookkeeping never recorded."""
+    if not storage.exists(run):
+        return None
+    names = sorted(
+        i.base_name
+        for i in storage.list_dir(run)
+        if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
+    )
+    for name in reversed(names):
+        if storage.exists(run.join(name, STATE_FILE)):
+            return run.join(name)
+    return None
+
+
+def _prepare_run_dir(cfg: TrainConfig, name: str, out: str, resume: bool) -> str | None:
+    """A fresh run starts in an empty run folder; --resume needs one with a checkpoint, whose
+    URI it returns (the workers start from it when Ray Train has none to hand them)."""
+    run = storage.resolve(cfg.storage_path or posixpath.join(out, "ray")).join(name)
     if resume:
-        try:
-            latest = ray.train.Result.from_path(run, storage_filesystem=fs).checkpoint
-        except RuntimeError:  # no run folder, or one without a recorded checkpoint
-            latest = None
+        latest = _newest_saved(run)
         if latest is None:
-            raise ConfigError(
-                f"--resume: no checkpoint of run {name!r} under storage {path!r} to resume"
-            )
-        with latest.as_directory() as folder:
-            check_resumable(cfg, load_state(folder))
-        return
-    if fs.get_file_info(run).type != pafs.FileType.NotFound:
+            raise ConfigError(f"--resume: no checkpoint of run {name!r} under {run.uri} to resume")
+        check_resumable(cfg, load_state(latest))
+        return latest.uri
+    if storage.exists(run):
         if cfg.storage_path:  # a user's storage is never deleted implicitly
             raise ConfigError(
                 f"run_name={name!r} already exists under storage_path={cfg.storage_path!r}: "
                 "pass --resume to continue it, or choose another run_name"
             )
-        fs.delete_dir(run)  # the default storage lives in the run's own --out folder
+        storage.delete_dir(run)  # the default storage lives in the run's own --out folder
+    return None
 
 
 class _QuietStream(io.TextIOBase):
@@ -213,8 +228,11 @@ class _QuietStream(io.TextIOBase):
 
 
 @contextlib.contextmanager
-def _quiet_ray_logs():
+def _quiet_ray_logs(enabled: bool = True):
     """Ray forwards worker logs to the driver's current sys.stdout/stderr: filter both."""
+    if not enabled:
+        yield
+        return
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _QuietStream(saved[0]), _QuietStream(saved[1])
     try:
@@ -238,10 +256,12 @@ def _shard_datasets(cfg: TrainConfig, data: RunData) -> dict:
     }
 
 
-def fit(cfg: TrainConfig, out: str, resume: bool, data: RunData, callbacks=()) -> dict:
+def fit(
+    cfg: TrainConfig, out: str, resume: bool, data: RunData, callbacks=(), verbose: bool = False
+) -> dict:
     """Run `train_loop` on `cfg.workers` Ray Train workers; the final run state (rank 0's).
     `out`: the run's URI (local or s3://). `callbacks`: Ray Train `UserCallback`s (a Ray
-    Tune trial passes its report callback)."""
+    Tune trial passes its report callback). `verbose`: Ray's forwarded logs unfiltered."""
     out = storage.resolve(out).uri
     path, fs = storage_of(cfg, out)
     check_storage(cfg, path, fs)
@@ -249,10 +269,10 @@ def fit(cfg: TrainConfig, out: str, resume: bool, data: RunData, callbacks=()) -
     started = not ray.is_initialized()
     if started:  # RAY_ADDRESS (e.g. inside `ray job submit`) joins a cluster, else a local one
         ray.init(include_dashboard=False, configure_logging=False)
-    with _quiet_ray_logs():
+    with _quiet_ray_logs(enabled=not verbose):
         try:
             check_placement(cfg)
-            _prepare_run_dir(cfg, name, path, fs, resume)
+            resume_from = _prepare_run_dir(cfg, name, out, resume)
             shard = cfg.data_mode == "shard"
             datasets = _shard_datasets(cfg, data) if shard else {}
             # the workers never see the test subjects: the driver evaluates them at the end
@@ -265,6 +285,7 @@ def fit(cfg: TrainConfig, out: str, resume: bool, data: RunData, callbacks=()) -
                     "cfg": cfg,
                     "out": out,
                     "data": worker_data,
+                    "resume_from": resume_from,
                     "driver_node": ray.get_runtime_context().get_node_id(),
                 },
                 datasets=datasets or None,

@@ -18,6 +18,7 @@ from lightman.models.learners import LearnerConfig, build_learner
 from lightman.models.modes import eval_mode
 from lightman.models.provenance import versions
 from lightman.platform.config import from_dict
+from lightman.platform.devices import check_device_name, resolve_device
 from lightman.platform.megc import PROTOCOL as MEGC_LOSO
 from lightman.platform.megc import MegcConfig, evaluate_megc
 from lightman.platform.protocols import (
@@ -51,8 +52,10 @@ class EvalConfig:
     corrupt: str = "none"  # robustness study (paper 5.3): none | mask (P1) | noise (P2) | grey (P3)
     corrupt_fraction: float = 0.0  # share of the test clips corrupted (paper: 0.1, 0.3, 0.5)
     megc: MegcConfig = field(default_factory=MegcConfig)  # megc-loso: training of each fold
+    device: str = "cpu"  # cpu, cuda or cuda:N: where the checkpoint adapts and predicts
 
     def __post_init__(self) -> None:
+        check_device_name(self.device, "device")
         if self.corrupt not in ("none", *KINDS) or not 0 <= self.corrupt_fraction <= 1:
             raise ValueError(
                 f"corrupt must be one of {['none', *KINDS]} and corrupt_fraction in [0, 1]"
@@ -77,8 +80,10 @@ def evaluate_episodes(learner, model, params, buffers, episodes) -> dict:
     the counts of each real class, not of way j, which is another class in every episode;
     the per-episode metrics do not depend on the labelling."""
     pairs = []
+    device = next(iter(params.values())).device  # the episodes go where the model is
     with eval_mode(model):
         for ep in episodes:
+            ep = ep.to(device)
             with torch.enable_grad():  # test-time adaptation takes gradient steps
                 logits = learner.predict(model, params, buffers, ep)
             classes = np.asarray(ep.classes)  # (N,): way j -> global class
@@ -131,13 +136,17 @@ def evaluate_checkpoint(
     known = ["fewshot", *PROTOCOLS, MEGC_LOSO]
     if protocol not in known:
         raise ValueError(f"protocol {protocol!r} is unknown; use one of {known}")
+    device = resolve_device(cfg.device, "device")  # before any work
     model, model_cfg, ckpt = load_checkpoint(io.BytesIO(storage.read_bytes(checkpoint)), checkpoint)
+    model.to(device)
     meta = ckpt["extra"]  # what train.py recorded: config, split, learner, versions
     train_cfg = meta["config"]
     if protocol == MEGC_LOSO:  # retrains the run's config per subject (platform/megc.py)
         out_dir = Path(out) if out else Path(_default_out(checkpoint, f"eval-{MEGC_LOSO}"))
         record = {"checkpoint": checkpoint, "train_meta": meta}
-        metrics, table = evaluate_megc(train_cfg, index, cfg.megc, cfg.seed, out_dir, record)
+        metrics, table = evaluate_megc(
+            train_cfg, index, cfg.megc, cfg.seed, out_dir, record, device
+        )
         return EvalResult(metrics, table)
     learner_dict = dict(meta["learner"])
     if cfg.test_inner_steps:

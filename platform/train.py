@@ -28,6 +28,7 @@ from lightman.models.learners import LearnerConfig, build_learner
 from lightman.models.net import ModelConfig, build_model
 from lightman.models.provenance import to_dict, versions
 from lightman.platform.config import ConfigError
+from lightman.platform.devices import resolve_device
 from lightman.platform.evaluate import evaluate_episodes, format_table, write_results
 from lightman.platform.loop import (
     LoopContext,
@@ -197,7 +198,9 @@ def prepare(cfg: TrainConfig) -> RunData:
     return RunData(train_pool, val_pool, test_pool, aux_pool, split, attempt)
 
 
-def _local_run(cfg: TrainConfig, out: str, resume: bool, data: RunData) -> dict:
+def _local_run(
+    cfg: TrainConfig, out: str, resume: bool, data: RunData, device: torch.device
+) -> dict:
     """The in-process driver: one worker, run-state checkpoints under <out>/checkpoints."""
     root = storage.resolve(out).join(CHECKPOINTS_DIR)
     state = None
@@ -215,7 +218,7 @@ def _local_run(cfg: TrainConfig, out: str, resume: bool, data: RunData) -> dict:
         write_checkpoint(root, payload, cfg.keep_checkpoints)
         final[:] = [payload]
 
-    train_loop(cfg, LoopContext(report=report, resume=state, log_to=out), data)
+    train_loop(cfg, LoopContext(device=device, report=report, resume=state, log_to=out), data)
     return final[0]
 
 
@@ -264,13 +267,16 @@ def finish(cfg: TrainConfig, out: str, state: dict, data: RunData) -> TrainResul
     return TrainResult(root.uri, metrics, format_table([metrics]))
 
 
-def run_training(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False) -> TrainResult:
+def run_training(
+    cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, verbose: bool = False
+) -> TrainResult:
     """Train (in process, or through Ray Train when `cfg.uses_ray`), then test the best weights.
 
     `out`: the run's folder, local or s3://. `resume` continues the run there (or under
     `storage_path`/`run_name`) from its last checkpoint, also a finished one (with more
-    `iterations`).
+    `iterations`). `verbose`: Ray's own log lines are shown unfiltered.
     """
+    device = resolve_device(cfg.device, "device")  # no CUDA for device=cuda: fail before any work
     root = storage.resolve(out)  # absolute: Ray Train workers run in their own folders
     if cfg.threads and not cfg.uses_ray:  # Ray Train workers set their own; the driver
         torch.set_num_threads(cfg.threads)  # keeps its cores for the final test
@@ -281,8 +287,8 @@ def run_training(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False)
     if cfg.uses_ray:
         from lightman.platform.distributed import fit
 
-        state = fit(cfg, root.uri, resume, data)
+        state = fit(cfg, root.uri, resume, data, verbose=verbose)
     else:
-        state = _local_run(cfg, root.uri, resume, data)
+        state = _local_run(cfg, root.uri, resume, data, device)
     state["train_seconds"] = round(time.perf_counter() - t0, 1)
     return finish(cfg, root.uri, state, data)

@@ -1,5 +1,6 @@
 """Configs: frozen dataclasses from YAML with key=value overrides; every YAML in the repo loads."""
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,3 +122,15 @@ def test_every_repo_config_loads(path):
 )
 def test_every_repo_yaml_parses(path):
     assert yaml.safe_load(path.read_text()) is not None
+
+
+def test_the_training_config_is_the_demos_training():
+    """`lightman train --config configs/train.yaml` trains what `make demo` trains."""
+    from lightman.platform.demo import DemoConfig
+    from lightman.platform.train import TrainConfig
+
+    train = load_config(TrainConfig, REPO / "configs" / "train.yaml")
+    demo = load_config(DemoConfig, REPO / "configs" / "demo.yaml").train
+    assert train == dataclasses.replace(
+        demo, data=dataclasses.replace(demo.data, index="runs/demo/index")
+    )

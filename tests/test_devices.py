@@ -97,6 +97,35 @@ def test_pretrain_on_cuda_fails_before_its_folder_or_index(capsys, tmp_path):
     assert not out.exists()
 
 
+@NO_CUDA
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_train_on_cuda_fails_before_its_folder_index_or_ray(capsys, tmp_path, no_ray_work, workers):
+    out = tmp_path / "run"
+    line = fails_in_one_line(
+        capsys,
+        [
+            "train",
+            "--out",
+            out,
+            f"data.index={tmp_path / 'no-index'}",
+            "device=cuda",
+            f"workers={workers}",
+        ],
+    )
+    assert line.startswith("lightman train: error: device=cuda: no CUDA device is visible")
+    assert not out.exists()
+
+
+@NO_CUDA
+@pytest.mark.parametrize("protocol", ["fewshot", "loso", "megc-loso"])
+def test_eval_on_cuda_fails_before_the_checkpoint_or_index(capsys, tmp_path, protocol):
+    checkpoint = tmp_path / "best.pt"  # not a checkpoint: reading it would be another error
+    checkpoint.write_bytes(b"a checkpoint never read")
+    args = ["eval", "--checkpoint", checkpoint, "--index", tmp_path / "no-index"]
+    line = fails_in_one_line(capsys, [*args, "--protocol", protocol, "device=cuda"])
+    assert line.startswith("lightman eval: error: device=cuda: no CUDA device is visible")
+
+
 def test_pretrain_on_cpu_writes_its_encoder(capsys, tmp_path):
     index = str(tmp_path / "index")
     toy_index(index, "ckplus", "macro", subjects=6, per_class=3, seed=0)
