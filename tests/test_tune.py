@@ -13,6 +13,7 @@ data, before its Ray Train worker group starts):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -253,3 +254,53 @@ def test_a_trial_error_keeps_the_cause_ray_train_puts_after_its_own_line():
         "ValueError: a 24-px model cannot take 16-px clips"
     )
     assert error_message("") == "failed (empty error file)"
+
+
+def test_every_search_setting_is_reachable_from_the_command_line(tmp_path, monkeypatch):
+    """Each SearchConfig field, set to a value other than its default on the command line,
+    reaches the search (run_search stubbed: only the parsing is under test)."""
+    got = []
+
+    def fake_search(cfg, space, out, scfg):
+        got.append(scfg)
+        return tune.SearchResult(str(out), {}, "", None)
+
+    monkeypatch.setattr(tune, "run_search", fake_search)
+    space = Path("tune_spaces/tiny.yaml")
+    values = {
+        "trials": 3,
+        "concurrent": 1,
+        "metric": "val_acc",
+        "storage": f"sqlite:///{tmp_path / 'shared.db'}",
+        "study": "other",
+        "startup_trials": 2,
+        "grace_steps": 4,
+        "reduction_factor": 3,
+        "driver_memory_mb": 128,
+        "final": True,
+    }
+    assert set(values) == {f.name for f in dataclasses.fields(SearchConfig)}  # none left out
+    default = SearchConfig()
+    assert all(getattr(default, k) != v for k, v in values.items())
+    flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in values.items()]
+    assert main(["tune", "--space", str(space), "--out", str(tmp_path / "s"), *flags]) == 0
+    assert got == [SearchConfig(**values)]
+
+
+def test_two_searches_share_one_optuna_database_under_their_study_names(ray_local, index, tmp_path):
+    """Two searches, each its own folder, one --storage SQLite file, --study a and b: the
+    database holds both studies, each with only its own search's trials."""
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    space = str(Path("tune_spaces/tiny.yaml"))
+    for study, trials in (("a", 1), ("b", 2)):
+        out = tmp_path / study
+        args = ["tune", "--space", space, "--out", str(out), "--trials", str(trials)]
+        args += ["--storage", storage, "--study", study, "--concurrent", "2"]
+        assert main([*args, f"data.index={index}", *TINY]) == 0
+        assert len(read_records(out)) == trials and not (out / "study.db").exists()
+    assert sorted(optuna.get_all_study_names(storage)) == ["a", "b"]
+    for study, trials in (("a", 1), ("b", 2)):
+        held = optuna.load_study(study_name=study, storage=storage).trials
+        assert len(held) == trials and all(t.state.name == "COMPLETE" for t in held)
+        mine = {r["params"]["learner.lambda_pri"] for r in read_records(tmp_path / study)}
+        assert {t.params["learner.lambda_pri"] for t in held} == mine
