@@ -87,9 +87,10 @@ class Predictor(nn.Module):
 # ---- the encoder checkpoint: what `lightman pretrain` hands to `model.init` ----------------
 
 
-def save_encoder(path: str | Path, model: nn.Module, extra: dict) -> None:
+def save_encoder(path: str | Path | BinaryIO, model: nn.Module, extra: dict) -> None:
     """RUN/encoder.pt: the backbone g's state dict, the ModelConfig, versions and `extra`
-    (plain data), written atomically; loads with weights_only=True."""
+    (plain data), to a file object or a local path (written atomically); loads with
+    weights_only=True."""
     from lightman.models.checkpoint import check_plain
 
     check_plain(extra)
@@ -101,6 +102,9 @@ def save_encoder(path: str | Path, model: nn.Module, extra: dict) -> None:
         "versions": versions(),
         "extra": extra,
     }
+    if not isinstance(path, (str, Path)):
+        torch.save(payload, path)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

@@ -8,7 +8,6 @@ import io
 import json
 import posixpath
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -142,7 +141,7 @@ def evaluate_checkpoint(
     meta = ckpt["extra"]  # what train.py recorded: config, split, learner, versions
     train_cfg = meta["config"]
     if protocol == MEGC_LOSO:  # retrains the run's config per subject (platform/megc.py)
-        out_dir = Path(out) if out else Path(_default_out(checkpoint, f"eval-{MEGC_LOSO}"))
+        out_dir = out or _default_out(checkpoint, f"eval-{MEGC_LOSO}")
         record = {"checkpoint": checkpoint, "train_meta": meta}
         metrics, table = evaluate_megc(
             train_cfg, index, cfg.megc, cfg.seed, out_dir, record, device

@@ -18,8 +18,6 @@ are touched once, after training, by the driver (`train.finish`).
 
 from __future__ import annotations
 
-import dataclasses
-import io
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,13 +27,11 @@ import torch
 
 from lightman.models.learners import build_learner
 from lightman.models.learners.base import outer_optimizer
-from lightman.models.ma2mi import init_backbone
-from lightman.models.net import LightmanNet, ModelConfig, build_model
 from lightman.models.provenance import to_dict, versions
 from lightman.platform.config import ConfigError
+from lightman.platform.encoder import build_run_model
 from lightman.platform.evaluate import evaluate_episodes
 from lightman.platform.run_log import RunLog, write_logs
-from lightman.tasks import storage
 from lightman.tasks.episodes import ClipPool, fixed_episodes
 from lightman.tasks.splits import SubjectSplit
 
@@ -86,20 +82,6 @@ def shard_subjects(subjects: Sequence[str], rank: int, world_size: int) -> list[
     """Worker `rank`'s training subjects in shard mode: sorted subjects rank, rank + W, ...
     (disjoint over the ranks, together all of them)."""
     return sorted(subjects)[rank::world_size]
-
-
-def build_run_model(cfg: ModelConfig) -> LightmanNet:
-    """The run's model; a pre-trained encoder (`model.init`) is read from its URI (local or
-    s3://) through the storage layer, on whichever node builds the model."""
-    if not cfg.init:
-        return build_model(cfg)
-    model = build_model(dataclasses.replace(cfg, init=""))
-    try:
-        raw = storage.read_bytes(cfg.init)
-    except OSError as e:
-        raise ConfigError(f"model.init={cfg.init}: cannot be read ({e})") from e
-    init_backbone(model, io.BytesIO(raw), name=cfg.init)
-    return model
 
 
 def outer_step(

@@ -33,20 +33,20 @@ reserves one GPU (`num_gpus=1`) and sees it as cuda, so folds share a GPU one at
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lightman.models.net import ModelConfig, build_model
+from lightman.models.net import ModelConfig
 from lightman.models.provenance import to_dict, versions
 from lightman.platform.config import from_dict
+from lightman.platform.encoder import build_run_model
 from lightman.platform.selection import DataSelection, primary_pool
+from lightman.tasks import storage
 from lightman.tasks.episodes import ClipPool, to_tensor
 from lightman.tasks.metrics import SCORES
 from lightman.tasks.splits import loso_folds, pool_predictions
@@ -102,7 +102,7 @@ def run_fold(
     rng = np.random.default_rng((seed, number))
     own = pool.subjects == subject
     train, test = np.flatnonzero(~own), np.flatnonzero(own)
-    model = build_model(model_cfg).to(device).train()
+    model = build_run_model(model_cfg).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     for _ in range(cfg.epochs):
         order = rng.permutation(train)
@@ -224,25 +224,28 @@ def format_megc_table(result: dict, backbone: str, init: str) -> str:
     return "\n".join(lines)
 
 
-def write_megc_results(out: str | Path, result: dict, record: dict) -> None:
+def write_megc_results(out: str, result: dict, record: dict) -> None:
     """results.json (metrics + `record`), results.csv (one row per group) and
-    predictions.csv (fold, clip_id, y_true, y_pred), from which every number recomputes."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    predictions.csv (fold, clip_id, y_true, y_pred), from which every number recomputes;
+    under `out`, a local folder or s3://."""
+    root = storage.resolve(out)
     body = {k: v for k, v in result.items() if k != "predictions"}
-    (out / "results.json").write_text(json.dumps({**record, "metrics": body}, indent=2))
-    with (out / "results.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["protocol", "data", "clips", "folds", "epochs", *SCORES])
-        for g, m in result["metrics"].items():
-            w.writerow(
+    storage.write_text(root.join("results.json"), json.dumps({**record, "metrics": body}, indent=2))
+    storage.write_csv(
+        root.join("results.csv"),
+        [
+            ["protocol", "data", "clips", "folds", "epochs", *SCORES],
+            *(
                 [PROTOCOL, g, result["clips"][g], result["folds"], result["epochs"]]
                 + [m[k] for k in SCORES]
-            )
-    with (out / "predictions.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["fold", "clip_id", "y_true", "y_pred"])
-        w.writerows(result["predictions"])
+                for g, m in result["metrics"].items()
+            ),
+        ],
+    )
+    storage.write_csv(
+        root.join("predictions.csv"),
+        [["fold", "clip_id", "y_true", "y_pred"], *result["predictions"]],
+    )
 
 
 def evaluate_megc(
@@ -250,7 +253,7 @@ def evaluate_megc(
     index: str,
     cfg: MegcConfig,
     seed: int,
-    out: Path,
+    out: str,
     record: dict,
     device: torch.device = CPU,
 ) -> tuple[dict, str]:

@@ -19,6 +19,7 @@ logged step) and RUN/pretrain.json (config, versions, losses, the check).
 from __future__ import annotations
 
 import copy
+import io
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -35,6 +36,7 @@ from lightman.models.provenance import to_dict, versions
 from lightman.platform.config import ConfigError
 from lightman.platform.devices import check_device_name, resolve_device
 from lightman.platform.selection import check_clip_shapes, load_pool
+from lightman.tasks import storage
 from lightman.tasks.episodes import ClipPool, to_tensor
 
 METHODS = ("ma2mi",)
@@ -187,10 +189,11 @@ def check(backbone: torch.nn.Module, pool: ClipPool, rows: np.ndarray) -> dict:
 
 
 def run_pretraining(cfg: PretrainConfig, out: str | Path) -> PretrainResult:
-    """Pre-train (module docstring); writes encoder.pt, metrics.jsonl and pretrain.json."""
+    """Pre-train (module docstring); writes encoder.pt, metrics.jsonl and pretrain.json under
+    `out`, a local folder or s3://."""
     device = resolve_device(cfg.device, "device")  # before RUN is made or a clip is read
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    root = storage.resolve(out)
+    storage.make_dirs(root)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     pool = macro_pool(cfg)
@@ -205,30 +208,31 @@ def run_pretraining(cfg: PretrainConfig, out: str | Path) -> PretrainResult:
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     losses: list[float] = []
     t0 = time.perf_counter()
-    with (out / "metrics.jsonl").open("w") as log:
-        for step in range(1, cfg.steps + 1):
-            gen = torch.Generator().manual_seed(step_seed(cfg.seed, step))
-            pick = torch.randint(len(train_rows), (cfg.batch_size,), generator=gen).numpy()
-            x = to_tensor(pool.frames[train_rows[pick]]).to(device)  # (B, M, C, H, W) in [0, 1]
-            t, future = ma2mi.draw_steps(len(x), x.shape[1], cfg.horizon, gen)
-            onset = x[:, 0]
-            z = online.encode(onset, ma2mi.motion_at(x, t), update_stats=True).embedding
-            with torch.no_grad():
-                goal = target.action_latent(ma2mi.motion_at(x, future))
-            loss = ma2mi.prediction_loss(predictor(z), goal)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ma2mi.ema_update(target, online, cfg.ema)
-            losses.append(float(loss.detach()))
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                record = {
-                    "step": step,
-                    "loss": round(float(np.mean(losses[-cfg.log_every :])), 6),
-                    "seconds": round(time.perf_counter() - t0, 3),
-                }
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+    records: list[dict] = []
+    for step in range(1, cfg.steps + 1):
+        gen = torch.Generator().manual_seed(step_seed(cfg.seed, step))
+        pick = torch.randint(len(train_rows), (cfg.batch_size,), generator=gen).numpy()
+        x = to_tensor(pool.frames[train_rows[pick]]).to(device)  # (B, M, C, H, W) in [0, 1]
+        t, future = ma2mi.draw_steps(len(x), x.shape[1], cfg.horizon, gen)
+        onset = x[:, 0]
+        z = online.encode(onset, ma2mi.motion_at(x, t), update_stats=True).embedding
+        with torch.no_grad():
+            goal = target.action_latent(ma2mi.motion_at(x, future))
+        loss = ma2mi.prediction_loss(predictor(z), goal)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ma2mi.ema_update(target, online, cfg.ema)
+        losses.append(float(loss.detach()))
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            record = {
+                "step": step,
+                "loss": round(float(np.mean(losses[-cfg.log_every :])), 6),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            records.append(record)
+            metrics = "".join(json.dumps(r) + "\n" for r in records)
+            storage.write_text(root.join("metrics.jsonl"), metrics)  # whole, so far
     seconds = round(time.perf_counter() - t0, 1)
     after = check(online, pool, held_rows)
     window = max(1, min(20, len(losses) // 4))
@@ -256,6 +260,8 @@ def run_pretraining(cfg: PretrainConfig, out: str | Path) -> PretrainResult:
         "check": summary["check"],
         "holdout_subjects": sorted(set(pool.subjects[held_rows].tolist())),
     }
-    ma2mi.save_encoder(out / "encoder.pt", model, extra)
-    (out / "pretrain.json").write_text(json.dumps(summary, indent=2))
-    return PretrainResult(str(out), summary)
+    buf = io.BytesIO()
+    ma2mi.save_encoder(buf, model, extra)
+    storage.write_bytes(root.join("encoder.pt"), buf.getvalue())
+    storage.write_text(root.join("pretrain.json"), json.dumps(summary, indent=2))
+    return PretrainResult(root.uri, summary)

@@ -31,13 +31,11 @@ statistics) no clip's prediction depends on any other clip.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -47,6 +45,7 @@ from torch import nn
 from lightman.models.learners import Learner
 from lightman.models.modes import eval_mode
 from lightman.platform.selection import DataSelection, auxiliary_pool, primary_pool
+from lightman.tasks import storage
 from lightman.tasks.episodes import ClipPool, draw_aux, pair_aux, to_tensor
 from lightman.tasks.labels import COMPOSITE3
 from lightman.tasks.metrics import SCORES, confusion_matrix, mean_ci
@@ -325,44 +324,40 @@ def protocol_metrics(result: LosoResult) -> dict:
     }
 
 
-def write_protocol_results(out: str | Path, result: LosoResult, record: dict) -> None:
+def write_protocol_results(out: str, result: LosoResult, record: dict) -> None:
     """results.json (`record`: metrics, configs, recorded meta, versions), results.csv (one
     row per group), predictions.csv (draw, fold, clip_id, y_true, y_pred) and supports.csv
-    (draw, fold, clip_id of each support clip), from which every number can be recomputed."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(record, indent=2, default=str))
-    with (out / "results.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            [
-                "protocol",
-                "data",
-                "clips",
-                "draws",
-                *[f"{k}_{s}" for k in SCORES for s in ("mean", "ci95")],
-            ]
-        )
-        for group, m in result.metrics.items():
-            w.writerow(
-                [
-                    result.protocol,
-                    group,
-                    result.clips[group],
-                    len(result.pooled),
-                    *[v for k in SCORES for v in m[k]],
-                ]
-            )
-    with (out / "predictions.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["draw", "fold", "clip_id", "y_true", "y_pred"])
-        for fp in result.folds:
-            w.writerows(
+    (draw, fold, clip_id of each support clip), from which every number can be recomputed;
+    under `out`, a local folder or s3://."""
+    root = storage.resolve(out)
+    storage.write_text(root.join("results.json"), json.dumps(record, indent=2, default=str))
+    header = ["protocol", "data", "clips", "draws"]
+    storage.write_csv(
+        root.join("results.csv"),
+        [
+            [*header, *[f"{k}_{s}" for k in SCORES for s in ("mean", "ci95")]],
+            *(
+                [result.protocol, group, result.clips[group], len(result.pooled)]
+                + [v for k in SCORES for v in m[k]]
+                for group, m in result.metrics.items()
+            ),
+        ],
+    )
+    storage.write_csv(
+        root.join("predictions.csv"),
+        [
+            ["draw", "fold", "clip_id", "y_true", "y_pred"],
+            *(
                 (fp.draw, fp.fold, c, t, p)
+                for fp in result.folds
                 for c, t, p in zip(fp.clip_ids, fp.y_true.tolist(), fp.y_pred.tolist())
-            )
-    with (out / "supports.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["draw", "fold", "clip_id"])
-        for fp in result.folds:
-            w.writerows((fp.draw, fp.fold, c) for c in fp.support_ids)
+            ),
+        ],
+    )
+    storage.write_csv(
+        root.join("supports.csv"),
+        [
+            ["draw", "fold", "clip_id"],
+            *((fp.draw, fp.fold, c) for fp in result.folds for c in fp.support_ids),
+        ],
+    )

@@ -8,9 +8,12 @@ so S3 filesystems are built here, in one place.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import posixpath
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -130,3 +133,10 @@ def make_dirs(loc: Location) -> None:
     """Create a local folder and its parents; nothing on S3, where folders are key prefixes."""
     if not loc.is_s3:
         loc.fs.create_dir(loc.path, recursive=True)
+
+
+def write_csv(loc: Location, rows: Iterable[Sequence]) -> None:
+    """Rows (the first one the header) as a CSV file, written atomically (`write_bytes`)."""
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows(rows)
+    write_text(loc, text.getvalue())

@@ -58,6 +58,12 @@ S3_BUCKET = "lightman-test"
 # The files that take longest (seconds, one process on an idle 2-core machine): run first,
 # a worker that picks one up late would finish alone. The rest keep their order.
 LONGEST_FIRST = {
+    # simulated multi-node clusters first: a process holds one Ray at a time, and a module
+    # after them starts the local one again (`ray_local`)
+    "test_cluster_train.py": 300,
+    "test_cluster_tune.py": 250,
+    "test_autoscaling.py": 200,
+    "test_deploy.py": 150,
     "test_distributed.py": 184,
     "test_train.py": 176,
     "test_tune.py": 70,
@@ -134,8 +140,20 @@ def s3_endpoint():
 
 
 @pytest.fixture(scope="session")
-def ray_local(s3_endpoint):
-    """A local 2-CPU Ray for the session (token auth on, no dashboard, quiet Ray Data).
+def _ray_until_session_end():
+    """Stops this process's local Ray once, when the session ends."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_local(s3_endpoint, _ray_until_session_end):
+    """A local 2-CPU Ray (token auth on, no dashboard, quiet Ray Data), started once and kept
+    for the session; started again for a module when a simulated-cluster test of the same
+    process has shut it down (tests/clusters.py: a process holds one Ray at a time).
 
     Started after `s3_endpoint`, so its worker processes inherit the AWS variables and
     Ray tasks can read s3:// URIs of the test endpoint.
@@ -145,17 +163,14 @@ def ray_local(s3_endpoint):
     # two xdist workers each run a Ray on 2 cores: a Ray Train worker group may take
     # longer than Ray's default 60 s to start (inherited by the Train controller)
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
-    started = not ray.is_initialized()
-    if started:
+    if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    yield ray
-    if started:
-        ray.shutdown()
+    return ray
 
 
 def make_index_rows(
