@@ -33,7 +33,7 @@ $(VENV)/.installed-demo: $(VENV)/.installed
 	touch $@
 
 demo: $(VENV)/.installed-demo
-	$(BIN)/lightman demo --config configs/demo.yaml --out $(DEMO_DIR) seed=$(SEED)
+	$(BIN)/lightman demo --config configs/demo/demo.yaml --out $(DEMO_DIR) seed=$(SEED)
 
 # A small Ray Tune + Optuna search of LightmanNet on a generated CASME II + CK+ index
 # (6 trials, 2 at a time); the study persists in runs/tune-demo/lightman/study.db.
@@ -42,12 +42,12 @@ tune-demo: $(VENV)/.installed
 	$(BIN)/lightman synth --out $(TUNE_DIR)/synth "datasets=[casme2,ckplus]" seed=$(SEED)
 	$(BIN)/lightman ingest casme2 $(TUNE_DIR)/synth/CASME2 --out $(TUNE_DIR)/index --label-scheme five --size 32 --replace
 	$(BIN)/lightman ingest ckplus $(TUNE_DIR)/synth/CK+ --out $(TUNE_DIR)/index --size 32 --replace
-	$(BIN)/lightman tune --config configs/tune_demo.yaml \
+	$(BIN)/lightman tune --config configs/tune/demo.yaml \
 		--space tune_spaces/lightman.yaml --trials 6 --out $(TUNE_DIR)/lightman data.index=$(TUNE_DIR)/index seed=$(SEED)
 
 # MA2MI pre-training of a MIACNet encoder on the demo's macro clips (needs `make demo` first)
 demo-ma2mi: $(VENV)/.installed
-	$(BIN)/lightman pretrain --method ma2mi --config configs/ma2mi.yaml --out runs/ma2mi seed=$(SEED)
+	$(BIN)/lightman pretrain --method ma2mi --config configs/pretrain/ma2mi.yaml --out runs/ma2mi seed=$(SEED)
 
 # Two pytest workers (pytest-xdist), whole files each, the longest files first (conftest.py):
 # much of the suite waits on Ray and HTTP start-ups, which overlap. TEST_WORKERS=0: one process.

@@ -4,9 +4,9 @@ auxiliary alignment, or both? Variants x seeds on one generated index (docs/ma2m
     python benchmarks/ma2mi.py --index runs/demo/index --seeds 0 1 2 3 4 --out runs/bench-ma2mi
     python benchmarks/ma2mi.py --tiny      # smoke run of the whole table at toy size
 
-Per seed s: two MA2MI pre-trainings (configs/ma2mi.yaml on the index's macro clips, seed s;
+Per seed s: two MA2MI pre-trainings (configs/pretrain/ma2mi.yaml on the index's macro clips, seed s;
 one of MIACNet, one of its action branch alone), then each variant below with the demo's
-`train:` section (configs/demo.yaml, in process: workers=1) and its overrides; s draws the
+`train:` section (configs/demo/demo.yaml, in process: workers=1) and its overrides; s draws the
 subject split, the episodes and the initialisation.
 
     fewshot: 5-way few-shot test accuracy of a meta-trained run on its test subjects
@@ -93,7 +93,7 @@ TINY_PRETRAIN = ["steps=3", "log_every=1"]
 
 def base_yaml(tmp: Path) -> str:
     """The demo's train section, in process, as a YAML file that load_config reads."""
-    train = load_config(DemoConfig, "configs/demo.yaml", []).train
+    train = load_config(DemoConfig, "configs/demo/demo.yaml", []).train
     path = tmp / "train.yaml"
     body = {**to_dict(train), "workers": 1, "backend": "local"}
     path.write_text(yaml.safe_dump(body))
@@ -102,7 +102,7 @@ def base_yaml(tmp: Path) -> str:
 
 def pretrain_config(index: str, backbone: str, seed: int, extra: list[str]) -> PretrainConfig:
     over = [f"index={index}", f"seed={seed}", f"model.backbone={backbone}", *extra]
-    return load_config(PretrainConfig, "configs/ma2mi.yaml", over)
+    return load_config(PretrainConfig, "configs/pretrain/ma2mi.yaml", over)
 
 
 def encoder_path(cfg: PretrainConfig, out: Path) -> Path:

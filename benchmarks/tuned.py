@@ -7,7 +7,7 @@ config of each trained on 5 seeds and tested on subjects no trial ever saw.
     python benchmarks/tuned.py --results benchmarks/results/tuned   # the table, from kept rows
     python benchmarks/tuned.py --tiny       # a smoke run of both phases at toy size
 
-search: for each learner, `lightman tune` (platform/tune.py) on `configs/tuned.yaml` with its
+search: for each learner, `lightman tune` (platform/tune.py) on `configs/tune/tuned.yaml` with its
   own space (tune_spaces/<learner>.yaml): Optuna TPE (seeded), ASHA on the validation UAR,
   `--trials` trials, `--concurrent` at a time. The two searches share the experiment: the
   same subject split (drawn once, from the config's seed), the same validation episodes, the
@@ -159,7 +159,7 @@ def table(rows: dict[str, dict[int, dict]], seeds: list[int], a: argparse.Namesp
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--index", help="the index to search and test on (e.g. runs/demo/index)")
-    p.add_argument("--config", default="configs/tuned.yaml")
+    p.add_argument("--config", default="configs/tune/tuned.yaml")
     p.add_argument("--phase", choices=["search", "final"], help="omit: print the kept table")
     p.add_argument("--trials", type=int, default=12, help="trials per learner's search")
     p.add_argument("--concurrent", type=int, default=2, help="trials at once")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Submit a Lightman training run to a running Ray cluster and follow its log.
 #   deploy/submit.sh CONFIG OUT [key=value ...]
-#   RAY_ADDRESS=http://head:8265 deploy/submit.sh configs/cluster_gpu.yaml s3://my-bucket/lightman/out workers=4
-# CONFIG: a training config (configs/*.yaml, or any file: it is shipped too). OUT: where
+#   RAY_ADDRESS=http://head:8265 deploy/submit.sh configs/train/cluster_gpu.yaml s3://my-bucket/lightman/out workers=4
+# CONFIG: a training config (configs/train/*.yaml, or any file: it is shipped too). OUT: where
 # the driver writes results.json and best.pt: an s3:// URI, or a folder on the head node
 # (a relative OUT lands in the job's temporary working dir, which Ray deletes).
 # The cluster's token (Ray's token authentication) is read as by any Ray command: the

@@ -40,23 +40,24 @@ EXAMPLES = {
     """,
     "train": """
         example:
-          lightman train --config configs/train.yaml --out runs/lightman
-          lightman train --config configs/train.yaml --out runs/maml learner.name=maml
-          lightman train --config configs/train.yaml --out runs/x learner.lambda_pri=0.7
-          lightman train --config configs/train.yaml --out runs/w2 workers=2   # Ray Train
-          lightman train --config configs/train.yaml --out runs/w2 workers=2 iterations=200 --resume
+          lightman train --config configs/train/demo.yaml --out runs/lightman
+          lightman train --config configs/train/demo.yaml --out runs/maml learner.name=maml
+          lightman train --config configs/train/demo.yaml --out runs/x learner.lambda_pri=0.7
+          lightman train --config configs/train/demo.yaml --out runs/w2 workers=2   # Ray Train
+          lightman train --config configs/train/demo.yaml --out runs/w2 workers=2 \\
+              iterations=200 --resume
     """,
     "pretrain": """
         example:
-          lightman pretrain --method ma2mi --config configs/ma2mi.yaml --out runs/ma2mi
-          lightman train --config configs/train.yaml --out runs/mia model.backbone=miacnet \
+          lightman pretrain --method ma2mi --config configs/pretrain/ma2mi.yaml --out runs/ma2mi
+          lightman train --config configs/train/demo.yaml --out runs/mia model.backbone=miacnet \
               model.input_mode=frames model.init=runs/ma2mi/encoder.pt
     """,
     "tune": """
         example:
-          lightman tune --config configs/tune_demo.yaml --space tune_spaces/lightman.yaml
+          lightman tune --config configs/tune/demo.yaml --space tune_spaces/lightman.yaml
                         --trials 8 --out runs/tune-lightman   # --trials 12 later: extends it
-          lightman tune --config configs/tune_demo.yaml --space tune_spaces/maml.yaml
+          lightman tune --config configs/tune/demo.yaml --space tune_spaces/maml.yaml
                         --trials 8 --out runs/tune-maml --final   # + train and test the best
           --storage postgresql://host/db: any Optuna storage URL (default OUT/study.db)
     """,
@@ -173,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     t = add("train", "Meta-train a learner (LightmanNet by default) on an index.")
-    t.add_argument("--config", help="YAML TrainConfig (e.g. configs/train.yaml)")
+    t.add_argument("--config", help="YAML TrainConfig (e.g. configs/train/demo.yaml)")
     t.add_argument(
         "--out", required=True, help="run folder, local or s3:// (checkpoints, metrics, best.pt)"
     )
@@ -189,7 +190,7 @@ def _parser() -> argparse.ArgumentParser:
 
     pt = add("pretrain", "Pre-train the encoder self-supervised on macro-expression clips (MA2MI).")
     pt.add_argument("--method", default="ma2mi", choices=("ma2mi",), help="pre-training method")
-    pt.add_argument("--config", help="YAML PretrainConfig (e.g. configs/ma2mi.yaml)")
+    pt.add_argument("--config", help="YAML PretrainConfig (e.g. configs/pretrain/ma2mi.yaml)")
     pt.add_argument("--out", required=True, help="run folder (encoder.pt, metrics, pretrain.json)")
     pt.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=1 steps=100")
 

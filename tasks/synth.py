@@ -210,7 +210,7 @@ def _check_range(name: str, r: tuple[float, float], low: float) -> None:
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """The seeded generator's settings (configs/synth.yaml holds the defaults)."""
+    """The seeded generator's settings (configs/synth/default.yaml holds the defaults)."""
 
     seed: int = 0
     """every pixel and sheet cell follows from it"""

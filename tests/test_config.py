@@ -110,7 +110,35 @@ def _config_class(path: Path):
     raise AssertionError(f"{path}: unknown command {command!r}")
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+REPO_CONFIGS = sorted((REPO / "configs").glob("**/*.yaml"))
+# configs/<kind>/: the folder says what runs a config; study/ holds a benchmark's fixed
+# setting, run with `lightman demo` (one run) and by its benchmark script (the table).
+FOLDER_COMMANDS = {
+    "demo": "demo",
+    "study": "demo",
+    "train": "train",
+    "tune": "tune",
+    "pretrain": "pretrain",
+    "synth": "synth",
+}
+
+
+def _config_id(path: Path) -> str:
+    return str(path.relative_to(REPO / "configs"))
+
+
+def test_the_repo_has_configs_and_each_lies_in_its_kinds_folder():
+    assert len(REPO_CONFIGS) >= 8  # a changed glob that found nothing would pass the rest
+    for path in REPO_CONFIGS:
+        kind = path.relative_to(REPO / "configs").parts[0]
+        assert kind in FOLDER_COMMANDS, f"{path}: configs/ holds one folder per kind"
+        first = path.read_text().splitlines()[0].split()
+        assert first[:3] == ["#", "lightman", FOLDER_COMMANDS[kind]], path
+        # the first line runs this very file, from the repo root
+        assert first[first.index("--config") + 1] == f"configs/{_config_id(path)}", path
+
+
+@pytest.mark.parametrize("path", REPO_CONFIGS, ids=_config_id)
 def test_every_repo_config_loads(path):
     load_config(_config_class(path), path)
 
@@ -125,12 +153,12 @@ def test_every_repo_yaml_parses(path):
 
 
 def test_the_training_config_is_the_demos_training():
-    """`lightman train --config configs/train.yaml` trains what `make demo` trains."""
+    """`lightman train --config configs/train/demo.yaml` trains what `make demo` trains."""
     from lightman.platform.demo import DemoConfig
     from lightman.platform.train import TrainConfig
 
-    train = load_config(TrainConfig, REPO / "configs" / "train.yaml")
-    demo = load_config(DemoConfig, REPO / "configs" / "demo.yaml").train
+    train = load_config(TrainConfig, REPO / "configs" / "train" / "demo.yaml")
+    demo = load_config(DemoConfig, REPO / "configs" / "demo" / "demo.yaml").train
     assert train == dataclasses.replace(
         demo, data=dataclasses.replace(demo.data, index="runs/demo/index")
     )

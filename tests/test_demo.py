@@ -42,14 +42,14 @@ TINY = [
 
 
 def test_demo_config_trains_on_two_workers_and_serves():
-    cfg = load_config(DemoConfig, str(CONFIGS / "demo.yaml"))
+    cfg = load_config(DemoConfig, str(CONFIGS / "demo" / "demo.yaml"))
     assert cfg.train.workers == 2 and cfg.train.uses_ray
     assert cfg.train.meta_batch % cfg.train.workers == 0
     assert cfg.serve and cfg.learners[0] == "lightman"
 
 
 def test_demo_end_to_end_serves_the_carphone_video(ray_local, tmp_path, capsys):
-    cfg = load_config(DemoConfig, str(CONFIGS / "demo.yaml"), TINY)
+    cfg = load_config(DemoConfig, str(CONFIGS / "demo" / "demo.yaml"), TINY)
     text = run_demo(cfg, tmp_path)
 
     results = json.loads((tmp_path / "demo_results.json").read_text())

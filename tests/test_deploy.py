@@ -471,7 +471,7 @@ TINY = [
 @pytest.mark.integration
 def test_submit_sh_trains_on_a_head_whose_python_lacks_lightman_with_token_auth(tmp_path):
     """deploy/submit.sh as the README runs it: the wheel built, `ray job submit` to a head
-    on 127.0.0.1 with token auth on, a 2-worker training of configs/cluster_gpu.yaml (sized
+    on 127.0.0.1 with token auth on, a 2-worker training of configs/train/cluster_gpu.yaml (sized
     down by overrides) that finds the `lightman` command and the config only in the upload."""
     index = generated.small_index(
         tmp_path / "data",
@@ -501,7 +501,7 @@ def test_submit_sh_trains_on_a_head_whose_python_lacks_lightman_with_token_auth(
         done = subprocess.run(
             [
                 str(DEPLOY / "submit.sh"),
-                "configs/cluster_gpu.yaml",
+                "configs/train/cluster_gpu.yaml",
                 str(out),
                 f"data.index={index}",
                 "device=cpu",
@@ -528,6 +528,6 @@ def test_submit_sh_trains_on_a_head_whose_python_lacks_lightman_with_token_auth(
     results = json.loads((out / "results.json").read_text())
     assert results["metrics"]["workers"] == 2
     assert (out / "best.pt").is_file()
-    # the run's config is configs/cluster_gpu.yaml's, as the upload carried it
+    # the run's config is configs/train/cluster_gpu.yaml's, as the upload carried it
     assert results["config"]["run_name"] == "lightman-gpu"
     assert results["config"]["learner"]["lambda_pri"] == 0.55

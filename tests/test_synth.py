@@ -492,9 +492,9 @@ def test_haar_cascade_finds_the_face_on_onset_frames(tiny):
 
 # --- config -------------------------------------------------------------------------------
 def test_yaml_is_the_default_and_overrides_are_partial():
-    path = REPO / "configs" / "synth.yaml"
+    path = REPO / "configs" / "synth" / "default.yaml"
     first = path.read_text().splitlines()[0]
-    assert first == "# lightman synth --config configs/synth.yaml --out data/synth"
+    assert first == "# lightman synth --config configs/synth/default.yaml --out data/synth"
     assert load_config(SynthConfig, path) == DEFAULT
     cfg = load_config(SynthConfig, path, ["casme2.clips=20"])
     assert (cfg.casme2.clips, cfg.casme2.subjects, cfg.casme2.fps) == (20, 14, 200.0)
