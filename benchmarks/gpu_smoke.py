@@ -398,7 +398,7 @@ def smoke(root: Path, s: Sizes, device: str) -> int:
         )
 
     def score() -> str:
-        import pyarrow.parquet as pq
+        from lightman.platform.score import read_predictions
 
         out = root / "scores"
         cli(
@@ -414,7 +414,7 @@ def smoke(root: Path, s: Sizes, device: str) -> int:
                 f"predictor.device={device}",
             ]
         )
-        table = pq.read_table(out / "predictions.parquet")
+        table = read_predictions(str(out))
         ran = json.loads(table.schema.metadata[b"lightman"])["devices"]
         if any(not d.startswith(device) for d in ran):
             raise SmokeFailure(f"score: predictor.device={device}, but the actors ran on {ran}")

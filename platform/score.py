@@ -12,11 +12,14 @@ checks, face box on the onset frame, whole clip as the span, apex estimated), so
 scores the same here as over HTTP. A video that cannot be used is a row with its
 reason in `error`, not a failed run.
 
-Outputs under `out` (local or s3://): `predictions.parquet` (clip_id, label,
-probabilities in the order of `classes`, true_label where known, error; its metadata
-holds the classes, the config and the devices the actors' models ran on) and, where the
-index has labels, `metrics.json` / `metrics.csv` (ACC, macro-F1, UAR, UF1 over the clips
-of the served classes) and `confusion.png`.
+Outputs under `out` (local or s3://), none of them gathered on the driver:
+`predictions/<run>/*.parquet`, written by Ray Data's write tasks on the workers (clip_id,
+label, probabilities in the order of `classes`, true_label where known, error);
+`predictions.json`, the manifest written last (the classes, the devices the actors'
+models ran on, the files of the run, the config; `read_predictions` reads the run
+through it); and, where the index has labels, `metrics.json` / `metrics.csv` (ACC,
+macro-F1, UAR, UF1 over the clips of the served classes, from counts aggregated on the
+workers) and `confusion.png`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import csv
 import io
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +42,8 @@ from lightman.platform.upload import BadUpload, Span, UploadLimits, prepare_clip
 from lightman.tasks import storage
 from lightman.tasks.metrics import accuracy, confusion_matrix, macro_f1, uar, uf1
 
+PREDICTIONS_MANIFEST = "predictions.json"  # written last: lists the files of the run
+PREDICTIONS_DIR = "predictions"  # predictions/<run>/*.parquet, written by the workers
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 METRICS = {"acc": accuracy, "macro_f1": macro_f1, "uar": uar, "uf1": uf1}
 
@@ -231,23 +237,6 @@ def _dataset(cfg: ScoreConfig, source: str):
     ), False
 
 
-def _metrics(table: pa.Table, classes: list[str]) -> dict:
-    """Metrics over the clips whose true class is served (the others cannot be right)."""
-    truth = table.column("true_label").to_pylist()
-    pred = table.column("label").to_pylist()
-    keep = [i for i, t in enumerate(truth) if t in classes]
-    if not keep:
-        raise ValueError(f"no clip of the index has a served class {classes}")
-    t = np.array([classes.index(truth[i]) for i in keep])
-    p = np.array([classes.index(pred[i]) for i in keep])
-    return {
-        "clips": len(keep),
-        "clips_of_other_classes": len(truth) - len(keep),
-        **{k: float(fn(t, p)) for k, fn in METRICS.items()},
-        "confusion": confusion_matrix(t, p, len(classes)).tolist(),
-    }
-
-
 def _confusion_png(metrics: dict, classes: list[str]) -> bytes:
     import matplotlib
 
@@ -273,8 +262,65 @@ def _confusion_png(metrics: dict, classes: list[str]) -> bytes:
     return buf.getvalue()
 
 
+def _counts(scored, classes: list[str]) -> dict | None:
+    """Metrics from the (true, predicted) pair counts, aggregated by Ray Data on the workers
+    (the driver receives at most classes² counts, never the rows), over the clips whose
+    true class is served (the others cannot be right); None when no clip is."""
+    pairs = scored.groupby(["true_label", "label"]).count().take_all()
+    t, p = [], []
+    other = 0
+    for row in pairs:
+        n = row["count()"]
+        if row["true_label"] in classes:
+            t += [classes.index(row["true_label"])] * n
+            p += [classes.index(row["label"])] * n
+        else:
+            other += n
+    if not t:
+        return None
+    t, p = np.array(t), np.array(p)
+    return {
+        "clips": len(t),
+        "clips_of_other_classes": other,
+        **{k: float(fn(t, p)) for k, fn in METRICS.items()},
+        "confusion": confusion_matrix(t, p, len(classes)).tolist(),
+    }
+
+
+def read_predictions(out: str) -> pa.Table:
+    """The predictions a `score` run wrote under `out` (local or s3://): the Parquet files its
+    manifest lists, as one table sorted by clip id, the manifest as the schema's "lightman"
+    metadata."""
+    root = storage.resolve(out)
+    manifest = json.loads(storage.read_bytes(root.join(PREDICTIONS_MANIFEST)))
+    tables = [
+        pq.read_table(io.BytesIO(storage.read_bytes(root.join(part)))) for part in manifest["files"]
+    ]
+    table = pa.concat_tables(tables).sort_by("clip_id")
+    return table.replace_schema_metadata({"lightman": json.dumps(manifest)})
+
+
+def _write_parts(scored, root: storage.Location) -> list[str]:
+    """The actors' rows as Parquet files written by Ray Data's write tasks on the workers,
+    into a fresh folder under predictions/ (a run never mixes with an earlier one's files);
+    their paths relative to `root`."""
+    folder = root.join(PREDICTIONS_DIR, uuid.uuid4().hex)
+    storage.make_dirs(folder)
+    scored.write_parquet(folder.path, filesystem=folder.fs)
+    return sorted(
+        info.path[len(root.path) + 1 :]
+        for info in storage.list_files(folder)
+        if info.base_name.endswith(".parquet")
+    )
+
+
 def score(cfg: ScoreConfig, source: str, out: str) -> ScoreResult:
-    """Score `source` (an index, or a folder of videos; local or s3://) into `out`."""
+    """Score `source` (an index, or a folder of videos; local or s3://) into `out`.
+
+    The rows never gather on the driver: the actors' predictions are written by Ray Data's
+    write tasks, the metrics come from counts aggregated on the workers, and the manifest
+    (predictions.json, written last, in one write) lists the files of this run, so a reader
+    never sees a half-written result."""
     import ray
 
     if not cfg.predictor.checkpoint:
@@ -285,32 +331,33 @@ def score(cfg: ScoreConfig, source: str, out: str) -> ScoreResult:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     started = time.perf_counter()
     ds, labelled = _dataset(cfg, source)
-    batches = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
-    seconds = time.perf_counter() - started
-    table = pa.concat_tables(batches) if batches else None
-    if table is None or table.num_rows == 0:
+    scored = ds.materialize()  # in the object store, on the workers: written and counted
+    rows = scored.count()
+    if rows == 0:
         raise ValueError(f"{source}: no clips to score")
-    # every actor serves the same classes; they travel with the rows, once per clip, as
-    # does the device each actor's model ran on (what the run used, not what it asked for)
-    classes = table.column("classes")[0].as_py()
-    devices = sorted(set(table.column("device").to_pylist()))
-    table = table.drop_columns(["classes", "device"]).sort_by("clip_id")
+    # every actor serves the same classes; they travel with the rows, as does the device
+    # each actor's model ran on (what the run used, not what it asked for)
+    classes = scored.take(1)[0]["classes"]
+    classes = [str(c) for c in classes]
+    devices = sorted(str(d) for d in scored.unique("device"))
+    failed = scored.filter(expr="error != ''").count()
+    root = storage.resolve(out)
+    files = _write_parts(scored.drop_columns(["classes", "device"]), root)
+    metrics = _counts(scored, classes) if labelled else None
+    if labelled and metrics is None:
+        raise ValueError(f"no clip of the index has a served class {classes}")
+    seconds = time.perf_counter() - started
     meta = {
         "classes": classes,
         "devices": devices,
+        "clips": rows,
+        "files": files,
         "checkpoint": cfg.predictor.checkpoint,
         "source": source,
         "config": to_dict(cfg),
         "versions": versions(),
     }
-    table = table.replace_schema_metadata({"lightman": json.dumps(meta)})
-    root = storage.resolve(out)
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    storage.write_bytes(root.join("predictions.parquet"), buf.getvalue())
-    metrics = None
-    if labelled:
-        metrics = _metrics(table, classes)
+    if metrics:
         storage.write_bytes(
             root.join("metrics.json"), json.dumps({**meta, "metrics": metrics}, indent=2).encode()
         )
@@ -320,11 +367,14 @@ def score(cfg: ScoreConfig, source: str, out: str) -> ScoreResult:
         w.writerow([metrics["clips"], *(metrics[k] for k in METRICS)])
         storage.write_bytes(root.join("metrics.csv"), text.getvalue().encode())
         storage.write_bytes(root.join("confusion.png"), _confusion_png(metrics, classes))
-    failed = sum(1 for e in table.column("error").to_pylist() if e)
+    storage.write_text(root.join(PREDICTIONS_MANIFEST), json.dumps(meta, indent=2))
+    for info in storage.list_dir(root.join(PREDICTIONS_DIR)):  # earlier runs' files
+        if info.base_name != files[0].split("/")[1]:
+            storage.delete_dir(root.join(PREDICTIONS_DIR, info.base_name))
     lines = [
-        f"scored {table.num_rows} clips in {seconds:.1f} s with {cfg.actors} actors "
-        f"on {', '.join(devices)} "
-        f"-> {root.uri}/predictions.parquet" + (f" ({failed} unusable)" if failed else "")
+        f"scored {rows} clips in {seconds:.1f} s with {cfg.actors} actors "
+        f"on {', '.join(devices)} -> {root.join(PREDICTIONS_MANIFEST).uri}"
+        + (f" ({failed} unusable)" if failed else "")
     ]
     if metrics:
         lines.append(
@@ -333,4 +383,4 @@ def score(cfg: ScoreConfig, source: str, out: str) -> ScoreResult:
             + " | ".join(f"{100 * metrics[k]:.2f}" for k in METRICS)
             + " |"
         )
-    return ScoreResult(root.uri, table.num_rows, metrics, seconds, "\n".join(lines))
+    return ScoreResult(root.uri, rows, metrics, seconds, "\n".join(lines))

@@ -175,7 +175,7 @@ def test_a_two_worker_run_to_s3_leaves_every_artifact_in_the_bucket_and_serves_f
     assert evaluated["metrics"]["test_subjects"] == result["metrics"]["test_subjects"]
     scores = f"s3://{bucket}/cluster/scores"
     assert main(["score", "--checkpoint", best, "--index", s3_index, "--out", scores]) == 0
-    assert "predictions.parquet" in keys(scores)
+    assert "predictions.json" in keys(scores)
     assert main(["report", reference]) == 0 and "curves.png" in keys(reference)
     _serve_one_clip(best, f"s3://{bucket}/cluster/adapted")
     assert list(empty_cwd.iterdir()) == []

@@ -4,7 +4,6 @@ videos with no annotation through the command line."""
 from __future__ import annotations
 
 import importlib.metadata
-import io
 import json
 import shutil
 import sys
@@ -12,13 +11,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from lightman.platform.cli import main
 from lightman.platform.config import load_config
 from lightman.platform.predictor import Predictor, PredictorConfig
-from lightman.platform.score import ScoreConfig, score
+from lightman.platform.score import ScoreConfig, read_predictions, score
 from lightman.tasks import storage
 
 sys.path.insert(0, str(Path(__file__).parent))  # pytest runs with --import-mode=importlib
@@ -48,10 +46,13 @@ def test_score_an_index_on_s3_writes_predictions_metrics_and_a_confusion_png(
     result = score(cfg, index, out)
     assert result.clips == 6 * 3 * 2 and "| ACC |" in result.summary
 
-    table = pq.read_table(io.BytesIO(storage.read_bytes(f"{out}/predictions.parquet")))
+    table = read_predictions(out)
     assert table.column_names == ["clip_id", "label", "probabilities", "true_label", "error"]
     meta = json.loads(table.schema.metadata[b"lightman"])
-    assert meta["classes"] == list(sf.CLASSES)
+    assert meta["classes"] == list(sf.CLASSES) and meta["clips"] == table.num_rows
+    # written by the workers into this run's folder, listed by the manifest written last
+    assert meta["files"] and all(f.startswith("predictions/") for f in meta["files"])
+    assert json.loads(storage.read_bytes(f"{out}/predictions.json")) == meta
     rows = table.to_pylist()
     assert len({r["clip_id"] for r in rows}) == len(rows)
     assert all(abs(sum(r["probabilities"]) - 1) < 1e-5 and not r["error"] for r in rows)
@@ -107,7 +108,7 @@ def test_score_a_folder_of_own_videos_without_annotation(ray_local, tmp_path, ca
     )
     assert rc == 0
     assert "scored 3 clips" in capsys.readouterr().out
-    rows = {r["clip_id"]: r for r in pq.read_table(out / "predictions.parquet").to_pylist()}
+    rows = {r["clip_id"]: r for r in read_predictions(str(out)).to_pylist()}
     assert set(rows) == {"carphone.mp4", "day2/broken.mp4", "day2/noface.mp4"}
     assert rows["carphone.mp4"]["label"] in sf.CLASSES and not rows["carphone.mp4"]["error"]
     assert "not a video" in rows["day2/broken.mp4"]["error"]
