@@ -45,6 +45,7 @@ from lightman.models.net import ModelConfig
 from lightman.models.provenance import to_dict, versions
 from lightman.platform.config import from_dict
 from lightman.platform.encoder import build_run_model
+from lightman.platform.runtime import setup
 from lightman.platform.selection import DataSelection, primary_pool
 from lightman.tasks import storage
 from lightman.tasks.episodes import ClipPool, to_tensor
@@ -132,6 +133,12 @@ def run_fold(
     )
 
 
+def _fold_task(*args) -> FoldResult:
+    """`run_fold` as a Ray task: the worker's process-wide settings first (runtime.py)."""
+    setup()
+    return run_fold(*args)
+
+
 def run_folds(
     model_cfg: ModelConfig,
     pool: ClipPool,
@@ -152,7 +159,7 @@ def run_folds(
         ray.init(num_cpus=cfg.workers, include_dashboard=False, log_to_driver=False)
     cuda = device.type == "cuda"
     # a CUDA fold gets a GPU of its own, which it sees as cuda (its CUDA_VISIBLE_DEVICES)
-    remote = ray.remote(num_cpus=1, num_gpus=1 if cuda else 0)(run_fold)
+    remote = ray.remote(num_cpus=1, num_gpus=1 if cuda else 0)(_fold_task)
     on = torch.device("cuda") if cuda else device
     pool_ref = ray.put(pool)
     pending = [remote.remote(model_cfg, pool_ref, s, k, *args, on) for k, s in enumerate(subjects)]

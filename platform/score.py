@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from lightman.models.provenance import to_dict, versions
 from lightman.platform.devices import is_cuda, resolve_device
 from lightman.platform.predictor import Predictor, PredictorConfig
+from lightman.platform.runtime import setup
 from lightman.platform.upload import BadUpload, Span, UploadLimits, prepare_clip
 from lightman.tasks import storage
 from lightman.tasks.metrics import accuracy, confusion_matrix, macro_f1, uar, uf1
@@ -102,6 +103,7 @@ class IndexScorer:
     """A pool actor over index rows (preprocessed frames, labels by class index)."""
 
     def __init__(self, cfg: PredictorConfig, class_names: dict[str, list[str]]):
+        setup()  # this actor's process-wide settings, before its first kernel (runtime.py)
         self.predictor = Predictor(cfg)
         self.class_names = class_names
 
@@ -132,6 +134,7 @@ class VideoScorer:
     """A pool actor over video files: each is preprocessed as an upload to the service."""
 
     def __init__(self, cfg: PredictorConfig, face_crop: str, limits: UploadLimits):
+        setup()  # this actor's process-wide settings, before its first kernel (runtime.py)
         self.predictor = Predictor(cfg)
         pre = to_dict(self.predictor.preprocess)
         self.preprocess = type(self.predictor.preprocess)(

@@ -46,6 +46,7 @@ from lightman.platform.predictor import (
     PredictorConfig,
     UnknownModel,
 )
+from lightman.platform.runtime import setup
 from lightman.platform.upload import (
     BadUpload,
     Prepared,
@@ -153,6 +154,7 @@ class LightmanService:
     """One replica: a Predictor, its preprocessing thread and its batch queue."""
 
     def __init__(self) -> None:
+        setup()  # this replica's process-wide settings, before its first kernel (runtime.py)
         self.cfg: ServeConfig | None = None
         self.predictor: Predictor | None = None
         self.error = (
