@@ -37,6 +37,7 @@ from lightman.platform.loop import (
     shard_subjects,
     train_loop,
 )
+from lightman.platform.report import draw_curves
 from lightman.platform.run_log import write_logs
 from lightman.platform.run_state import latest_checkpoint, load_state, write_checkpoint
 from lightman.platform.selection import (
@@ -227,6 +228,8 @@ def finish(cfg: TrainConfig, out: str, state: dict, data: RunData) -> TrainResul
     chose, then the one evaluation on test subjects; every file written under `out`."""
     root = storage.resolve(out)
     write_logs(out, state["log"])
+    if state["log"]:
+        draw_curves(out)  # curves.png beside the logs
     best = state["best"]
     model = build_model(dataclasses.replace(cfg.model, init=""))  # the weights come next
     model.load_state_dict(best["model"] if best["model"] is not None else state["model"])

@@ -73,6 +73,7 @@ ARTIFACTS = {
     "results.csv",
     "metrics.jsonl",
     "tensorboard/events.out.tfevents.lightman",
+    "curves.png",
 }
 
 
@@ -176,7 +177,8 @@ def test_a_two_worker_run_to_s3_leaves_every_artifact_in_the_bucket_and_serves_f
     scores = f"s3://{bucket}/cluster/scores"
     assert main(["score", "--checkpoint", best, "--index", s3_index, "--out", scores]) == 0
     assert "predictions.json" in keys(scores)
-    assert main(["report", reference]) == 0 and "curves.png" in keys(reference)
+    assert main(["report", reference, "--png", f"{reference}/report.png"]) == 0
+    assert "report.png" in keys(reference)
     _serve_one_clip(best, f"s3://{bucket}/cluster/adapted")
     assert list(empty_cwd.iterdir()) == []
 
