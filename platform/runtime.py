@@ -19,6 +19,12 @@ and why:
   so a process that computes pixels without calling `setup()` (an ingest pool's worker)
   computes the same ones.
 
+- RAY_AUTH_MODE=token: Ray's token authentication on for every cluster this process
+  starts or joins (Ray 2.60 turns it on for new local clusters only, and says so with a
+  warning that suggests turning it off; from 2.61 it is on for all). The token is Ray's:
+  ~/.ray/auth_token (generated for a new local cluster when missing), RAY_AUTH_TOKEN or
+  RAY_AUTH_TOKEN_PATH; `ray get-auth-token` prints it for `ray job submit`.
+
 A value the user set in the environment is kept.
 """
 
@@ -33,5 +39,6 @@ from lightman.tasks import cv
 def setup() -> None:
     """Apply Lightman's process-wide settings (module docstring); safe to call again."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     cpu_kernels.pin()
     cv.configure()
