@@ -29,8 +29,10 @@ Cluster: trials run on the cluster `ray.init` joins (RAY_ADDRESS, else a local o
 Persistence: the Optuna study lives in `storage` (SQLite file in the search folder by
 default). `trials` is the study's total: a re-run with the same folder first finishes an
 interrupted search (`Tuner.restore`: its unfinished trials continue from their Ray Train
-checkpoints, so none is lost or run twice), then adds trials until the study holds
-`trials` (a fresh TPE seed per extension, derived from seed and the trial count).
+checkpoints, so none is lost or run twice; one Tune restores as running although it
+had finished, since Tune saves its state every 10 s or more, reports its recorded result
+again instead of training), then adds trials until the study holds `trials` (a fresh TPE
+seed per extension, derived from seed and the trial count).
 
 Failures: a trial whose config is invalid, whose training raises, or whose training loss
 becomes NaN or infinite is recorded as `error` with its message (Optuna state FAIL) and
@@ -54,6 +56,7 @@ import ray.train
 import ray.tune
 import yaml
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.search.optuna import OptunaSearch
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -200,15 +203,18 @@ class TrialReport(TuneReportCallback):
         first = metrics[0]
         check_finite(first)
         if self.metric in first:
-            first = {**first, "train_nodes": train_worker_nodes()}
+            # one string: Tune's TensorBoard logger refuses lists
+            first = {**first, "train_nodes": ",".join(train_worker_nodes())}
             super().after_report(run_context, [first, *metrics[1:]], checkpoint)
 
 
-def _has_checkpoint(run: str) -> bool:
+def _checkpointed(run: str):
+    """The Ray Train result of the run at `run` when it holds a checkpoint, else None."""
     try:
-        return ray.train.Result.from_path(run).checkpoint is not None
+        result = ray.train.Result.from_path(run)
     except (RuntimeError, FileNotFoundError, ValueError):
-        return False
+        return None
+    return result if result.checkpoint is not None else None
 
 
 def _start_over(run: str) -> None:
@@ -224,6 +230,10 @@ def _start_over(run: str) -> None:
 def trial(params: dict, *, base: dict, data: RunData, root: str, metric: str) -> None:
     """Ray Tune's function trainable: one Ray Train run of the experiment with `params`."""
     trial_id = ray.tune.get_context().get_trial_id()
+    done = next((r for r in read_records(root) if r["trial"] == trial_id), None)
+    if done is not None:  # recorded finished before its search's driver was interrupted
+        _report_again(done, metric)
+        return
     out = Path(root) / "trials" / trial_id
     out.mkdir(parents=True, exist_ok=True)
     # what this trial's workers receive; the leakage test reads it (the test pool is None)
@@ -241,10 +251,40 @@ def trial(params: dict, *, base: dict, data: RunData, root: str, metric: str) ->
     # stalls the search. Propagated to the Train controller and its workers.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(WORKER_START_TIMEOUT_S))
     run = f"{cfg.storage_path}/{cfg.run_name}"
-    resume = _has_checkpoint(run)  # a restored search continues its trials' runs
-    if not resume:
+    latest = _checkpointed(run)  # a restored search continues its trials' runs
+    if latest is None:
         _start_over(run)
+    elif (latest.metrics or {}).get("iteration") == cfg.iterations:
+        # trained to the end before the driver was killed, but not yet reported to it
+        _report_again({"status": "ok", **latest.metrics}, metric)
+        return
+    resume = latest is not None
     fit(cfg, str(out), resume, data, callbacks=[TrialReport(metric)])
+
+
+def _report_again(record: dict, metric: str) -> None:
+    """Hand Tune a finished trial's recorded result again, without training. Tune saves its
+    experiment state every 10 s or more, so a search whose driver is killed may be restored
+    with trials that had already finished (and were recorded, and told to Optuna) marked as
+    running: such a trial ends with its recorded result (or error), not a second run."""
+    if record["status"] == "error":
+        raise RuntimeError(f"failed before the search was interrupted: {record['error']}")
+    again = {k: record.get(k) for k in (metric, "val_acc", "iteration")}
+    ray.tune.report({**again, "train_nodes": ",".join(record.get("train_nodes") or [])})
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch that lets a trial restored after an interrupted driver report a result
+    its Optuna trial already holds (`_report_again`): Optuna refuses to update a finished
+    trial, and Ray's searcher would end the whole search on that refusal."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        import optuna
+
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # told to the study before the interruption; nothing to add
 
 
 class Progress(ray.tune.Callback):
@@ -254,6 +294,8 @@ class Progress(ray.tune.Callback):
         self.out, self.total, self.metric, self.max_steps = out, total, metric, max_steps
 
     def _record(self, trial, error: str | None) -> None:
+        if any(r["trial"] == trial.trial_id for r in read_records(self.out)):
+            return  # recorded before an interruption: its restored trial only reported it again
         last = trial.last_result or {}
         step = last.get("iteration")
         status = "error" if error else ("ok" if step == self.max_steps else "stopped")
@@ -265,7 +307,8 @@ class Progress(ray.tune.Callback):
             "val_acc": last.get("val_acc"),
             "seconds": round(last.get("time_total_s", 0.0), 1),
             "params": trial.config,
-            "train_nodes": last.get("train_nodes"),  # where its Ray Train workers ran
+            # the nodes its Ray Train workers ran on
+            "train_nodes": [n for n in (last.get("train_nodes") or "").split(",") if n],
             "error": error,
         }
         with open(Path(self.out) / "trials.jsonl", "a") as f:
@@ -385,7 +428,6 @@ def run_search(
     """Run (resume, extend) the search in `out` and write its results (module docstring)."""
     from optuna.samplers import TPESampler
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     out = Path(os.path.abspath(out))
     out.mkdir(parents=True, exist_ok=True)
@@ -432,7 +474,7 @@ def run_search(
                 f"({have} done), {concurrent} at a time, {base_cfg.workers} worker(s) each",
                 flush=True,
             )
-            searcher = OptunaSearch(
+            searcher = StudySearch(
                 space=optuna_space(space),
                 metric=scfg.metric,
                 mode="max",
