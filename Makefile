@@ -56,6 +56,18 @@ test: $(VENV)/.installed-test
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q \
 		-n $(TEST_WORKERS) --dist loadfile tests
 
+# The documentation site (mkdocs.yml, sources in docs/) built with --strict, so a broken
+# link or anchor, or a page left out of the nav, fails; the site lands in runs/site.
+# NO_MKDOCS_2_WARNING: Material's end-of-life banner, printed on every build, hides the
+# build's own warnings.
+.PHONY: docs
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir runs/site
+
 $(VENV)/.installed-lint: | $(BIN)/python
 	$(BIN)/pip install -q '$(RUFF)'
 	touch $@
