@@ -77,8 +77,14 @@ _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 # Lightman's progress bar and summary (`lightman train --verbose` shows it): Ray Train's
 # per-report dump of every metric (one line per report and rank, from a logger that its
 # LoggingConfig does not reach), and the placement-group cleaner's polling of the state
-# API, which a cluster without a dashboard does not serve (a warning every second).
-_NOISE = ("Reporting training result", "Failed to query Ray Train Controller actor state")
+# API, which a cluster without a dashboard does not serve (a warning every second), and
+# the core worker's error-level notice, at every start, that Ray Train's own preemption
+# watcher actor has its constructor arguments in the object store.
+_NOISE = (
+    "Reporting training result",
+    "Failed to query Ray Train Controller actor state",
+    "'PreemptionWatcher' and ID",
+)
 
 
 def _all_reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:

@@ -58,15 +58,15 @@ S3_BUCKET = "lightman-test"
 # The files that take longest (seconds, one process on an idle 2-core machine): run first,
 # a worker that picks one up late would finish alone. The rest keep their order.
 LONGEST_FIRST = {
-    # simulated multi-node clusters first: a process holds one Ray at a time, and a module
-    # after them starts the local one again (`ray_local`)
+    # simulated multi-node clusters (tests/clusters.py) stop this process's local Ray: a
+    # module after them that needs it starts it again (`ray_local` is module-scoped)
     "test_cluster_train.py": 300,
-    "test_cluster_tune.py": 250,
-    "test_autoscaling.py": 200,
+    "test_cluster_tune.py": 170,
+    "test_autoscaling.py": 215,
     "test_deploy.py": 150,
     "test_distributed.py": 184,
     "test_train.py": 176,
-    "test_tune.py": 70,
+    "test_tune.py": 150,
     "test_data.py": 31,
     "test_serve.py": 29,
     "test_demo.py": 23,
