@@ -99,7 +99,7 @@ from torch import Tensor, nn
 from lightman.models import backbones, norm
 from lightman.models.graph_memory import SavedBytes
 from lightman.models.learners import LearnerConfig, build_learner
-from lightman.models.learners.base import forward
+from lightman.models.learners.functional import forward
 from lightman.models.learners.params import Params, trainable
 from lightman.models.mmd import mmd2
 from lightman.models.net import PRESETS, build_model

@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lightman.models.learners import build_learner
-from lightman.models.learners.base import outer_optimizer
+from lightman.models.learners import build_learner, outer_optimizer
 from lightman.models.provenance import to_dict, versions
 from lightman.platform.config import ConfigError
 from lightman.platform.encoder import build_run_model

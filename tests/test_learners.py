@@ -15,15 +15,16 @@ from torch import Tensor
 
 from lightman.models.learners import LEARNERS, LearnerConfig, build_learner
 from lightman.models.learners.anil import ANIL
-from lightman.models.learners.base import (
-    LearnerName,
+from lightman.models.learners.config import LearnerName
+from lightman.models.learners.functional import forward, inner_loop
+from lightman.models.learners.lightman import (
+    Lightman,
     aux_loss_fn,
-    forward,
-    inner_loop,
-    outer_optimizer,
+    dual_branch_loss,
+    dual_branch_objective,
 )
-from lightman.models.learners.lightman import Lightman, dual_branch_loss, dual_branch_objective
 from lightman.models.learners.maml import MAML, cross_entropy_objective
+from lightman.models.learners.optimizer import outer_optimizer
 from lightman.models.learners.params import trainable
 from lightman.models.learners.protonet import ProtoNet
 from lightman.models.learners.reptile import Reptile

@@ -21,8 +21,8 @@ from lightman.models import backbones, norm
 from lightman.models.graph_memory import SavedBytes
 from lightman.models.learners import LearnerConfig, build_learner
 from lightman.models.learners.anil import head_objective
-from lightman.models.learners.base import aux_loss_fn, inner_loop
-from lightman.models.learners.lightman import dual_branch_objective
+from lightman.models.learners.functional import inner_loop
+from lightman.models.learners.lightman import aux_loss_fn, dual_branch_objective
 from lightman.models.learners.params import trainable
 from lightman.models.learners.passes import split_grads, split_hvp
 from lightman.models.net import build_model

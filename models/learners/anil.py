@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lightman.models.learners.base import BilevelLearner, Objective, Params, forward
+from lightman.models.learners.base import BilevelLearner
+from lightman.models.learners.functional import Objective, forward
+from lightman.models.learners.params import Params
 
 
 def head_module(model: nn.Module) -> tuple[str, nn.Module]:
@@ -49,7 +51,7 @@ def head_objective(
             head, {short: adapted[full] for full, short in local.items()}, (z,)
         )
         loss = F.cross_entropy(logits, y)
-        return loss, {"support_loss_before": loss.detach()}
+        return loss, {"support_loss_before": loss}
 
     return objective
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightman.models.learners.base import BilevelLearner, Objective, Params, forward, sgd_adapt
+from lightman.models.learners.base import BilevelLearner
+from lightman.models.learners.functional import Objective, forward, sgd_adapt
+from lightman.models.learners.params import Params
 
 
 def cross_entropy_objective(model: nn.Module, buffers: Params, x: Tensor, y: Tensor) -> Objective:
@@ -19,7 +21,7 @@ def cross_entropy_objective(model: nn.Module, buffers: Params, x: Tensor, y: Ten
     def objective(params: Params):
         logits = forward(model, params, buffers, x, "pri")  # (S, ways)
         loss = F.cross_entropy(logits, y)
-        return loss, {"support_loss_before": loss.detach()}
+        return loss, {"support_loss_before": loss}
 
     return objective
 

@@ -19,35 +19,33 @@ batch (the outputs e at θ) and one more forward+backward of the smaller ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
-from torch import Tensor, nn
-from torch.func import functional_call
+from torch import Tensor
 
 from lightman.models.learners.params import Params, trainable
 
 Output = Tensor | tuple[Tensor, ...]  # what the model returns for one head
 
 
-@dataclass(frozen=True)
-class PassObjective:
-    """L(θ) = combine([f_θ(x_1, head_1), ..., f_θ(x_P, head_P)]): θ enters only through
-    the passes. Callable as a learner Objective, params -> (loss, metrics)."""
+@runtime_checkable
+class PassObjective(Protocol):
+    """L(θ) = ℓ(f_θ(x_1, head_1), ..., f_θ(x_P, head_P)): θ enters only through the passes.
+    Callable as a learner Objective, params -> (loss, terms); `lightman.DualBranchObjective`
+    is one."""
 
-    model: nn.Module
-    buffers: Params
     passes: tuple[tuple[Tensor, str], ...]  # (clips (B, M, C, H, W), head) per pass
-    combine: Callable[[list[Output]], tuple[Tensor, dict[str, Tensor]]]  # the cheap ℓ
-
-    def __call__(self, params: Params) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.combine([self.run(params, p) for p in range(len(self.passes))])
 
     def run(self, params: Params, p: int) -> Output:
         """e_p = f_θ(x_p) for head_p."""
-        x, head = self.passes[p]
-        return functional_call(self.model, (params, self.buffers), (x,), {"head": head})
+
+    def __call__(
+        self, params: Params, outs: list[Output] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """(ℓ, terms) at θ = params; from `outs`, the passes' outputs, where given (then
+        differentiable in them: this module's leaves e)."""
 
 
 def parts(out: Output) -> tuple[Tensor, ...]:
@@ -65,16 +63,17 @@ def outputs_at(obj: PassObjective, point: Params) -> list[Output]:
         return [obj.run(point, p) for p in range(len(obj.passes))]
 
 
-def combined(obj: PassObjective, outs: list[Output], create_graph: bool):
-    """(loss, metrics, e, ḡ): ℓ at the pass outputs, which become leaves e (flat, per
-    output tensor), and its gradient ḡ = ∂ℓ/∂e (differentiable in e if create_graph)."""
+def combined(obj: PassObjective, point: Params, outs: list[Output], create_graph: bool):
+    """(loss, terms, e, ḡ): ℓ at the pass outputs at θ = point, which become leaves e
+    (flat, per output tensor), and its gradient ḡ = ∂ℓ/∂e (differentiable in e if
+    create_graph)."""
     e = [tuple(t.detach().requires_grad_() for t in parts(o)) for o in outs]
-    loss, metrics = obj.combine([like(o, ts) for o, ts in zip(outs, e)])
+    loss, terms = obj(point, [like(o, ts) for o, ts in zip(outs, e)])
     flat = [t for ts in e for t in ts]
     cotangent = torch.autograd.grad(
         loss, flat, create_graph=create_graph, allow_unused=True, materialize_grads=True
     )
-    return loss, metrics, flat, list(cotangent)
+    return loss, terms, flat, list(cotangent)
 
 
 def spans(outs: list[Output]) -> list[range]:
@@ -90,9 +89,9 @@ def split_grads(
     obj: PassObjective, point: Params, names: Sequence[str]
 ) -> tuple[Params, dict[str, Tensor], list[Output]]:
     """(∇_names L at θ = point by (1), one pass's first-order graph at a time; ℓ's
-    metrics; the pass outputs at θ, detached). Names no pass reaches are left out."""
+    terms; the pass outputs at θ, detached). Names no pass reaches are left out."""
     outs = outputs_at(obj, point)
-    _, metrics, _, cotangent = combined(obj, outs, create_graph=False)
+    _, terms, _, cotangent = combined(obj, point, outs, create_graph=False)
     grads: Params = {}
     for p, span in enumerate(spans(outs)):
         theta = trainable(point, names)
@@ -105,7 +104,7 @@ def split_grads(
         for n, g in zip(names, got):
             if g is not None:
                 grads[n] = grads[n] + g if n in grads else g
-    return grads, metrics, outs
+    return grads, terms, outs
 
 
 def pass_curvature(
@@ -140,7 +139,7 @@ def split_hvp(
 ) -> Params:
     """∇θ ⟨∇_names L(θ), v[names]⟩ at θ = point by (2), for every name of point; `outs` are
     the pass outputs at θ (from `split_grads`). One pass's second-order graph at a time."""
-    _, _, flat, cotangent = combined(obj, outs, create_graph=True)
+    _, _, flat, cotangent = combined(obj, point, outs, create_graph=True)
     index = spans(outs)
     order = sorted(range(len(outs)), key=lambda p: obj.passes[p][0].shape[0])  # the biggest last
     total = {n: torch.zeros_like(t) for n, t in point.items()}

@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightman.models.learners.base import Learner, Params, TaskLike, accuracy, forward, full_grads
+from lightman.models.learners.base import Learner, TaskLike
+from lightman.models.learners.functional import forward, hit_rate
+from lightman.models.learners.params import Params
 
 
 def prototypes(z: Tensor, y: Tensor, ways: int) -> Tensor:
@@ -56,23 +58,22 @@ def support_logits(
     return proto_logits(z[n_support:], prototypes(z[:n_support], support_y, ways))
 
 
-def proto_task_grads(
+def proto_task_loss(
     model: nn.Module, params: Params, buffers: Params, task: TaskLike, where: str
-) -> tuple[Params, dict[str, Tensor]]:
-    """(∇θ CE(−||g(query) − c||², y_query) at θ = params (leaves), metrics) of one task."""
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """(CE(−||g(query) − c||², y_query) at θ = params, metrics) of one task."""
     logits = support_logits(
         model, params, buffers, task.support_x, task.support_y, task.query_x, True, where
     )  # (N*Q, N)
     loss = F.cross_entropy(logits, task.query_y)
-    metrics = {"outer_loss": loss.detach(), "query_acc": accuracy(logits, task.query_y)}
-    return full_grads(loss, params), metrics
+    return loss, {"outer_loss": loss.detach(), "query_acc": hit_rate(logits, task.query_y)}
 
 
 class ProtoNet(Learner):
-    """Outer gradient ∇θ CE(−||g(query) − c||², y_query) summed over tasks."""
+    """Outer loss CE(−||g(query) − c||², y_query) per task; no inner loop."""
 
-    def task_grads(self, model, params, buffers, task, where):
-        return proto_task_grads(model, params, buffers, task, where)
+    def task_loss(self, model, params, buffers, task, where):
+        return proto_task_loss(model, params, buffers, task, where)
 
     def adapt(
         self, model, params, buffers, support_x, support_y, aux_x=None, steps=None, aux_y=None

@@ -20,22 +20,14 @@ embedding, centred, a prototype classifier; with test_inner_steps = 0 every logi
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightman.models.learners.base import (
-    Learner,
-    LearnerConfig,
-    Params,
-    TaskLike,
-    accuracy,
-    aux_loss_fn,
-    forward,
-    full_grads,
-    require_aux,
-)
-from lightman.models.learners.lightman import dual_branch_loss
+from lightman.models.learners.base import Learner, TaskLike
+from lightman.models.learners.config import LearnerConfig
+from lightman.models.learners.functional import hit_rate
+from lightman.models.learners.lightman import aux_loss_fn, dual_branch_loss
 from lightman.models.learners.maml import fine_tune
+from lightman.models.learners.params import Params
 
 
 def global_labels(task: TaskLike, y: Tensor, outputs: int, where: str) -> Tensor:
@@ -57,45 +49,40 @@ def pri_weight(model: nn.Module) -> str:
     return next(n for n in model.head_param_names() if n.endswith("weight"))
 
 
-def joint_task_grads(
+def joint_task_loss(
     model: nn.Module,
     params: Params,
     buffers: Params,
     task: TaskLike,
     cfg: LearnerConfig,
     where: str,
-) -> tuple[Params, dict[str, Tensor]]:
-    """(∇θ joint loss at θ = params (leaves), metrics) on the task's support + query clips
-    with their global classes."""
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """(The joint loss at θ = params, metrics) on the task's support + query clips with
+    their global classes: lightman's dual-branch loss (`dual_branch_loss`), no inner loop."""
     x = torch.cat((task.support_x, task.query_x))  # (N*K + N*Q, M, C, H, W)
     ways = torch.cat((task.support_y, task.query_y))  # episode labels, for the class pairing
     y = global_labels(task, ways, params[pri_weight(model)].shape[0], where)
-    if cfg.lambda_pri == 1.0:  # λ2 = 0: the CE alone, no macro clips needed
-        logits = forward(model, params, buffers, x, "pri", update_stats=True)  # (B, classes)
-        loss = F.cross_entropy(logits, y)
-        row = {}
-    else:
-        aux_x = require_aux(task.aux_x, "supervised", where)
-        out = dual_branch_loss(
-            model,
-            params,
-            buffers,
-            x,
-            y,
-            aux_x,
-            cfg.lambda_pri,
-            aux_loss_fn(cfg, ways, task.aux_y),
-            update_stats=True,
-            aux_norm=cfg.aux_norm,
-        )
-        loss, logits = out.total, out.logits
-        row = {"aux_loss": out.aux.detach()}
+    out = dual_branch_loss(
+        model,
+        params,
+        buffers,
+        x,
+        y,
+        task.aux_x,
+        cfg.lambda_pri,
+        aux_loss_fn(cfg, ways, task.aux_y),
+        update_stats=True,
+        aux_norm=cfg.aux_norm,
+        where=f"supervised: {where}",
+    )
     n_support = task.support_x.shape[0]
-    return full_grads(loss, params), {
-        **row,
-        "outer_loss": loss.detach(),
-        "query_acc": accuracy(logits[n_support:], y[n_support:]),
+    metrics = {
+        "outer_loss": out.total,
+        "query_acc": hit_rate(out.logits[n_support:], y[n_support:]),
     }
+    if out.aux is not None:
+        metrics["aux_loss"] = out.aux
+    return out.total, metrics
 
 
 def fresh_head(model: nn.Module, params: Params, ways: int) -> Params:
@@ -105,11 +92,11 @@ def fresh_head(model: nn.Module, params: Params, ways: int) -> Params:
 
 
 class Supervised(Learner):
-    """Σ_i ∇θ joint loss at θ on global classes; at test time a fresh N-way head is
+    """Per task the joint loss at θ on global classes; at test time a fresh N-way head is
     fine-tuned with the model like MAML adapts (CE, every parameter)."""
 
-    def task_grads(self, model, params, buffers, task, where):
-        return joint_task_grads(model, params, buffers, task, self.cfg, where)
+    def task_loss(self, model, params, buffers, task, where):
+        return joint_task_loss(model, params, buffers, task, self.cfg, where)
 
     def adapt(
         self, model, params, buffers, support_x, support_y, aux_x=None, steps=None, aux_y=None
