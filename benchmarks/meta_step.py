@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/meta_step.py --quick   # 32 px, hidden 32, meta-batch 2 (~2 min)
     .venv/bin/python benchmarks/meta_step.py --meta-batch 1 --mem-limit-gb 20   # 64 px (~45 min)
     .venv/bin/python benchmarks/meta_step.py           # the setting: 64 px, meta-batch 8
+    .venv/bin/python benchmarks/meta_step.py --smoke   # tiny sizes, no peers: does it run (~20 s)
 
 Every variant but naive loops over the tasks and frees each task's graph before the next,
 so its time grows linearly with the meta-batch and its peak memory does not grow at all;
@@ -139,6 +140,8 @@ class Task:
     query_x: Tensor  # (N*Q, M, C, H, W)
     query_y: Tensor  # (N*Q,)
     aux_x: Tensor  # (N*aux_shots, M, C, H, W) macro clips
+    aux_y: Tensor  # (N*aux_shots,) -1: every macro clip unpaired (L_aux is marginal here)
+    classes: tuple[int, ...]  # the pool's class of way j
 
 
 def make_tasks(s: Setting, seed: int = 0) -> list[Task]:
@@ -155,6 +158,8 @@ def make_tasks(s: Setting, seed: int = 0) -> list[Task]:
             clips(s.ways * s.query),
             labels.repeat(s.query),
             clips(s.ways * s.aux_shots),
+            torch.full((s.ways * s.aux_shots,), -1),
+            tuple(range(s.ways)),
         )
         for _ in range(s.meta_batch)
     ]
@@ -481,7 +486,15 @@ def best_of(label: str, runs: dict[str, list[dict]], tmp: str) -> list[dict]:
     return rows
 
 
+# --smoke: the smallest episodes and model that run every code path, in seconds; only the
+# variants without optional packages (higher and torchopt need theirs).
+SMOKE = {"image_size": 16, "hidden": 8, "meta_batch": 1, "ways": 2, "query": 1, "aux_shots": 1}
+SMOKE_VARIANTS = ("lightman-fast", "lightman-low", "naive", "floor")
+
+
 def settings_for(args: argparse.Namespace) -> list[Setting]:
+    if args.smoke:
+        return [Setting(shots=1, steps=1, frames=6, **SMOKE)]
     size = {"image_size": 32, "hidden": 32, "meta_batch": 2} if args.quick else {}
     if args.meta_batch:
         size["meta_batch"] = args.meta_batch
@@ -496,6 +509,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--quick", action="store_true", help="32 px, hidden 32, meta-batch 2 (a fast check)"
+    )
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="2-way 1-shot, 1 step, 6x16 px, hidden 8, one task, one round, variants "
+        f"{','.join(SMOKE_VARIANTS)}: that the benchmark runs, in seconds (times mean nothing)",
     )
     ap.add_argument("--settings", default="1x1,5x1,1x5,5x5", help="SHOTSxSTEPS list, e.g. 5x1,5x5")
     ap.add_argument(
@@ -526,7 +545,7 @@ def main() -> None:
     if args.worker:
         worker(json.loads(args.worker))
         return
-    variants = args.variants.split(",")
+    variants = list(SMOKE_VARIANTS) if args.smoke else args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not set(REFERENCES) & set(variants):
         ap.error(
@@ -537,7 +556,7 @@ def main() -> None:
     variants = [v for v in REFERENCES if v in variants] + [
         v for v in variants if v not in REFERENCES
     ]
-    rounds = args.rounds or (3 if args.quick else 1)
+    rounds = 1 if args.smoke else args.rounds or (3 if args.quick else 1)
     load_before = os.getloadavg()
     threads = args.threads or torch.get_num_threads()
     print(
