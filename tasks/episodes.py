@@ -674,7 +674,12 @@ def fixed_episodes(
     aux_pool: ClipPool | None = None,
     aux_names: Mapping[str, str | Sequence[str]] | None = None,
 ) -> FixedEpisodes:
-    """The same n evaluation episodes for every learner given the same (pool, cfg, seed)."""
+    """n episodes drawn from (pool, cfg, seed), as indices materialised on access: the
+    same n for the same arguments, whoever asks (`FixedEpisodes`). A function of its seed,
+    not an evaluation set: the trainer draws the validation and test episodes with it once
+    (seeds seed + 1, seed + 2) and every meta-batch too, at seed (seed, step) or
+    (seed, step, rank), so each training step gets new episodes that any worker, a
+    resumed run or a rerun draws again exactly."""
     if n < 1:
         raise ValueError(f"fixed_episodes needs n >= 1, got {n}")
     sampler = EpisodeSampler(pool, cfg, seed, aux_pool=aux_pool, aux_names=aux_names)
