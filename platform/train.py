@@ -265,9 +265,13 @@ def finish(cfg: TrainConfig, out: str, state: dict, data: RunData) -> TrainResul
         "test_episodes": cfg.test_episodes,
         "test_subjects": list(data.split.test),
         "workers": cfg.workers,
+        "outer_optimizer": cfg.learner.outer_optimizer_name,  # learner.optimizer=auto resolved
     }
     write_results(out, {**{k: v for k, v in meta.items() if k != "learner"}, "metrics": metrics})
-    return TrainResult(root.uri, metrics, format_table([metrics]))
+    optimizer = (
+        f"outer optimiser: {metrics['outer_optimizer']} (learner.optimizer={cfg.learner.optimizer})"
+    )
+    return TrainResult(root.uri, metrics, f"{format_table([metrics])}\n{optimizer}")
 
 
 def run_training(
