@@ -40,14 +40,14 @@ demo: $(VENV)/.installed-demo
 TUNE_DIR ?= runs/tune-demo
 tune-demo: $(VENV)/.installed
 	$(BIN)/lightman synth --out $(TUNE_DIR)/synth "datasets=[casme2,ckplus]" seed=$(SEED)
-	$(BIN)/lightman ingest casme2 $(TUNE_DIR)/synth/CASME2 --out $(TUNE_DIR)/index --label-scheme five --size 32 --replace
-	$(BIN)/lightman ingest ckplus $(TUNE_DIR)/synth/CK+ --out $(TUNE_DIR)/index --size 32 --replace
+	$(BIN)/lightman ingest casme2 $(TUNE_DIR)/synth/CASME2 --out $(TUNE_DIR)/index --replace label_scheme=five preprocess.size=32
+	$(BIN)/lightman ingest ckplus $(TUNE_DIR)/synth/CK+ --out $(TUNE_DIR)/index --replace preprocess.size=32
 	$(BIN)/lightman tune --config configs/tune/demo.yaml \
 		--space tune_spaces/lightman.yaml --trials 6 --out $(TUNE_DIR)/lightman data.index=$(TUNE_DIR)/index seed=$(SEED)
 
 # MA2MI pre-training of a MIACNet encoder on the demo's macro clips (needs `make demo` first)
 demo-ma2mi: $(VENV)/.installed
-	$(BIN)/lightman pretrain --method ma2mi --config configs/pretrain/ma2mi.yaml --out runs/ma2mi seed=$(SEED)
+	$(BIN)/lightman pretrain --config configs/pretrain/ma2mi.yaml --out runs/ma2mi seed=$(SEED)
 
 # Two pytest workers (pytest-xdist), whole files each, the longest files first (conftest.py):
 # much of the suite waits on Ray and HTTP start-ups, which overlap. TEST_WORKERS=0: one process.

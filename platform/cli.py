@@ -1,14 +1,37 @@
 """The `lightman` command line: one subcommand per user entry point.
 
-Every subcommand that runs an experiment takes `--config FILE.yaml` plus `key=value`
-overrides (dotted keys for nested fields); unknown keys fail with the valid list.
-Heavy modules are imported inside each command so `lightman --help` is instant.
+Its conventions, the same for every command:
+
+- What a command reads is a flag named by what it is: `--index` (a clip index), `--run` (a
+  run folder), `--checkpoint` (a run's best.pt), `--space` (a search space). The one
+  exception is `ingest DATASET SRC`: the kind of release and its folder, read together.
+  (`inspect INDEX` and `report RUN`, the earlier spelling, still work.)
+- What it writes is `--out` (a folder, local or s3://) or `--png` (a picture).
+- Settings: every experiment command takes `--config FILE.yaml` (configs/<command>/) plus
+  `key=value` overrides, dotted for nested fields (`preprocess.size=32`,
+  `learner.name=maml`); an unknown key fails with the valid list. A setting of the
+  experiment has no flag: key=value is the one way to set it on the command line.
+- Flags are for the rest: permission to overwrite or continue (`--replace`, `--resume`,
+  `--final`), the search's own settings (tune: its --config is the trials' TrainConfig),
+  and the resources a command spreads over, which do not change its results: `serve
+  --replicas N` and `score --actors N` (copies of the model), each with `--cpus C` and
+  `--gpus G` per copy; `ingest --workers N`. Where such a flag has a config field
+  (score's actors and cpus_per_actor, ingest's workers), the flag sets it and is the
+  documented spelling; the field still loads from a config file.
+- `--cfg` prints the resolved config, every key with its value and its meaning, as YAML
+  that `--config` reads back, and exits 0 without doing any work.
+- `lightman --version` prints Lightman's, torch's and Ray's versions.
+
+Every example in a command's `--help` runs as written (tests/test_cli_examples.py runs
+them at a tiny size). Heavy modules are imported inside each command so `lightman
+--help` is instant.
 
 Exit codes, the same for every command: 0 done; 2 a usage or environment error (bad
 option or config, missing or unreadable input, unwritable output: one line on stderr
-naming what is wrong); 1 the command ran and found a problem (`inspect` of a damaged
-index), or a bug in Lightman (the only case that prints a traceback, with a line saying
-so); 130 Ctrl-C (SIGINT) and 143 SIGTERM, with a one-line message.
+naming what is wrong, or the command's usage for a bad option); 1 the command ran and found a
+problem (`inspect` of a damaged index), or a bug in Lightman (the only case that prints a
+traceback, with a line saying so); 130 Ctrl-C (SIGINT) and 143 SIGTERM, with a one-line
+message.
 """
 
 from __future__ import annotations
@@ -20,79 +43,139 @@ import textwrap
 import threading
 import traceback
 
+# The datasets synth writes and ingest reads, where a user meets their names.
+DATASETS = """\
+datasets: casme2 (CASME II), samm (SAMM), smic (SMIC-HS), casme (CASME),
+  casme_sq (CAS(ME)^2, read "CASME squared": micro- and macro-expressions of the same
+  people; _sq for the ^2 a name cannot hold), ckplus (CK+, macro), video (a folder of
+  videos with an optional annotations.csv)"""
+
+# Every line starting with `lightman ` runs as written from a working folder where the lines
+# before it have run (a `\` at a line's end continues it); tests/test_cli_examples.py runs
+# them all. Paths: data/ for releases and indexes, runs/ for what runs write, s3://bucket/
+# for any S3 location.
 EXAMPLES = {
     "synth": """
         example:
           lightman synth --out data/synth                      # the embedded default data set
           lightman synth --out data/small casme2.subjects=6 seed=3   # smaller, another seed
+          lightman synth --config configs/synth/default.yaml --out data/synth --cfg
     """,
     "ingest": """
         example:
-          lightman ingest casme2 data/synth/CASME2 --out data/index
+          lightman ingest casme2 data/synth/CASME2 --out data/index label_scheme=five
           lightman ingest ckplus data/synth/CK+ --out data/index      # adds CK+ beside CASME II
-          lightman ingest samm s3://bucket/SAMM --out s3://bucket/index --label-scheme five
-          lightman ingest video clips/ --out data/index --face-crop haar --frames 8 --size 64
-        datasets: casme2, samm, smic, casme, casme_sq, ckplus, video
+          lightman ingest casme_sq data/synth/CASME_sq --out data/index expression=macro
+          lightman ingest casme2 s3://bucket/CASME2 --out s3://bucket/index label_scheme=five
+          lightman ingest video data/synth/video --out data/videos --workers 2 \\
+              preprocess.face_crop=haar preprocess.frames=8 preprocess.size=64
+          lightman ingest casme2 data/synth/CASME2 --out data/quick limit=10   # a quick look
     """,
     "inspect": """
         example:
-          lightman inspect data/index --png data/index-contact.png
-    """,
-    "train": """
-        example:
-          lightman train --config configs/train/demo.yaml --out runs/lightman
-          lightman train --config configs/train/demo.yaml --out runs/maml learner.name=maml
-          lightman train --config configs/train/demo.yaml --out runs/x learner.lambda_pri=0.7
-          lightman train --config configs/train/demo.yaml --out runs/w2 workers=2   # Ray Train
-          lightman train --config configs/train/demo.yaml --out runs/w2 workers=2 \\
-              iterations=200 --resume
-    """,
-    "pretrain": """
-        example:
-          lightman pretrain --method ma2mi --config configs/pretrain/ma2mi.yaml --out runs/ma2mi
-          lightman train --config configs/train/demo.yaml --out runs/mia model.backbone=miacnet \
-              model.input_mode=frames model.init=runs/ma2mi/encoder.pt
-    """,
-    "tune": """
-        example:
-          lightman tune --config configs/tune/demo.yaml --space tune_spaces/lightman.yaml
-                        --trials 8 --out runs/tune-lightman   # --trials 12 later: extends it
-          lightman tune --config configs/tune/demo.yaml --space tune_spaces/maml.yaml
-                        --trials 8 --out runs/tune-maml --final   # + train and test the best
-          --storage postgresql://host/db: any Optuna storage URL (default OUT/study.db)
-    """,
-    "report": """
-        example:
-          lightman report runs/lightman             # writes runs/lightman/curves.png
-    """,
-    "eval": """
-        example:
-          lightman eval --checkpoint runs/lightman/best.pt --index data/index --protocol fewshot
-          lightman eval --checkpoint runs/lm/best.pt --index data/index --protocol fewshot shots=5
-          lightman eval --checkpoint runs/lm/best.pt --index data/index --protocol loso repeats=10
-          # MEGC 2019 LOSO: retrain the checkpoint's config once per subject (supervised)
-          lightman eval --checkpoint runs/sup/best.pt --index data/index --protocol megc-loso
-          # a checkpoint trained with data.labels=composite3:
-          lightman eval --checkpoint runs/comp/best.pt --index data/index --protocol composite
-    """,
-    "serve": """
-        example:
-          lightman serve --checkpoint runs/lightman/best.pt                 # http://127.0.0.1:8000
-          lightman serve --checkpoint s3://bucket/runs/lm/best.pt --replicas 2 max_batch_size=16
-          curl -F clip=@my_face.mp4 http://127.0.0.1:8000/v1/predict
-    """,
-    "score": """
-        example:
-          lightman score --checkpoint runs/lightman/best.pt --index data/index --out runs/scores
-          lightman score --checkpoint runs/lm/best.pt --index s3://bucket/index --out s3://bucket/s
-          lightman score --checkpoint runs/lm/best.pt --index my_videos/ --out runs/own
+          lightman inspect --index data/index --png data/index-contact.png
+          lightman inspect --index data/index --verify   # also re-hash every row
     """,
     "demo": """
         example:
           lightman demo --out runs/demo   # synth, ingest, inspect, train LightmanNet + MAML, table
-          lightman demo --out runs/demo seed=1
+          lightman demo --out runs/demo-seed1 seed=1
+          lightman demo --config configs/demo/demo.yaml --cfg   # its settings and their meaning
+    """,
+    "train": """
+        example:
+          # configs/train/demo.yaml trains on runs/demo/index (`lightman demo` writes it)
+          lightman train --config configs/train/demo.yaml --out runs/lightman
+          lightman train --config configs/train/demo.yaml --out runs/maml learner.name=maml
+          lightman train --config configs/train/demo.yaml --out runs/w1 workers=1  # no Ray
+          lightman train --config configs/train/demo.yaml --out runs/lightman \\
+              iterations=120 --resume                     # 60 more steps
+          lightman train --config configs/train/demo.yaml --out runs/x --cfg
+    """,
+    "pretrain": """
+        example:
+          lightman pretrain --config configs/pretrain/ma2mi.yaml --out runs/ma2mi
+          lightman train --config configs/train/demo.yaml --out runs/mia model.backbone=miacnet \\
+              model.input_mode=frames model.init=runs/ma2mi/encoder.pt
+    """,
+    "tune": """
+        example:
+          lightman tune --config configs/tune/demo.yaml --space tune_spaces/lightman.yaml \\
+              --trials 6 --out runs/tune-lightman   # --trials 12 later: extends it
+          lightman tune --config configs/tune/demo.yaml --space tune_spaces/maml.yaml \\
+              --trials 6 --out runs/tune-maml --final   # + train and test the best
+        configs/tune/demo.yaml's first lines make its index (runs/tune-demo/index).
+        --storage postgresql://host/db: any Optuna storage URL (default OUT/study.db)
+    """,
+    "report": """
+        example:
+          lightman report --run runs/lightman        # writes runs/lightman/curves.png
+    """,
+    "eval": """
+        example:
+          lightman eval --checkpoint runs/lightman/best.pt --index runs/demo/index
+          lightman eval --checkpoint runs/lightman/best.pt --index runs/demo/index shots=5
+          lightman eval --checkpoint runs/lightman/best.pt --index runs/demo/index \\
+              --protocol loso repeats=10 --out runs/lightman/loso
+          # MEGC 2019 LOSO: the checkpoint's config retrained once per subject (supervised)
+          lightman train --config configs/train/demo.yaml --out runs/sup \\
+              learner.name=supervised model.ways=5
+          lightman eval --checkpoint runs/sup/best.pt --index runs/demo/index --protocol megc-loso
+          # LOSO on the MEGC 2019 negative/positive/surprise labels
+          lightman train --config configs/train/demo.yaml --out runs/comp \\
+              data.labels=composite3 episode.ways=3 model.ways=3
+          lightman eval --checkpoint runs/comp/best.pt --index runs/demo/index --protocol composite
+    """,
+    "serve": """
+        example:
+          lightman serve --checkpoint runs/lightman/best.pt          # http://127.0.0.1:8000
+          lightman serve --checkpoint s3://bucket/runs/lightman/best.pt --replicas 2 --cpus 1 \\
+              max_batch_size=16
+          curl -F clip=@my_face.mp4 http://127.0.0.1:8000/v1/predict
+    """,
+    "score": """
+        example:
+          lightman score --checkpoint runs/lightman/best.pt --index runs/demo/index \\
+              --out runs/scores
+          lightman score --checkpoint runs/lightman/best.pt --index s3://bucket/index \\
+              --out s3://bucket/scores --actors 2 --cpus 1
+          lightman score --checkpoint runs/lightman/best.pt --index data/synth/video \\
+              --out runs/own       # a folder of videos: the face crop as the training index's
+          lightman score --checkpoint runs/lightman/best.pt --index runs/demo/index \\
+              --out runs/scores-gpu --gpus 1        # one GPU per actor
     """,
 }
+
+# Flags replaced by a config key (one way to set each thing): what to write instead.
+RETIRED = {
+    "ingest": {
+        "--frames": "preprocess.frames=N",
+        "--size": "preprocess.size=N",
+        "--face-crop": "preprocess.face_crop=haar|none",
+        "--flow": "preprocess.flow=true",
+        "--label-scheme": "label_scheme=native|five|composite3",
+        "--limit": "limit=N",
+        "--subjects": "subjects=[sub01,sub02]",
+        "--expression": "expression=micro|macro",
+    },
+    "pretrain": {"--method": "method=ma2mi"},
+}
+
+
+def version() -> str:
+    """`lightman --version`: read from the installed packages' metadata, without importing
+    torch or Ray (seconds each)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    def of(name: str) -> str:
+        try:
+            return installed(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"lightman {of('lightman')} (torch {of('torch')}, ray {of('ray')}, python {python})"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,9 +188,10 @@ def _parser() -> argparse.ArgumentParser:
               lightman demo --out runs/demo
               lightman synth --out data/synth
               lightman ingest casme2 data/synth/CASME2 --out data/index
-              lightman <command> --help      # every command shows an example
+              lightman <command> --help      # every command shows examples
         """),
     )
+    p.add_argument("--version", action="version", version=version())
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
@@ -115,57 +199,50 @@ def _parser() -> argparse.ArgumentParser:
             name,
             help=help_,
             description=help_,
-            epilog=textwrap.dedent(EXAMPLES[name]),
+            epilog=textwrap.dedent(EXAMPLES[name])
+            + (DATASETS if name in ("synth", "ingest") else ""),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
+    def settings(q: argparse.ArgumentParser, config: str, overrides: str) -> None:
+        """--config, --cfg and the key=value overrides, alike in every experiment command."""
+        q.add_argument("--config", help=config)
+        q.add_argument(
+            "--cfg",
+            action="store_true",
+            help="print the resolved config (every key, its value and meaning) and exit",
+        )
+        q.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {overrides}")
+
     s = add("synth", "Write the seeded stand-in data set in the real dataset layouts.")
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--config", help="YAML SynthConfig (default: built-in defaults)")
-    s.add_argument("overrides", nargs="*", help="key=value overrides")
+    settings(s, "YAML SynthConfig (default: configs/synth/default.yaml's)", "seed=1")
 
     i = add("ingest", "Ingest a dataset release (local or s3://) into the Parquet clip index.")
-    i.add_argument("dataset", help="casme2 | samm | smic | casme | casme_sq | ckplus | video")
+    i.add_argument(
+        "dataset", help="casme2 | samm | smic | casme | casme_sq | ckplus | video (see below)"
+    )
     i.add_argument("src", help="release folder (local path or s3://bucket/prefix)")
     i.add_argument("--out", required=True, help="index URI (local path or s3://bucket/prefix)")
-    i.add_argument("--config", help="YAML IngestConfig")
-    i.add_argument("--frames", type=int, help="frames sampled onset→offset (default 8)")
-    i.add_argument("--size", type=int, help="output size in pixels (default 64)")
     i.add_argument(
-        "--face-crop",
-        choices=("haar", "none"),
-        help="face box on the onset frame, or none for pre-cropped releases",
-    )
-    i.add_argument(
-        "--flow", action="store_true", help="also store onset→apex optical flow (u, v, magnitude)"
-    )
-    i.add_argument(
-        "--label-scheme",
-        choices=("native", "five", "composite3"),
-        help="label scheme (default native)",
-    )
-    i.add_argument("--workers", type=int, help="parallel preprocessing workers")
-    i.add_argument(
-        "--limit",
-        type=int,
-        help="ingest at most N clips (quick looks; into a new --out, since fewer than "
-        "half a dataset's clips do not replace it without --replace)",
+        "--workers", type=int, help="processes preprocessing clips (the key workers; default 1)"
     )
     i.add_argument(
         "--replace",
         action="store_true",
         help="replace the dataset's rows in the index even with fewer than half as many",
     )
-    i.add_argument("--subjects", help="comma-separated subject ids to keep")
-    i.add_argument(
-        "--expression", choices=("micro", "macro"), help="keep only micro or macro clips"
+    settings(
+        i,
+        "YAML IngestConfig",
+        "preprocess.size=32 preprocess.frames=8 label_scheme=five limit=10",
     )
-    i.add_argument("overrides", nargs="*", help="key=value overrides")
 
     n = add(
         "inspect", "Print counts, skipped clips and repairs of an index; write a contact sheet PNG."
     )
-    n.add_argument("uri", help="index URI")
+    n.add_argument("--index", help="index URI (local path or s3://)")
+    n.add_argument("uri", nargs="?", help=argparse.SUPPRESS)  # the earlier spelling
     n.add_argument("--png", help="contact sheet output path (default: none)")
     n.add_argument(
         "--verify",
@@ -174,7 +251,6 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     t = add("train", "Meta-train a learner (LightmanNet by default) on an index.")
-    t.add_argument("--config", help="YAML TrainConfig (e.g. configs/train/demo.yaml)")
     t.add_argument(
         "--out", required=True, help="run folder, local or s3:// (checkpoints, metrics, best.pt)"
     )
@@ -186,19 +262,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--verbose", action="store_true", help="show Ray's own log lines unfiltered (workers > 1)"
     )
-    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learner.name=maml")
+    settings(t, "YAML TrainConfig (e.g. configs/train/demo.yaml)", "learner.name=maml")
 
     pt = add("pretrain", "Pre-train the encoder self-supervised on macro-expression clips (MA2MI).")
-    pt.add_argument("--method", default="ma2mi", choices=("ma2mi",), help="pre-training method")
-    pt.add_argument("--config", help="YAML PretrainConfig (e.g. configs/pretrain/ma2mi.yaml)")
     pt.add_argument("--out", required=True, help="run folder (encoder.pt, metrics, pretrain.json)")
-    pt.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=1 steps=100")
+    settings(pt, "YAML PretrainConfig (e.g. configs/pretrain/ma2mi.yaml)", "seed=1 steps=100")
 
     u = add(
         "tune",
         "Search hyper-parameters with Ray Tune + Optuna (TPE, ASHA), each trial a Ray Train run.",
     )
-    u.add_argument("--config", help="YAML TrainConfig of the experiment (data, episodes, budget)")
     u.add_argument("--space", required=True, help="search space (e.g. tune_spaces/lightman.yaml)")
     u.add_argument("--trials", type=int, default=8, help="trials of the study in total (default 8)")
     u.add_argument("--out", required=True, help="search folder (study, trials, best.yaml, plots)")
@@ -235,14 +308,15 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument(
         "--final", action="store_true", help="train the best config, test it on test subjects"
     )
-    u.add_argument(
-        "overrides", nargs="*", help="key=value overrides of the TrainConfig, e.g. seed=1"
+    settings(
+        u, "YAML TrainConfig of the experiment (data, episodes, budget)", "seed=1 (the TrainConfig)"
     )
 
     r = add(
         "report", "Draw a run's learning curves (loss, accuracies, MMD term, episodes/s) to a PNG."
     )
-    r.add_argument("run", help="run folder (holds metrics.jsonl)")
+    r.add_argument("--run", help="run folder (holds metrics.jsonl), local or s3://")
+    r.add_argument("run_", nargs="?", metavar="RUN", help=argparse.SUPPRESS)  # earlier spelling
     r.add_argument("--png", help="output path (default: RUN/curves.png)")
 
     e = add("eval", "Evaluate a checkpoint on held-out subjects and print a results table.")
@@ -259,26 +333,23 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--out", help="where to write results.json / results.csv (default: next to the checkpoint)"
     )
-    e.add_argument(
-        "overrides",
-        nargs="*",
-        help="key=value overrides of the evaluation, e.g. shots=5 episodes=600",
-    )
+    settings(e, "YAML EvalConfig (episodes, shots, repeats, device)", "shots=5 episodes=600")
+
+    def resources(q: argparse.ArgumentParser, copies: str, flag: str, default: str) -> None:
+        q.add_argument(flag, type=int, help=f"{copies} of the model ({default})")
+        q.add_argument("--cpus", type=float, help=f"CPUs per {copies[:-1]} (default 1)")
+        q.add_argument(
+            "--gpus",
+            type=float,
+            help=f"GPUs per {copies[:-1]} (default 0); > 0 runs the model on cuda",
+        )
 
     v = add("serve", "Serve a checkpoint over HTTP with Ray Serve: score clips, adapt to a person.")
     v.add_argument("--checkpoint", required=True, help="checkpoint URI (local path or s3://)")
-    v.add_argument("--config", help="YAML ServeConfig (limits, batching, store of adapted models)")
-    v.add_argument("--replicas", type=int, default=1, help="replicas of the service (default 1)")
-    v.add_argument("--cpus", type=float, default=1.0, help="CPUs per replica (default 1)")
-    v.add_argument(
-        "--gpus",
-        type=float,
-        default=0.0,
-        help="GPUs per replica (default 0); > 0 runs each replica's model on cuda",
-    )
+    resources(v, "replicas", "--replicas", "default 1")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     v.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    v.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_batch_size=1")
+    settings(v, "YAML ServeConfig (limits, batching, store of adapted models)", "max_batch_size=1")
 
     c = add("score", "Score every clip of an index, or a folder of videos, with Ray Data.")
     c.add_argument("--checkpoint", required=True, help="checkpoint URI (local path or s3://)")
@@ -288,16 +359,28 @@ def _parser() -> argparse.ArgumentParser:
         help="index URI, or a folder of videos (local or s3://) with no annotation",
     )
     c.add_argument("--out", required=True, help="output folder URI (predictions.parquet, metrics)")
-    c.add_argument("--config", help="YAML ScoreConfig")
-    c.add_argument("overrides", nargs="*", help="key=value overrides, e.g. actors=4 batch_size=32")
+    resources(c, "actors", "--actors", "the key actors; default 2")
+    settings(c, "YAML ScoreConfig", "batch_size=32")
 
     d = add(
         "demo", "The main job on the embedded default data: synth, ingest, inspect, train, table."
     )
-    d.add_argument("--out", default="runs/demo", help="demo folder")
-    d.add_argument("--config", default=None, help="YAML DemoConfig")
-    d.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=1")
+    d.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
+    settings(d, "YAML DemoConfig (e.g. configs/demo/demo.yaml)", "seed=1")
     return p
+
+
+def _print_cfg(a: argparse.Namespace, cfg, notes: tuple[str, ...] = ()) -> None:
+    """`--cfg`: the config the command would run, as YAML that --config reads back; `notes`
+    (settings that are flags, not config keys) follow as comments."""
+    from lightman.platform.config import class_meaning, describe_config
+
+    meaning = class_meaning(type(cfg))
+    print(f"# lightman {a.command}: {type(cfg).__name__}{f': {meaning}' if meaning else ''}")
+    print(f"# resolved from {a.config or 'the defaults'} and the overrides; nothing was run")
+    print(describe_config(cfg))
+    for note in notes:
+        print(f"# {note}")
 
 
 def _cmd_synth(a: argparse.Namespace) -> None:
@@ -305,39 +388,39 @@ def _cmd_synth(a: argparse.Namespace) -> None:
     from lightman.tasks.synth import SynthConfig, synthesize
 
     cfg = load_config(SynthConfig, a.config, a.overrides)
+    if a.cfg:
+        return _print_cfg(a, cfg)
     report = synthesize(a.out, cfg)
     print(report.summary())
 
 
 def _cmd_ingest(a: argparse.Namespace) -> None:
+    from lightman.platform.config import load_config
     from lightman.platform.ingest import IngestConfig, format_summary, ingest
 
-    over = list(a.overrides)
-    flags = {
-        "preprocess.frames": a.frames,
-        "preprocess.size": a.size,
-        "preprocess.face_crop": a.face_crop,
-        "label_scheme": a.label_scheme,
-        "workers": a.workers,
-        "limit": a.limit,
-        "subjects": a.subjects,
-        "expression": a.expression,
-    }
-    over += [f"{k}={v}" for k, v in flags.items() if v is not None]
-    if a.flow:
-        over.append("preprocess.flow=true")
-    from lightman.platform.config import load_config
-
-    cfg = load_config(IngestConfig, a.config, over)
+    workers = [] if a.workers is None else [f"workers={a.workers}"]
+    cfg = load_config(IngestConfig, a.config, [*a.overrides, *workers])
+    if a.cfg:
+        return _print_cfg(a, cfg)
     summary = ingest(a.dataset, a.src, a.out, cfg, replace=a.replace)
     print(format_summary(summary))
+
+
+def _input(a: argparse.Namespace, flag: str, old: str) -> str:
+    """The one input of inspect/report: `--index X` / `--run X`, or the earlier positional."""
+    given = [v for v in (getattr(a, flag), getattr(a, old)) if v is not None]
+    if len(given) != 1:
+        what = "twice: drop the positional" if given else "none"
+        _usage(a.command).error(f"give the {flag} once, as --{flag} URI (given {what})")
+    return given[0]
 
 
 def _cmd_inspect(a: argparse.Namespace) -> int:
     from lightman.platform.inspect import DamagedIndex, inspect_index
 
+    uri = _input(a, "index", "uri")
     try:
-        print(inspect_index(a.uri, a.png, verify=a.verify))
+        print(inspect_index(uri, a.png, verify=a.verify))
     except DamagedIndex as e:
         print(e.report)
         print(f"lightman inspect: {e}", file=sys.stderr)
@@ -350,6 +433,8 @@ def _cmd_train(a: argparse.Namespace) -> None:
     from lightman.platform.train import TrainConfig, run_training
 
     cfg = load_config(TrainConfig, a.config, a.overrides)
+    if a.cfg:
+        return _print_cfg(a, cfg)
     result = run_training(cfg, a.out, resume=a.resume, verbose=a.verbose)
     print(result.table)
 
@@ -358,14 +443,16 @@ def _cmd_pretrain(a: argparse.Namespace) -> None:
     from lightman.platform.config import load_config
     from lightman.platform.pretrain import PretrainConfig, run_pretraining
 
-    cfg = load_config(PretrainConfig, a.config, [*a.overrides, f"method={a.method}"])
+    cfg = load_config(PretrainConfig, a.config, a.overrides)
+    if a.cfg:
+        return _print_cfg(a, cfg)
     print(run_pretraining(cfg, a.out).table())
 
 
 def _cmd_tune(a: argparse.Namespace) -> None:
     import dataclasses
 
-    from lightman.platform.config import load_config
+    from lightman.platform.config import describe_config, load_config
     from lightman.platform.train import TrainConfig
     from lightman.platform.tune import SearchConfig, run_search
     from lightman.platform.tune_space import load_space
@@ -374,6 +461,9 @@ def _cmd_tune(a: argparse.Namespace) -> None:
     space = load_space(a.space)
     given = {f.name: getattr(a, f.name) for f in dataclasses.fields(SearchConfig)}
     search = SearchConfig(**{k: v for k, v in given.items() if v is not None})
+    if a.cfg:  # the search's settings are flags, shown as comments: --config takes the trials'
+        searched = describe_config(search).splitlines()
+        return _print_cfg(a, cfg, ("the search (its flags):", *(f"  {x}" for x in searched)))
     result = run_search(cfg, space, a.out, search)
     print(result.table)
     print(f"best config: {result.out}/best.yaml")
@@ -382,14 +472,16 @@ def _cmd_tune(a: argparse.Namespace) -> None:
 def _cmd_report(a: argparse.Namespace) -> None:
     from lightman.platform.report import draw_curves
 
-    print(draw_curves(a.run, a.png))
+    print(draw_curves(_input(a, "run", "run_"), a.png))
 
 
 def _cmd_eval(a: argparse.Namespace) -> None:
     from lightman.platform.config import load_config
     from lightman.platform.evaluate import EvalConfig, evaluate_checkpoint
 
-    cfg = load_config(EvalConfig, None, a.overrides)
+    cfg = load_config(EvalConfig, a.config, a.overrides)
+    if a.cfg:
+        return _print_cfg(a, cfg)
     result = evaluate_checkpoint(a.checkpoint, a.index, a.protocol, cfg, a.out)
     print(result.table)
 
@@ -399,6 +491,8 @@ def _cmd_demo(a: argparse.Namespace) -> None:
     from lightman.platform.demo import DemoConfig, run_demo
 
     cfg = load_config(DemoConfig, a.config, a.overrides)
+    if a.cfg:
+        return _print_cfg(a, cfg)
     run_demo(cfg, a.out)
 
 
@@ -407,14 +501,44 @@ def _cmd_serve(a: argparse.Namespace) -> None:
     from lightman.platform.serve import ServeConfig, run_service
 
     cfg = load_config(ServeConfig, a.config, [*a.overrides, f"predictor.checkpoint={a.checkpoint}"])
-    run_service(cfg, a.replicas, a.cpus, a.gpus, a.host, a.port)
+    replicas = 1 if a.replicas is None else a.replicas
+    cpus = 1.0 if a.cpus is None else a.cpus
+    gpus = 0.0 if a.gpus is None else a.gpus
+    if a.cfg:
+        note = f"resources (flags): --replicas {replicas} --cpus {cpus:g} --gpus {gpus:g}"
+        return _print_cfg(a, cfg, (note,))
+    run_service(cfg, replicas, cpus, gpus, a.host, a.port)
+
+
+def _score_resources(a: argparse.Namespace) -> list[str]:
+    """score's --actors/--cpus/--gpus as the ScoreConfig keys they set. An actor holds a
+    whole GPU or none (Ray Data gives it one of its own, seen as cuda): --gpus 1 puts the
+    model on cuda, --gpus 0 on the config's device, which must then not be cuda."""
+    over = [] if a.actors is None else [f"actors={a.actors}"]
+    over += [] if a.cpus is None else [f"cpus_per_actor={a.cpus:g}"]
+    if a.gpus is not None:
+        if a.gpus not in (0, 1):
+            _usage("score").error(
+                f"--gpus {a.gpus:g}: a scoring actor holds one whole GPU or none: 0 or 1"
+            )
+        over += ["predictor.device=cuda"] if a.gpus == 1 else []
+    return over
 
 
 def _cmd_score(a: argparse.Namespace) -> None:
-    from lightman.platform.config import load_config
+    from lightman.platform.config import ConfigError, load_config
+    from lightman.platform.devices import is_cuda
     from lightman.platform.score import ScoreConfig, score
 
-    cfg = load_config(ScoreConfig, a.config, [*a.overrides, f"predictor.checkpoint={a.checkpoint}"])
+    over = [*a.overrides, f"predictor.checkpoint={a.checkpoint}", *_score_resources(a)]
+    cfg = load_config(ScoreConfig, a.config, over)
+    if a.gpus == 0 and is_cuda(cfg.predictor.device):
+        raise ConfigError(
+            f"predictor.device={cfg.predictor.device} with --gpus 0: no GPU is reserved for the "
+            "actors; pass --gpus 1 (one GPU per actor), or leave predictor.device=cpu"
+        )
+    if a.cfg:
+        return _print_cfg(a, cfg)
     print(score(cfg, a.index, a.out).summary)
 
 
@@ -433,18 +557,45 @@ COMMANDS = {
 }
 
 
+# Each subcommand's parser, for its own usage in an error (filled by main, or on first use).
+_USAGE: dict[str, argparse.ArgumentParser] = {}
+
+
+def _usage(command: str) -> argparse.ArgumentParser:
+    if not _USAGE:
+        _USAGE.update(_subparsers(_parser()))
+    return _USAGE[command]
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:  # argparse keeps the subcommands only there
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
 def main(argv: list[str] | None = None) -> int:
     # process-wide settings before any command imports torch (platform/runtime.py)
     from lightman.platform.runtime import setup
 
     setup()
     parser = _parser()
+    _USAGE.update(_subparsers(parser))  # the same parser that parsed: its usage
     # key=value overrides may follow options (`ingest casme2 SRC --out X preprocess.size=32`),
     # which argparse cannot assign to a positional after the options: collect them here.
     args, extra = parser.parse_known_args(argv)
     stray = [a for a in extra if "=" not in a or a.startswith("-")]
     if stray or (extra and not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        # the subcommand's usage, not the top level's: the error is in its arguments
+        usage = _usage(args.command)
+        retired = RETIRED.get(args.command, {})
+        hints = [
+            f"{f} is the key {retired[f.split('=')[0]]}"
+            for f in stray
+            if f.split("=")[0] in retired
+        ]
+        hint = f" ({'; '.join(hints)})" if hints else ""
+        usage.error(f"unrecognized arguments: {' '.join(stray or extra)}{hint}")
     if extra:
         args.overrides = [*args.overrides, *extra]
     return run_command(args)

@@ -5,12 +5,19 @@ path, overrides)` reads the YAML, applies dotted `key=value` overrides (values p
 as YAML scalars), rejects unknown keys with the list of valid ones, and builds the
 dataclass, whose `__post_init__` checks values. `load_yaml` reads both: YAML as PyYAML
 reads it, except that `1e-3` and `1.5e1` are the numbers a person means (YAML 1.2), not strings.
+`describe_config` writes a config back as that YAML, each key with its meaning (`--cfg`).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import io
 import re
+import textwrap
+import tokenize
 import types
 import typing
 from pathlib import Path
@@ -31,11 +38,13 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader plus YAML 1.2's exponent floats: without a dot or a sign (`1e-3`, `1.5e1`)."""
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+.0123456789"),
-)
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes the strings _Loader would read as numbers (`"1e-3"`)."""
+
+
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+.0123456789"))
 
 
 def load_yaml(text: str) -> Any:
@@ -186,3 +195,114 @@ def load_config(
         data = loaded
     data = _merge(data, parse_overrides(overrides))
     return from_dict(cls, data)
+
+
+# Comments that are instructions to tools, not meanings.
+_TOOL_COMMENT = re.compile(r"^(noqa|type:|pragma|fmt:|ruff:)")
+
+
+@functools.cache
+def field_meanings(cls: type) -> dict[str, str]:
+    """Each field of dataclass `cls` and its meaning, as the class's source writes it: the
+    comment lines right above the field, the comment at the end of its line, and the string
+    right below it (an attribute docstring), joined in that order.
+
+    Read from the source file (ast + tokenize), never from `__doc__`: `python -OO` drops
+    docstrings but not the file, so `--cfg` prints the same meanings there. A base class's
+    meanings hold for the fields a subclass inherits; a field without words (or a class
+    whose source is not installed) has "".
+    """
+    meanings: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # a subclass's words win
+        if dataclasses.is_dataclass(klass):
+            meanings.update(_own_meanings(klass))
+    return {f.name: meanings.get(f.name, "") for f in dataclasses.fields(cls)}
+
+
+@functools.cache
+def class_meaning(cls: type) -> str:
+    """The first paragraph of a config class's docstring, read from its source (as
+    `field_meanings`, so that `python -OO` prints it too); "" without one."""
+    return _own_meanings(cls).get("", "")
+
+
+def _own_meanings(klass: type) -> dict[str, str]:
+    try:
+        source = textwrap.dedent(inspect.getsource(klass))
+    except (OSError, TypeError):  # no source installed (a zipped or compiled-only package)
+        return {}
+    lines = source.splitlines()
+    comments: dict[int, tuple[str, bool]] = {}  # line -> (text, the line holds nothing else)
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            text = tok.string.lstrip("#").strip()
+            if text and not _TOOL_COMMENT.match(text):
+                alone = lines[tok.start[0] - 1][: tok.start[1]].strip() == ""
+                comments[tok.start[0]] = (text, alone)
+    classdef = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef))
+    body = classdef.body
+    meanings = {"": " ".join((ast.get_docstring(classdef) or "").split("\n\n")[0].split())}
+    for i, node in enumerate(body):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        above = []
+        row = node.lineno - 1
+        while row in comments and comments[row][1]:
+            above.insert(0, comments[row][0])
+            row -= 1
+        end = node.end_lineno or node.lineno
+        trailing = [
+            comments[r][0]
+            for r in range(node.lineno, end + 1)
+            if r in comments and not comments[r][1]
+        ]
+        below = []
+        after = body[i + 1] if i + 1 < len(body) else None
+        if (
+            isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            below = [after.value.value]
+        meanings[node.target.id] = " ".join(" ".join([*above, *trailing, *below]).split())
+    return meanings
+
+
+def _plain(value: Any) -> Any:
+    """A config value as YAML writes it: tuples as lists, dataclasses as mappings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _yaml_value(value: Any) -> str:
+    text = yaml.dump(
+        _plain(value), Dumper=_Dumper, default_flow_style=True, width=2**31, allow_unicode=True
+    )
+    return text.removesuffix("\n").removesuffix("\n...").strip()
+
+
+def describe_config(cfg: Any, indent: int = 0) -> str:
+    """`cfg` as YAML that `load_config` reads back to an equal config, every key on its own
+    line with its value and, as a comment, its meaning (`field_meanings`); nested configs
+    are indented mappings."""
+    pad = " " * indent
+    meanings = field_meanings(type(cfg))
+    out = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        nested = dataclasses.is_dataclass(value) and bool(dataclasses.fields(value))
+        meaning = meanings[f.name] or (class_meaning(type(value)) if nested else "")
+        note = f"  # {meaning}" if meaning else ""
+        if nested:
+            out.append(f"{pad}{f.name}:{note}")
+            out.append(describe_config(value, indent + 2))
+        else:
+            out.append(f"{pad}{f.name}: {_yaml_value(value)}{note}")
+    return "\n".join(out)

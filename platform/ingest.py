@@ -13,7 +13,7 @@ running; benchmarks/ingest.py measures both.
 
 Nothing is lost silently: the index location is checked (writable, manifest readable)
 before the scan, and an ingest that would replace a dataset's rows with fewer than half
-as many (a `--limit` quick look into the real index) is refused unless `replace=True`.
+as many (a `limit=N` quick look into the real index) is refused unless `replace=True`.
 """
 
 from __future__ import annotations
@@ -300,13 +300,13 @@ SHRINK_LIMIT = 0.5  # an ingest may replace a dataset's rows with no fewer than 
 
 
 def _narrowed_by(cfg: IngestConfig) -> str:
-    """The options that narrowed the scan, as the command line spells them."""
+    """The settings that narrowed the scan, as the command line spells them (key=value)."""
     opts = {
-        "--limit": cfg.limit,
-        "--subjects": ",".join(cfg.subjects),
-        "--expression": cfg.expression,
+        "limit": cfg.limit,
+        "subjects": f"[{','.join(cfg.subjects)}]" if cfg.subjects else "",
+        "expression": cfg.expression,
     }
-    return " ".join(f"{k} {v}" for k, v in opts.items() if v)
+    return " ".join(f"{k}={v}" for k, v in opts.items() if v)
 
 
 def _shrink_error(

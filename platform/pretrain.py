@@ -1,4 +1,4 @@
-"""`lightman pretrain --method ma2mi`: self-supervised pre-training of the encoder on
+"""`lightman pretrain` (method=ma2mi): self-supervised pre-training of the encoder on
 macro-expression clips of the index (docs/ma2mi.md; the loss is models/ma2mi.py).
 
 One loop, in process, no Ray, on `device` (cpu, cuda or cuda:N; checked before the index

@@ -29,7 +29,7 @@ from lightman.tasks.preprocess import PreprocessConfig
 from lightman.tasks.synth import SetSize, SynthConfig, synthesize
 
 LIGHTMAN = str(Path(sys.executable).with_name("lightman"))
-TINY = ["--size", "16", "--frames", "4"]
+TINY = ["preprocess.size=16", "preprocess.frames=4"]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,8 @@ def synth_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def base_index(synth_root, tmp_path_factory) -> Path:
-    """The 8 CASME II clips, as `ingest casme2 SRC --out X --size 16 --frames 4` writes them."""
+    """The 8 CASME II clips, as `ingest casme2 SRC --out X preprocess.size=16 preprocess.frames=4`
+    writes them."""
     out = tmp_path_factory.mktemp("base") / "index"
     cfg = IngestConfig(preprocess=PreprocessConfig(frames=4, size=16))
     ingest("casme2", str(synth_root / "CASME2"), str(out), cfg)
@@ -101,7 +102,7 @@ def test_manifest_valid_json_but_damaged(capsys, src, index, damage, field):
     damage(manifest)
     (index / "manifest.json").write_text(json.dumps(manifest))
     before = snapshot(index)
-    assert field in fails_cleanly(capsys, ["inspect", index]).err
+    assert field in fails_cleanly(capsys, ["inspect", "--index", index]).err
     # ingest refuses before the scan: a source that does not exist is never looked at
     argv = ["ingest", "casme2", src / "gone", "--out", index, *TINY]
     assert field in fails_cleanly(capsys, argv).err
@@ -140,11 +141,11 @@ def test_out_in_an_unwritable_folder(capsys, src, tmp_path):
 
 def test_limit_does_not_replace_a_dataset_with_far_fewer_clips(capsys, src, index):
     before = snapshot(index)
-    argv = ["ingest", "casme2", src, "--out", index, "--limit", "3", *TINY]
+    argv = ["ingest", "casme2", src, "--out", index, "limit=3", *TINY]
     err = fails_cleanly(capsys, argv).err
     assert "refusing to replace the 8 casme2 clips" in err
     assert "at least 5 clips would be lost" in err
-    assert "--limit 3" in err and "--replace" in err
+    assert "narrowed by limit=3" in err and "--replace" in err
     assert snapshot(index) == before
     assert main([str(a) for a in argv] + ["--replace"]) == 0
     assert "ingested 3 casme2 clips" in capsys.readouterr().out
@@ -185,12 +186,12 @@ def _data_file(index: Path) -> Path:
 def test_inspect_checks_every_data_file(capsys, src, index, damage, problem):
     path = _data_file(index)
     damage(path)
-    result = fails_cleanly(capsys, ["inspect", index], code=1)
+    result = fails_cleanly(capsys, ["inspect", "--index", index], code=1)
     assert "is damaged" in result.err and "re-run `lightman ingest` for casme2" in result.err
     assert f"{path}: {problem}" in result.out  # the report lists the file
     # re-running the same ingest rewrites the dataset (its unchanged hash is no reason to keep it)
     assert main(["ingest", "casme2", str(src), "--out", str(index), *TINY]) == 0
-    assert main(["inspect", str(index), "--verify"]) == 0
+    assert main(["inspect", "--index", str(index), "--verify"]) == 0
     assert "every dataset's rows match its hash" in capsys.readouterr().out
 
 
@@ -200,9 +201,11 @@ def test_inspect_verify_rehashes_the_rows(capsys, index):
     field = table.schema.field("label")
     swapped = pa.array([(v + 1) % 2 for v in table.column("label").to_pylist()], type=field.type)
     pq.write_table(table.set_column(table.schema.get_field_index("label"), field, swapped), path)
-    assert main(["inspect", str(index)]) == 0  # the file opens with its rows: a re-hash notices
+    assert (
+        main(["inspect", "--index", str(index)]) == 0
+    )  # the file opens with its rows: a re-hash notices
     capsys.readouterr()
-    result = fails_cleanly(capsys, ["inspect", index, "--verify"], code=1)
+    result = fails_cleanly(capsys, ["inspect", "--index", index, "--verify"], code=1)
     assert "casme2: rows hash to sha256:" in result.out and "for casme2" in result.err
 
 
@@ -220,7 +223,7 @@ def test_decoder_log_stays_off_the_terminal_and_in_the_manifest(capfd, synth_roo
 
 
 def test_ingest_and_inspect_name_their_two_hashes_apart(capsys, index):
-    assert main(["inspect", str(index)]) == 0
+    assert main(["inspect", "--index", str(index)]) == 0
     out = capsys.readouterr().out
     manifest = json.loads((index / "manifest.json").read_text())
     assert f"index hash (all datasets): {manifest['content_hash']}" in out
@@ -232,7 +235,7 @@ def test_ingest_and_inspect_name_their_two_hashes_apart(capsys, index):
     [
         (["synth", "--out", "{tmp}/file"], "{tmp}/file"),
         (["ingest", "casme2", "{tmp}/nothere", "--out", "{tmp}/index"], "{tmp}/nothere"),
-        (["inspect", "{tmp}/nothere"], "{tmp}/nothere"),
+        (["inspect", "--index", "{tmp}/nothere"], "{tmp}/nothere"),
         (["train", "--config", "{tmp}/nothere.yaml", "--out", "{tmp}/run"], "{tmp}/nothere.yaml"),
         (
             ["eval", "--checkpoint", "{tmp}/nothere.pt", "--index", "{tmp}/index"],
@@ -340,9 +343,9 @@ def test_a_signal_ends_a_two_worker_ingest_with_its_workers(
     # handler here becomes the default action in the child
     inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
-        argv = ["ingest", "casme2", slow_src, "--out", index, "--workers", "2", "--flow"]
+        argv = ["ingest", "casme2", slow_src, "--out", index, "--workers", "2"]
         proc = subprocess.Popen(
-            [LIGHTMAN, *map(str, argv), "--size", "32"],
+            [LIGHTMAN, *map(str, argv), "preprocess.flow=true", "preprocess.size=32"],
             stdout=out,
             stderr=err,
             start_new_session=True,

@@ -162,3 +162,72 @@ def test_the_training_config_is_the_demos_training():
     assert train == dataclasses.replace(
         demo, data=dataclasses.replace(demo.data, index="runs/demo/index")
     )
+
+
+@dataclass(frozen=True)
+class Documented:
+    """A config whose fields say what they mean in each of the three ways the repo's do.
+
+    (This paragraph is not the summary.)"""
+
+    # the comment lines right above a field,
+    # over two lines
+    seed: int = 0  # and the comment at the end of its line
+    name: str = "1e-3"
+    """a string right below a field (its attribute docstring)"""
+    inner: Inner = field(default_factory=Inner)
+    sigma: tuple[float, ...] = (1.0, 2.0)  # noqa: E501 - a tool's comment is not a meaning
+    bare: bool = False
+
+
+def test_field_meanings_read_comments_above_and_after_and_the_string_below_a_field():
+    from lightman.platform.config import class_meaning, field_meanings
+
+    assert field_meanings(Documented) == {
+        "seed": "the comment lines right above a field, over two lines and the comment at the "
+        "end of its line",
+        "name": "a string right below a field (its attribute docstring)",
+        "inner": "",
+        "sigma": "",
+        "bare": "",
+    }
+    assert class_meaning(Documented) == (
+        "A config whose fields say what they mean in each of the three ways the repo's do."
+    )
+
+
+def test_describe_config_is_yaml_that_loads_back_with_every_key_and_its_meaning(tmp_path):
+    from lightman.platform.config import describe_config
+
+    cfg = load_config(Documented, None, ["inner.steps=3", "sigma=[0.5]"])
+    text = describe_config(cfg)
+    lines = text.splitlines()
+    assert "seed: 0  # the comment lines right above a field, over two lines and the" in lines[0]
+    assert "name: '1e-3'  # a string right below a field" in text  # quoted: not the number
+    assert "inner:\n  inner_lr: 0.1\n  steps: 3\n" in text and "sigma: [0.5]" in text
+    (tmp_path / "c.yaml").write_text(text)
+    assert load_config(Documented, tmp_path / "c.yaml") == cfg
+
+
+@pytest.mark.parametrize("path", REPO_CONFIGS, ids=_config_id)
+def test_every_repo_config_described_loads_back_to_itself(path, tmp_path):
+    """`--cfg` of each repo config is a config file for the same run."""
+    from lightman.platform.config import describe_config
+
+    cfg = load_config(_config_class(path), path)
+    (tmp_path / "c.yaml").write_text(describe_config(cfg))
+    assert load_config(_config_class(path), tmp_path / "c.yaml") == cfg
+
+
+def test_meanings_come_from_the_source_so_python_OO_prints_them_too(tmp_path):
+    """-OO drops every docstring from memory; `--cfg` reads the source, so it says the same."""
+    import subprocess
+    import sys
+
+    argv = ["-m", "lightman.platform.cli", "synth", "--out", str(tmp_path / "s"), "--cfg"]
+    plain = subprocess.run([sys.executable, *argv], capture_output=True, text=True, check=True)
+    oo = subprocess.run([sys.executable, "-OO", *argv], capture_output=True, text=True, check=True)
+    assert oo.stdout == plain.stdout
+    assert "# lightman synth: SynthConfig: The seeded generator's settings" in oo.stdout
+    assert "seed: 0  # every pixel and sheet cell follows from it" in oo.stdout
+    assert not (tmp_path / "s").exists()  # --cfg does no work
