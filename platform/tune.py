@@ -41,8 +41,8 @@ the search goes on.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -67,6 +67,7 @@ from lightman.platform.placement import cluster_capacity, unit_of
 from lightman.platform.selection import check_clip_shapes
 from lightman.platform.train import RunData, TrainConfig, prepare, run_training
 from lightman.platform.tune_space import Space, apply_params, check_values, optuna_space
+from lightman.tasks import storage
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ def trial_config(base: dict, params: dict, root: str = "", trial_id: str = "") -
 
 
 WORKER_START_TIMEOUT_S = 900
+TRIALS_FILE = "trials.jsonl"  # one record per finished trial, appended by the driver
 
 
 def free_orphaned_placement_groups() -> int:
@@ -220,11 +222,7 @@ def _checkpointed(run: str):
 def _start_over(run: str) -> None:
     """Delete a trial's Ray Train run folder that holds no checkpoint (a trial stopped before
     its first one, restarted by a resumed search), so that its run starts afresh."""
-    import pyarrow.fs as pafs
-
-    fs, path = pafs.FileSystem.from_uri(run if "://" in run else os.path.abspath(run))
-    if fs.get_file_info(path).type != pafs.FileType.NotFound:
-        fs.delete_dir(path)
+    storage.delete_dir(storage.resolve(run))
 
 
 def trial(params: dict, *, base: dict, data: RunData, root: str, metric: str) -> None:
@@ -234,8 +232,7 @@ def trial(params: dict, *, base: dict, data: RunData, root: str, metric: str) ->
     if done is not None:  # recorded finished before its search's driver was interrupted
         _report_again(done, metric)
         return
-    out = Path(root) / "trials" / trial_id
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.resolve(root).join("trials", trial_id)
     # what this trial's workers receive; the leakage test reads it (the test pool is None)
     seen = {
         "params": params,
@@ -243,7 +240,7 @@ def trial(params: dict, *, base: dict, data: RunData, root: str, metric: str) ->
         "val_subjects": sorted(set(data.val.subjects.tolist())),
         "test_pool": data.test is not None,
     }
-    (out / "seen.json").write_text(json.dumps(seen, indent=1))
+    storage.write_text(out.join("seen.json"), json.dumps(seen, indent=1))
     cfg = trial_config(base, params, root, trial_id)  # an invalid combination fails here
     check_clip_shapes(cfg.model, {"primary": data.val, "auxiliary": data.aux})  # and this
     # Ray Train gives up on a worker that has not started in 60 s and retries with a new
@@ -259,7 +256,7 @@ def trial(params: dict, *, base: dict, data: RunData, root: str, metric: str) ->
         _report_again({"status": "ok", **latest.metrics}, metric)
         return
     resume = latest is not None
-    fit(cfg, str(out), resume, data, callbacks=[TrialReport(metric)])
+    fit(cfg, out.uri, resume, data, callbacks=[TrialReport(metric)])
 
 
 def _report_again(record: dict, metric: str) -> None:
@@ -311,8 +308,9 @@ class Progress(ray.tune.Callback):
             "train_nodes": [n for n in (last.get("train_nodes") or "").split(",") if n],
             "error": error,
         }
-        with open(Path(self.out) / "trials.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        log = storage.resolve(self.out).join(TRIALS_FILE)  # the driver is its one writer
+        before = storage.read_bytes(log).decode() if storage.exists(log) else ""
+        storage.write_text(log, before + json.dumps(record) + "\n")
         done = len(read_records(self.out))
         value = record[self.metric]
         shown = f"{self.metric}={value:.3f} at step {step}" if value is not None else "no result"
@@ -355,23 +353,30 @@ def error_message(text: str) -> str:
 
 
 def read_records(out: str | Path) -> list[dict]:
-    """Every finished trial of the search folder, once (the last record of a trial wins)."""
-    path = Path(out) / "trials.jsonl"
-    if not path.exists():
+    """Every finished trial of the search folder (local or s3://), once (the last record of
+    a trial wins)."""
+    log = storage.resolve(out).join(TRIALS_FILE)
+    if not storage.exists(log):
         return []
     by_id = {}
-    for line in path.read_text().splitlines():
+    for line in storage.read_bytes(log).decode().splitlines():
         if line.strip():
             r = json.loads(line)
             by_id[r["trial"]] = r
     return list(by_id.values())
 
 
-def _storage(out: Path, scfg: SearchConfig):
+def _storage(root: storage.Location, scfg: SearchConfig):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the Progress lines say enough
-    url = scfg.storage or f"sqlite:///{out / 'study.db'}"
+    if root.is_s3 and not scfg.storage:
+        raise ConfigError(
+            f"--out {root.uri}: the Optuna study needs a database, and SQLite cannot live on "
+            "S3: pass --storage with a database URL every run of the search reaches "
+            "(postgresql://..., or sqlite:////path/on/this/machine/study.db)"
+        )
+    url = scfg.storage or f"sqlite:///{root.path}/study.db"
     try:
         return optuna.storages.RDBStorage(url)
     except ImportError as e:  # the URL's SQLAlchemy dialect needs a driver not installed
@@ -392,15 +397,13 @@ def _shown(url: str) -> str:
         return url.split("@")[-1]
 
 
-def _searches(out: Path) -> list[dict]:
-    path = out / "searches.json"
-    return json.loads(path.read_text()) if path.exists() else []
+def _searches(root: storage.Location) -> list[dict]:
+    loc = root.join("searches.json")
+    return json.loads(storage.read_bytes(loc)) if storage.exists(loc) else []
 
 
-def _save_searches(out: Path, searches: list[dict]) -> None:
-    tmp = out / "searches.json.tmp"
-    tmp.write_text(json.dumps(searches, indent=1))
-    os.replace(tmp, out / "searches.json")
+def _save_searches(root: storage.Location, searches: list[dict]) -> None:
+    storage.write_text(root.join("searches.json"), json.dumps(searches, indent=1))
 
 
 def _finished_trials(storage, study: str) -> int:
@@ -429,12 +432,12 @@ def run_search(
     from optuna.samplers import TPESampler
     from ray.tune.schedulers import ASHAScheduler
 
-    out = Path(os.path.abspath(out))
-    out.mkdir(parents=True, exist_ok=True)
+    root = storage.resolve(out)  # local or s3://: everything of the search lives under it
     base = to_dict(base_cfg)
     check_values(space, base, space.name)  # every bound and choice fits this experiment
     trial_config(base, {})  # and the experiment runs as a trial
-    storage = _storage(out, scfg)  # a bad URL or a missing driver fails before Ray starts
+    study = _storage(root, scfg)  # a bad URL or a missing driver fails before Ray starts
+    storage.make_dirs(root)
     data = prepare(base_cfg)  # the one split; a config the data cannot serve fails here
     trial_data = dataclasses.replace(data, test=None)  # no trial receives test subjects
     # Tune's own tables and hints would bury the one line per trial (Progress)
@@ -448,27 +451,35 @@ def run_search(
         concurrent = scfg.concurrent or int(max(1, min(fits, scfg.trials)))
         trainable = ray.tune.with_resources(
             ray.tune.with_parameters(
-                trial, base=base, data=trial_data, root=str(out), metric=scfg.metric
+                trial, base=base, data=trial_data, root=root.uri, metric=scfg.metric
             ),
             # the trial function only drives its Ray Train workers (1 CPU/GPU each)
             {"cpu": 0, "memory": scfg.driver_memory_mb * 2**20},
         )
-        searches = _searches(out)
+        searches = _searches(root)
+        # Tune's experiment state under <out>/ray (a path and a filesystem: Ray refuses an
+        # s3:// path beside a filesystem, and builds a bare S3 one, without the endpoint)
+        tune_dir = root.join("ray")
+        tune_fs = tune_dir.fs if tune_dir.is_s3 else None
         t0 = time.perf_counter()
         if searches and not searches[-1]["finished"]:
-            path = out / "ray" / searches[-1]["name"]
-            if ray.tune.Tuner.can_restore(str(path)):
+            path = tune_dir.join(searches[-1]["name"]).path
+            if ray.tune.Tuner.can_restore(path, storage_filesystem=tune_fs):
                 print(f"[tune] resuming the interrupted search {searches[-1]['name']}", flush=True)
                 ray.tune.Tuner.restore(
-                    str(path), trainable, resume_unfinished=True, resume_errored=False
+                    path,
+                    trainable,
+                    resume_unfinished=True,
+                    resume_errored=False,
+                    storage_filesystem=tune_fs,
                 ).fit()
             searches[-1]["finished"] = True
-            _save_searches(out, searches)
-        have = _finished_trials(storage, scfg.study)
+            _save_searches(root, searches)
+        have = _finished_trials(study, scfg.study)
         if have < scfg.trials:
             name = f"search-{len(searches) + 1:03d}"
             searches.append({"name": name, "trials": scfg.trials - have, "finished": False})
-            _save_searches(out, searches)
+            _save_searches(root, searches)
             print(
                 f"[tune] {name}: {scfg.trials - have} trial(s) to reach {scfg.trials} "
                 f"({have} done), {concurrent} at a time, {base_cfg.workers} worker(s) each",
@@ -482,7 +493,7 @@ def run_search(
                     seed=base_cfg.seed * 100_000 + have, n_startup_trials=scfg.startup_trials
                 ),
                 study_name=scfg.study,
-                storage=storage,
+                storage=study,
             )
             scheduler = ASHAScheduler(
                 time_attr="iteration",
@@ -502,59 +513,61 @@ def run_search(
                 ),
                 run_config=ray.tune.RunConfig(
                     name=name,
-                    storage_path=str(out / "ray"),
+                    storage_path=tune_dir.path,
+                    storage_filesystem=tune_fs,
                     callbacks=[
-                        Progress(str(out), scfg.trials, scfg.metric, base_cfg.iterations),
+                        Progress(root.uri, scfg.trials, scfg.metric, base_cfg.iterations),
                         FreeOrphans(),
                     ],
                     verbose=0,
                 ),
             ).fit()
             searches[-1]["finished"] = True
-            _save_searches(out, searches)
+            _save_searches(root, searches)
         print(f"[tune] search done in {time.perf_counter() - t0:.0f} s", flush=True)
     finally:
         if started:
             ray.shutdown()
-    return write_results(base_cfg, space, out, scfg, storage)
+    return write_results(base_cfg, space, root, scfg, study)
 
 
-def _from_here(path: Path) -> str:
-    """`path` relative to the working directory when it lies below it (a command written
-    into a file names no folder of this machine), else as it is."""
+def _from_here(loc: storage.Location) -> str:
+    """A local path relative to the working directory when it lies below it (a command
+    written into a file names no folder of this machine), else the URI as it is."""
     try:
-        return str(path.relative_to(Path.cwd()))
+        return loc.uri if loc.is_s3 else str(Path(loc.path).relative_to(Path.cwd()))
     except ValueError:
-        return str(path)
+        return loc.uri
 
 
 def write_results(
-    base_cfg: TrainConfig, space: Space, out: Path, scfg: SearchConfig, storage
+    base_cfg: TrainConfig, space: Space, root: storage.Location, scfg: SearchConfig, study
 ) -> SearchResult:
     """trials.csv / trials.md, best.yaml, the plots and, with `final`, the test of the best."""
-    records = sorted(read_records(out), key=lambda r: r["trial"])
+    records = sorted(read_records(root.uri), key=lambda r: r["trial"])
     scored = [r for r in records if r["status"] != "error" and r[scfg.metric] is not None]
     if not scored:
-        raise RuntimeError(f"no trial of {out} finished with a {scfg.metric}: see trials.md")
-    table = write_table(out, records, space, scfg.metric)
+        raise RuntimeError(f"no trial of {root.uri} finished with a {scfg.metric}: see trials.md")
+    table = write_table(root, records, space, scfg.metric)
     best = max(scored, key=lambda r: r[scfg.metric])
     best_cfg = apply_params(to_dict(base_cfg), best["params"])
     header = (
-        f"# lightman train --config {_from_here(out / 'best.yaml')} --out runs/best\n"
+        f"# lightman train --config {_from_here(root.join('best.yaml'))} --out runs/best\n"
         f"# best of {len(records)} trials ({space.name}): {scfg.metric}={best[scfg.metric]:.4f} "
         f"(trial {best['trial']}, step {best['iteration']}) on the validation subjects\n"
     )
-    (out / "best.yaml").write_text(header + yaml.safe_dump(to_dict(best_cfg), sort_keys=False))
-    plot_results(out, records, space, scfg, storage)
+    best_yaml = header + yaml.safe_dump(to_dict(best_cfg), sort_keys=False)
+    storage.write_text(root.join("best.yaml"), best_yaml)
+    plot_results(root, records, space, scfg, study)
     final = None
     if scfg.final:
-        result = run_training(best_cfg, out / "final")
+        result = run_training(best_cfg, root.join("final").uri)
         print(result.table)
         final = result.metrics
-    return SearchResult(str(out), best, table, final)
+    return SearchResult(root.uri, best, table, final)
 
 
-def write_table(out: Path, records: list[dict], space: Space, metric: str) -> str:
+def write_table(root: storage.Location, records: list[dict], space: Space, metric: str) -> str:
     """trials.csv and trials.md: one row per trial, the searched values and the result."""
     head = ["trial", "status", "iteration", metric, "val_acc", "seconds", *space.keys, "error"]
     rows = [
@@ -570,10 +583,7 @@ def write_table(out: Path, records: list[dict], space: Space, metric: str) -> st
         ]
         for r in records
     ]
-    with (out / "trials.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(head)
-        w.writerows(rows)
+    storage.write_csv(root.join("trials.csv"), [head, *rows])
 
     def cell(v) -> str:
         return "" if v is None else _short(v).replace("|", "/")
@@ -581,11 +591,13 @@ def write_table(out: Path, records: list[dict], space: Space, metric: str) -> st
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     table = "\n".join(lines)
-    (out / "trials.md").write_text(table + "\n")
+    storage.write_text(root.join("trials.md"), table + "\n")
     return table
 
 
-def plot_results(out: Path, records: list[dict], space: Space, scfg: SearchConfig, storage):
+def plot_results(
+    root: storage.Location, records: list[dict], space: Space, scfg: SearchConfig, study_storage
+):
     """history.png and importances.png (Optuna's matplotlib module, over the whole study),
     lambda_pri.png (the metric against λ1, the paper's Figure 7) when λ1 is searched."""
     import matplotlib
@@ -595,17 +607,26 @@ def plot_results(out: Path, records: list[dict], space: Space, scfg: SearchConfi
 
     with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        _draw(out, records, space, scfg, optuna.load_study(study_name=scfg.study, storage=storage))
+        study = optuna.load_study(study_name=scfg.study, storage=study_storage)
+        _draw(root, records, space, scfg, study)
 
 
-def _draw(out: Path, records: list[dict], space: Space, scfg: SearchConfig, study) -> None:
+def _save_png(fig, loc: storage.Location) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    storage.write_bytes(loc, buf.getvalue())
+
+
+def _draw(
+    root: storage.Location, records: list[dict], space: Space, scfg: SearchConfig, study
+) -> None:
     import matplotlib.pyplot as plt
     import optuna
     from optuna.importance import PedAnovaImportanceEvaluator
     from optuna.visualization import matplotlib as ovm
 
     ax = ovm.plot_optimization_history(study, target_name=scfg.metric)
-    ax.figure.savefig(out / "history.png", dpi=120, bbox_inches="tight")
+    _save_png(ax.figure, root.join("history.png"))
     plt.close(ax.figure)
     varying = [p.key for p in space.params if len(set(p.values())) > 1]
     complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
@@ -614,7 +635,7 @@ def _draw(out: Path, records: list[dict], space: Space, scfg: SearchConfig, stud
         ax = ovm.plot_param_importances(
             study, evaluator=PedAnovaImportanceEvaluator(), params=varying
         )
-        ax.figure.savefig(out / "importances.png", dpi=120, bbox_inches="tight")
+        _save_png(ax.figure, root.join("importances.png"))
         plt.close(ax.figure)
     if "learner.lambda_pri" in space.keys:
         pts = sorted(
@@ -631,5 +652,5 @@ def _draw(out: Path, records: list[dict], space: Space, scfg: SearchConfig, stud
         ax.set_ylabel(f"{scfg.metric} (validation subjects)")
         ax.set_title("λ1 sensitivity (paper Fig. 7: best 0.55)")
         ax.legend()
-        fig.savefig(out / "lambda_pri.png", dpi=120, bbox_inches="tight")
+        _save_png(fig, root.join("lambda_pri.png"))
         plt.close(fig)

@@ -36,9 +36,11 @@ from lightman.platform.tune import (
     run_search,
 )
 from lightman.platform.tune_space import load_space, parse_space
+from lightman.tasks import storage
 from lightman.tasks.synth import SynthConfig, synthesize
 
-SPACES = sorted(Path(__file__).parents[1].joinpath("tune_spaces").glob("*.yaml"))
+REPO = Path(__file__).parents[1]
+SPACES = sorted(REPO.joinpath("tune_spaces").glob("*.yaml"))
 TINY = [
     "episode.ways=3",
     "episode.shots=1",
@@ -304,3 +306,34 @@ def test_two_searches_share_one_optuna_database_under_their_study_names(ray_loca
         assert len(held) == trials and all(t.state.name == "COMPLETE" for t in held)
         mine = {r["params"]["learner.lambda_pri"] for r in read_records(tmp_path / study)}
         assert {t.params["learner.lambda_pri"] for t in held} == mine
+
+
+def test_a_search_to_s3_keeps_everything_in_the_bucket_and_finishes_its_best_config(
+    s3_endpoint, ray_local, index, tmp_path, monkeypatch
+):
+    """`lightman tune --out s3://...`: trials, their Ray Train runs, Tune's state, the records,
+    best.yaml, the plots and the final run land in the bucket; the study's SQLite file is
+    where --storage names it (SQLite cannot live on S3, so an s3:// --out requires it);
+    nothing lands in the working folder."""
+    _, bucket = s3_endpoint
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    out = f"s3://{bucket}/tune/search"
+    space = load_space(REPO / "tune_spaces" / "tiny.yaml")
+    with pytest.raises(ConfigError, match="SQLite cannot live on S3: pass --storage"):
+        run_search(base_config(index), space, out, SearchConfig(trials=1))
+    study = f"sqlite:///{tmp_path / 'study.db'}"
+    scfg = SearchConfig(trials=2, concurrent=2, storage=study, final=True)
+    result = run_search(base_config(index), space, out, scfg)
+    assert result.out == out and result.final is not None
+    files = storage.list_files(storage.resolve(out))
+    written = {i.path.split("/tune/search/", 1)[1] for i in files}
+    assert {"trials.jsonl", "trials.csv", "trials.md", "best.yaml", "history.png"} <= written
+    assert {"final/best.pt", "final/results.json", "final/metrics.jsonl"} <= written
+    trials = {w.split("/")[1] for w in written if w.startswith("trials/")}
+    assert len(trials) == 2 and all(f"trials/{t}/seen.json" in written for t in trials)
+    assert any(w.startswith(f"trials/{t}/ray/") for t in trials for w in written)  # Train runs
+    assert any(w.startswith("ray/search-001/") for w in written)  # Tune's experiment state
+    assert len(read_records(out)) == 2
+    assert list(cwd.iterdir()) == []
