@@ -41,7 +41,7 @@ interrupted table resumes, and processes given disjoint --variants can share one
 finished run's row (its accuracies per test episode, the ratios, its training config,
 the package versions and the machine's CPUs) is also kept as DIR/<shots>shot/<variant>/
 seed<k>.json and read back from there first: the repository's benchmarks/results/aux_branch
-holds the rows behind the README's tables. With --results and no --index the table is
+holds the rows behind docs/results.md's tables. With --results and no --index the table is
 printed from the kept rows alone (every row kept, one table's rows from one index: no data
 needed); with an index whose content hash is the rows', a table left unfinished continues
 where it stopped.

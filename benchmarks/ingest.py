@@ -10,7 +10,7 @@
    pyarrow (`load_pool`'s path), against decoding the same sampled frames from their
    JPEG files each time (read + decode + crop/resize with the stored face box).
 
-Prints a markdown table for the README. Numbers depend on the machine and on what else
+Prints a markdown table for docs/benchmarks.md. Numbers depend on the machine and on what else
 runs on it: the load average is printed with them.
 """
 

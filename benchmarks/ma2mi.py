@@ -30,7 +30,7 @@ Each finished run leaves <out>/<variant>-s<seed>/row.json, read back instead of 
 With --results DIR its figures are also kept as DIR/<kind>/<variant>/seed<k>.json with
 their configs (training, pre-training, LOSO; the index by content hash), the versions and
 the CPUs (platform/kept.py), and read back from there first, before any pre-training:
-benchmarks/results/ma2mi holds the rows behind the README's table, so the table prints
+benchmarks/results/ma2mi holds the rows behind docs/results.md's table, so the table prints
 without training and an unfinished one continues on any machine, a seed at a time.
 """
 

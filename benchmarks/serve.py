@@ -17,7 +17,7 @@ serve_fixtures.py: 32 px, M = 8; `--hidden` widens the encoder): the weights do 
 change the cost of a forward pass, and generating the data takes a second where
 ingesting `lightman synth` output takes minutes. Requests carry npz clips of M frames
 with face_crop=none, so the server's time is the upload checks, preprocessing, batching
-and the model. Prints a markdown table for the README, with the load average.
+and the model. Prints a markdown table for docs/benchmarks.md, with the load average.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Ray Serve app: a FastAPI ingress that scores clips and adapts the model to a person.
 
-Endpoints (README, "Serving"):
+Endpoints (docs/commands.md, "serve"):
   POST /v1/predict   one clip (video, zip or npz of frames; optional onset/apex/offset)
                      -> class probabilities, label, model version, frames used, timings;
                      header `serve_multiplexed_model_id` picks a person's adapted model

@@ -1,5 +1,5 @@
 """deploy/ applies: every manifest passes the schema of the exact version it targets, and
-deploy/submit.sh runs as the README shows it.
+deploy/submit.sh runs as docs/deployment.md shows it.
 
 - deploy/cluster.yaml goes through what `ray up` runs before it touches a cloud (Ray's
   `prepare_config` and `validate_config`, against the `ray-schema.json` in the ray wheel);
@@ -470,7 +470,7 @@ TINY = [
 @pytest.mark.slow
 @pytest.mark.integration
 def test_submit_sh_trains_on_a_head_whose_python_lacks_lightman_with_token_auth(tmp_path):
-    """deploy/submit.sh as the README runs it: the wheel built, `ray job submit` to a head
+    """deploy/submit.sh as docs/deployment.md runs it: the wheel built, `ray job submit` to a head
     on 127.0.0.1 with token auth on, a 2-worker training of configs/train/cluster_gpu.yaml (sized
     down by overrides) that finds the `lightman` command and the config only in the upload."""
     index = generated.small_index(

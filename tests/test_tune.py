@@ -222,7 +222,7 @@ def test_a_storage_that_cannot_open_is_named_before_ray_starts(
 ):
     """A missing driver, an unreachable database, an unknown dialect: exit 2 and one line
     naming the URL, its password hidden (a real PostgreSQL server was checked by hand: the
-    README says how), before the data are read and Ray is started."""
+    docs/commands.md says how), before the data are read and Ray is started."""
 
     def reached(*args, **kwargs):
         raise AssertionError("the search went past its storage")

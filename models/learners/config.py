@@ -48,7 +48,7 @@ class LearnerConfig:
     gradient of exactly 0 and decays to a few per cent of its size within ~100 steps.
     adamw: decoupled weight decay (AdamW, w ← w − outer_lr·wd·w), which leaves such a
     weight all but unchanged. auto (default) depends on first_order: adamw when
-    first_order, else adam (every second-order result in the README was measured with
+    first_order, else adam (every second-order result in docs/results.md was measured with
     Adam). `outer_optimizer_name` is the resolved choice; the trainer prints it and
     records it in the run's results."""
     inner_steps: int = 1
