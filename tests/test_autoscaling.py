@@ -26,7 +26,6 @@ import pytest
 import yaml
 from ray.core.generated import autoscaler_pb2
 
-from lightman.platform import generated
 from lightman.platform.cli import main
 from lightman.platform.placement import (
     HEAD,
@@ -42,6 +41,7 @@ from lightman.platform.tune import read_records
 
 sys.path.insert(0, str(Path(__file__).parent))  # pytest runs with --import-mode=importlib
 import clusters  # noqa: E402
+import tiny  # noqa: E402
 
 REPO = Path(__file__).parents[1]
 HEAD_NODE = {"CPU": 8.0, "memory": 3e10, HEAD: 1.0}  # deploy/cluster.yaml's m5.2xlarge head
@@ -113,16 +113,8 @@ def test_the_monitor_command_line_names_its_config():
 # --- on a real fake-provider autoscaling cluster ---------------------------------------
 
 TINY = [
-    "episode.ways=3",
-    "episode.shots=1",
-    "episode.query=2",
-    "episode.aux_shots=1",
-    "model.ways=3",
-    "model.image_size=16",
-    "model.frames=6",
-    "model.hidden=8",
-    "model.aux_dim=8",
-    "model.input_mode=delta",
+    *tiny.TASK,
+    *tiny.MODEL_16,
     "meta_batch=2",
     "threads=1",
     "iterations=2",
@@ -137,19 +129,7 @@ CPU1 = {"cpu1": {"resources": {"CPU": 1}, "max_workers": 2}}
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory) -> str:
-    return generated.small_index(
-        tmp_path_factory.mktemp("autoscaling-data"),
-        [
-            "datasets=[casme2,ckplus]",
-            "seed=5",
-            "casme2.subjects=10",
-            "casme2.clips=90",
-            "ckplus.subjects=4",
-            "ckplus.clips=20",
-        ],
-        size=16,
-        frames=6,
-    )
+    return tiny.index(tmp_path_factory.mktemp("autoscaling-data"), size=16)
 
 
 @pytest.fixture(scope="module")

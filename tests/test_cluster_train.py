@@ -33,30 +33,22 @@ import requests
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightman.platform import generated
 from lightman.platform.cli import main
 from lightman.platform.run_state import load_state
 from lightman.tasks import storage
 
 sys.path.insert(0, str(Path(__file__).parent))  # pytest runs with --import-mode=importlib
 import clusters  # noqa: E402
+import tiny  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TINY = [
-    "episode.ways=3",
-    "episode.shots=1",
-    "episode.query=2",
-    "episode.aux_shots=1",
-    "model.ways=3",
-    "model.image_size=32",
-    "model.hidden=16",
-    "model.aux_dim=16",
-    "model.input_mode=delta",
+    *tiny.TASK,
+    *tiny.MODEL_32,
     "meta_batch=4",
     "threads=1",
-    "data.val_fraction=0.2",
-    "data.test_fraction=0.3",
+    *tiny.SPLIT,
     "iterations=8",
     "eval_every=4",
     "checkpoint_every=2",
@@ -85,17 +77,7 @@ def bucket(s3_endpoint) -> str:
 @pytest.fixture(scope="module")
 def s3_index(bucket, tmp_path_factory) -> str:
     """The generated index, copied to S3: the runs read it from there alone."""
-    local = generated.small_index(
-        tmp_path_factory.mktemp("cluster-data"),
-        [
-            "datasets=[casme2,ckplus]",
-            "seed=5",
-            "casme2.subjects=10",
-            "casme2.clips=90",
-            "ckplus.subjects=4",
-            "ckplus.clips=20",
-        ],
-    )
+    local = tiny.index(tmp_path_factory.mktemp("cluster-data"))
     uri = f"s3://{bucket}/cluster/index"
     dest = storage.resolve(uri)
     pafs.copy_files(local, dest.path, destination_filesystem=dest.fs)

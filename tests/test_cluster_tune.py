@@ -26,27 +26,19 @@ from pathlib import Path
 import optuna
 import pytest
 
-from lightman.platform import generated
 from lightman.platform.placement import HEAD
 from lightman.platform.tune import read_records
 
 sys.path.insert(0, str(Path(__file__).parent))  # pytest runs with --import-mode=importlib
 import clusters  # noqa: E402
+import tiny  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 REPO = Path(__file__).parents[1]
 TINY = [
-    "episode.ways=3",
-    "episode.shots=1",
-    "episode.query=2",
-    "episode.aux_shots=1",
-    "model.ways=3",
-    "model.image_size=16",
-    "model.frames=6",
-    "model.hidden=8",
-    "model.aux_dim=8",
-    "model.input_mode=delta",
+    *tiny.TASK,
+    *tiny.MODEL_16,
     "meta_batch=2",
     "threads=1",
     "iterations=4",
@@ -61,19 +53,7 @@ RUN_FILES = ("state.pt", "checkpoint_*", "metrics.jsonl", "events.out.tfevents.*
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory) -> str:
-    return generated.small_index(
-        tmp_path_factory.mktemp("cluster-tune-data"),
-        [
-            "datasets=[casme2,ckplus]",
-            "seed=5",
-            "casme2.subjects=10",
-            "casme2.clips=90",
-            "ckplus.subjects=4",
-            "ckplus.clips=20",
-        ],
-        size=16,
-        frames=6,
-    )
+    return tiny.index(tmp_path_factory.mktemp("cluster-tune-data"), size=16)
 
 
 def run_files(root: Path) -> list[Path]:

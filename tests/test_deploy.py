@@ -45,6 +45,9 @@ from lightman.platform import generated
 from lightman.platform.config import load_config
 from lightman.platform.train import TrainConfig
 
+sys.path.insert(0, str(Path(__file__).parent))  # pytest runs with --import-mode=importlib
+import tiny  # noqa: E402
+
 REPO = Path(__file__).parents[1]
 DEPLOY = REPO / "deploy"
 KUBERAY = Path(__file__).parent / "kuberay"
@@ -446,19 +449,11 @@ def ray_head(node_bin: Path, env: dict[str, str]):
 
 
 TINY = [
-    "episode.ways=3",
-    "episode.shots=1",
-    "episode.query=2",
-    "episode.aux_shots=1",
-    "model.ways=3",
-    "model.image_size=32",
-    "model.hidden=16",
-    "model.aux_dim=16",
-    "model.input_mode=delta",
+    *tiny.TASK,
+    *tiny.MODEL_32,
     "meta_batch=4",
     "threads=1",
-    "data.val_fraction=0.2",
-    "data.test_fraction=0.3",
+    *tiny.SPLIT,
     "iterations=2",
     "eval_every=2",
     "checkpoint_every=2",

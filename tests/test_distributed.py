@@ -27,7 +27,6 @@ import numpy as np
 import pytest
 import torch
 
-from lightman.platform import generated
 from lightman.platform.cli import main
 from lightman.platform.config import load_config
 from lightman.platform.loop import shard_subjects
@@ -35,20 +34,15 @@ from lightman.platform.run_state import latest_checkpoint, load_state, write_che
 from lightman.platform.train import TrainConfig, prepare, run_training
 from lightman.tasks import storage
 
+sys.path.insert(0, str(Path(__file__).parent))  # pytest runs with --import-mode=importlib
+import tiny  # noqa: E402
+
 TINY = [
-    "episode.ways=3",
-    "episode.shots=1",
-    "episode.query=2",
-    "episode.aux_shots=1",
-    "model.ways=3",
-    "model.image_size=32",
-    "model.hidden=16",
-    "model.aux_dim=16",
-    "model.input_mode=delta",
+    *tiny.TASK,
+    *tiny.MODEL_32,
     "meta_batch=4",
     "threads=1",
-    "data.val_fraction=0.2",
-    "data.test_fraction=0.3",
+    *tiny.SPLIT,
     "iterations=8",
     "eval_every=4",
     "checkpoint_every=2",
@@ -70,17 +64,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory) -> str:
-    return generated.small_index(
-        tmp_path_factory.mktemp("dist-data"),
-        [
-            "datasets=[casme2,ckplus]",
-            "seed=5",
-            "casme2.subjects=10",
-            "casme2.clips=90",
-            "ckplus.subjects=4",
-            "ckplus.clips=20",
-        ],
-    )
+    return tiny.index(tmp_path_factory.mktemp("dist-data"))
 
 
 def config(index: str, *extra: str) -> TrainConfig:

@@ -7,6 +7,8 @@ tests of this file (session fixture).
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,20 +20,15 @@ from lightman.platform.config import load_config
 from lightman.platform.loop import outer_step
 from lightman.platform.train import TrainConfig, prepare, run_training
 
+sys.path.insert(0, str(Path(__file__).parent))  # pytest runs with --import-mode=importlib
+import tiny  # noqa: E402
+
 TINY = [
-    "episode.ways=3",
-    "episode.shots=1",
-    "episode.query=2",
-    "episode.aux_shots=1",
-    "model.ways=3",
-    "model.image_size=32",
-    "model.hidden=16",
-    "model.aux_dim=16",
-    "model.input_mode=delta",
+    *tiny.TASK,
+    *tiny.MODEL_32,
     "meta_batch=2",
     "threads=1",
-    "data.val_fraction=0.2",
-    "data.test_fraction=0.3",
+    *tiny.SPLIT,
 ]
 
 

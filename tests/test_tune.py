@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from pathlib import Path
 
 import optuna
@@ -39,19 +40,14 @@ from lightman.platform.tune_space import load_space, parse_space
 from lightman.tasks import storage
 from lightman.tasks.synth import SynthConfig, synthesize
 
+sys.path.insert(0, str(Path(__file__).parent))  # pytest runs with --import-mode=importlib
+import tiny  # noqa: E402
+
 REPO = Path(__file__).parents[1]
 SPACES = sorted(REPO.joinpath("tune_spaces").glob("*.yaml"))
 TINY = [
-    "episode.ways=3",
-    "episode.shots=1",
-    "episode.query=2",
-    "episode.aux_shots=1",
-    "model.ways=3",
-    "model.image_size=16",
-    "model.frames=6",  # the 3D conv's temporal kernel
-    "model.hidden=8",
-    "model.aux_dim=8",
-    "model.input_mode=delta",
+    *tiny.TASK,
+    *tiny.MODEL_16,
     "meta_batch=2",
     "threads=1",
     "iterations=4",
