@@ -13,16 +13,25 @@ kept if it was not yet. `read_table` reads a whole table's rows without the inde
 print it on a machine that does not have, or cannot rebuild, that exact index): every row
 must be kept, and all of them measured on one index; `read_grid` reads them from a folder
 of <name>/seed<k>.json, the layout every benchmark keeps.
+
+A study's cells (platform/reproduce.py) are kept rows too, in the output storage (a local
+folder or s3://, through lightman.tasks.storage): `cell_location` puts a cell at
+<folder>/<config hash>.json, the hash (`config_hash`) of its path-free config, so that a
+finished cell is found again on any machine; `read_cell` refuses, naming the cell and
+both indexes, a cell kept there that was measured on another index; `kept_cells` reads
+every cell of a folder (to refuse a study's output folder that holds another index's).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from lightman.models.provenance import versions
+from lightman.tasks import storage
 
 PROVENANCE = ("index", "config", "versions", "cpus")
 
@@ -116,3 +125,65 @@ def read_grid(folder: str | Path, names: list[str], seeds: list[int]) -> dict[st
     `read_table` reads them (all kept, one index)."""
     rows = iter(read_table([Path(folder, n, f"seed{s}.json") for n in names for s in seeds]))
     return {n: {s: next(rows) for s in seeds} for n in names}
+
+
+def config_hash(config: dict) -> str:
+    """A config's content hash: SHA-256 of its canonical JSON (sorted keys), 16 hex digits."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cell_location(folder: str, chash: str) -> storage.Location:
+    """Where the cell of config hash `chash` is kept under `folder` (local or s3://)."""
+    return storage.resolve(folder).join(f"{chash}.json")
+
+
+def _parse_cell(loc: storage.Location) -> dict:
+    try:
+        return json.loads(storage.read_bytes(loc))
+    except json.JSONDecodeError as e:
+        raise KeptRowError(f"{loc.uri}: not a kept cell ({e})") from e
+
+
+def read_cell(loc: storage.Location, index_hash: str) -> dict | None:
+    """The cell kept at `loc`, None if there is none; an error naming the cell and both
+    indexes if it was measured on an index other than `index_hash`."""
+    if not storage.exists(loc):
+        return None
+    row = _parse_cell(loc)
+    if row.get("index") != index_hash:
+        raise KeptRowError(
+            f"cell {row.get('cell', '?')} kept at {loc.uri} was measured on index "
+            f"{row.get('index')}, not on this index {index_hash}: use another --out"
+        )
+    return row
+
+
+def write_cell(loc: storage.Location, figures: dict, config: dict, index_hash: str) -> dict:
+    """Keep a cell's `figures` at `loc` with their provenance, as `write_row` keeps a row
+    (written atomically through the storage layer); the row written."""
+    clash = sorted(set(figures) & set(PROVENANCE))
+    if clash:
+        raise KeptRowError(f"figures may not use the provenance keys {clash}")
+    row = {
+        **figures,
+        "index": index_hash,
+        "config": config,
+        "versions": versions(),
+        "cpus": os.cpu_count(),
+    }
+    storage.write_text(loc, json.dumps(row, indent=1))
+    return row
+
+
+def kept_cells(folder: str) -> list[dict]:
+    """Every cell kept under `folder` (none when it does not exist), each with `_uri`."""
+    root = storage.resolve(folder)
+    if not storage.exists(root):
+        return []
+    rows = []
+    for info in storage.list_files(root, recursive=False):
+        if info.path.endswith(".json"):
+            loc = storage.resolve(storage.uri_of(root, info.path))
+            rows.append({**_parse_cell(loc), "_uri": loc.uri})
+    return rows

@@ -107,6 +107,10 @@ def _config_class(path: Path):
         from lightman.platform.ingest import IngestConfig
 
         return IngestConfig
+    if command == "reproduce":
+        from lightman.platform.reproduce import StudyConfig
+
+        return StudyConfig
     raise AssertionError(f"{path}: unknown command {command!r}")
 
 
@@ -120,6 +124,7 @@ FOLDER_COMMANDS = {
     "tune": "tune",
     "pretrain": "pretrain",
     "synth": "synth",
+    "studies": "reproduce",  # a study of `lightman reproduce` (--study, not --config)
 }
 
 
@@ -135,7 +140,8 @@ def test_the_repo_has_configs_and_each_lies_in_its_kinds_folder():
         first = path.read_text().splitlines()[0].split()
         assert first[:3] == ["#", "lightman", FOLDER_COMMANDS[kind]], path
         # the first line runs this very file, from the repo root
-        assert first[first.index("--config") + 1] == f"configs/{_config_id(path)}", path
+        flag = "--study" if kind == "studies" else "--config"
+        assert first[first.index(flag) + 1] == f"configs/{_config_id(path)}", path
 
 
 @pytest.mark.parametrize("path", REPO_CONFIGS, ids=_config_id)

@@ -1,0 +1,844 @@
+"""`lightman reproduce`: a study of the paper rerun on any index, as a Ray Tune grid of
+cells, decided by statistics (platform/stats.py), written as report.md / report.html.
+
+A study is a YAML file (configs/studies/<name>.yaml, `StudyConfig`): the training config
+its cells start from (`base` + `train`), the arms (`learners`: each a name and its
+overrides of that config; a bare learner name sets `learner.name`), the `primary` arm,
+the contrasts (primary − every other arm on each of `contrast_metrics`), the
+`primary_contrast` and the paper's `claims`, named before anything runs, the paper's
+published numbers (`paper`), and two budgets: `quick` (a smoke run of the machinery that
+fits 15 minutes on a 2-core machine and decides nothing) and `full` (the seeds and
+schedule the claims are judged on).
+
+Cells are arm × seed (seeds `--seed` .. `--seed` + budget.seeds − 1; the seed draws the
+subject split, the episodes and the initialisation, so the arms of one seed are tested on
+the same test subjects and episodes: the pairs of the paired contrasts). Each cell is one
+`run_training` (the code of `lightman train`: model selection on validation subjects
+only, then one test on the test subjects), in process in its Tune trial (workers=1).
+
+The grid: `ray.tune.Tuner` over `grid_search` of the pending cell ids, a function trainable
+that runs its cell, `cpus_per_cell` CPUs per trial; Tune places the trials over whatever
+the cluster has (one machine or many), retries a failed one (`FailureConfig`) and keeps
+its experiment state under <out>/ray. A cell's trial resumes its run from the run's last
+checkpoint when one is there (a retry, or a study killed mid-cell).
+
+Resumable: a finished cell is kept (platform/kept.py) at <out>/cells/<config hash>.json
+with the index's content hash, its path-free config and the package versions; a study
+started again runs only the cells not kept (a finished cell is never rerun). An output
+folder holding a cell of another index is refused before anything runs, naming the cell
+and both indexes.
+
+The cost of `full` is printed before it starts (and by `--plan` for any budget): on this
+machine, each arm's seconds per outer step (the mean of 2 timed `meta_grads` + optimiser
+steps after a warm-up, on the cell's own model, learner and episodes) and seconds per
+evaluation episode (2 episodes adapted and predicted) are measured, and a cell is
+estimated as step_s × iterations + episode_s × (val_episodes × validations +
+test_episodes), times its `threads` for CPU hours; the data loading and Ray's start-up
+are not counted, and another machine's speed differs.
+
+The report (report.md, report.html with its figures embedded as data URIs, figures/*.png,
+study.json with every number): per arm the mean ± 95% Student t CI across seeds of each
+metric (in %), the paired contrasts with their CIs, p-values and Holm-adjusted p-values
+over the table's family, which contrasts survive Holm, each claim's verdict by the rule of
+platform/stats.py, the paper's published numbers beside ours, the exact configs (each
+cell's config hash), the versions and the index's content hash.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from lightman.models.provenance import to_dict, versions
+from lightman.platform import kept, stats
+from lightman.platform.config import (
+    ConfigError,
+    _merge,
+    from_dict,
+    load_config,
+    load_yaml,
+    parse_overrides,
+)
+from lightman.platform.evaluate import METRICS
+from lightman.tasks import storage
+
+REPO = Path(__file__).resolve().parents[1]
+STUDIES = "configs/studies"  # where `--study NAME` looks (the working folder, then the repo)
+BUDGETS = ("quick", "full")
+CELLS_DIR = "cells"
+RUNS_DIR = "runs"
+NAMES = {"acc": "ACC", "macro_f1": "F1", "uar": "UAR", "uf1": "UF1"}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the paper and the contrast that tests it, named before anything runs."""
+
+    contrast: str  # "A-B:metric", e.g. lightman-maml:acc (A, B: arms of the study)
+    direction: str = "greater"  # greater: the paper has A > B; less: A < B
+    size: float | None = None  # the paper's A − B in points (%); None: direction only
+    text: str = ""  # the paper's words or numbers the claim stands for
+
+    def __post_init__(self) -> None:
+        if self.direction not in stats.DIRECTIONS:
+            raise ValueError(f"direction must be one of {stats.DIRECTIONS}")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The seeds and schedule of one budget."""
+
+    seeds: int = 2  # seeds per arm: the cells are arms × seeds
+    train: dict = field(default_factory=dict)  # TrainConfig keys over the study's `train`
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A study: arms × seeds of one training config, its contrasts and the paper's claims."""
+
+    name: str = ""  # the study's name (the report's title line)
+    title: str = ""  # the part of the paper it stands for
+    protocol: str = "fewshot"  # the test: few-shot episodes on the run's test subjects
+    base: str = ""  # a YAML file whose `base_key` section is the starting TrainConfig
+    base_key: str = ""  # the section of `base` ("" = the whole file)
+    train: dict = field(default_factory=dict)  # TrainConfig keys over `base` (every arm)
+    learners: tuple[str, ...] = ("lightman", "maml")  # the arms, the primary among them
+    primary: str = "lightman"  # the arm every contrast compares against
+    # arm -> its TrainConfig overrides (key=value strings or a mapping); an arm without an
+    # entry is the learner of its name; model.ways=classes: the primary pool's class count
+    overrides: dict = field(default_factory=dict)
+    metrics: tuple[str, ...] = METRICS  # reported per arm
+    contrast_metrics: tuple[str, ...] = ("acc",)  # the family: primary − arm on each
+    primary_contrast: str = ""  # the table's pre-named contrast, "A-B:metric"
+    claims: tuple[Claim, ...] = ()  # the paper's claims, each tested by its contrast
+    paper: dict = field(default_factory=dict)  # arm -> {metric: the paper's %}
+    paper_source: str = ""  # where the paper's numbers come from (table, column)
+    quick: Budget = field(default_factory=lambda: Budget(seeds=2))  # a smoke run
+    full: Budget = field(default_factory=lambda: Budget(seeds=5))  # what decides
+    cpus_per_cell: float = 1.0  # CPUs Tune reserves per cell (its threads)
+    confidence: float = 0.95  # of every interval; α = 1 − confidence
+
+    def __post_init__(self) -> None:
+        if self.protocol != "fewshot":
+            raise ValueError(
+                "protocol: only fewshot runs in this version (loso, composite and megc-loso, "
+                "Table 1's protocols, come later)"
+            )
+        if self.primary not in self.learners:
+            raise ValueError(f"primary {self.primary!r} is not one of learners {self.learners}")
+        if len(set(self.learners)) != len(self.learners):
+            raise ValueError(f"learners repeat a name: {self.learners}")
+        unknown = sorted(set(self.overrides) - set(self.learners))
+        if unknown:
+            raise ValueError(f"overrides name arms that are not learners: {unknown}")
+        for m in (*self.metrics, *self.contrast_metrics):
+            if m not in METRICS:
+                raise ValueError(f"metric {m!r} is not one of {list(METRICS)}")
+        names = {c.name for c in self.contrasts_named()}
+        for named in (self.primary_contrast, *(c.contrast for c in self.claims)):
+            if named and named not in names:
+                raise ValueError(f"contrast {named!r} is not one of the study's: {sorted(names)}")
+        if not self.primary_contrast:
+            raise ValueError("primary_contrast: name the table's primary contrast up front")
+        if self.quick.seeds < 1 or self.full.seeds < 1 or self.cpus_per_cell <= 0:
+            raise ValueError("budgets need seeds >= 1 and cpus_per_cell > 0")
+
+    def contrasts_named(self) -> list[stats.Contrast]:
+        """The family's (empty) contrasts: primary − every other arm on each contrast metric."""
+        return [
+            stats.Contrast(
+                stats.contrast_name(self.primary, b, m),
+                self.primary,
+                b,
+                m,
+                (),
+                (),
+                stats.Interval(math.nan, math.nan, 0),
+                math.nan,
+            )
+            for m in self.contrast_metrics
+            for b in self.learners
+            if b != self.primary
+        ]
+
+    def budget(self, name: str) -> Budget:
+        if name not in BUDGETS:
+            raise ConfigError(f"budget must be one of {list(BUDGETS)}, got {name!r}")
+        return getattr(self, name)
+
+
+def study_path(study: str) -> Path:
+    """A study file, or a name under configs/studies/ (the working folder's, then the repo's)."""
+    for candidate in (
+        Path(study),
+        Path(STUDIES, f"{study}.yaml"),
+        REPO / STUDIES / f"{study}.yaml",
+    ):
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in (REPO / STUDIES).glob("*.yaml"))
+    raise ConfigError(f"--study {study}: no such file, nor a study of {STUDIES}/: {known}")
+
+
+def load_study(study: str, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
+    return load_config(StudyConfig, study_path(study), overrides)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One arm at one seed: its path-free TrainConfig (data.index "") and that config's hash."""
+
+    id: str
+    arm: str
+    seed: int
+    config: dict
+    hash: str
+
+
+def _base(study: StudyConfig) -> dict:
+    if not study.base:
+        return {}
+    path = Path(study.base)
+    if not path.is_file():
+        path = REPO / study.base
+    data = load_yaml(path.read_text()) or {}
+    return data.get(study.base_key, {}) if study.base_key else data
+
+
+def _arm(study: StudyConfig, arm: str) -> dict:
+    over = study.overrides.get(arm)
+    if over is None:
+        return {"learner": {"name": arm}}
+    if isinstance(over, dict):
+        return over
+    return parse_overrides(list(over))
+
+
+def build_cells(study: StudyConfig, budget: str, index: str, seed: int = 0) -> list[Cell]:
+    """The study's cells for `budget`: every arm at seeds seed .. seed + seeds − 1, each
+    config checked by TrainConfig (a bad key fails here, before anything runs)."""
+    from lightman.platform.train import TrainConfig
+
+    b = study.budget(budget)
+    common = _merge(_merge(_base(study), study.train), b.train)
+    classes = None
+    cells = []
+    for arm in study.learners:
+        data = _merge(common, _arm(study, arm))
+        if data.get("model", {}).get("ways") == "classes":
+            if classes is None:
+                classes = _class_count(data, index)
+            data = _merge(data, {"model": {"ways": classes}})
+        for s in range(seed, seed + b.seeds):
+            cfg = from_dict(TrainConfig, _merge(data, {"seed": s, "data": {"index": index}}))
+            if cfg.uses_ray:
+                raise ConfigError(
+                    f"arm {arm}: a cell trains in its Tune trial's process: workers=1, "
+                    "backend auto or local, no storage_path"
+                )
+            config = to_dict(cfg)
+            config["data"]["index"] = ""  # path-free: the index is named by its hash
+            chash = kept.config_hash({"train": config, "protocol": study.protocol})
+            cells.append(Cell(f"{arm}-s{s}", arm, s, config, chash))
+    return cells
+
+
+def _class_count(data: dict, index: str) -> int:
+    from lightman.platform.selection import DataSelection, primary_pool
+
+    sel = from_dict(DataSelection, {**data.get("data", {}), "index": index})
+    return len(primary_pool(sel, frames=False).class_names)
+
+
+def _with_index(config: dict, index: str):
+    from lightman.platform.train import TrainConfig
+
+    return from_dict(TrainConfig, _merge(config, {"data": {"index": index}}))
+
+
+def run_cell(cell: Cell, index: str, index_hash: str, out: str) -> dict:
+    """Train and test one cell (`run_training`, resuming its run from a checkpoint when one
+    is there) and keep its row; the row."""
+    from lightman.platform.run_state import latest_checkpoint
+    from lightman.platform.train import CHECKPOINTS_DIR, run_training
+
+    cfg = _with_index(cell.config, index)
+    run = storage.resolve(out).join(RUNS_DIR, f"{cell.id}-{cell.hash}")
+    resume = latest_checkpoint(run.join(CHECKPOINTS_DIR)) is not None
+    t0 = time.perf_counter()
+    m = run_training(cfg, run.uri, resume=resume).metrics
+    figures = {
+        "cell": cell.id,
+        "arm": cell.arm,
+        "seed": cell.seed,
+        "figures": {k: 100 * m["test"][k][0] for k in METRICS},  # mean over test episodes, %
+        "episode_ci": {k: 100 * m["test"][k][1] for k in METRICS},
+        "test_episodes": m["test_episodes"],
+        "test_subjects": m["test_subjects"],
+        "best_iteration": m["best_iteration"],
+        "val_acc": m["val_acc"],
+        "train_seconds": m["train_seconds"],
+        "seconds_per_step": (m["train_seconds"] or 0) / max(cfg.iterations, 1),
+        "cell_seconds": round(time.perf_counter() - t0, 1),
+        "resumed": resume,
+        "run": run.uri,
+    }
+    loc = kept.cell_location(storage.resolve(out).join(CELLS_DIR).uri, cell.hash)
+    return kept.write_cell(loc, figures, cell.config, index_hash)
+
+
+def _trial(params: dict, *, cells: dict, index: str, index_hash: str, out: str) -> None:
+    """Tune's function trainable: run the cell `params["cell"]` (kept: read it back)."""
+    import ray.tune
+
+    from lightman.platform.runtime import setup
+
+    setup()
+    cell = cells[params["cell"]]
+    loc = kept.cell_location(storage.resolve(out).join(CELLS_DIR).uri, cell.hash)
+    row = kept.read_cell(loc, index_hash) or run_cell(cell, index, index_hash, out)
+    ray.tune.report({"cell": cell.id, **row["figures"]})
+
+
+def run_grid(cells: list[Cell], index: str, index_hash: str, out: str, cpus: float) -> list:
+    """The pending cells as one Ray Tune grid (module docstring); Tune's errors, if any."""
+    import ray
+    import ray.tune
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    root = storage.resolve(out)
+    started = not ray.is_initialized()
+    if started:  # RAY_ADDRESS joins a cluster, else a local one
+        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        trainable = ray.tune.with_resources(
+            ray.tune.with_parameters(
+                _trial,
+                cells={c.id: c for c in cells},
+                index=index,
+                index_hash=index_hash,
+                out=root.uri,
+            ),
+            {"cpu": cpus},
+        )
+        tune_dir = root.join("ray")  # a path and a filesystem, as platform/tune.py does
+        grid = ray.tune.Tuner(
+            trainable,
+            param_space={"cell": ray.tune.grid_search([c.id for c in cells])},
+            run_config=ray.tune.RunConfig(
+                name=f"cells-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=tune_dir.path,
+                storage_filesystem=tune_dir.fs if tune_dir.is_s3 else None,
+                failure_config=ray.tune.FailureConfig(max_failures=2),
+                verbose=0,
+            ),
+        ).fit()
+        return list(grid.errors)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# --- the cost of a budget ---------------------------------------------------------------
+
+
+def measure_arm(config: dict, index: str, steps: int = 2) -> dict:
+    """Seconds per outer step and per evaluation episode of one cell's config, measured here
+    (module docstring)."""
+    import torch
+
+    from lightman.models.learners import build_learner, outer_optimizer
+    from lightman.models.net import build_model
+    from lightman.platform.evaluate import evaluate_episodes
+    from lightman.platform.loop import outer_step
+    from lightman.platform.train import prepare
+    from lightman.tasks.episodes import fixed_episodes
+
+    cfg = _with_index(config, index)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(cfg.threads, 1))
+    try:
+        data = prepare(cfg)
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model).train()
+        learner = build_learner(cfg.learner)
+        params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+        optimizer = outer_optimizer(params.values(), cfg.learner)
+        times = []
+        for it in range(steps + 1):  # the first is a warm-up
+            tasks = fixed_episodes(
+                data.train, cfg.episode, cfg.meta_batch, seed=(cfg.seed, it + 1), aux_pool=data.aux
+            )
+            t0 = time.perf_counter()
+            grads, _ = learner.meta_grads(model, params, buffers, list(tasks))
+            outer_step(optimizer, params, grads, cfg.meta_batch)
+            times.append(time.perf_counter() - t0)
+        eps = fixed_episodes(data.val, cfg.episode, 2, seed=cfg.seed + 1, aux_pool=data.aux)
+        t0 = time.perf_counter()
+        evaluate_episodes(learner, model.eval(), params, buffers, eps)
+        episode_s = (time.perf_counter() - t0) / 2
+    finally:
+        torch.set_num_threads(threads)
+    return {"step_s": sum(times[1:]) / steps, "episode_s": episode_s}
+
+
+def estimate(cells: list[Cell], index: str, cpus_per_cell: float) -> dict:
+    """Expected seconds of each cell from its arm's measured speed (`measure_arm`, once per
+    arm); {"arms": {arm: speeds}, "cells": {id: s}, "cpu_hours": Σ s × threads / 3600}."""
+    arms: dict[str, dict] = {}
+    per_cell = {}
+    cpu_s = 0.0
+    for cell in cells:
+        if cell.arm not in arms:
+            arms[cell.arm] = measure_arm(cell.config, index)
+        speed, c = arms[cell.arm], cell.config
+        validations = math.ceil(c["iterations"] / c["eval_every"])
+        s = speed["step_s"] * c["iterations"] + speed["episode_s"] * (
+            c["val_episodes"] * validations + c["test_episodes"]
+        )
+        per_cell[cell.id] = s
+        cpu_s += s * max(c["threads"], cpus_per_cell, 1)
+    return {"arms": arms, "cells": per_cell, "cpu_hours": cpu_s / 3600}
+
+
+# --- the study --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReproduceResult:
+    out: str
+    ran: list[str]  # the cells this call trained
+    kept: list[str]  # the cells read back, finished before
+    report: str  # report.md's URI ("" with plan_only)
+    claims: list[dict]
+    estimate: dict | None
+
+
+def reproduce(
+    study: str,
+    index: str,
+    out: str,
+    budget: str = "quick",
+    seed: int = 0,
+    overrides: list[str] | tuple[str, ...] = (),
+    plan_only: bool = False,
+    echo: Callable[[str], None] = print,
+) -> ReproduceResult:
+    """Run `study` on `index` into `out` (module docstring); the report's claims."""
+    from lightman.platform.index import read_manifest
+
+    t_start = time.perf_counter()
+    path = study_path(study)
+    cfg = load_config(StudyConfig, path, overrides)
+    index = storage.resolve(index).uri  # absolute: Tune's trials run in their own folders
+    index_hash = read_manifest(index)["content_hash"]
+    cells = build_cells(cfg, budget, index, seed)
+    root = storage.resolve(out)
+    cells_dir = root.join(CELLS_DIR).uri
+    for row in kept.kept_cells(cells_dir):  # another index's cell: refused before any work
+        if row.get("index") != index_hash:
+            raise kept.KeptRowError(
+                f"{root.uri} holds cell {row.get('cell', '?')} ({row['_uri']}) measured on "
+                f"index {row.get('index')}; this index is {index_hash}: use another --out"
+            )
+    done = {c.id: kept.read_cell(kept.cell_location(cells_dir, c.hash), index_hash) for c in cells}
+    pending = [c for c in cells if done[c.id] is None]
+    b = cfg.budget(budget)
+    echo(
+        f"[reproduce] {cfg.name} ({budget}): {len(cfg.learners)} arms x {b.seeds} seeds = "
+        f"{len(cells)} cells, {len(cells) - len(pending)} kept, {len(pending)} to run; "
+        f"index {index_hash}"
+    )
+    cost = None
+    if budget == "full" or plan_only:
+        cost = estimate(pending, index, cfg.cpus_per_cell)
+        speeds = ", ".join(
+            f"{a} {v['step_s']:.3g} s/step {v['episode_s']:.3g} s/episode"
+            for a, v in cost["arms"].items()
+        )
+        echo(
+            f"[reproduce] expected {cost['cpu_hours']:.2f} CPU hours for the {len(pending)} "
+            f"cells to run (measured here: {speeds or 'nothing to run'}; data loading and "
+            "start-up not counted)"
+        )
+    if plan_only:
+        return ReproduceResult(root.uri, [], [c.id for c in cells if done[c.id]], "", [], cost)
+    storage.make_dirs(root)
+    if pending:
+        errors = run_grid(pending, index, index_hash, root.uri, cfg.cpus_per_cell)
+        for e in errors:
+            echo(f"[reproduce] a cell failed: {e}")
+    rows = {c.id: kept.read_cell(kept.cell_location(cells_dir, c.hash), index_hash) for c in cells}
+    missing = [c.id for c in cells if rows[c.id] is None]
+    if missing:
+        raise RuntimeError(
+            f"{len(missing)} cell(s) did not finish: {missing}; the finished ones are kept in "
+            f"{cells_dir}: run the same command again to run only these"
+        )
+    meta = {
+        "study": cfg.name,
+        "study_file": str(path),
+        "budget": budget,
+        "seeds": list(range(seed, seed + b.seeds)),
+        "index": index_hash,
+        "index_uri": index if not root.is_s3 else index,
+        "versions": versions(),
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "ran": [c.id for c in pending],
+        "overrides": list(overrides),
+    }
+    analysis = analyse(cfg, cells, rows, decisive=budget == "full")
+    report = write_report(cfg, cells, rows, analysis, meta, root)
+    echo(f"[reproduce] {len(cells)} cells in {meta['seconds']:.0f} s; report: {report}")
+    for c in analysis["claims"]:
+        echo(f"[reproduce] claim {c['contrast']}: {c['verdict']} ({c['reason']})")
+    return ReproduceResult(
+        root.uri,
+        [c.id for c in pending],
+        [c.id for c in cells if done[c.id]],
+        report,
+        analysis["claims"],
+        cost,
+    )
+
+
+def analyse(cfg: StudyConfig, cells: list[Cell], rows: dict, decisive: bool) -> dict:
+    """Per arm the t interval of each metric across seeds, the family's paired contrasts
+    with Holm's adjustment, and each claim's verdict (platform/stats.py)."""
+    by = {a: {m: {} for m in cfg.metrics} for a in cfg.learners}
+    for c in cells:
+        for m in cfg.metrics:
+            by[c.arm][m][c.seed] = rows[c.id]["figures"][m]
+    arms = {
+        a: {m: stats.t_interval(list(v.values()), cfg.confidence) for m, v in ms.items()}
+        for a, ms in by.items()
+    }
+    family = stats.with_holm(
+        [
+            stats.paired(c.a, c.b, c.metric, by[c.a][c.metric], by[c.b][c.metric], cfg.confidence)
+            for c in cfg.contrasts_named()
+        ]
+    )
+    named = {c.name: c for c in family}
+    alpha = 1 - cfg.confidence
+    claims = []
+    for claim in cfg.claims:
+        c = named.get(claim.contrast)
+        primary = claim.contrast == cfg.primary_contrast
+        v = stats.verdict(c, claim.direction, claim.size, primary, decisive, alpha)
+        claims.append(
+            {
+                "contrast": claim.contrast,
+                "text": claim.text,
+                "direction": claim.direction,
+                "size": claim.size,
+                "primary": primary,
+                "ours": None if c is None else [c.interval.low, c.interval.mean, c.interval.high],
+                "verdict": v.verdict,
+                "reason": v.reason,
+            }
+        )
+    return {"by_seed": by, "arms": arms, "contrasts": family, "claims": claims, "alpha": alpha}
+
+
+# --- the report -------------------------------------------------------------------------
+
+
+def _pm(iv: stats.Interval) -> str:
+    return f"{iv.mean:.2f} ± {iv.half:.2f}" if math.isfinite(iv.half) else f"{iv.mean:.2f}"
+
+
+def _p(p: float) -> str:
+    return "-" if not math.isfinite(p) else f"{p:.3g}"
+
+
+def _figures(cfg: StudyConfig, analysis: dict) -> dict[str, bytes]:
+    """PNG figures: each arm's mean with its CI (paper's numbers as crosses), and the
+    primary contrasts' paired differences with their CIs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    metric = cfg.contrast_metrics[0]
+    arms = list(cfg.learners)
+    ivs = [analysis["arms"][a][metric] for a in arms]
+    fig, ax = plt.subplots(figsize=(1.2 * len(arms) + 2, 3.6))
+    x = range(len(arms))
+    halves = [iv.half if math.isfinite(iv.half) else 0 for iv in ivs]
+    ax.bar(x, [iv.mean for iv in ivs], yerr=halves, capsize=4, color="#4c78a8", label="this run")
+    published = [(i, cfg.paper.get(a, {}).get(metric)) for i, a in enumerate(arms)]
+    published = [(i, v) for i, v in published if v is not None]
+    if published:
+        ax.plot(*zip(*published), "x", color="#e45756", ms=9, mew=2, label="paper")
+    ax.set_xticks(list(x), arms, rotation=30, ha="right")
+    ax.set_ylabel(f"{NAMES[metric]} (%)")
+    ax.set_title(f"{cfg.name}: {NAMES[metric]}, mean ± {cfg.confidence:.0%} CI across seeds")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    out[f"{metric}_per_arm.png"] = _png(fig)
+    cs = [c for c in analysis["contrasts"] if c.metric == metric]
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(cs) + 1.6))
+    for i, c in enumerate(cs):
+        half = c.interval.half if math.isfinite(c.interval.half) else 0
+        ax.errorbar(c.interval.mean, i, xerr=half, fmt="o", capsize=4, color="#4c78a8")
+    ax.axvline(0, color="grey", lw=1)
+    ax.set_yticks(range(len(cs)), [f"{c.a} − {c.b}" for c in cs])
+    ax.set_xlabel(f"paired difference of {NAMES[metric]} (points), {cfg.confidence:.0%} CI")
+    ax.set_title("paired contrasts against the primary arm")
+    fig.tight_layout()
+    out[f"{metric}_contrasts.png"] = _png(fig)
+    plt.close("all")
+    return out
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _tables(cfg: StudyConfig, cells: list[Cell], rows: dict, analysis: dict, meta: dict):
+    """The report's sections as (heading, text paragraphs, table header, table rows)."""
+    alpha = analysis["alpha"]
+    sections = []
+    seeds = meta["seeds"]
+    head = ["arm", *[NAMES[m] for m in cfg.metrics], f"per-seed {NAMES[cfg.metrics[0]]}"]
+    body = [
+        [
+            a + (" (primary)" if a == cfg.primary else ""),
+            *[_pm(analysis["arms"][a][m]) for m in cfg.metrics],
+            " ".join(f"{analysis['by_seed'][a][cfg.metrics[0]][s]:.1f}" for s in seeds),
+        ]
+        for a in cfg.learners
+    ]
+    episodes = sorted({rows[c.id]["test_episodes"] for c in cells})
+    sections.append(
+        (
+            "Results",
+            [
+                f"Mean ± {cfg.confidence:.0%} Student t CI across {len(seeds)} seeds "
+                f"({seeds[0]}..{seeds[-1]}), in %; each seed's figure is the mean over its "
+                f"{'/'.join(map(str, episodes))} test episodes on test subjects never seen in "
+                "training or model selection."
+            ],
+            head,
+            body,
+        )
+    )
+    head = ["contrast", "mean difference (points)", "CI", "p (paired t)", "p (Holm)", "survives"]
+    body = []
+    for c in analysis["contrasts"]:
+        iv = c.interval
+        ci = f"[{iv.low:+.2f}, {iv.high:+.2f}]" if math.isfinite(iv.half) else "-"
+        primary = c.name == cfg.primary_contrast
+        body.append(
+            [
+                c.name + (" **(primary)**" if primary else ""),
+                f"{iv.mean:+.2f}",
+                ci,
+                _p(c.p),
+                _p(c.p_holm),
+                "yes" if c.p_holm < alpha else "no",
+            ]
+        )
+    survivors = [c.name for c in analysis["contrasts"] if c.p_holm < alpha]
+    sections.append(
+        (
+            "Paired contrasts",
+            [
+                f"Primary contrast, named before the run: **{cfg.primary_contrast}**. Per seed "
+                "A − B on the same test subjects and episodes; Holm's correction over the "
+                f"family of {len(analysis['contrasts'])} contrasts at α = {alpha:.2g}. "
+                f"Surviving Holm: {', '.join(survivors) or 'none'}."
+            ],
+            head,
+            body,
+        )
+    )
+    head = ["claim", "paper", "contrast", "this run (CI)", "verdict", "why"]
+    body = [
+        [
+            c["text"] or c["contrast"],
+            "-" if c["size"] is None else f"{c['size']:+.2f} ({c['direction']})",
+            c["contrast"] + (" (primary)" if c["primary"] else ""),
+            "-"
+            if c["ours"] is None
+            else f"{c['ours'][1]:+.2f} [{c['ours'][0]:+.2f}, {c['ours'][2]:+.2f}]",
+            f"**{c['verdict']}**",
+            c["reason"],
+        ]
+        for c in analysis["claims"]
+    ]
+    sections.append(
+        (
+            "The paper's claims",
+            [
+                "The rule (platform/stats.py): reproduced when the contrast's CI lies wholly "
+                "on the paper's side of 0, secondary contrasts also surviving Holm, and, where "
+                "the paper gives a size, the CI reaches it; not testable with fewer than 2 "
+                "seeds or on the quick budget."
+            ],
+            head,
+            body,
+        )
+    )
+    if cfg.paper:
+        shown = sorted({m for v in cfg.paper.values() for m in v}, key=list(METRICS).index)
+        head = [
+            "arm",
+            *[f"paper {NAMES[m]}" for m in shown],
+            *[f"this run {NAMES[m]}" for m in shown],
+        ]
+        body = [
+            [
+                a,
+                *[
+                    "-" if cfg.paper.get(a, {}).get(m) is None else f"{cfg.paper[a][m]:.2f}"
+                    for m in shown
+                ],
+                *[_pm(analysis["arms"][a][m]) if m in analysis["arms"][a] else "-" for m in shown],
+            ]
+            for a in cfg.learners
+        ]
+        sections.append(
+            (
+                "Beside the paper's published numbers",
+                [
+                    f"Published: {cfg.paper_source or 'the paper'}. This run's data, model and "
+                    "schedule are the study's, not the paper's: the numbers are side by side, "
+                    "not comparable one to one."
+                ],
+                head,
+                body,
+            )
+        )
+    return sections
+
+
+def _md_table(head: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in r) + " |" for r in body]
+    return "\n".join(lines)
+
+
+def _html_text(text: str) -> str:
+    out = html.escape(text)
+    parts = out.split("**")
+    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _html_table(head: list[str], body: list[list[str]]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    trs = "".join(
+        "<tr>" + "".join(f"<td>{_html_text(str(v))}</td>" for v in r) + "</tr>" for r in body
+    )
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+CSS = (
+    "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;"
+    "text-align:left}th{background:#f3f3f3}pre{background:#f6f6f6;padding:1em;overflow:auto}"
+    ".warn{background:#fff4ce;padding:.6em 1em;border-left:4px solid #e0a800}img{max-width:100%}"
+)
+
+
+def write_report(
+    cfg: StudyConfig, cells: list[Cell], rows: dict, analysis: dict, meta: dict, root
+) -> str:
+    """report.md, report.html (self-contained), figures/*.png and study.json under `root`."""
+    figures = _figures(cfg, analysis)
+    for name, png in figures.items():
+        storage.write_bytes(root.join("figures", name), png)
+    sections = _tables(cfg, cells, rows, analysis, meta)
+    title = f"{cfg.name}: {cfg.title}" if cfg.title else cfg.name
+    warn = (
+        "Budget quick: a smoke run of the machinery (few seeds, few steps, few episodes). "
+        "It decides nothing: every claim is marked not testable; run --budget full."
+        if meta["budget"] != "full"
+        else ""
+    )
+    provenance = [
+        f"Index content hash: `{meta['index']}`",
+        f"Study: `{meta['study_file']}`, budget {meta['budget']}, seeds {meta['seeds']}"
+        + (f", overrides {meta['overrides']}" if meta["overrides"] else ""),
+        f"Cells: {len(cells)} ({len(meta['ran'])} run by this call, the rest kept), "
+        f"{meta['seconds']:.0f} s for this call",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+    ]
+    configs = {}
+    for c in cells:
+        if c.arm not in configs:
+            seedless = {k: v for k, v in c.config.items() if k != "seed"}
+            configs[c.arm] = yaml.safe_dump(seedless, sort_keys=False)
+    hashes = ", ".join(f"{c.id} `{c.hash}`" for c in cells)
+    md = [f"# {title}", ""]
+    if warn:
+        md += [f"> **{warn}**", ""]
+    for heading, paragraphs, head, body in sections:
+        md += [f"## {heading}", "", *paragraphs, "", _md_table(head, body), ""]
+    md += ["## Figures", ""]
+    md += [f"![{n}](figures/{n})" for n in figures] + [""]
+    md += ["## Provenance", "", *[f"- {p}" for p in provenance], ""]
+    md += [f"Cells and their config hashes (kept in `cells/<hash>.json`): {hashes}", ""]
+    md += [
+        "## The exact configs",
+        "",
+        "Each arm's TrainConfig (every seed the same but `seed`; `data.index` is the index above):",
+        "",
+    ]
+    for arm, text in configs.items():
+        md += [f"### {arm}", "", "```yaml", text.rstrip(), "```", ""]
+    storage.write_text(root.join("report.md"), "\n".join(md))
+
+    h = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    if warn:
+        h.append(f"<p class='warn'><b>{html.escape(warn)}</b></p>")
+    for heading, paragraphs, head, body in sections:
+        h.append(f"<h2>{html.escape(heading)}</h2>")
+        h += [f"<p>{_html_text(p)}</p>" for p in paragraphs]
+        h.append(_html_table(head, body))
+    h.append("<h2>Figures</h2>")
+    for name, png in figures.items():
+        data = base64.b64encode(png).decode()
+        h.append(f"<p><img class='figure' alt='{name}' src='data:image/png;base64,{data}'></p>")
+    h.append("<h2>Provenance</h2><ul>")
+    h += [f"<li>{html.escape(p)}</li>" for p in provenance]
+    h.append(f"</ul><p>Cells and their config hashes: {html.escape(hashes)}</p>")
+    h.append("<h2>The exact configs</h2>")
+    for arm, text in configs.items():
+        h.append(f"<h3>{html.escape(arm)}</h3><pre>{html.escape(text)}</pre>")
+    h.append("</body></html>")
+    storage.write_text(root.join("report.html"), "\n".join(h))
+
+    record = {
+        **meta,
+        "study_config": to_dict(cfg),
+        "cells": [dataclasses.asdict(c) for c in cells],
+        "figures": {c.id: rows[c.id]["figures"] for c in cells},
+        "arms": {
+            a: {m: dataclasses.asdict(iv) for m, iv in ms.items()}
+            for a, ms in analysis["arms"].items()
+        },
+        "contrasts": [dataclasses.asdict(c) for c in analysis["contrasts"]],
+        "claims": analysis["claims"],
+    }
+    storage.write_text(root.join("study.json"), json.dumps(record, indent=1, default=str))
+    return root.join("report.md").uri

@@ -1,0 +1,220 @@
+"""`lightman reproduce` (platform/reproduce.py): a study end to end on a tiny generated
+index as a Ray Tune grid, its output on the test S3 endpoint; a cell's figures equal its
+config trained alone; a second call runs only the cells not kept; another index's cells
+are refused by name; `full` prints its measured cost; the HTML report opens in headless
+Chromium with its figures loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightman.platform import generated, kept, reproduce
+from lightman.platform.train import run_training
+from lightman.tasks import storage
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TINY = {
+    "episode": {"ways": 3, "shots": 1, "query": 2, "aux_shots": 1},
+    "model": {"ways": 3, "image_size": 16, "frames": 6, "hidden": 8, "aux_dim": 8},
+    "data": {
+        "primary": ["casme2"],
+        "auxiliary": ["ckplus"],
+        "val_fraction": 0.2,
+        "test_fraction": 0.3,
+    },
+    "meta_batch": 2,
+    "threads": 1,
+    "workers": 1,
+    "iterations": 2,
+    "eval_every": 2,
+    "checkpoint_every": 2,
+    "val_episodes": 2,
+    "test_episodes": 4,
+}
+STUDY = {
+    "name": "tiny",
+    "title": "the machinery on a tiny index",
+    "train": TINY,
+    "learners": ["lightman", "maml"],
+    "primary": "lightman",
+    "contrast_metrics": ["acc", "macro_f1"],
+    "primary_contrast": "lightman-maml:acc",
+    "claims": [{"contrast": "lightman-maml:acc", "size": 30.48, "text": "Table 2 ACC"}],
+    "paper": {"lightman": {"acc": 93.48}, "maml": {"acc": 63.0}},
+    "quick": {"seeds": 2},
+    "full": {"seeds": 3, "train": {"test_episodes": 6}},
+}
+
+
+def _index(root: Path, seed: int) -> str:
+    return generated.small_index(
+        root,
+        [
+            "datasets=[casme2,ckplus]",
+            f"seed={seed}",
+            "casme2.subjects=10",
+            "casme2.clips=90",
+            "ckplus.subjects=4",
+            "ckplus.clips=20",
+        ],
+        size=16,
+        frames=6,
+    )
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory) -> str:
+    return _index(tmp_path_factory.mktemp("repro-data"), seed=5)
+
+
+@pytest.fixture(scope="module")
+def study_file(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("repro-study") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(STUDY))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def first(ray_local, s3_endpoint, index, study_file):
+    _, bucket = s3_endpoint
+    out = f"s3://{bucket}/reproduce/tiny"
+    return out, reproduce.reproduce(study_file, index, out, budget="quick")
+
+
+def _cells(out: str) -> dict[str, dict]:
+    return {r["cell"]: r for r in kept.kept_cells(storage.resolve(out).join("cells").uri)}
+
+
+def test_shipped_studies_load_and_their_cells_build(index):
+    for name in ("table2", "aux_branch"):
+        study = reproduce.load_study(name)
+        assert study.primary_contrast and study.claims
+        for budget in ("quick", "full"):
+            cells = reproduce.build_cells(study, budget, index)
+            assert len(cells) == len(study.learners) * study.budget(budget).seeds
+    t2 = reproduce.load_study("table2")
+    full = reproduce.build_cells(t2, "full", index)
+    assert t2.full.seeds >= 5 and min(c.config["test_episodes"] for c in full) >= 600
+    assert {"lightman", "maml", "anil", "reptile", "protonet", "supervised"} == set(t2.learners)
+    sup = next(c for c in full if c.arm == "supervised")
+    assert sup.config["model"]["ways"] == 5  # model.ways=classes: the 5-class CASME II pool
+
+
+def test_the_study_runs_end_to_end_and_writes_its_report(first):
+    out, result = first
+    assert sorted(result.ran) == ["lightman-s0", "lightman-s1", "maml-s0", "maml-s1"]
+    assert result.kept == []
+    root = storage.resolve(out)
+    md = storage.read_bytes(root.join("report.md")).decode()
+    for needed in (
+        "lightman-maml:acc **(primary)**",
+        "p (Holm)",
+        "93.48",
+        "not testable",
+        "decides nothing",
+        "Index content hash",
+        "### maml",
+    ):
+        assert needed in md, needed
+    assert storage.exists(root.join("figures", "acc_per_arm.png"))
+    assert [c["verdict"] for c in result.claims] == ["not testable on this data"]  # quick
+    record = json.loads(storage.read_bytes(root.join("study.json")))
+    assert len(record["contrasts"]) == 2 and record["budget"] == "quick"
+
+
+def test_a_cell_equals_its_config_run_alone(first, index, tmp_path):
+    out, _ = first
+    row = _cells(out)["maml-s1"]
+    cfg = reproduce._with_index(row["config"], index)
+    alone = run_training(cfg, tmp_path / "alone").metrics  # `lightman train`'s code, no Ray
+    assert {k: 100 * alone["test"][k][0] for k in row["figures"]} == row["figures"]
+    assert alone["test_subjects"] == row["test_subjects"]
+
+
+def test_resume_runs_only_the_cells_not_kept(first, index, study_file):
+    out, _ = first
+    before = _cells(out)
+    storage.resolve(before["lightman-s1"]["_uri"]).fs.delete_file(
+        storage.resolve(before["lightman-s1"]["_uri"]).path
+    )
+    again = reproduce.reproduce(study_file, index, out, budget="quick")
+    assert again.ran == ["lightman-s1"]
+    assert sorted(again.kept) == ["lightman-s0", "maml-s0", "maml-s1"]
+    after = _cells(out)
+    for cell in ("lightman-s0", "maml-s0", "maml-s1"):
+        assert after[cell] == before[cell]  # read back, not rerun
+    assert after["lightman-s1"]["figures"] == before["lightman-s1"]["figures"]  # deterministic
+    nothing = reproduce.reproduce(study_file, index, out, budget="quick")
+    assert nothing.ran == [] and len(nothing.kept) == 4
+
+
+def test_another_index_is_refused_by_name(first, study_file, tmp_path):
+    out, _ = first
+    other = _index(tmp_path, seed=6)
+    mine = next(iter(_cells(out).values()))["index"]
+    with pytest.raises(kept.KeptRowError) as e:
+        reproduce.reproduce(study_file, other, out, budget="quick")
+    assert mine in str(e.value) and "cell " in str(e.value) and "use another --out" in str(e.value)
+
+
+def test_full_prints_its_measured_cost_before_it_starts(index, study_file, tmp_path):
+    said = []
+    plan = reproduce.reproduce(
+        study_file, index, str(tmp_path / "full"), budget="full", plan_only=True, echo=said.append
+    )
+    assert plan.ran == [] and plan.estimate["cpu_hours"] > 0
+    assert len(plan.estimate["cells"]) == 6 and set(plan.estimate["arms"]) == {"lightman", "maml"}
+    assert any("expected" in line and "CPU hours" in line for line in said)
+    assert not (tmp_path / "full" / "cells").exists()  # nothing ran
+
+
+CHECK = """<script>
+window.addEventListener('load', () => {
+  const imgs = [...document.querySelectorAll('img.figure')];
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.setAttribute('data-figures', ok + '/' + imgs.length);
+});
+</script></body>"""
+
+
+def test_the_html_report_opens_in_headless_chromium_with_its_figures(first, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium; see the Makefile)")
+    out, _ = first
+    html = storage.read_bytes(storage.resolve(out).join("report.html")).decode()
+    assert "data:image/png;base64," in html and "src='figures/" not in html  # self-contained
+    page = tmp_path / "report.html"  # alone in its folder: nothing else to load
+    page.write_text(html.replace("</body>", CHECK))
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--virtual-time-budget=5000",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert 'data-figures="2/2"' in dom, dom[-500:]
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [chromium, *flags, f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
