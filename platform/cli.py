@@ -126,6 +126,16 @@ EXAMPLES = {
               data.labels=composite3 episode.ways=3 model.ways=3
           lightman eval --checkpoint runs/comp/best.pt --index runs/demo/index --protocol composite
     """,
+    "reproduce": """
+        example:
+          lightman reproduce --study table2 --index runs/demo/index --out runs/table2 \\
+              --budget full --plan      # its cells and expected CPU hours; runs nothing
+          lightman reproduce --study table2 --index runs/demo/index --out runs/table2
+          lightman reproduce --study configs/studies/aux_branch.yaml --index runs/demo/index \\
+              --out s3://bucket/aux "learners=[lightman,maml_step]" --seed 10
+        quick (the default budget) is a smoke run that decides nothing; run it again and
+        only the cells not kept in OUT/cells/ run. Studies: configs/studies/.
+    """,
     "serve": """
         example:
           lightman serve --checkpoint runs/lightman/best.pt          # http://127.0.0.1:8000
@@ -334,6 +344,29 @@ def _parser() -> argparse.ArgumentParser:
         "--out", help="where to write results.json / results.csv (default: next to the checkpoint)"
     )
     settings(e, "YAML EvalConfig (episodes, shots, repeats, device)", "shots=5 episodes=600")
+    r = add(
+        "reproduce",
+        "Rerun a study of the paper (arms x seeds) on an index as a Ray Tune grid and write "
+        "its report (report.md, report.html): CIs, paired contrasts, Holm, claims' verdicts.",
+    )
+    r.add_argument("--index", required=True, help="index URI (local path or s3://)")
+    r.add_argument("--out", required=True, help="output folder (local or s3://): cells, report")
+    r.add_argument(
+        "--study", default="table2", help="a study YAML, or a name of configs/studies/ (table2)"
+    )
+    r.add_argument("--budget", default="quick", choices=("quick", "full"), help="default quick")
+    r.add_argument("--seed", type=int, default=0, help="the first seed (seeds N, N+1, ...)")
+    r.add_argument(
+        "--plan", action="store_true", help="print the cells and the expected CPU hours; run none"
+    )
+    r.add_argument(
+        "--cfg",
+        action="store_true",
+        help="print the resolved study (every key, its value and meaning) and exit",
+    )
+    r.add_argument(
+        "overrides", nargs="*", help="key=value overrides of the study, e.g. quick.seeds=3"
+    )
 
     def resources(q: argparse.ArgumentParser, copies: str, flag: str, default: str) -> None:
         q.add_argument(flag, type=int, help=f"{copies} of the model ({default})")
@@ -486,6 +519,15 @@ def _cmd_eval(a: argparse.Namespace) -> None:
     print(result.table)
 
 
+def _cmd_reproduce(a: argparse.Namespace) -> None:
+    from lightman.platform import reproduce
+
+    if a.cfg:
+        a.config = str(reproduce.study_path(a.study))
+        return _print_cfg(a, reproduce.load_study(a.study, a.overrides))
+    reproduce.reproduce(a.study, a.index, a.out, a.budget, a.seed, a.overrides, a.plan)
+
+
 def _cmd_demo(a: argparse.Namespace) -> None:
     from lightman.platform.config import load_config
     from lightman.platform.demo import DemoConfig, run_demo
@@ -551,6 +593,7 @@ COMMANDS = {
     "pretrain": _cmd_pretrain,
     "report": _cmd_report,
     "eval": _cmd_eval,
+    "reproduce": _cmd_reproduce,
     "demo": _cmd_demo,
     "serve": _cmd_serve,
     "score": _cmd_score,
