@@ -9,7 +9,7 @@ RUFF := ruff==0.17.6
 SEED ?= 0
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo tune-demo demo-ma2mi test lint install install-test bench clean
+.PHONY: demo tune-demo demo-ma2mi test lint install install-test install-chromium bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,12 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
+
+# Headless Chromium (Debian's package) for tests/test_reproduce.py's screenshot test of a
+# study's report.html; without it (no root, no apt) that one test skips, saying why.
+install-chromium:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "chromium not installed: tests/test_reproduce.py's HTML test will skip"
 
 $(VENV)/.installed-demo: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[demo]'
