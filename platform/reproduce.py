@@ -495,7 +495,6 @@ def reproduce(
         "budget": budget,
         "seeds": list(range(seed, seed + b.seeds)),
         "index": index_hash,
-        "index_uri": index if not root.is_s3 else index,
         "versions": versions(),
         "seconds": round(time.perf_counter() - t_start, 1),
         "ran": [c.id for c in pending],
