@@ -79,10 +79,11 @@ def evaluate_episodes(learner, model, params, buffers, episodes) -> dict:
     the counts of each real class, not of way j, which is another class in every episode;
     the per-episode metrics do not depend on the labelling."""
     pairs = []
-    device = next(iter(params.values())).device  # the episodes go where the model is
+    # the episodes go where the model is (a model without parameters takes them as they are)
+    device = next((p.device for p in params.values()), None)
     with eval_mode(model):
         for ep in episodes:
-            ep = ep.to(device)
+            ep = ep if device is None else ep.to(device)
             with torch.enable_grad():  # test-time adaptation takes gradient steps
                 logits = learner.predict(model, params, buffers, ep)
             classes = np.asarray(ep.classes)  # (N,): way j -> global class

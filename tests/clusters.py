@@ -1,6 +1,6 @@
 """Simulated multi-node Ray clusters for tests: several Ray nodes on this one machine.
 
-Two kinds, both with Ray's token authentication on (every node inherits the test
+Three kinds, all with Ray's token authentication on (every node inherits the test
 process's RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH that conftest.py sets):
 
 - `simulated_cluster(workers=2)`: `ray.cluster_utils.Cluster`, a head with 0 CPUs (it runs
@@ -9,8 +9,10 @@ process's RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH that conftest.py sets):
 - `autoscaling_cluster(worker_types)`: Ray's fake multi-node autoscaler
   (`FakeAutoscalingCluster`, an `AutoscalingCluster`): a head with 0 CPUs and node types
   the autoscaler launches as Ray nodes on demand, from 0 up to their `max_workers`.
+- `job_head(bin, env)`: a single `ray start --head` with its dashboard's job server, for
+  `ray job submit` (deploy/submit.sh, the job test of a running cluster).
 
-Either is private to the test that starts it, so that other Ray instances on the machine
+Each is private to the test that starts it, so that other Ray instances on the machine
 (another pytest-xdist worker's, another user's) are never touched: every port is chosen
 free, the Ray temp folder (sessions, logs and the `ray_current_cluster` address file that
 a bare `ray.init()` would follow) lives in a fresh folder through RAY_TMPDIR, and shutdown
@@ -325,3 +327,74 @@ def nodes_of(address: str) -> list[dict]:
         return [n for n in ray.nodes() if n["Alive"]]
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def job_head(node_bin: Path, env: dict[str, str]):
+    """`ray start --head` (2 CPUs, with its dashboard's job server) on 127.0.0.1 from
+    `node_bin`, every port chosen free (other Ray clusters on this machine hold the
+    defaults: a dashboard agent without its port cannot accept jobs); yields the dashboard's
+    address, for `ray job submit`, and stops exactly this cluster (`ray stop` would stop
+    every Ray on the machine)."""
+    dashboard = free_port()
+    ports = [
+        f"--{name}-port={free_port()}"
+        for name in (
+            "dashboard-agent-listen",
+            "dashboard-agent-grpc",
+            "runtime-env-agent",
+            "metrics-export",
+            "ray-client-server",
+            "node-manager",
+            "object-manager",
+        )
+    ]
+    temp = tempfile.mkdtemp(prefix="rd", dir="/tmp")  # short: Ray's socket paths must fit
+    head = subprocess.Popen(
+        [
+            str(node_bin / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={free_port()}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            *ports,
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # its own process group: the finally stops exactly this cluster
+    try:
+        address = f"http://127.0.0.1:{dashboard}"
+        deadline = time.monotonic() + 120
+        while True:  # the job server answers once the dashboard is up
+            ping = subprocess.run(
+                [str(node_bin / "ray"), "job", "list", "--address", address],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if ping.returncode == 0 or time.monotonic() > deadline or head.poll() is not None:
+                break
+            time.sleep(2)
+        assert ping.returncode == 0, ping.stderr[-2000:]
+        yield address
+    finally:
+        stray = descendants(head.pid)  # in case a process left the group
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, sig)
+            for pid in reversed(stray):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            if sig == signal.SIGTERM:
+                time.sleep(3)
+        head.wait(timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)

@@ -17,20 +17,14 @@ deploy/submit.sh runs as docs/deployment.md shows it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import sysconfig
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from functools import cache
@@ -46,6 +40,7 @@ from lightman.platform.config import load_config
 from lightman.platform.train import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).parent))  # pytest runs with --import-mode=importlib
+import clusters  # noqa: E402
 import tiny  # noqa: E402
 
 REPO = Path(__file__).parents[1]
@@ -333,30 +328,6 @@ def test_every_auth_mode_a_deploy_file_sets_is_token():
 # --- deploy/submit.sh against a real head ------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _descendants(root: int) -> list[int]:
-    """`root` and every process below it (from /proc), children last."""
-    parents: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit():
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                parents.setdefault(ppid, []).append(int(proc.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += parents.get(pid, [])
-    return found
-
-
 def node_python(root: Path) -> Path:
     """A Python that holds this environment's packages but not Lightman, nor its `lightman`
     command: a virtualenv whose .pth names this one's site-packages as a plain folder.
@@ -377,75 +348,6 @@ def node_python(root: Path) -> Path:
     )
     assert "No module named 'lightman'" in check.stderr, check.stderr  # and ray, torch import
     return root / "bin"
-
-
-@contextlib.contextmanager
-def ray_head(node_bin: Path, env: dict[str, str]):
-    """`ray start --head` on 127.0.0.1 from `node_bin`, every port chosen free (other Ray
-    clusters on this machine hold the defaults); yields the dashboard's address and stops
-    exactly this cluster (`ray stop` would stop every Ray on the machine)."""
-    dashboard = _free_port()
-    ports = [
-        f"--{name}-port={_free_port()}"
-        for name in (
-            "dashboard-agent-listen",
-            "dashboard-agent-grpc",
-            "runtime-env-agent",
-            "metrics-export",
-            "ray-client-server",
-            "node-manager",
-            "object-manager",
-        )
-    ]
-    temp = tempfile.mkdtemp(prefix="rd", dir="/tmp")  # short: Ray's socket paths must fit
-    head = subprocess.Popen(
-        [
-            str(node_bin / "ray"),
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={_free_port()}",
-            "--num-cpus=2",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard}",
-            *ports,
-            f"--temp-dir={temp}",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # its own process group: the finally stops exactly this cluster
-    try:
-        address = f"http://127.0.0.1:{dashboard}"
-        deadline = time.monotonic() + 120
-        while True:  # the job server answers once the dashboard is up
-            ping = subprocess.run(
-                [str(node_bin / "ray"), "job", "list", "--address", address],
-                env=env,
-                capture_output=True,
-                text=True,
-            )
-            if ping.returncode == 0 or time.monotonic() > deadline or head.poll() is not None:
-                break
-            time.sleep(2)
-        assert ping.returncode == 0, ping.stderr[-2000:]
-        yield address
-    finally:
-        stray = _descendants(head.pid)  # in case a process left the group
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(head.pid, sig)
-            for pid in reversed(stray):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            if sig == signal.SIGTERM:
-                time.sleep(3)
-        head.wait(timeout=30)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 TINY = [
@@ -487,7 +389,7 @@ def test_submit_sh_trains_on_a_head_whose_python_lacks_lightman_with_token_auth(
     # the node's PATH has no `lightman` (nor this environment's bin/)
     node_env = {**base, **auth, "PATH": f"{node_bin}:/usr/bin:/bin"}
     out = tmp_path / "run"
-    with ray_head(node_bin, node_env) as address:
+    with clusters.job_head(node_bin, node_env) as address:
         with pytest.raises(urllib.error.HTTPError) as refused:  # no token: refused
             urllib.request.urlopen(f"{address}/api/jobs/", timeout=30)
         assert refused.value.code == 401

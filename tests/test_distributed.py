@@ -11,14 +11,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -35,6 +32,7 @@ from lightman.platform.train import TrainConfig, prepare, run_training
 from lightman.tasks import storage
 
 sys.path.insert(0, str(Path(__file__).parent))  # pytest runs with --import-mode=importlib
+import clusters  # noqa: E402
 import tiny  # noqa: E402
 
 TINY = [
@@ -277,32 +275,6 @@ def test_single_process_training_never_imports_ray():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 
-def _descendants(root: int) -> list[int]:
-    """`root` and every process below it (from /proc), children last."""
-    parents: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit():
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                parents.setdefault(ppid, []).append(int(proc.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += parents.get(pid, [])
-    return found
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ray_job_submit_trains_on_a_running_cluster(index, tmp_path):
     """`ray start --head` on 127.0.0.1, then `ray job submit --working-dir .` of a tiny
@@ -312,62 +284,12 @@ def test_ray_job_submit_trains_on_a_running_cluster(index, tmp_path):
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
-    port, dashboard = _free_port(), _free_port()
-    # Every port the head binds is chosen free: other Ray clusters on this machine hold
-    # the defaults (a dashboard agent without its port cannot accept jobs).
-    ports = [
-        f"--{name}-port={_free_port()}"
-        for name in (
-            "dashboard-agent-listen",
-            "dashboard-agent-grpc",
-            "runtime-env-agent",
-            "metrics-export",
-            "ray-client-server",
-            "node-manager",
-            "object-manager",
-        )
-    ]
-    temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths must fit
-    head = subprocess.Popen(
-        [
-            str(bin_dir / "ray"),
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard}",
-            *ports,
-            f"--temp-dir={temp}",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # its own process group: the finally stops exactly this cluster
     out = tmp_path / "job-run"
     job = (
         "python -c 'import platform; print(\"stdlib platform:\", platform.system())' && "
         f"lightman train --out {out} data.index={index} {' '.join(TINY)} iterations=2 workers=2"
     )
-    try:
-        address = f"http://127.0.0.1:{dashboard}"
-        deadline = time.monotonic() + 120
-        while True:  # the job server answers once the dashboard is up
-            ping = subprocess.run(
-                [str(bin_dir / "ray"), "job", "list", "--address", address],
-                env=env,
-                capture_output=True,
-                text=True,
-            )
-            if ping.returncode == 0 or time.monotonic() > deadline or head.poll() is not None:
-                break
-            time.sleep(2)
-        assert ping.returncode == 0, ping.stderr[-2000:]
+    with clusters.job_head(bin_dir, env) as address:
         submit = [
             str(bin_dir / "ray"),
             "job",
@@ -381,24 +303,13 @@ def test_ray_job_submit_trains_on_a_running_cluster(index, tmp_path):
             "-c",
             job,
         ]
+        deadline = time.monotonic() + 120
         while True:  # the job agent on the node may come up after the job server
             done = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=400)
             if "No available agent" not in done.stderr or time.monotonic() > deadline:
                 break
             time.sleep(3)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-        assert "stdlib platform: Linux" in done.stdout
-        assert "| lightman | 3-way 1-shot |" in done.stdout
-        assert json.loads((out / "results.json").read_text())["metrics"]["workers"] == 2
-    finally:  # stop this cluster only: `ray stop` would stop every Ray on the machine
-        stray = _descendants(head.pid)  # in case a process left the group
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(head.pid, sig)
-            for pid in reversed(stray):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            if sig == signal.SIGTERM:
-                time.sleep(3)
-        head.wait(timeout=30)
-        shutil.rmtree(temp, ignore_errors=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "stdlib platform: Linux" in done.stdout
+    assert "| lightman | 3-way 1-shot |" in done.stdout
+    assert json.loads((out / "results.json").read_text())["metrics"]["workers"] == 2
