@@ -1,6 +1,7 @@
 """Ingest and read throughput, with ratios measured in the same run.
 
     .venv/bin/python benchmarks/ingest.py            # ~1-2 min on a 2-core laptop-class CPU
+    .venv/bin/python benchmarks/ingest.py --smoke    # toy sizes: it runs (figures mean nothing)
 
 1. ingest (scan + preprocess + write) of a seeded CASME II set with 1 and 2 workers
    (process pool), and the preprocessing alone in a 2-process pool and as 2 Ray tasks
@@ -9,6 +10,9 @@
 2. reading the clips for training: the materialised index through Ray Data and through
    pyarrow (`load_pool`'s path), against decoding the same sampled frames from their
    JPEG files each time (read + decode + crop/resize with the stored face box).
+
+--smoke (tests/test_benchmarks_smoke.py) runs every row at toy size (SMOKE), so the
+script cannot rot between the runs it is meant for; its figures mean nothing.
 
 Prints a markdown table for docs/benchmarks.md. Numbers depend on the machine and on what else
 runs on it: the load average is printed with them.
@@ -135,6 +139,12 @@ def read_jpeg(src: str, uri: str, epochs: int) -> tuple[float, int]:
     return timed(epoch, epochs)
 
 
+# --smoke: the fewest clips, epochs and copies that run every row (2 subjects: the CASME II
+# stand-in needs one per clip group)
+SMOKE = {"clips": 8, "subjects": 2, "epochs": 1, "read_copies": 2}
+SMOKE_LINE = "smoke run: toy sizes, only that the benchmark runs; its figures mean nothing"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clips", type=int, default=60, help="CASME II clips to generate")
@@ -146,7 +156,15 @@ def main() -> None:
     ap.add_argument(
         "--work", default=None, help="folder for the generated data (default: a temp dir)"
     )
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"{SMOKE}: that the benchmark runs, in seconds (its figures mean nothing)",
+    )
     args = ap.parse_args()
+    if args.smoke:
+        for key, value in SMOKE.items():
+            setattr(args, key, value)
 
     work = Path(args.work or tempfile.mkdtemp(prefix="lightman-bench-"))
     cfg = PreprocessConfig()  # M = 8 frames, 64 × 64, Haar face crop
@@ -230,6 +248,8 @@ def main() -> None:
         f"over "
         f"{n_read} clips (the {n} repeated {args.read_copies} times), JPEG over the {n}\n"
     )
+    if args.smoke:
+        print(SMOKE_LINE + "\n")
     print("| measurement | throughput | ratio to the row marked 1.00 above it |")
     print("|---|---|---|")
     for what, value, ratio in rows:

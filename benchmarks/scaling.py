@@ -1,6 +1,7 @@
 """Data-parallel scaling of meta-training on this machine: 1 against 2 Ray Train workers.
 
     python benchmarks/scaling.py [--steps 24] [--meta-batch 4]
+    python benchmarks/scaling.py --smoke    # toy sizes: that it runs (figures mean nothing)
 
 In one run, each worker with one torch thread, on a seeded 32-px CASME II + CK+
 stand-in (LightmanNet, 5-way 1-shot, Conv4 with 32 channels): the same training in
@@ -11,6 +12,8 @@ it, the share spent waiting for the slower worker (the ranks first meet in a one
 all-reduce), and the time from the call to the first finished step (Ray's start-up
 included). The machine is shared and
 noisy: compare the ratios, not the absolute figures, and run it on an idle machine.
+--smoke (tests/test_benchmarks_smoke.py) runs the three runs at toy size (SMOKE), so the
+script cannot rot between the runs it is meant for; its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -50,18 +53,26 @@ MODEL = [
 ]
 
 
-def make_index(root: Path) -> str:
-    return small_index(
-        root,
-        [
-            "datasets=[casme2,ckplus]",
-            "seed=0",
-            "casme2.subjects=16",
-            "casme2.clips=160",
-            "ckplus.subjects=6",
-            "ckplus.clips=40",
-        ],
-    )
+# --smoke: a smaller index at 16 px, 6 frames, a narrow model and 3 steps of 2 tasks (the
+# first two steps are warm-up, so 3 is the fewest that leave a measured one)
+SMOKE_SYNTH = ["casme2.subjects=12", "casme2.clips=120"]
+SMOKE_MODEL = ["model.image_size=16", "model.frames=6", "model.hidden=8", "model.aux_dim=8"]
+SMOKE_MODEL += ["val_episodes=2", "test_episodes=2"]
+SMOKE_LINE = "smoke run: toy sizes, only that the benchmark runs; its figures mean nothing"
+
+
+def make_index(root: Path, smoke: bool = False) -> str:
+    synth = [
+        "datasets=[casme2,ckplus]",
+        "seed=0",
+        "casme2.subjects=16",
+        "casme2.clips=160",
+        "ckplus.subjects=6",
+        "ckplus.clips=40",
+    ]
+    if smoke:
+        return small_index(root, [*synth, *SMOKE_SYNTH], size=16, frames=6)
+    return small_index(root, synth)
 
 
 def measure(index: str, out: Path, steps: int, meta_batch: int, extra: list[str]) -> dict:
@@ -96,20 +107,33 @@ def main() -> None:
     )
     p.add_argument("--steps", type=int, default=24, help="outer steps per measured run")
     p.add_argument("--meta-batch", type=int, default=4, help="global tasks per step (even)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="3 steps of 2 tasks, 16 px, hidden 8: that it runs (its figures mean nothing)",
+    )
     a = p.parse_args()
+    extra = SMOKE_MODEL if a.smoke else []
+    if a.smoke:
+        a.steps, a.meta_batch = 3, 2
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        index = make_index(root)
+        index = make_index(root, a.smoke)
         runs = {
-            "in process, W=1": measure(index, root / "local", a.steps, a.meta_batch, []),
-            "Ray Train, W=1": measure(index, root / "ray1", a.steps, a.meta_batch, ["backend=ray"]),
-            "Ray Train, W=2": measure(index, root / "ray2", a.steps, a.meta_batch, ["workers=2"]),
+            name: measure(index, root / folder, a.steps, a.meta_batch, [*extra, *more])
+            for name, folder, more in (
+                ("in process, W=1", "local", []),
+                ("Ray Train, W=1", "ray1", ["backend=ray"]),
+                ("Ray Train, W=2", "ray2", ["workers=2"]),
+            )
         }
     base = runs["Ray Train, W=1"]["episodes_per_s"]
     print(
         f"scaling, {a.steps} steps of {a.meta_batch} tasks, one thread per worker, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
+    if a.smoke:
+        print(SMOKE_LINE)
     print(
         "| run | episodes/s | x Ray W=1 | all-reduce share | waiting for the slower worker "
         "| time to first step s |"
