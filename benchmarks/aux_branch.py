@@ -1,7 +1,7 @@
 """Does LightmanNet's auxiliary branch help? Learners and variants x training seeds, paired.
 
     python benchmarks/aux_branch.py --index runs/demo/index --seeds 0 1 2 3 4 --shots 1 5
-    python benchmarks/aux_branch.py --tiny          # a minute-sized smoke run of the whole table
+    python benchmarks/aux_branch.py --smoke         # toy sizes: that it runs (figures mean nothing)
 
 Each variant is the training run of `configs/study/aux_branch.yaml` (its `train:` section: the
 demo's schedule with the learner's old auxiliary defaults pinned) on an existing index
@@ -45,6 +45,13 @@ holds the rows behind docs/results.md's tables. With --results and no --index th
 printed from the kept rows alone (every row kept, one table's rows from one index: no data
 needed); with an index whose content hash is the rows', a table left unfinished continues
 where it stopped.
+
+--smoke (tests/test_benchmarks_smoke.py; --tiny is its old name) runs the whole path at toy
+size, so the script cannot rot between the runs it is meant for: a generated 16-px index,
+the TINY schedule, seeds 0 1, 1-shot, the variants maml, lightman and supervised (each
+learner's code path), 4 test episodes; --out and --results default to a temporary folder
+(the committed rows are never written), and the table is printed from the rows kept there,
+read back as a call with --results alone reads them. Its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -93,6 +100,11 @@ TINY = [
     "val_episodes=3",
     "threads=1",
 ]
+
+
+# --smoke: the fewest runs that take every path (module docstring)
+SMOKE = {"seeds": [0, 1], "shots": [1], "variants": ["maml", "lightman", "supervised"]}
+SMOKE_LINE = "smoke run: toy sizes, only that the benchmark runs; its figures mean nothing"
 
 
 def variants(base: TrainConfig, classes: int) -> dict[str, list[str]]:
@@ -288,37 +300,48 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", help="a subset of the variants (default: all)")
     p.add_argument("--test-episodes", type=int, default=500)
     p.add_argument("--set", nargs="*", default=[], help="more train overrides, key=value")
-    p.add_argument("--out", default="runs/aux_branch")
+    p.add_argument("--out", help="the runs' folder (default runs/aux_branch; --smoke: a temp one)")
     p.add_argument("--results", help="a folder of finished rows, read back and written (above)")
-    p.add_argument("--tiny", action="store_true", help="a tiny generated index and schedule")
+    p.add_argument(
+        "--smoke",
+        "--tiny",
+        dest="smoke",
+        action="store_true",
+        help="toy index, schedule, seeds and variants: that it runs (module docstring)",
+    )
     a = p.parse_args()
-    out = Path(a.out)
     with tempfile.TemporaryDirectory() as tmp:
         index, extra = a.index, list(a.set)
-        if a.tiny:
+        if a.smoke:
             index = tiny_index(Path(tmp))
             extra = [*TINY, *extra]
+            a.seeds, a.shots, a.test_episodes = SMOKE["seeds"], SMOKE["shots"], 4
+            a.variants = a.variants or SMOKE["variants"]
+            a.results = a.results or str(Path(tmp, "results"))  # never the committed rows
+        out = Path(a.out or (Path(tmp, "runs") if a.smoke else "runs/aux_branch"))
         if not index and not a.results:
-            p.error("--index is required (or --tiny, or --results alone to print kept rows)")
+            p.error("--index is required (or --smoke, or --results alone to print kept rows)")
         base = train_config(a.config, index or "", a.seeds[0], a.shots[0], extra)
         chosen = variants(base, len(prepare(base).train.class_names) if index else 0)
         names = a.variants or list(chosen)
         try:
             if index:
                 results = measured(a, index, names, chosen, extra, out)
-            else:  # the kept rows alone, each table measured on one index
+            if not index or a.smoke:  # the kept rows alone, each table measured on one index
                 results = {
                     k: read_grid(Path(a.results, f"{k}shot"), names, a.seeds) for k in a.shots
                 }
         except KeptRowError as e:
             p.error(str(e))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "aux_branch.json").write_text(
-        json.dumps(
-            {"args": vars(a), "variants": {n: chosen[n] for n in names}, "results": results},
-            indent=1,
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "aux_branch.json").write_text(
+            json.dumps(
+                {"args": vars(a), "variants": {n: chosen[n] for n in names}, "results": results},
+                indent=1,
+            )
         )
-    )
+    if a.smoke:
+        print(SMOKE_LINE, "\n")
     for shots in a.shots:
         print(table(results, a.seeds, shots), "\n")
 

@@ -2,7 +2,7 @@
 auxiliary alignment, or both? Variants x seeds on one generated index (docs/ma2mi.md).
 
     python benchmarks/ma2mi.py --index runs/demo/index --seeds 0 1 2 3 4 --out runs/bench-ma2mi
-    python benchmarks/ma2mi.py --tiny      # smoke run of the whole table at toy size
+    python benchmarks/ma2mi.py --smoke     # the whole table at toy size (figures mean nothing)
 
 Per seed s: two MA2MI pre-trainings (configs/pretrain/ma2mi.yaml on the index's macro clips, seed s;
 one of MIACNet, one of its action branch alone), then each variant below with the demo's
@@ -32,6 +32,13 @@ their configs (training, pre-training, LOSO; the index by content hash), the ver
 the CPUs (platform/kept.py), and read back from there first, before any pre-training:
 benchmarks/results/ma2mi holds the rows behind docs/results.md's table, so the table prints
 without training and an unfinished one continues on any machine, a seed at a time.
+
+--smoke (tests/test_benchmarks_smoke.py; --tiny is its old name) runs every variant, both
+kinds and both pre-trainings at toy size, so the script cannot rot between the runs it is
+meant for: a generated 16-px index of 6-frame clips, a narrow model, 2 training steps, 3
+pre-training steps, 1 LOSO epoch, seeds 0 1; --out and --results default to a temporary
+folder (the committed rows are never written), and the table is printed from the rows
+kept there, read back as a call with --results alone reads them. Its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -87,8 +94,15 @@ CONTRASTS = {
     "pre-training on - off (MIACNet, MEGC)": ("megc/miacnet_sup_pre", "megc/miacnet_sup"),
     "one branch - two (pre-trained, MEGC)": ("megc/action_sup_pre", "megc/miacnet_sup_pre"),
 }
-TINY_TRAIN = ["iterations=2", "val_episodes=2", "test_episodes=4", "eval_every=1"]
-TINY_PRETRAIN = ["steps=3", "log_every=1"]
+# --smoke (module docstring): the model's fields are the same in training and pre-training
+# (model.init checks them)
+TINY_MODEL = ["model.image_size=16", "model.frames=6", "model.hidden=8", "model.aux_dim=8"]
+TINY_TRAIN = ["iterations=2", "val_episodes=2", "test_episodes=4", "eval_every=1", *TINY_MODEL]
+TINY_PRETRAIN = ["steps=3", "log_every=1", "datasets=[ckplus]", "holdout_fraction=0.5"]
+TINY_PRETRAIN += TINY_MODEL
+TINY_SYNTH = ["datasets=[casme2,ckplus]", "casme2.subjects=10", "casme2.clips=100"]
+TINY_SYNTH += ["ckplus.subjects=6", "ckplus.clips=40"]
+SMOKE_LINE = "smoke run: toy sizes, only that the benchmark runs; its figures mean nothing"
 
 
 def base_yaml(tmp: Path) -> str:
@@ -201,24 +215,36 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--index", help="the index to measure on (omit with --results: print kept rows)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--out", default="runs/bench-ma2mi")
+    p.add_argument("--out", help="the runs' folder (default runs/bench-ma2mi; --smoke: a temp one)")
     p.add_argument("--epochs", type=int, default=30, help="MEGC LOSO epochs per fold")
     kinds = ["fewshot", "megc"]
     p.add_argument("--kinds", nargs="+", choices=kinds, default=kinds, help="which halves to run")
     p.add_argument("--results", help="a folder of kept rows, read back first and written")
-    p.add_argument("--tiny", action="store_true", help="a smoke run on a small generated index")
+    p.add_argument(
+        "--smoke",
+        "--tiny",
+        dest="smoke",
+        action="store_true",
+        help="every variant at toy size on a generated index: that it runs (module docstring)",
+    )
     a = p.parse_args()
-    out = Path(a.out)
+    with tempfile.TemporaryDirectory() as tmp:
+        if a.smoke:
+            a.results = a.results or str(Path(tmp, "results"))  # never the committed rows
+        run(a, p, Path(a.out or (Path(tmp, "runs") if a.smoke else "runs/bench-ma2mi")))
+
+
+def run(a: argparse.Namespace, p: argparse.ArgumentParser, out: Path) -> None:
+    """Measure (or read) the table into `out` and print it (module docstring)."""
     out.mkdir(parents=True, exist_ok=True)
     train_extra, pre_extra, index, epochs = [], [], a.index, a.epochs
-    if a.tiny:
+    if a.smoke:
         from lightman.platform.generated import small_index
 
-        synth = ["datasets=[casme2,ckplus]", "casme2.subjects=10", "casme2.clips=100"]
-        synth += ["ckplus.subjects=6", "ckplus.clips=40"]
-        index = str(out / "index") if (out / "index").exists() else small_index(out, synth, 32, 8)
-        pre_extra = [*TINY_PRETRAIN, "datasets=[ckplus]", "holdout_fraction=0.5"]
-        train_extra, epochs = TINY_TRAIN, 1
+        index = (
+            str(out / "index") if (out / "index").exists() else small_index(out, TINY_SYNTH, 16, 6)
+        )
+        pre_extra, train_extra, epochs = TINY_PRETRAIN, TINY_TRAIN, 1
         a.seeds = a.seeds[:2]
     index_hash = None  # the kept rows' own, checked one index per kind, if no index is given
     if index is None:  # the kept rows alone, no data needed
@@ -231,6 +257,8 @@ def main() -> None:
     else:
         index_hash = read_manifest(index)["content_hash"]  # what kept rows were measured on
         table = measured_table(a, p, index, index_hash, out, train_extra, pre_extra, epochs)
+        if a.smoke:  # the table from the rows just kept, as --results alone prints it
+            table = kept_table(a.results, a.kinds, a.seeds)
     summary = {
         v: {
             m: {
@@ -261,6 +289,8 @@ def main() -> None:
             for m in table[v][0]:
                 d, dci = paired(table[v], table[ref], m)
                 lines.append(f"| {label} | {m} | {100 * d:+.1f} ± {100 * dci:.1f} |")
+    if a.smoke:
+        print(SMOKE_LINE + "\n")
     print("\n".join(lines))
     record = {"seeds": a.seeds, "index": index_hash, "summary": summary, "versions": versions()}
     (out / "ma2mi.json").write_text(json.dumps(record, indent=2))

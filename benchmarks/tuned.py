@@ -5,7 +5,7 @@ config of each trained on 5 seeds and tested on subjects no trial ever saw.
     python benchmarks/tuned.py --index runs/demo/index --phase final --seeds 0 1 2 &
     python benchmarks/tuned.py --index runs/demo/index --phase final --seeds 3 4
     python benchmarks/tuned.py --results benchmarks/results/tuned   # the table, from kept rows
-    python benchmarks/tuned.py --tiny       # a smoke run of both phases at toy size
+    python benchmarks/tuned.py --smoke      # both phases at toy size (figures mean nothing)
 
 search: for each learner, `lightman tune` (platform/tune.py) on `configs/tune/tuned.yaml` with its
   own space (tune_spaces/<learner>.yaml): Optuna TPE (seeded), ASHA on the validation UAR,
@@ -25,6 +25,13 @@ table: per learner, the best validation UAR and its step, then test ACC and UF1 
   maml paired by seed. Printed by the final phase, and by a call with only
   --results (no index needed: every row must be kept, and one table's rows must all have
   been measured on one index).
+
+--smoke (tests/test_benchmarks_smoke.py; --tiny is its old name) runs both phases at toy
+size, so the script cannot rot between the runs it is meant for: a generated 16-px index,
+the TINY schedule, 2 trials per search (2 at a time), seeds 0 1; --out and --results
+default to a temporary folder (the committed rows and searches are never written), and
+the table is printed from what was kept there, read back as a call with --results alone
+reads it. Its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -57,11 +64,14 @@ TINY = ["iterations=4", "eval_every=2", "val_episodes=4", "test_episodes=8", "mo
 TINY += ["model.image_size=16", "model.frames=6", "model.aux_dim=8"]
 TINY_SYNTH = ["datasets=[casme2,ckplus]", "casme2.subjects=12", "casme2.clips=120"]
 TINY_SYNTH += ["ckplus.subjects=6", "ckplus.clips=40"]
+SMOKE_LINE = "smoke run: toy sizes, only that the benchmark runs; its figures mean nothing"
 
 
 def search(learner: str, base: TrainConfig, out: Path, a: argparse.Namespace) -> dict:
     """Run (resume) one learner's search; its summary, kept with its results if asked."""
     scfg = SearchConfig(trials=a.trials, concurrent=a.concurrent, study=learner)
+    # the study's SQLite file goes in `out`: run_search opens it before it makes the folder
+    out.mkdir(parents=True, exist_ok=True)
     result = run_search(base, load_space(Path("tune_spaces") / f"{learner}.yaml"), out, scfg)
     best = result.best
     summary = {
@@ -165,16 +175,24 @@ def main() -> None:
     p.add_argument("--concurrent", type=int, default=2, help="trials at once")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--learners", nargs="+", choices=LEARNERS, default=list(LEARNERS))
-    p.add_argument("--out", default="runs/tuned")
+    p.add_argument("--out", help="the searches' and runs' folder (default runs/tuned)")
     p.add_argument("--results", help="a folder of kept searches and rows, read and written")
-    p.add_argument("--tiny", action="store_true", help="a toy index and schedule, both phases")
+    p.add_argument(
+        "--smoke",
+        "--tiny",
+        dest="smoke",
+        action="store_true",
+        help="a toy index and schedule, both phases: that it runs (module docstring)",
+    )
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         index, extra = a.index, []
-        if a.tiny:
-            index, extra = small_index(Path(tmp), TINY_SYNTH, 16, 6), TINY
-            a.trials, a.seeds, a.results = min(a.trials, 3), a.seeds[:2], a.results or tmp
-        if a.phase is None and not a.tiny:
+        if a.smoke:
+            index, extra = small_index(Path(tmp, "data"), TINY_SYNTH, 16, 6), TINY
+            a.trials, a.concurrent, a.seeds = min(a.trials, 2), 2, a.seeds[:2]
+            a.results = a.results or str(Path(tmp, "results"))  # never the committed rows
+        a.out = a.out or (str(Path(tmp, "runs")) if a.smoke else "runs/tuned")
+        if a.phase is None and not a.smoke:
             if not a.results:
                 p.error("--results is needed to print the kept table (or give --phase)")
             try:
@@ -183,13 +201,21 @@ def main() -> None:
                 p.error(str(e))
             return
         if not index:
-            p.error("--index is required with --phase (or --tiny)")
+            p.error("--index is required with --phase (or --smoke)")
         base = load_config(TrainConfig, a.config, [f"data.index={index}", *extra])
         index_hash = read_manifest(index)["content_hash"]
-        phases = ["search", "final"] if a.tiny else [a.phase]
+        phases = ["search", "final"] if a.smoke else [a.phase]
         if "search" in phases:
-            for learner in a.learners:
-                print(f"[tuned] {learner}: {search(learner, base, Path(a.out, learner), a)}")
+            if a.smoke:  # one local Ray for both searches (each would start and stop its own)
+                import ray
+
+                ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+            try:
+                for learner in a.learners:
+                    print(f"[tuned] {learner}: {search(learner, base, Path(a.out, learner), a)}")
+            finally:
+                if a.smoke:
+                    ray.shutdown()
         if "final" in phases:
             rows: dict[str, dict[int, dict]] = {}
             for learner in a.learners:
@@ -209,6 +235,9 @@ def main() -> None:
                         p.error(str(e))
                     rows.setdefault(learner, {})[seed] = row
                     print(f"[tuned] {learner} seed {seed}: {[row[m] for m in METRICS]}", flush=True)
+            if a.smoke:  # the table from what was just kept, as --results alone prints it
+                print(SMOKE_LINE + "\n")
+                rows = kept_rows(a)
             if set(rows) == set(LEARNERS):
                 print(table(rows, a.seeds, a))
 
