@@ -17,7 +17,10 @@ set is one task, as in training.
 
 Adapted models live in a store (`AdaptedStore`: a local or s3:// folder, one file per
 id), so that any replica behind the load balancer can load a model that another
-replica created.
+replica created. An adapted model holds the person's face crops (its support set): a
+local store is private to the service's user (folders 0700, files 0600), an s3:// one is
+as private as its bucket's policy makes it (docs/bad-inputs.md, "Serving"); it is capped
+in count and in bytes, and `DELETE /v1/adapt/{id}` deletes one.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import os
 import posixpath
 import re
 import tempfile
@@ -48,7 +52,8 @@ from lightman.tasks import storage
 from lightman.tasks.episodes import ClipPool, EpisodeConfig, draw_aux, pair_aux, to_tensor
 from lightman.tasks.preprocess import PreprocessConfig
 
-ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")  # adapted-model ids: uuid4 hex, never a path
+ID_PATTERN = re.compile(r"[0-9a-f]{32}")  # adapted-model ids: uuid4 hex, never a path (fullmatch)
+SHOWN_ID = 64  # characters of a refused id an answer repeats
 
 
 class UnknownModel(KeyError):
@@ -83,6 +88,9 @@ class PredictorConfig:
     under the machine's temporary directory (enough for replicas on one machine)."""
     max_stored: int = 1000
     """Adapted models kept in the store; the oldest are evicted past it (their id -> 404)."""
+    max_store_bytes: int = 2**30
+    """Bytes the store may hold (a model of 60 support clips of 8 frames at 128 px is
+    about 6 MB); the oldest models are evicted past it, as past max_stored."""
     device: str = "cpu"
     """Where the model runs: cpu, cuda or cuda:N; a Ray replica or actor given a GPU sees it
     as cuda (`lightman serve --gpus N` and `lightman score predictor.device=cuda` reserve
@@ -91,8 +99,11 @@ class PredictorConfig:
     def __post_init__(self) -> None:
         if self.shots < 0:
             raise ValueError(f"shots must be >= 0 (0: as trained), got {self.shots}")
-        if self.max_stored < 1:
-            raise ValueError(f"max_stored must be >= 1, got {self.max_stored}")
+        if self.max_stored < 1 or self.max_store_bytes < 1:
+            raise ValueError(
+                f"max_stored and max_store_bytes must be >= 1, got {self.max_stored}, "
+                f"{self.max_store_bytes}"
+            )
         check_device_name(self.device, "predictor.device")  # it is always nested as that
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be distinct, got {list(self.classes)}")
@@ -107,18 +118,54 @@ class Adapted:
     support_y: Tensor  # (n,) int64, ways in the served class order
 
 
-class AdaptedStore:
-    """Adapted models by id in a local or s3:// folder; bounded by `max_stored`."""
+def shown_id(model_id: str) -> str:
+    """A refused id as an answer may repeat it: at most `SHOWN_ID` characters."""
+    if len(model_id) <= SHOWN_ID:
+        return repr(model_id)
+    return f"{model_id[:SHOWN_ID]!r}... ({len(model_id)} characters)"
 
-    def __init__(self, uri: str, max_stored: int, device: torch.device):
+
+def _private_dirs(path: str) -> None:
+    """Create a local folder and its missing parents 0700; an existing one of ours
+    becomes 0700 (a store made before stores were private)."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if os.stat(path).st_uid == os.getuid():
+        os.chmod(path, 0o700)
+
+
+class AdaptedStore:
+    """Adapted models by id in a local or s3:// folder; bounded by `max_stored` models and
+    `max_bytes` bytes; a local store is private (0700 folders, 0600 files)."""
+
+    def __init__(self, uri: str, max_stored: int, device: torch.device, max_bytes: int = 2**30):
         self.root = storage.resolve(uri)
         self.max_stored = max_stored
+        self.max_bytes = max_bytes
         self.device = device
+        if not self.root.is_s3:
+            parent = os.path.dirname(self.root.path.rstrip("/"))
+            if os.path.basename(parent) == "lightman-adapted":  # the default, under /tmp
+                _private_dirs(parent)
+            _private_dirs(self.root.path)
 
     def _loc(self, model_id: str) -> storage.Location:
-        if not ID_PATTERN.match(model_id):
-            raise UnknownModel(f"adapted model {model_id!r} is unknown: ids are 32 hex digits")
+        if not ID_PATTERN.fullmatch(model_id):
+            raise UnknownModel(
+                f"adapted model {shown_id(model_id)} is unknown: ids are 32 hex digits"
+            )
         return self.root.join(f"{model_id}.pt")
+
+    def _write(self, loc: storage.Location, data: bytes) -> None:
+        if loc.is_s3:  # private by the bucket's policy (docs/bad-inputs.md)
+            storage.write_bytes(loc, data)
+            return
+        tmp = f"{loc.path}.tmp-{uuid.uuid4().hex}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, loc.path)
 
     def save(self, adapted: Adapted) -> str:
         model_id = uuid.uuid4().hex
@@ -131,14 +178,26 @@ class AdaptedStore:
             },
             buf,
         )
-        storage.write_bytes(self._loc(model_id), buf.getvalue())
+        self._write(self._loc(model_id), buf.getvalue())
         self._evict()
         return model_id
 
+    def delete(self, model_id: str) -> None:
+        """Delete one adapted model (it holds a person's face crops); `UnknownModel` if the
+        store does not hold it."""
+        loc = self._loc(model_id)
+        if not storage.exists(loc):
+            raise self._unknown(model_id)
+        try:
+            loc.fs.delete_file(loc.path)
+        except FileNotFoundError:  # another request deleted it, or eviction did
+            pass
+
     def _unknown(self, model_id: str) -> UnknownModel:
         return UnknownModel(
-            f"adapted model {model_id} is unknown or was evicted (the store "
-            f"keeps the newest {self.max_stored}); adapt again with POST /v1/adapt"
+            f"adapted model {model_id} is unknown, deleted or was evicted (the store keeps "
+            f"the newest {self.max_stored}, {self.max_bytes} bytes at most); adapt again "
+            "with POST /v1/adapt"
         )
 
     def check(self, model_id: str) -> None:
@@ -157,14 +216,19 @@ class AdaptedStore:
         return Adapted(data["params"], data["support_x"], data["support_y"])
 
     def _evict(self) -> None:
-        """Delete the oldest models past `max_stored` (by modification time)."""
+        """Delete the oldest models (by modification time) past `max_stored` or `max_bytes`;
+        the newest is always kept."""
         files = [
             i for i in storage.list_files(self.root, recursive=False) if i.base_name.endswith(".pt")
         ]
-        if len(files) <= self.max_stored:
-            return
         files.sort(key=lambda i: (i.mtime_ns or 0, i.base_name))
-        for info in files[: len(files) - self.max_stored]:
+        total, drop = sum(i.size or 0 for i in files), 0
+        while drop < len(files) - 1 and (
+            len(files) - drop > self.max_stored or total > self.max_bytes
+        ):
+            total -= files[drop].size or 0
+            drop += 1
+        for info in files[:drop]:
             try:
                 self.root.fs.delete_file(info.path)
             except (FileNotFoundError, OSError):  # another replica evicted it first
@@ -239,7 +303,10 @@ class Predictor:
         sx, sy = self._reference_support(pool, shots, np.random.default_rng(cfg.seed))
         self.base = self.adapt_frames(sx, sy)
         self.store = AdaptedStore(
-            cfg.store or _default_store(self.version), cfg.max_stored, self.device
+            cfg.store or _default_store(self.version),
+            cfg.max_stored,
+            self.device,
+            cfg.max_store_bytes,
         )
         self.load_seconds = time.perf_counter() - started
 

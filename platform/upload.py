@@ -13,12 +13,25 @@ frame, the same box for every frame, apex kept or estimated, M frames sampled.
 Frame numbers of an upload are 0-based positions (the video adapter's convention).
 Without onset and offset the whole clip is the span; without an apex it is estimated,
 and `apex_source` says so.
+
+The work one clip may cost is capped before decoding: frames x pixels per frame summed
+over the clip (`max_total_pixels`, from the same headers). The service runs
+`prepare_clip` in a `PrepPool`: a few worker processes of their own, so the event loop
+never decodes, the decoder's stderr capture (process-wide) never meets another request's,
+a crash of the decoder on a hostile file is a 422, and a request past its time budget
+stops its decoding by killing its worker (a thread could not be stopped).
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
+import pickle
+import subprocess
+import sys
 import tempfile
+import threading
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -60,11 +73,29 @@ class UploadLimits:
     """Pixels of one frame (H x W); larger frames are refused before decoding."""
     max_unpacked_bytes: int = 512 * 2**20
     """Total bytes an archive may unpack to (guards against zip bombs)."""
+    max_total_pixels: int = 500_000_000
+    """Pixels of one clip summed over its frames (frames x H x W, read from the headers
+    before decoding): 240 frames of 1920x1080, 1,600 of 640x480."""
+    max_request_bytes: int = 256 * 2**20
+    """Largest body of one POST /v1/adapt, all its clips together (413 above it, read no
+    further); a /v1/predict body may hold max_bytes plus 64 KiB of form fields."""
+    max_seconds: float = 30.0
+    """Time budget of one request, from its first byte to its answer (503 past it, naming
+    this limit; its preprocessing is stopped)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_bytes", "max_frames", "max_pixels", "max_unpacked_bytes"):
+        for name in (
+            "max_bytes",
+            "max_frames",
+            "max_pixels",
+            "max_unpacked_bytes",
+            "max_total_pixels",
+            "max_request_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
 
 
 @dataclass(frozen=True)
@@ -135,6 +166,14 @@ def _check_pixels(h: int, w: int, limits: UploadLimits, what: str) -> None:
         )
 
 
+def _check_total_pixels(n: int, h: int, w: int, limits: UploadLimits, what: str) -> None:
+    if n * h * w > limits.max_total_pixels:
+        raise BadUpload(
+            f"the {what} holds {n} frames of {w}x{h} = {n * h * w} pixels in all, more than "
+            f"limits.max_total_pixels = {limits.max_total_pixels}; send a shorter or smaller clip"
+        )
+
+
 def _safe_member(name: str) -> PurePosixPath:
     path = PurePosixPath(name)
     if name.startswith(("/", "\\")) or ".." in path.parts or "\\" in name or ":" in name:
@@ -178,6 +217,8 @@ def _unpack_zip(data: bytes, folder: Path, limits: UploadLimits) -> tuple[str, .
                     f"archive member {info.filename!r} is not a readable image ({type(e).__name__})"
                 ) from None
             _check_pixels(h, w, limits, f"frame {info.filename!r}")
+            if k == 0:  # every frame must have this shape (checked below)
+                _check_total_pixels(len(frames), h, w, limits, "zip")
             shapes.setdefault((h, w), info.filename)
             if len(shapes) > 1:
                 (a, na), (b, nb) = list(shapes.items())[:2]
@@ -217,6 +258,7 @@ def _unpack_npz(data: bytes, folder: Path, limits: UploadLimits) -> tuple[str, .
                 )
             _check_frame_count(shape[0], limits, "npz")
             _check_pixels(shape[1], shape[2], limits, "each frame of the npz")
+            _check_total_pixels(shape[0], shape[1], shape[2], limits, "npz")
             count = int(np.prod(shape))
             if count > limits.max_unpacked_bytes:
                 raise BadUpload(
@@ -235,8 +277,9 @@ def _unpack_npz(data: bytes, folder: Path, limits: UploadLimits) -> tuple[str, .
     return tuple(paths)
 
 
-def _probe_video(path: Path, limits: UploadLimits) -> None:
-    """Refuse too many frames or pixels from the container's header, before decoding."""
+def _probe_video(path: Path, limits: UploadLimits) -> tuple[int, int]:
+    """Refuse too many frames or pixels from the container's header, before decoding;
+    the frame's (height, width) as the header states it."""
     with decoder_log():  # OpenCV's FFmpeg logs a garbage file's errors to fd 2
         cap = cv2.VideoCapture(str(path))
     try:
@@ -247,8 +290,11 @@ def _probe_video(path: Path, limits: UploadLimits) -> None:
             _check_pixels(h, w, limits, "the video's frame")
             if n > limits.max_frames:
                 _check_frame_count(n, limits, "video")
+            _check_total_pixels(max(n, 0), h, w, limits, "video")
+            return h, w
     finally:
         cap.release()
+    return 0, 0
 
 
 def _record(folder: Path, data: bytes, kind: str, limits: UploadLimits) -> ClipRecord:
@@ -267,12 +313,13 @@ def _record(folder: Path, data: bytes, kind: str, limits: UploadLimits) -> ClipR
     if kind == "video":
         path = folder / "clip.video"
         path.write_bytes(data)
-        _probe_video(path, limits)
+        h, w = _probe_video(path, limits)
         rec = open_video_record(base, str(path), True)
         if isinstance(rec, Skipped):
             reason = rec.reason.replace(f"{path}: ", "").replace(str(path), "the upload")
             raise BadUpload(f"the upload is not a video, or is truncated: {reason}")
         _check_frame_count(len(rec.frame_numbers), limits, "video")
+        _check_total_pixels(len(rec.frame_numbers), h, w, limits, "video")
         return rec
     unpack = _unpack_zip if kind == "zip" else _unpack_npz
     uris = unpack(data, folder, limits)
@@ -313,3 +360,108 @@ def prepare_clip(data: bytes, span: Span, cfg: PreprocessConfig, limits: UploadL
         )
     given = span.onset is not None or span.offset is not None
     return Prepared(pre, onset, "given" if given else "whole clip", n)
+
+
+class OverBudget(RuntimeError):
+    """A request past its time budget (`limits.max_seconds`): a 503 naming the limit."""
+
+
+def _worker_loop() -> None:
+    """A preprocessing worker (`PrepPool`): (data, span, cfg, limits) pickles on stdin, one
+    ("ok", Prepared) / ("bad", message, status) / ("error", text) pickle on stdout each."""
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a library's stray print must not corrupt the answers
+    inp = sys.stdin.buffer
+    while True:
+        try:
+            data, span, cfg, limits = pickle.load(inp)
+        except EOFError:  # the replica closed the pipe or exited
+            return
+        try:
+            answer: tuple = ("ok", prepare_clip(data, span, cfg, limits))
+        except BadUpload as e:
+            answer = ("bad", str(e), e.status)
+        except Exception as e:  # a bug: the replica answers 500 and keeps serving
+            answer = ("error", f"{type(e).__name__}: {e}")
+        pickle.dump(answer, out, protocol=pickle.HIGHEST_PROTOCOL)
+        out.flush()
+
+
+class _Worker:
+    """One preprocessing process (trusted: it is this package, fed by the replica)."""
+
+    def __init__(self) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from lightman.platform.upload import _worker_loop as w; w()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+
+    def call(self, payload: tuple) -> tuple:
+        pickle.dump(payload, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        self.proc.stdin.flush()
+        return pickle.load(self.proc.stdout)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        # reaped in the background: wait() on a killed process returns at once
+        threading.Thread(target=self.proc.wait, daemon=True).start()
+
+
+class PrepPool:
+    """`prepare_clip` in `workers` processes: a request waits for a free one (never more
+    than `workers` clips are decoded at once per replica, each in its own process, so the
+    decoding memory of a replica is `workers` clips'); a request cancelled by its time
+    budget kills its worker, which is replaced at once."""
+
+    def __init__(self, workers: int):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = workers
+        self._idle = [_Worker() for _ in range(workers)]
+        self._free: asyncio.Semaphore | None = None  # made in the event loop that uses it
+        self._closed = False
+
+    async def prepare(
+        self, data: bytes, span: Span, cfg: PreprocessConfig, limits: UploadLimits
+    ) -> Prepared:
+        if self._free is None:
+            self._free = asyncio.Semaphore(self.workers)
+        async with self._free:
+            worker = self._idle.pop() if self._idle else _Worker()
+            healthy = False
+            try:
+                answer = await asyncio.to_thread(worker.call, (data, span, cfg, limits))
+                healthy = True
+            except (EOFError, OSError, pickle.UnpicklingError):
+                code = worker.proc.poll()
+                raise BadUpload(
+                    "the upload could not be decoded: the decoder stopped "
+                    f"(exit status {code}) on it"
+                ) from None
+            finally:
+                if healthy and not self._closed:
+                    self._idle.append(worker)
+                else:  # cancelled (time budget, client gone), crashed or closed: not reused
+                    worker.kill()
+                    if not self._closed:
+                        self._idle.append(_Worker())
+        if answer[0] == "ok":
+            return answer[1]
+        if answer[0] == "bad":
+            raise BadUpload(answer[1], answer[2])
+        raise RuntimeError(f"preprocessing failed: {answer[1]}")
+
+    def close(self) -> None:
+        """Stop the idle workers now, the busy ones when their clip is done."""
+        self._closed = True
+        for worker in self._idle:
+            worker.kill()
+        self._idle = []

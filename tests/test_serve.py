@@ -349,7 +349,7 @@ def test_adapt_then_predict_with_the_adapted_model_and_bad_support_sets(service)
     assert p.json()["probabilities"] == pytest.approx(out["query"][0]["probabilities"], abs=1e-5)
 
     unknown = _predict(url, sf.npz_bytes(support[0]), "q.npz", model_id="0" * 32, face_crop="none")
-    assert unknown.status_code == 404 and "unknown or was evicted" in unknown.text
+    assert unknown.status_code == 404 and "unknown, deleted or was evicted" in unknown.text
     assert (
         _predict(
             url, sf.npz_bytes(support[0]), "q.npz", model_id="../../etc/passwd", face_crop="none"
