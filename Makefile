@@ -29,7 +29,8 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 # Headless Chromium (Debian's package) for tests/test_reproduce.py's screenshot test of a
-# study's report.html; without it (no root, no apt) that one test skips, saying why.
+# study's report.html, installed by `make test`; without it (no root, no apt) that one
+# test skips, saying why.
 install-chromium:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| echo "chromium not installed: tests/test_reproduce.py's HTML test will skip"
@@ -58,7 +59,7 @@ demo-ma2mi: $(VENV)/.installed
 # Two pytest workers (pytest-xdist), whole files each, the longest files first (conftest.py):
 # much of the suite waits on Ray and HTTP start-ups, which overlap. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test install-chromium
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q \
 		-n $(TEST_WORKERS) --dist loadfile tests
 
