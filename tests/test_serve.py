@@ -433,7 +433,13 @@ def test_fuzzing_the_openapi_schema_finds_no_5xx(service):
             assert response.status_code < 500, (case.path, response.text[:300])
 
         call()
-    assert {path for path, _ in seen} == {"/healthz", "/v1/model", "/v1/predict", "/v1/adapt"}
+    assert {path for path, _ in seen} == {
+        "/healthz",
+        "/v1/model",
+        "/v1/predict",
+        "/v1/adapt",
+        "/v1/adapt/{model_id}",
+    }
     assert requests.get(f"{url}/healthz", timeout=30).status_code == 200
 
 
