@@ -68,7 +68,7 @@ EXAMPLES = {
           lightman ingest casme_sq data/synth/CASME_sq --out data/index expression=macro
           lightman ingest casme2 s3://bucket/CASME2 --out s3://bucket/index label_scheme=five
           lightman ingest video data/synth/video --out data/videos --workers 2 \\
-              preprocess.face_crop=haar preprocess.frames=8 preprocess.size=64
+              preprocess.face_crop=haar preprocess.size=112   # own videos: find the face
           lightman ingest casme2 data/synth/CASME2 --out data/quick limit=10   # a quick look
     """,
     "inspect": """
@@ -78,8 +78,8 @@ EXAMPLES = {
     """,
     "demo": """
         example:
-          lightman demo --out runs/demo   # synth, ingest, inspect, train LightmanNet + MAML, table
-          lightman demo --out runs/demo-seed1 seed=1
+          lightman demo --config configs/demo/demo.yaml --out runs/demo   # what make demo runs
+          lightman demo --out runs/demo-defaults seed=1   # the built-in defaults, another seed
           lightman demo --config configs/demo/demo.yaml --cfg   # its settings and their meaning
     """,
     "train": """
@@ -114,7 +114,8 @@ EXAMPLES = {
     "eval": """
         example:
           lightman eval --checkpoint runs/lightman/best.pt --index runs/demo/index
-          lightman eval --checkpoint runs/lightman/best.pt --index runs/demo/index shots=5
+          lightman eval --checkpoint runs/lightman/best.pt --index runs/demo/index \\
+              episodes=1000 seed=1                 # other episodes, more of them
           lightman eval --checkpoint runs/lightman/best.pt --index runs/demo/index \\
               --protocol loso repeats=10 --out runs/lightman/loso
           # MEGC 2019 LOSO: the checkpoint's config retrained once per subject (supervised)
@@ -344,6 +345,7 @@ def _parser() -> argparse.ArgumentParser:
         "--out", help="where to write results.json / results.csv (default: next to the checkpoint)"
     )
     settings(e, "YAML EvalConfig (episodes, shots, repeats, device)", "shots=5 episodes=600")
+
     r = add(
         "reproduce",
         "Rerun a study of the paper (arms x seeds) on an index as a Ray Tune grid and write "

@@ -110,11 +110,13 @@ EXPERIMENTS = {
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_every_command_but_inspect_and_report_is_an_experiment_with_config_and_cfg():
-    assert set(COMMANDS) - set(EXPERIMENTS) == {"inspect", "report"}
+def test_every_experiment_command_takes_a_config_and_cfg():
+    assert set(COMMANDS) - set(EXPERIMENTS) == {"inspect", "report", "reproduce"}
     for command in EXPERIMENTS:
         out = run(command, "--help").stdout
         assert "--config CONFIG" in out and "--cfg" in out, command
+    reproduce = run("reproduce", "--help").stdout  # its config is the --study file
+    assert "--study" in reproduce and "--cfg" in reproduce
 
 
 # A key each command's config has, to see an override reach the printed config.
