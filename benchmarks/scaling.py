@@ -119,6 +119,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         index = make_index(root, a.smoke)
+        if a.smoke:  # one local Ray for both Ray Train runs (each would start and stop its own)
+            import ray
+
+            ray.init(include_dashboard=False, configure_logging=False)
         runs = {
             name: measure(index, root / folder, a.steps, a.meta_batch, [*extra, *more])
             for name, folder, more in (
