@@ -9,7 +9,17 @@
    platform/ingest.py (`parallel_map`);
 2. reading the clips for training: the materialised index through Ray Data and through
    pyarrow (`load_pool`'s path), against decoding the same sampled frames from their
-   JPEG files each time (read + decode + crop/resize with the stored face box).
+   JPEG files each time (read + decode + crop/resize with the stored face box);
+3. the training data path in `shard` mode (data_mode=shard, W = 2): each epoch, each
+   rank's subjects (`shard_subjects`) streamed from the index's Parquet files by Ray Data
+   (`read_dataset` with the subject filter, iterated in pyarrow blocks as a shard worker
+   reads its shard, every clip's frames viewed as an array), in the same run as the JPEG
+   decoding of the same frames; beside it, the clips per second one worker needs at the
+   meta-step's speed: the clips of one task of benchmarks/meta_step.py's setting (5-way
+   1-shot, 5 query and 5 macro clips per class, one inner step, Conv4-64, M = 8 at the
+   index's size) over the wall seconds of LightmanNet's meta-step on it, timed in this
+   process (after a warm-up task). The shard reads run one rank after the other in this
+   process, so their clips/s is what one worker's stream delivers.
 
 --smoke (tests/test_benchmarks_smoke.py) runs every row at toy size (SMOKE), so the
 script cannot rot between the runs it is meant for; its figures mean nothing.
@@ -44,6 +54,12 @@ from lightman.tasks.schema import frames_from_row  # noqa: E402
 from lightman.tasks.synth import SetSize, SynthConfig, synthesize  # noqa: E402
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def timed(fn, repeats: int = 1) -> tuple[float, object]:
     """Median wall time of `repeats` calls of fn, and the last result."""
     times, out = [], None
@@ -70,9 +86,12 @@ def ray_tasks_preprocess(jobs: list, cfg: PreprocessConfig, workers: int) -> tup
     return cold, warm
 
 
-def read_ray_data(uri: str, epochs: int) -> tuple[tuple[float, int], tuple[float, int]]:
-    """Median seconds of one epoch through Ray Data: streaming from Parquet each epoch (what a
-    Train shard does), and from a dataset materialised once in the object store."""
+def read_ray_data(
+    uri: str, epochs: int
+) -> tuple[tuple[float, int], tuple[float, int], tuple[float, int]]:
+    """Median seconds of one epoch through Ray Data, and the clips read: streaming from
+    Parquet each epoch, from a dataset materialised once in the object store, and in shard
+    mode (`read_shard_mode`)."""
     import ray
 
     from lightman.platform.data import read_dataset
@@ -94,7 +113,7 @@ def read_ray_data(uri: str, epochs: int) -> tuple[tuple[float, int], tuple[float
         epoch(ds)  # warm-up: workers start
         streaming = timed(lambda: epoch(ds), epochs)
         cached = ds.materialize()
-        return streaming, timed(lambda: epoch(cached), epochs)
+        return streaming, timed(lambda: epoch(cached), epochs), read_shard_mode(uri, epochs)
     finally:
         ray.shutdown()
 
@@ -111,6 +130,60 @@ def replicate_index(uri: str, out: str, copies: int) -> int:
         (dict(r, clip_id=f"{r['clip_id']}#{k}") for k in range(copies) for r in rows), out, entry
     )
     return len(rows) * copies
+
+
+def read_shard_mode(uri: str, epochs: int, workers: int = 2) -> tuple[float, int]:
+    """Median seconds of one shard-mode epoch (module docstring, 3.) and the clips read:
+    for each rank, a Ray Dataset of its subjects' rows streamed from Parquet anew (nothing
+    materialised), iterated in whole blocks, every clip's frames viewed as (M, H, W, C).
+    Ray must be running."""
+    from lightman.platform.data import read_dataset
+    from lightman.platform.loop import shard_subjects
+
+    subjects = sorted(set(index.read_table(uri, columns=["subject"]).column("subject").to_pylist()))
+
+    def epoch() -> int:
+        n = 0
+        for rank in range(workers):
+            ds = read_dataset(
+                uri,
+                subjects=shard_subjects(subjects, rank, workers),
+                columns=["clip_id", "subject", "label", "frames", "frames_shape"],
+            )
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for row in batch.select(["frames", "frames_shape"]).to_pylist():
+                    n += frames_from_row(row).shape[0] > 0
+        return n
+
+    epoch()  # warm-up: Ray Data's workers start
+    t, n = timed(epoch, epochs)
+    return t, n
+
+
+def meta_step_need(size: int, frames: int, smoke: bool) -> tuple[float, int, float, str]:
+    """(clips/s one worker needs, clips per task, seconds per task, the setting): one task of
+    benchmarks/meta_step.py's setting at this index's size, LightmanNet's meta-step (fast
+    mode) timed after a warm-up task; --smoke: meta_step.py's own smoke sizes."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from meta_step import SMOKE as STEP_SMOKE
+    from meta_step import Setting, lightman, make_model, make_tasks
+
+    from lightman.models.learners import LearnerConfig
+
+    if smoke:
+        setting = Setting(shots=1, steps=1, frames=frames, **STEP_SMOKE)
+    else:
+        setting = Setting(shots=1, steps=1, image_size=size, frames=frames, meta_batch=1)
+    model, tasks = make_model(setting), make_tasks(setting, seed=0)
+    step = lightman("fast")
+    cfg = LearnerConfig(inner_steps=setting.steps)
+    step(model, make_tasks(setting, seed=1)[:1], cfg)  # warm-up
+    seconds, _ = timed(lambda: step(model, tasks, cfg))
+    s = setting
+    clips = s.ways * (s.shots + s.query + s.aux_shots)
+    return clips / seconds, clips, seconds, s.label + f", hidden {s.hidden}"
 
 
 def read_pyarrow(uri: str, epochs: int) -> tuple[float, int]:
@@ -224,12 +297,13 @@ def main() -> None:
     read_uri = str(work / "read-index")
     n_read = replicate_index(uri, read_uri, args.read_copies)
     t_pa, n_pa = read_pyarrow(read_uri, args.epochs)
-    (t_ray, n_ray), (t_cached, n_cached) = read_ray_data(read_uri, args.epochs)
-    assert n_jpeg == n and n_pa == n_ray == n_cached == n_read, (
+    (t_ray, n_ray), (t_cached, n_cached), (t_shard, n_shard) = read_ray_data(read_uri, args.epochs)
+    assert n_jpeg == n and n_pa == n_ray == n_cached == n_shard == n_read, (
         n_jpeg,
         n_pa,
         n_ray,
         n_cached,
+        n_shard,
         n_read,
     )
     jpeg = n / t_jpeg  # clips/s
@@ -240,13 +314,36 @@ def main() -> None:
         ("index via Ray Data, materialised once", t_cached),
     ):
         rows.append((f"read: {what}", f"{n_read / t:.0f} clips/s", f"{n_read / t / jpeg:.1f}"))
+    need, task_clips, task_s, setting = meta_step_need(cfg.size, cfg.frames, args.smoke)
+    rows.append(
+        (
+            "shard mode, W=2: JPEG decode + crop/resize each epoch",
+            f"{jpeg:.0f} clips/s",
+            "1.00",
+        )
+    )
+    rows.append(
+        (
+            "shard mode, W=2: each rank's subjects streamed by Ray Data each epoch",
+            f"{n_read / t_shard:.0f} clips/s",
+            f"{n_read / t_shard / jpeg:.2f}",
+        )
+    )
+    rows.append(
+        (
+            "shard mode: what one worker needs at the meta-step's speed",
+            f"{need:.1f} clips/s ({task_clips} clips in {task_s:.2f} s)",
+            f"{need / jpeg:.3f}",
+        )
+    )
 
     load = os.getloadavg()[0]
     print(
         f"\n{n} CASME II clips (seeded), M={cfg.frames}, {cfg.size}x{cfg.size}; "
         f"{os.cpu_count()} CPUs, load average {load:.1f}; reads: median of {args.epochs} epochs "
         f"over "
-        f"{n_read} clips (the {n} repeated {args.read_copies} times), JPEG over the {n}\n"
+        f"{n_read} clips (the {n} repeated {args.read_copies} times), JPEG over the {n}; "
+        f"the meta-step: {setting}, LightmanNet (fast), {torch_threads()} torch thread(s)\n"
     )
     if args.smoke:
         print(SMOKE_LINE + "\n")
