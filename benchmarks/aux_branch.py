@@ -3,7 +3,7 @@
     python benchmarks/aux_branch.py --index runs/demo/index --seeds 0 1 2 3 4 --shots 1 5
     python benchmarks/aux_branch.py --smoke         # toy sizes: that it runs (figures mean nothing)
 
-Each variant is the training run of `configs/study/aux_branch.yaml` (its `train:` section: the
+Each variant is the training run of `configs/demo/aux_branch.yaml` (its `train:` section: the
 demo's schedule with the learner's old auxiliary defaults pinned) on an existing index
 (`make demo` leaves one in runs/demo/index) with a few overrides, trained once per seed
 (the seed draws the subject split, the episodes and the initialisation):
@@ -292,7 +292,7 @@ def main() -> None:
     p.add_argument("--index", help="an index with the config's datasets (e.g. runs/demo/index)")
     p.add_argument(
         "--config",
-        default="configs/study/aux_branch.yaml",
+        default="configs/demo/aux_branch.yaml",
         help="a demo config; its train: section",
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])

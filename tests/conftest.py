@@ -60,6 +60,7 @@ S3_BUCKET = "lightman-test"
 LONGEST_FIRST = {
     # simulated multi-node clusters (tests/clusters.py) stop this process's local Ray: a
     # module after them that needs it starts it again (`ray_local` is module-scoped)
+    "test_benchmarks_smoke.py": 420,
     "test_serve_hostile.py": 400,
     "test_cluster_train.py": 300,
     "test_reproduce.py": 296,

@@ -115,11 +115,10 @@ def _config_class(path: Path):
 
 
 REPO_CONFIGS = sorted((REPO / "configs").glob("**/*.yaml"))
-# configs/<kind>/: the folder says what runs a config; study/ holds a benchmark's fixed
-# setting, run with `lightman demo` (one run) and by its benchmark script (the table).
+# configs/<kind>/: the folder says what runs a config (demo/ also holds the fixed setting
+# of a benchmark's table, run with `lightman demo` for one run)
 FOLDER_COMMANDS = {
     "demo": "demo",
-    "study": "demo",
     "train": "train",
     "tune": "tune",
     "pretrain": "pretrain",
