@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/serve.py              # ~5-10 min on a 2-core machine
     .venv/bin/python benchmarks/serve.py --quick      # fewer requests, ~3 min
+    .venv/bin/python benchmarks/serve.py --smoke      # toy sizes: only that it runs (tests)
 
 1. the Serve app over real HTTP (one replica): clips/s and p50 / p99 latency with 1 and 8
    concurrent clients, batching on (max_batch_size 8) and off (1, the same replica
@@ -132,17 +133,22 @@ def plain_loop(checkpoint: str, index: str, batch_size: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer requests and clips")
+    p.add_argument(
+        "--smoke", action="store_true", help="toy sizes, seconds: only that the benchmark runs"
+    )
     p.add_argument("--hidden", type=int, default=16, help="encoder width (64: the paper's)")
     p.add_argument("--soak", type=int, default=1000, help="requests of the soak")
     p.add_argument(
         "--device", default="cpu", help="cuda: the replica on one GPU (scoring stays on CPU)"
     )
     a = p.parse_args()
+    if a.smoke:  # every step of the full run, with the fewest clips and requests
+        a.hidden, a.soak = 8, 16
     import ray
     from ray import serve
 
     root = Path(tempfile.mkdtemp(prefix="lightman-bench-serve-"))
-    subjects = range(20 if a.quick else 60)
+    subjects = range(4 if a.smoke else 20 if a.quick else 60)
     index = sf.write_tiny_index(str(root / "index"), subjects=subjects, clips_per_class=4)
     checkpoint = sf.untrained_checkpoint(
         str(root / "best.pt"), index, overrides=(f"model.hidden={a.hidden}",)
@@ -168,7 +174,7 @@ def main() -> None:
         ],
     )
     clips = _clips(64)
-    one, eight = (20, 80) if a.quick else (60, 240)
+    one, eight = (4, 8) if a.smoke else (20, 80) if a.quick else (60, 240)
     rows = {}
     for batch in (8, 1):
         deploy(base, batch)
@@ -188,6 +194,8 @@ def main() -> None:
     loop_cps = plain_loop(checkpoint, index, 16)
     ray.shutdown()
 
+    if a.smoke:
+        print("smoke run: toy sizes, only that the benchmark runs; its figures mean nothing")
     print(
         f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs, hidden {a.hidden}, "
         f"device {a.device}"

@@ -105,9 +105,6 @@ def test_scaling_smoke_runs_and_prints_its_table():
 @pytest.mark.slow
 @pytest.mark.integration  # Ray Serve over HTTP and Ray Data
 def test_serve_smoke_runs_and_prints_its_table():
-    script = ROOT / "benchmarks" / "serve.py"
-    if "--smoke" not in script.read_text():
-        pytest.skip("benchmarks/serve.py has no --smoke setting yet")
     out = smoke("serve.py")
     assert "| measurement | clips/s | p50 ms | p99 ms | ratio |" in out
     for row in ("predict, 8 client(s), batching on", "predict, 8 client(s), batching off"):
