@@ -436,8 +436,8 @@ def run_search(
     base = to_dict(base_cfg)
     check_values(space, base, space.name)  # every bound and choice fits this experiment
     trial_config(base, {})  # and the experiment runs as a trial
+    storage.make_dirs(root)  # the default SQLite study lives in it
     study = _storage(root, scfg)  # a bad URL or a missing driver fails before Ray starts
-    storage.make_dirs(root)
     data = prepare(base_cfg)  # the one split; a config the data cannot serve fails here
     trial_data = dataclasses.replace(data, test=None)  # no trial receives test subjects
     # Tune's own tables and hints would bury the one line per trial (Progress)

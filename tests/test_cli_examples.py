@@ -123,14 +123,6 @@ REDUCED = {
 }
 
 
-# Examples that fail today because of a bug outside the command line, each with the bug:
-# strict xfails, so that the fix shows here as an unexpected pass to take off this table.
-BROKEN = {
-    ("tune", "--trials 6"): "platform/tune.py opens OUT/study.db before it creates OUT, so a "
-    "search into a new --out fails ('unable to open database file')",
-}
-
-
 def examples() -> list[tuple[str, str]]:
     """(command, the example as one line) for every `lightman` line of every epilog, a line
     ending in `\\` joined with the next, an end-of-line comment dropped."""
@@ -253,10 +245,7 @@ def _serve(argv: list[str], monkeypatch) -> int:
 @pytest.mark.parametrize(
     "command, line", examples(), ids=[f"{c}-{i}" for i, (c, _) in enumerate(examples())]
 )
-def test_the_example_runs(command, line, workspace, s3_endpoint, monkeypatch, capsys, request):
-    for (c, part), bug in BROKEN.items():
-        if c == command and part in line:
-            request.applymarker(pytest.mark.xfail(reason=bug, strict=True))
+def test_the_example_runs(command, line, workspace, s3_endpoint, monkeypatch, capsys):
     _, bucket = s3_endpoint
     _prepare(command, line, workspace, bucket)
     argv = _argv(command, line, bucket)
