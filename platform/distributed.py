@@ -190,6 +190,35 @@ def _newest_saved(run: storage.Location) -> storage.Location | None:
     return None
 
 
+def free_orphaned_placement_groups() -> int:
+    """Remove the placement groups whose creating actor is dead; how many were removed.
+
+    A Ray Train controller reserves its workers' CPUs (GPUs) in a placement group, which
+    Ray keeps until the job ends, not until the controller dies. When a run ends (it
+    finished, Tune stopped its trial, or it failed) the controller dies, and Ray Train's
+    own cleaner frees the group only through the state API, which a cluster without its
+    dashboard lacks: the reserved CPUs would stall whatever runs next in the same job (the
+    next trial, a study's next cell, a Serve replica). The GCS records each group's
+    creator, so orphans are found without the dashboard; `fit` calls this before and
+    after each run.
+    """
+    from ray._private.state import state
+    from ray._raylet import PlacementGroupID
+    from ray.core.generated import gcs_pb2
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    table = gcs_pb2.PlacementGroupTableData
+    removed = 0
+    for raw in state._connect_and_get_accessor().get_placement_group_table():
+        pg = table.FromString(raw)
+        live = pg.state in (table.PENDING, table.PREPARED, table.CREATED, table.RESCHEDULING)
+        by_actor = pg.creator_actor_id.strip(b"\xff") != b""  # a driver's has the nil id
+        if live and by_actor and pg.creator_actor_dead and not pg.is_detached:
+            remove_placement_group(PlacementGroup(PlacementGroupID(pg.placement_group_id)))
+            removed += 1
+    return removed
+
+
 def _prepare_run_dir(cfg: TrainConfig, name: str, out: str, resume: bool) -> str | None:
     """A fresh run starts in an empty run folder; --resume needs one with a checkpoint, whose
     URI it returns (the workers start from it when Ray Train has none to hand them)."""
@@ -277,6 +306,8 @@ def fit(
         ray.init(include_dashboard=False, configure_logging=False)
     with _quiet_ray_logs(enabled=not verbose):
         try:
+            if not started:  # an earlier run's controller may have died holding its CPUs
+                free_orphaned_placement_groups()
             check_placement(cfg)
             resume_from = _prepare_run_dir(cfg, name, out, resume)
             shard = cfg.data_mode == "shard"
@@ -316,3 +347,5 @@ def fit(
         finally:
             if started:
                 ray.shutdown()
+            else:  # the job goes on: free what this run's controller reserved
+                free_orphaned_placement_groups()

@@ -62,7 +62,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from lightman.models.provenance import to_dict
 from lightman.platform.config import ConfigError
-from lightman.platform.distributed import fit
+from lightman.platform.distributed import fit, free_orphaned_placement_groups
 from lightman.platform.placement import cluster_capacity, unit_of
 from lightman.platform.selection import check_clip_shapes
 from lightman.platform.train import RunData, TrainConfig, prepare, run_training
@@ -122,33 +122,6 @@ def trial_config(base: dict, params: dict, root: str = "", trial_id: str = "") -
 
 WORKER_START_TIMEOUT_S = 900
 TRIALS_FILE = "trials.jsonl"  # one record per finished trial, appended by the driver
-
-
-def free_orphaned_placement_groups() -> int:
-    """Remove the placement groups whose creating actor is dead; how many were removed.
-
-    A Ray Train controller reserves its workers' CPUs (GPUs) in a placement group, which
-    Ray keeps until the job ends, not until the controller dies. When Tune ends a trial
-    (ASHA stops it, or it failed) the controller dies with the trial's process, and Ray
-    Train's own cleaner frees the group only through the state API, which a cluster
-    without its dashboard lacks: the reserved CPUs would stall the next trials. The GCS
-    records each group's creator, so orphans are found without the dashboard.
-    """
-    from ray._private.state import state
-    from ray._raylet import PlacementGroupID
-    from ray.core.generated import gcs_pb2
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-
-    table = gcs_pb2.PlacementGroupTableData
-    removed = 0
-    for raw in state._connect_and_get_accessor().get_placement_group_table():
-        pg = table.FromString(raw)
-        live = pg.state in (table.PENDING, table.PREPARED, table.CREATED, table.RESCHEDULING)
-        by_actor = pg.creator_actor_id.strip(b"\xff") != b""  # a driver's has the nil id
-        if live and by_actor and pg.creator_actor_dead and not pg.is_detached:
-            remove_placement_group(PlacementGroup(PlacementGroupID(pg.placement_group_id)))
-            removed += 1
-    return removed
 
 
 class FreeOrphans(ray.tune.Callback):
