@@ -332,6 +332,10 @@ def score(cfg: ScoreConfig, source: str, out: str) -> ScoreResult:
     resolve_device(cfg.predictor.device, "predictor.device")
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    else:  # a training earlier in this job may have left its CPUs held (distributed.py)
+        from lightman.platform.distributed import free_orphaned_placement_groups
+
+        free_orphaned_placement_groups()
     started = time.perf_counter()
     ds, labelled = _dataset(cfg, source)
     scored = ds.materialize()  # in the object store, on the workers: written and counted

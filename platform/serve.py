@@ -785,6 +785,10 @@ def run_service(
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    else:  # a training earlier in this job may have left its CPUs held (distributed.py)
+        from lightman.platform.distributed import free_orphaned_placement_groups
+
+        free_orphaned_placement_groups()
     for sig, handler in handlers.items():
         signal.signal(sig, handler)
     ok = False

@@ -168,6 +168,10 @@ def ray_local(s3_endpoint, _ray_until_session_end):
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    else:  # a module before this one may have left a dead Ray Train controller's CPUs held
+        from lightman.platform.distributed import free_orphaned_placement_groups
+
+        free_orphaned_placement_groups()
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
