@@ -110,6 +110,11 @@ class SmokeFailure(RuntimeError):
     """A step failed or ran somewhere else than asked: the message says which."""
 
 
+def _to(value, device):
+    """A task's tensor on `device`; its other fields (the classes tuple) as they are."""
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
 def cli(args: list[str]) -> None:
     """`lightman <args>` in this process; a non-zero exit code fails the step."""
     from lightman.platform.cli import main
@@ -275,7 +280,7 @@ def meta_grads(setting: Setting, device: str, steps: int) -> tuple[dict, float]:
     """(Σ_i outer gradient of the meta-batch, seconds per meta-step) on `device`."""
     model = make_model(setting).to(device)
     tasks = [
-        GradTask(**{f.name: getattr(t, f.name).to(device) for f in dataclasses.fields(t)})
+        GradTask(**{f.name: _to(getattr(t, f.name), device) for f in dataclasses.fields(t)})
         for t in make_tasks(setting)
     ]
     learner = build_learner(LearnerConfig())

@@ -283,7 +283,9 @@ def run_training(
     `storage_path`/`run_name`) from its last checkpoint, also a finished one (with more
     `iterations`). `verbose`: Ray's own log lines are shown unfiltered.
     """
-    device = resolve_device(cfg.device, "device")  # no CUDA for device=cuda: fail before any work
+    # in process, this machine trains: no CUDA for device=cuda fails before any work; on Ray
+    # the workers' nodes hold the GPUs and the placement check names what is missing
+    device = torch.device("cpu") if cfg.uses_ray else resolve_device(cfg.device, "device")
     root = storage.resolve(out)  # absolute: Ray Train workers run in their own folders
     if cfg.threads and not cfg.uses_ray:  # Ray Train workers set their own; the driver
         torch.set_num_threads(cfg.threads)  # keeps its cores for the final test
