@@ -263,24 +263,13 @@ def serve_one_request(root: Path, checkpoint: Path, index: str, gpus: float) -> 
     ), info["device"]
 
 
-@dataclass(frozen=True)
-class GradTask:
-    """meta_step's Task on a device, with the macro clips' ways the learners now read
-    (learners.base.TaskLike); the auxiliary clips are unpaired, as meta_step draws them."""
-
-    support_x: torch.Tensor  # (N*K, M, C, H, W)
-    support_y: torch.Tensor  # (N*K,)
-    query_x: torch.Tensor  # (N*Q, M, C, H, W)
-    query_y: torch.Tensor  # (N*Q,)
-    aux_x: torch.Tensor  # (N*aux_shots, M, C, H, W) macro clips
-    aux_y: torch.Tensor | None = None  # None: no macro clip is paired with a way
-
-
 def meta_grads(setting: Setting, device: str, steps: int) -> tuple[dict, float]:
     """(Σ_i outer gradient of the meta-batch, seconds per meta-step) on `device`."""
     model = make_model(setting).to(device)
     tasks = [
-        GradTask(**{f.name: _to(getattr(t, f.name), device) for f in dataclasses.fields(t)})
+        dataclasses.replace(
+            t, **{f.name: _to(getattr(t, f.name), device) for f in dataclasses.fields(t)}
+        )
         for t in make_tasks(setting)
     ]
     learner = build_learner(LearnerConfig())

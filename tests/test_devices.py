@@ -214,10 +214,6 @@ def test_gpus_put_the_replicas_on_cuda():
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="gpu_smoke --smoke fails since the learner redesign; open, see the issue note",
-    strict=False,
-)
 def test_gpu_smoke_script_runs_every_command_on_the_cpu(tmp_path):
     """`gpu_smoke.py --smoke`: pretrain, train in process and on Ray, eval fewshot and
     megc-loso, score, serve and the meta-gradient check, each on device=cpu."""
