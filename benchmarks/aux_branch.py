@@ -78,7 +78,7 @@ from lightman.platform.config import load_config  # noqa: E402
 from lightman.platform.demo import DemoConfig  # noqa: E402
 from lightman.platform.generated import small_index  # noqa: E402
 from lightman.platform.index import read_manifest  # noqa: E402
-from lightman.platform.kept import KeptRowError, measure, read_grid  # noqa: E402
+from lightman.platform.kept import KeptRowError, measure_once, read_grid  # noqa: E402
 from lightman.platform.train import TrainConfig, prepare, run_training  # noqa: E402
 from lightman.tasks.episodes import fixed_episodes  # noqa: E402
 from lightman.tasks.metrics import mean_ci  # noqa: E402
@@ -165,7 +165,7 @@ def train_config(
     )
 
 
-def grad_ratio(cfg: TrainConfig, model, data, seed: int) -> dict[str, float]:
+def mean_grad_ratio(cfg: TrainConfig, model, data, seed: int) -> dict[str, float]:
     """Mean gradient ratio and L_aux over RATIO_EPISODES training episodes at the model's θ."""
     learner = build_learner(replace(cfg.learner, log_grad_ratio=True))
     eps = fixed_episodes(
@@ -199,14 +199,14 @@ def run_one(cfg: TrainConfig, out: Path, test_episodes: int) -> dict:
     row: dict = {}
     if cfg.learner.name == "lightman":
         torch.manual_seed(cfg.seed)  # the trainer's initialisation
-        row["init"] = grad_ratio(cfg, build_model(cfg.model).train(), data, cfg.seed)
+        row["init"] = mean_grad_ratio(cfg, build_model(cfg.model).train(), data, cfg.seed)
     if not (out / "results.json").exists():  # a finished training is not repeated
         run_training(replace(cfg, test_episodes=1), out)  # the test below is per episode
     acc = episode_accuracies(cfg, out / "best.pt", data, test_episodes)
     row["acc"] = acc.tolist()
     if cfg.learner.name == "lightman":
         model, _, _ = load_checkpoint(out / "best.pt")
-        row["trained"] = grad_ratio(cfg, model.train(), data, cfg.seed)
+        row["trained"] = mean_grad_ratio(cfg, model.train(), data, cfg.seed)
     return row
 
 
@@ -279,7 +279,7 @@ def measured(a, index: str, names: list[str], chosen: dict, extra: list[str], ou
                     return run_one(cfg, run, a.test_episodes)
 
                 config = path_free(cfg, index_hash)
-                results[shots][name][seed] = measure(
+                results[shots][name][seed] = measure_once(
                     kept, run / "row.json", index_hash, config, train
                 )
     return results

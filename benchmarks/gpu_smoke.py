@@ -160,7 +160,7 @@ def gpu_peak(device: str, what: str) -> str:
     return f"GPU peak {peak:.1f} MiB"
 
 
-def build_index(root: Path, s: Sizes) -> str:
+def smoke_index(root: Path, s: Sizes) -> str:
     from lightman.platform.generated import small_index
 
     return small_index(
@@ -312,7 +312,7 @@ def smoke(root: Path, s: Sizes, device: str) -> int:
     def generate() -> str:
         from lightman.platform.index import read_manifest
 
-        build_index(root, s)
+        smoke_index(root, s)
         manifest = read_manifest(index)
         return f"{manifest['num_rows']} clips of {s.size} px, {s.frames} frames: {index}"
 

@@ -59,7 +59,7 @@ from lightman.models.provenance import to_dict, versions  # noqa: E402
 from lightman.platform.config import load_config  # noqa: E402
 from lightman.platform.demo import DemoConfig  # noqa: E402
 from lightman.platform.index import read_manifest  # noqa: E402
-from lightman.platform.kept import KeptRowError, measure, read_grid  # noqa: E402
+from lightman.platform.kept import KeptRowError, measure_once, read_grid  # noqa: E402
 from lightman.platform.megc import MegcConfig, evaluate_megc  # noqa: E402
 from lightman.platform.pretrain import PretrainConfig, run_pretraining  # noqa: E402
 from lightman.platform.train import TrainConfig, run_training  # noqa: E402
@@ -165,7 +165,7 @@ def run_variant(cfg, megc, pre, index, seed, run_dir, out) -> dict:
     return {"acc": metrics["test"]["acc"][0], "uf1": metrics["test"]["uf1"][0]}
 
 
-def paired(rows: list[dict], ref: list[dict], metric: str) -> tuple[float, float]:
+def paired_mean_ci(rows: list[dict], ref: list[dict], metric: str) -> tuple[float, float]:
     """Mean ± 95% CI across seeds of the per-seed difference rows - ref (same seeds)."""
     return mean_ci([r[metric] - q[metric] for r, q in zip(rows, ref, strict=True)])
 
@@ -186,7 +186,7 @@ def measured_table(a, p, index, index_hash, out, train_extra, pre_extra, epochs)
                         kind, over, pre, base, index, seed, train_extra, epochs, out
                     )
                     try:  # a finished run is read back: an interrupted table resumes
-                        row = measure(
+                        row = measure_once(
                             kept,
                             run_dir / "row.json",
                             index_hash,
@@ -264,7 +264,7 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser, out: Path) -> None:
             m: {
                 "mean_ci": mean_ci([r[m] for r in rows]),
                 "seeds": [r[m] for r in rows],
-                "paired": paired(rows, table[REFERENCE[v.split("/")[0]]], m),
+                "paired": paired_mean_ci(rows, table[REFERENCE[v.split("/")[0]]], m),
             }
             for m in rows[0]
         }
@@ -287,7 +287,7 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser, out: Path) -> None:
     for label, (v, ref) in CONTRASTS.items():
         if v in table and ref in table:
             for m in table[v][0]:
-                d, dci = paired(table[v], table[ref], m)
+                d, dci = paired_mean_ci(table[v], table[ref], m)
                 lines.append(f"| {label} | {m} | {100 * d:+.1f} ± {100 * dci:.1f} |")
     if a.smoke:
         print(SMOKE_LINE + "\n")

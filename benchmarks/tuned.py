@@ -51,7 +51,7 @@ from lightman.models.provenance import to_dict  # noqa: E402
 from lightman.platform.config import load_config  # noqa: E402
 from lightman.platform.generated import small_index  # noqa: E402
 from lightman.platform.index import read_manifest  # noqa: E402
-from lightman.platform.kept import KeptRowError, measure, read_grid  # noqa: E402
+from lightman.platform.kept import KeptRowError, measure_once, read_grid  # noqa: E402
 from lightman.platform.train import TrainConfig, run_training  # noqa: E402
 from lightman.platform.tune import SearchConfig, run_search  # noqa: E402
 from lightman.platform.tune_space import load_space  # noqa: E402
@@ -224,7 +224,7 @@ def main() -> None:
                     run = Path(a.out, learner, f"final-s{seed}")
                     kept = Path(a.results, learner, f"seed{seed}.json") if a.results else None
                     try:
-                        row = measure(
+                        row = measure_once(
                             kept,
                             run / "row.json",
                             index_hash,

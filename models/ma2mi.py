@@ -72,7 +72,7 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
             t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
 
 
-class Predictor(nn.Module):
+class PredictorHead(nn.Module):
     """q: Linear(D, D) -> ReLU -> Linear(D, D), BYOL's predictor, on the online embedding."""
 
     def __init__(self, dim: int):

@@ -7,9 +7,9 @@ never a path of one machine: see platform/index.py), `config` (what the caller s
 it, with paths replaced by that hash), `versions` and `cpus`. Files are written
 atomically (temporary file and rename), so an interrupted run leaves no half row.
 
-`measure` is how a benchmark gets one run's figures: the kept row, else the row.json a
+`measure_once` is how a benchmark gets one run's figures: the kept row, else the row.json a
 finished run left in its run folder, else the run itself, and in every case the row is
-kept if it was not yet. `read_table` reads a whole table's rows without the index (to
+kept if it was not yet. `read_rows` reads a whole table's rows without the index (to
 print it on a machine that does not have, or cannot rebuild, that exact index): every row
 must be kept, and all of them measured on one index; `read_grid` reads them from a folder
 of <name>/seed<k>.json, the layout every benchmark keeps.
@@ -84,7 +84,7 @@ def write_row(path: str | Path, figures: dict, config: dict, index_hash: str) ->
     return row
 
 
-def measure(
+def measure_once(
     kept: str | Path | None,
     done: str | Path,
     index_hash: str,
@@ -106,7 +106,7 @@ def measure(
     return row
 
 
-def read_table(paths: list[str | Path]) -> list[dict]:
+def read_rows(paths: list[str | Path]) -> list[dict]:
     """The kept rows at `paths`, in order: an error naming the first that is not kept, or
     the first measured on another index than the first row's."""
     paths = [Path(p) for p in paths]
@@ -122,8 +122,8 @@ def read_table(paths: list[str | Path]) -> list[dict]:
 
 def read_grid(folder: str | Path, names: list[str], seeds: list[int]) -> dict[str, dict[int, dict]]:
     """A table's kept rows `folder`/<name>/seed<k>.json as {name: {seed: row}}, read as
-    `read_table` reads them (all kept, one index)."""
-    rows = iter(read_table([Path(folder, n, f"seed{s}.json") for n in names for s in seeds]))
+    `read_rows` reads them (all kept, one index)."""
+    rows = iter(read_rows([Path(folder, n, f"seed{s}.json") for n in names for s in seeds]))
     return {n: {s: next(rows) for s in seeds} for n in names}
 
 

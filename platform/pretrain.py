@@ -201,7 +201,7 @@ def run_pretraining(cfg: PretrainConfig, out: str | Path) -> PretrainResult:
     torch.manual_seed(cfg.seed)
     model = build_model(replace(cfg.model, init=""))  # heads are not pre-trained
     online = model.backbone.to(device).train()
-    predictor = ma2mi.Predictor(online.embed_dim).to(device)
+    predictor = ma2mi.PredictorHead(online.embed_dim).to(device)
     target = copy.deepcopy(online).requires_grad_(False)
     before = check(online, pool, held_rows)
     params = [*online.parameters(), *predictor.parameters()]

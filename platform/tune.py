@@ -501,7 +501,7 @@ def run_search(
     finally:
         if started:
             ray.shutdown()
-    return write_results(base_cfg, space, root, scfg, study)
+    return finish_search(base_cfg, space, root, scfg, study)
 
 
 def _from_here(loc: storage.Location) -> str:
@@ -513,7 +513,7 @@ def _from_here(loc: storage.Location) -> str:
         return loc.uri
 
 
-def write_results(
+def finish_search(
     base_cfg: TrainConfig, space: Space, root: storage.Location, scfg: SearchConfig, study
 ) -> SearchResult:
     """trials.csv / trials.md, best.yaml, the plots and, with `final`, the test of the best."""

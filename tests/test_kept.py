@@ -4,10 +4,10 @@ import pytest
 
 from lightman.platform.kept import (
     KeptRowError,
-    measure,
+    measure_once,
     read_grid,
     read_row,
-    read_table,
+    read_rows,
     write_row,
 )
 
@@ -51,15 +51,15 @@ def test_measure_runs_once_and_keeps_what_a_finished_run_left(tmp_path):
         return {"acc": [0.25 * len(calls)]}
 
     kept, done = tmp_path / "kept" / "seed0.json", tmp_path / "run" / "row.json"
-    first = measure(kept, done, HASH, {"seed": 0}, run)
+    first = measure_once(kept, done, HASH, {"seed": 0}, run)
     assert calls == [1] and first["acc"] == [0.25] and first["config"] == {"seed": 0}
-    assert measure(kept, done, HASH, {"seed": 0}, run) == first and calls == [1]
+    assert measure_once(kept, done, HASH, {"seed": 0}, run) == first and calls == [1]
     kept.unlink()  # a run whose row.json exists but whose kept row does not: kept, not re-run
-    again = measure(kept, done, HASH, {"seed": 0}, run)
+    again = measure_once(kept, done, HASH, {"seed": 0}, run)
     assert calls == [1] and again["acc"] == [0.25] and read_row(kept, HASH) == again
-    assert measure(None, done, HASH, {}, run) == {"acc": [0.25]} and calls == [1]
+    assert measure_once(None, done, HASH, {}, run) == {"acc": [0.25]} and calls == [1]
     with pytest.raises(KeptRowError, match="was measured on index"):
-        measure(kept, done, "sha256:" + "c" * 64, {}, run)
+        measure_once(kept, done, "sha256:" + "c" * 64, {}, run)
 
 
 def test_a_table_reads_without_its_index_only_whole_and_from_one_index(tmp_path):
@@ -67,12 +67,12 @@ def test_a_table_reads_without_its_index_only_whole_and_from_one_index(tmp_path)
     for k, path in enumerate(paths[:2]):
         write_row(path, {"acc": [k / 10]}, {}, HASH)
     with pytest.raises(KeptRowError, match=r"seed2.json is not kept \(1 of 3 rows missing\)"):
-        read_table(paths)
+        read_rows(paths)
     write_row(paths[2], {"acc": [0.2]}, {}, "sha256:" + "d" * 64)
     with pytest.raises(KeptRowError, match="seed2.json was measured on index sha256:d"):
-        read_table(paths)
+        read_rows(paths)
     write_row(paths[2], {"acc": [0.2]}, {}, HASH)
-    assert [r["acc"] for r in read_table(paths)] == [[0.0], [0.1], [0.2]]
+    assert [r["acc"] for r in read_rows(paths)] == [[0.0], [0.1], [0.2]]
 
 
 def test_a_grid_is_the_table_of_a_folder_of_names_by_seeds(tmp_path):
