@@ -22,7 +22,7 @@ from lightman.tasks.datasets import (
     smic,
     video,
 )
-from lightman.tasks.datasets.base import FrameError, RowError, layout_of, list_frames, parse_int
+from lightman.tasks.datasets.base import FrameError, RowError, layout_block, list_frames, parse_int
 from lightman.tasks.frames import ClipFrames
 
 sys.path.insert(0, str(Path(__file__).parent))  # pytest runs with --import-mode=importlib
@@ -524,9 +524,8 @@ def test_parse_int_cells():
             parse_int(bad, "OnsetFrame", "s row 2")
 
 
-def test_layout_of_reads_the_docstring_block():
-    doc = "Title.\n\nExpected layout (x):\n<root>/a.xlsx\n  indented\n\nMore text.\n"
-    assert layout_of(doc) == "  <root>/a.xlsx\n    indented"
+def test_layout_block_indents_every_line():
+    assert layout_block("<root>/a.xlsx", "  indented") == "  <root>/a.xlsx\n    indented"
 
 
 # ---------------------------------------------------------------- s3

@@ -1,8 +1,9 @@
 """Dataset adapters: a release folder (local path or s3://) -> ClipRecords and Skipped clips.
 
-`scan("casme2", "/data/CASME2")` finds the release's annotation and frames (each
-module's docstring shows its expected layout), and returns a `ScanResult`. A folder
-in the wrong layout raises `LayoutError` naming the expected one.
+`scan("casme2", "/data/CASME2")` finds the release's annotation and frames, and returns
+a `ScanResult`. Each adapter module keeps its expected layout as data (`LAYOUT`, here
+`LAYOUTS[name]`; its docstring repeats it for readers); a folder in the wrong layout
+raises `LayoutError` showing it.
 """
 
 from __future__ import annotations
@@ -13,17 +14,12 @@ from lightman.tasks import storage
 from lightman.tasks.datasets import casme, casme2, casme_sq, ckplus, samm, smic, video
 from lightman.tasks.datasets.base import LayoutError, ScanResult
 
-ADAPTERS: dict[str, Callable[..., ScanResult]] = {
-    "casme2": casme2.scan,
-    "samm": samm.scan,
-    "smic": smic.scan,
-    "casme": casme.scan,
-    "casme_sq": casme_sq.scan,
-    "ckplus": ckplus.scan,
-    "video": video.scan,
-}
+MODULES = (casme2, samm, smic, casme, casme_sq, ckplus, video)
+ADAPTERS: dict[str, Callable[..., ScanResult]] = {m.DATASET: m.scan for m in MODULES}
+# name -> the expected layout, as LayoutError shows it (indented lines)
+LAYOUTS: dict[str, str] = {m.DATASET: m.LAYOUT for m in MODULES}
 
-__all__ = ["ADAPTERS", "LayoutError", "ScanResult", "scan"]
+__all__ = ["ADAPTERS", "LAYOUTS", "LayoutError", "ScanResult", "scan"]
 
 
 def scan(

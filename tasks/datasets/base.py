@@ -83,18 +83,13 @@ def decided(outcome: Skipped) -> Callable[[], Skipped]:
 # ---------------------------------------------------------------- layout and search
 
 
-def layout_of(doc: str | None) -> str:
-    """The "Expected layout" block of a module docstring (the text LayoutError shows), indented."""
-    lines = (doc or "").splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith("Expected layout")), None)
-    if start is None:
-        raise ValueError("module docstring has no 'Expected layout' section")
-    block: list[str] = []
-    for line in lines[start + 1 :]:
-        if not line.strip():
-            break
-        block.append("  " + line.rstrip())
-    return "\n".join(block)
+def layout_block(*lines: str) -> str:
+    """The expected layout as LayoutError shows it: one entry per line, each indented two spaces.
+
+    Adapters keep their layout as these lines (data) rather than reading it back from
+    their docstrings, which `python -OO` strips; the docstrings repeat it for readers.
+    """
+    return "\n".join("  " + line for line in lines)
 
 
 def layout_error(title: str, layout: str, root: Location, problem: str) -> LayoutError:
@@ -552,7 +547,7 @@ def scan_coding_release(
     subjects=None,
     expression: str | None = None,
 ) -> ScanResult:
-    """All clips of a coding-sheet release under `root` (its adapter's docstring: the layout)."""
+    """All clips of a coding-sheet release under `root`, in the layout `release.layout` shows."""
     r = release
     infos = storage.list_dir(root)
     sheet_info = pick(infos, r.sheets, pafs.FileType.File)

@@ -1,7 +1,8 @@
 """CASME adapter: 195 micro-expression clips of 19 subjects, 60 fps (lit.).
 
 Expected layout (first match wins, in the order listed):
-<root>/CASME*.xlsx, not CASME2/CASMEII (e.g. casme.xlsx, CASME_A_Section.xlsx; last in name order)
+<root>/CASME*.xlsx, not CASME2/CASMEII (e.g. casme.xlsx, CASME_A_Section.xlsx;
+  last in name order)
 <root>/CASME_raw_selected/subNN/EPxx_y/<frames numbered in their names>,
   else Cropped/, else <root>/subNN/
 sheet columns (by name): Subject, Filename, OnsetF, ApexF1, ApexF2, OffsetF,
@@ -19,7 +20,7 @@ from __future__ import annotations
 from lightman.tasks.datasets.base import (
     CodingRelease,
     ScanResult,
-    layout_of,
+    layout_block,
     numbered_folder,
     scan_coding_release,
 )
@@ -27,7 +28,14 @@ from lightman.tasks.storage import Location
 
 DATASET = "casme"
 TITLE = "CASME"
-LAYOUT = layout_of(__doc__)
+LAYOUT = layout_block(  # first match wins, in the order listed (the docstring repeats it)
+    "<root>/CASME*.xlsx, not CASME2/CASMEII (e.g. casme.xlsx, CASME_A_Section.xlsx;",
+    "  last in name order)",
+    "<root>/CASME_raw_selected/subNN/EPxx_y/<frames numbered in their names>,",
+    "  else Cropped/, else <root>/subNN/",
+    "sheet columns (by name): Subject, Filename, OnsetF, ApexF1, ApexF2, OffsetF,",
+    "  Action Units, Emotion",
+)
 FPS = 60.0
 # 'casme' followed by nothing or a separator: excludes CASME2-*, CASMEII-*, CASME3-*.
 SHEETS = (r"casme([^0-9a-z].*)?\.xlsx",)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from lightman.tasks.datasets.base import (
     CodingRelease,
     ScanResult,
-    layout_of,
+    layout_block,
     numbered_folder,
     scan_coding_release,
 )
@@ -27,7 +27,13 @@ from lightman.tasks.storage import Location
 
 DATASET = "casme2"
 TITLE = "CASME II"
-LAYOUT = layout_of(__doc__)
+LAYOUT = layout_block(  # first match wins, in the order listed (the docstring repeats it)
+    "<root>/CASME2-coding-updated.xlsx, else <root>/CASME2-coding-*.xlsx (last in name order)",
+    "<root>/CASME2_RAW_selected/subNN/EPxx_yy/imgN.jpg,",
+    "  else CASME2_RAW/, else Cropped/ (reg_imgN.jpg), else <root>/subNN/",
+    "sheet columns (by name): Subject, Filename, OnsetFrame, ApexFrame, OffsetFrame,",
+    "  Action Units, Estimated Emotion",
+)
 FPS = 200.0
 SHEETS = (r"casme2-coding-updated\.xlsx", r"casme2-coding.*\.xlsx")
 FRAME_DIRS = (r"casme2_raw_selected", r"casme2_raw", r"cropped")

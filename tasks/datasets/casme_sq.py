@@ -44,8 +44,8 @@ from lightman.tasks.datasets.base import (
     decided,
     header_key,
     is_blank,
+    layout_block,
     layout_error,
-    layout_of,
     list_frames,
     name_of,
     parse_apex,
@@ -62,7 +62,15 @@ from lightman.tasks.storage import Location
 
 DATASET = "casme_sq"
 TITLE = "CAS(ME)^2"
-LAYOUT = layout_of(__doc__)
+LAYOUT = layout_block(  # first match wins, in the order listed (the docstring repeats it)
+    "<root>/CAS(ME)^2code_final.xlsx (any CAS(ME)^2*.xlsx or CAS(ME)2*.xlsx; last in name order):",
+    "  sheet CASFEcode_final, no header row: participant, clip name, onset, apex, offset,",
+    "    AUs, category, type, fine emotion",
+    "  sheet naming rule1: subject folder (s15), folder number (15), participant (1)",
+    "  sheet naming rule2: video code (101 or 0101), video name (disgust1)",
+    "<root>/rawpic/sNN/NN_CCCC<description>/imgN.jpg,",
+    "  e.g. rawpic/s15/15_0101disgustingteeth/img1.jpg",
+)
 FPS = 30.0
 SHEETS = (r"cas\(me\)\^?2.*\.xlsx",)
 CODE_SHEETS = ("casfecodefinal", "casmecodefinal")  # header_key of the name: loaders spell both

@@ -26,8 +26,8 @@ from lightman.tasks.datasets.base import (
     ScanResult,
     child,
     collect,
+    layout_block,
     layout_error,
-    layout_of,
     pick,
     subdirs,
     with_frames,
@@ -38,7 +38,10 @@ from lightman.tasks.storage import Location
 
 DATASET = "ckplus"
 TITLE = "CK+"
-LAYOUT = layout_of(__doc__)
+LAYOUT = layout_block(  # first match wins, in the order listed (the docstring repeats it)
+    "<root>/cohn-kanade-images/SNNN/NNN/SNNN_NNN_FFFFFFFF.png",
+    "<root>/Emotion/SNNN/NNN/SNNN_NNN_FFFFFFFF_emotion.txt, else <root>/Emotion_labels/Emotion/...",
+)
 FPS = 30.0
 CODES = NATIVE["ckplus"]  # index = the float code in an emotion file
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from lightman.tasks.datasets.base import (
     CodingRelease,
     ScanResult,
-    layout_of,
+    layout_block,
     numbered_folder,
     scan_coding_release,
 )
@@ -28,7 +28,13 @@ from lightman.tasks.storage import Location
 
 DATASET = "samm"
 TITLE = "SAMM"
-LAYOUT = layout_of(__doc__)
+LAYOUT = layout_block(  # first match wins, in the order listed (the docstring repeats it)
+    "<root>/SAMM_Micro_FACS_Codes*.xlsx (last in name order, so _v2 beats the original)",
+    "<root>/SAMM/NNN/NNN_I_K/NNN_FFFFF.jpg, else <root>/NNN/NNN_I_K/NNN_FFFFF.jpg",
+    "sheet: ~12 text rows, then the header row: Subject, Filename, Inducement Code,",
+    "  Onset Frame, Apex Frame, Offset Frame, Duration, Micro, Action Units, Notes,",
+    "  Estimated Emotion, Objective Classes",
+)
 FPS = 200.0
 SHEETS = (r"samm_micro_facs_codes.*\.xlsx",)
 REQUIRED = {

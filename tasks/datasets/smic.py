@@ -35,7 +35,7 @@ from lightman.tasks.datasets.base import (
     decided,
     frames_root,
     is_blank,
-    layout_of,
+    layout_block,
     name_of,
     numbered_folder,
     open_coding_sheet,
@@ -51,7 +51,12 @@ from lightman.tasks.storage import Location
 
 DATASET = "smic"
 TITLE = "SMIC-HS"
-LAYOUT = layout_of(__doc__)
+LAYOUT = layout_block(  # first match wins, in the order listed (the docstring repeats it)
+    "<root>/HS/sN/micro/{negative,positive,surprise}/sN_xx_NN/imageNNNNNN.bmp,",
+    "  else <root>/sN/micro/...",
+    "optional onset/offset sheet: <root>/SMIC*.xlsx, else <root>/HS/SMIC*.xlsx,",
+    "  columns Subject, Filename, Onset, Offset",
+)
 FPS = 100.0
 SHEETS = (r"smic.*\.xlsx",)
 REQUIRED = {

@@ -40,8 +40,8 @@ from lightman.tasks.datasets.base import (
     decided,
     find_header,
     is_blank,
+    layout_block,
     layout_error,
-    layout_of,
     name_of,
     parse_apex,
     parse_onset_offset,
@@ -55,7 +55,12 @@ from lightman.tasks.storage import Location
 
 DATASET = "video"
 TITLE = "generic video"
-LAYOUT = layout_of(__doc__)
+LAYOUT = layout_block(  # first match wins, in the order listed (the docstring repeats it)
+    "<root>/labels.csv, else the only <root>/*.csv, with a header line naming the columns",
+    "  clip, subject, emotion, onset, apex, offset (optional: fps, expression)",
+    "<root>/<clip>: the video file named by the `clip` column, relative to the root",
+    "  (e.g. carphone.mp4 or videos/p1_01.mp4)",
+)
 REQUIRED = {name: (name,) for name in ("clip", "subject", "emotion", "onset", "apex", "offset")}
 OPTIONAL = {"fps": ("fps",), "expression": ("expression",)}
 
