@@ -145,7 +145,14 @@ def evaluate_checkpoint(
         out_dir = out or _default_out(checkpoint, f"eval-{MEGC_LOSO}")
         record = {"checkpoint": checkpoint, "train_meta": meta}
         metrics, table = evaluate_megc(
-            train_cfg, index, cfg.megc, cfg.seed, out_dir, record, device
+            train_cfg,
+            index,
+            cfg.megc,
+            cfg.seed,
+            out_dir,
+            record,
+            device,
+            corrupt=(cfg.corrupt, cfg.corrupt_fraction),
         )
         return EvalResult(metrics, table)
     learner_dict = dict(meta["learner"])
@@ -168,7 +175,9 @@ def evaluate_checkpoint(
             aux_shots=ep_cfg.aux_shots if data.auxiliary else 0,
             aux_pairing=ep_cfg.aux_pairing,
         )
-        result = evaluate_protocol(protocol, learner, model, data, test_subjects, loso)
+        result = evaluate_protocol(
+            protocol, learner, model, data, test_subjects, loso, cfg.corrupt, cfg.corrupt_fraction
+        )
         metrics = {
             **protocol_metrics(result),
             "learner": learner.cfg.name,
@@ -176,6 +185,7 @@ def evaluate_checkpoint(
             "shots": loso.shots,
             "bn_mode": model_cfg.bn_mode,
             "checkpoint": checkpoint,
+            "corrupt": cfg.corrupt,
         }
         write_protocol_results(
             out_dir,

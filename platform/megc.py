@@ -48,6 +48,7 @@ from lightman.platform.encoder import build_run_model
 from lightman.platform.runtime import setup
 from lightman.platform.selection import DataSelection, primary_pool
 from lightman.tasks import storage
+from lightman.tasks.corrupt import corrupt_pool
 from lightman.tasks.episodes import ClipPool, to_tensor
 from lightman.tasks.metrics import SCORES
 from lightman.tasks.splits import loso_folds, pool_predictions
@@ -94,9 +95,11 @@ def run_fold(
     weight_decay: float,
     seed: int,
     device: torch.device = CPU,
+    tested: ClipPool | None = None,
 ) -> FoldResult:
     """Train on every subject but `subject` for cfg.epochs on `device`, predict `subject`'s
-    clips."""
+    clips; their frames from `tested` (the same clips, some corrupted: `corrupt=`) when it
+    is given, so that a corrupted clip is only ever a test clip, never a training one."""
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(seed * 100_003 + number)
@@ -122,7 +125,8 @@ def run_fold(
             opt.step()
     model.eval()
     with torch.no_grad():
-        x = to_tensor(pool.frames[test]).to(device)  # (n, M, C, H, W): one subject's clips
+        frames = (pool if tested is None else tested).frames[test]
+        x = to_tensor(frames).to(device)  # (n, M, C, H, W): one subject's clips
         pred = model(x, head="pri").argmax(-1).cpu().numpy()
     return FoldResult(
         subject,
@@ -147,12 +151,16 @@ def run_folds(
     weight_decay: float,
     seed: int,
     device: torch.device = CPU,
+    tested: ClipPool | None = None,
 ) -> list[FoldResult]:
-    """Every fold, in process (workers=1) or as Ray tasks (workers>1), in subject order."""
+    """Every fold, in process (workers=1) or as Ray tasks (workers>1), in subject order;
+    `tested`: the test clips' frames (run_fold)."""
     subjects = [f.test_subject for f in loso_folds(pool.subjects)]
     args = (cfg, lr, weight_decay, seed)
     if cfg.workers == 1:
-        return [run_fold(model_cfg, pool, s, k, *args, device) for k, s in enumerate(subjects)]
+        return [
+            run_fold(model_cfg, pool, s, k, *args, device, tested) for k, s in enumerate(subjects)
+        ]
     import ray  # only when asked: the single-process path never loads Ray
 
     if not ray.is_initialized():
@@ -162,7 +170,11 @@ def run_folds(
     remote = ray.remote(num_cpus=1, num_gpus=1 if cuda else 0)(_fold_task)
     on = torch.device("cuda") if cuda else device
     pool_ref = ray.put(pool)
-    pending = [remote.remote(model_cfg, pool_ref, s, k, *args, on) for k, s in enumerate(subjects)]
+    tested_ref = None if tested is None else ray.put(tested)
+    pending = [
+        remote.remote(model_cfg, pool_ref, s, k, *args, on, tested_ref)
+        for k, s in enumerate(subjects)
+    ]
     return list(ray.get(pending))
 
 
@@ -184,10 +196,20 @@ def megc_loso(
     weight_decay: float,
     seed: int,
     device: torch.device = CPU,
+    corrupt: tuple[str, float] = ("none", 0.0),
 ) -> dict:
-    """Run every fold on `device`, pool by clip id, score: the plain-data result."""
+    """Run every fold on `device`, pool by clip id, score: the plain-data result.
+
+    `corrupt` (kind, fraction; tasks/corrupt.py): that fraction of the pool's clips is
+    corrupted once (seeded by `seed`); a fold trains on the clean clips of the other
+    subjects and predicts its subject's clips as corrupted: every clip is corrupted only
+    where it is a test clip, as the fewshot protocol corrupts only its test pool."""
     check_classes(model_cfg, pool)
-    folds = run_folds(model_cfg, pool, cfg, lr, weight_decay, seed, device)
+    kind, fraction = corrupt
+    tested, corrupted = None, ()
+    if kind != "none":
+        tested, corrupted = corrupt_pool(pool, kind, fraction, seed=seed)
+    folds = run_folds(model_cfg, pool, cfg, lr, weight_decay, seed, device, tested)
     expected = dict(zip(pool.clip_ids.tolist(), pool.labels.tolist()))
     pooled = pool_predictions(
         [dict(zip(f.clip_ids, zip(f.y_true.tolist(), f.y_pred.tolist()))) for f in folds],
@@ -209,6 +231,8 @@ def megc_loso(
         "metrics": metrics,
         "clips": {g: int(m.sum()) for g, m in groups.items()},
         "fold_seconds": {f.fold: f.seconds for f in folds},
+        "corrupt": kind,
+        "corrupted_clips": list(corrupted),
         "predictions": [
             (f.fold, c, int(t), int(p))
             for f in folds
@@ -263,6 +287,7 @@ def evaluate_megc(
     out: str,
     record: dict,
     device: torch.device = CPU,
+    corrupt: tuple[str, float] = ("none", 0.0),
 ) -> tuple[dict, str]:
     """MEGC LOSO of a run's config (its recorded `config`) on the primary pool of `index`,
     every fold trained on `device` (resolved by the caller, before this reads the index);
@@ -272,7 +297,7 @@ def evaluate_megc(
     learner = train_cfg["learner"]
     lr = cfg.lr or learner["outer_lr"]
     pool = primary_pool(data)
-    result = megc_loso(model_cfg, pool, cfg, lr, learner["weight_decay"], seed, device)
+    result = megc_loso(model_cfg, pool, cfg, lr, learner["weight_decay"], seed, device, corrupt)
     meta = {
         "megc_config": to_dict(cfg),
         "device": str(device),

@@ -46,6 +46,7 @@ from lightman.models.learners import Learner
 from lightman.models.modes import eval_mode
 from lightman.platform.selection import DataSelection, auxiliary_pool, primary_pool
 from lightman.tasks import storage
+from lightman.tasks.corrupt import corrupt_pool
 from lightman.tasks.episodes import ClipPool, draw_aux, pair_aux, to_tensor
 from lightman.tasks.labels import COMPOSITE3
 from lightman.tasks.metrics import SCORES, confusion_matrix, mean_ci
@@ -109,6 +110,7 @@ class LosoResult:
     ]  # group (ALL | dataset) -> metric -> (mean, CI)
     clips: dict[str, int]  # group -> test clips
     confusion: np.ndarray  # (C, C) int64 summed over draws; row = true, column = predicted
+    corrupted: tuple[str, ...] = ()  # test clips corrupted before any draw (`corrupt=`)
 
 
 def protocol_pool(protocol: str, data: DataSelection, test_subjects: Sequence[str]) -> ClipPool:
@@ -274,15 +276,26 @@ def evaluate_protocol(
     data: DataSelection,
     test_subjects: Sequence[str],
     cfg: LosoConfig,
+    corrupt: str = "none",
+    corrupt_fraction: float = 0.0,
 ) -> LosoResult:
-    """LOSO (`loso`) or composite (`composite`) evaluation of `model` on the run's test subjects."""
+    """LOSO (`loso`) or composite (`composite`) evaluation of `model` on the run's test subjects.
+
+    `corrupt` (mask | noise | grey, tasks/corrupt.py): `corrupt_fraction` of the test
+    subjects' clips are corrupted once (seeded by cfg.seed), before any draw, as the
+    fewshot protocol corrupts its test pool: the support sets (other test subjects) and
+    the predicted clips are both test clips; the auxiliary macro clips are never touched."""
     if protocol == "composite":  # before loading any clip
         check_ways(protocol, model.cfg.ways, COMPOSITE3)
     pool = protocol_pool(protocol, data, test_subjects)
     check_ways(protocol, model.cfg.ways, pool.class_names)
+    corrupted: tuple[str, ...] = ()
+    if corrupt != "none":
+        pool, corrupted = corrupt_pool(pool, corrupt, corrupt_fraction, seed=cfg.seed)
     aux = auxiliary_pool(data) if cfg.aux_shots else None
     with eval_mode(model):
-        return summarise(protocol, pool, loso_predictions(learner, model, pool, cfg, aux))
+        result = summarise(protocol, pool, loso_predictions(learner, model, pool, cfg, aux))
+    return dataclasses.replace(result, corrupted=corrupted)
 
 
 def format_protocol_table(result: LosoResult, learner: str, shots: int, bn_mode: str) -> str:
@@ -321,6 +334,7 @@ def protocol_metrics(result: LosoResult) -> dict:
         "clips": result.clips,
         "confusion": result.confusion.tolist(),
         "test_subjects": sorted({f.fold for f in result.folds}),
+        "corrupted_clips": list(result.corrupted),
     }
 
 

@@ -7,7 +7,7 @@ weights validation chose, the one evaluation on test subjects, the results and l
 
 Every artifact goes through the storage layer under `--out`, a local folder or an s3://
 URI: config.yaml, run-state checkpoints (`checkpoints/` in process, `ray/` on Ray Train
-unless `storage_path` says otherwise), best.pt, results.json/.csv, metrics.jsonl, the
+or under `storage_path`), best.pt, results.json/.csv, metrics.jsonl, the
 TensorBoard events and curves.png. Nothing of a run lives only on one node's disk.
 """
 
@@ -74,7 +74,11 @@ class TrainConfig:
     test_episodes: int = 600  # fixed test episodes (paper: mean ± 95% CI over >= 600)
     threads: int = 0  # torch CPU threads per worker (0: torch's default)
     workers: int = 1  # W data-parallel workers; W > 1 runs through Ray Train
-    backend: Backend = "auto"  # auto: ray when workers > 1 or storage_path is set; local: no Ray
+    # where the run trains: local, in this process, no Ray; ray, on Ray Train workers; auto,
+    # ray when workers > 1 (the only way to run several) else local. Nothing else moves a
+    # run onto Ray: storage_path needs backend=ray (or workers > 1). The choice is printed
+    # at the start and recorded in results.json (metrics.backend).
+    backend: Backend = "auto"
     device: Device = "cpu"  # cpu: gloo all-reduce; cuda: one GPU per worker, nccl
     # replicate: every worker holds the whole training pool and computes its share of the
     # step's global task list (W workers = 1 worker up to float32 summation order);
@@ -84,7 +88,7 @@ class TrainConfig:
     data_mode: DataMode = "replicate"
     checkpoint_every: int = 50  # write the run state every N steps (and after the last)
     keep_checkpoints: int = 2  # newest run-state checkpoints kept
-    storage_path: str = ""  # Ray Train storage, local or s3:// ("" = <out>/ray)
+    storage_path: str = ""  # Ray Train's storage, local or s3:// ("" = <out>/ray); Ray runs only
     run_name: str = ""  # the run's name under storage_path ("" = the --out folder's name)
     max_failures: int = 2  # worker failures Ray Train recovers from (from the last checkpoint)
     debug_checksum: bool = False  # all-reduce a parameter checksum every step; fail if ranks differ
@@ -111,10 +115,17 @@ class TrainConfig:
                 f"workers ({self.workers}) must be >= 1 and divide meta_batch ({self.meta_batch}): "
                 "every worker computes meta_batch / workers tasks per step"
             )
-        if self.backend == "local" and (self.workers > 1 or self.storage_path):
+        if self.backend == "local" and self.workers > 1:
             raise ValueError(
-                "backend=local runs one in-process worker with local checkpoints: "
-                "workers > 1 and storage_path need backend=ray (or auto)"
+                f"backend=local runs one in-process worker: workers={self.workers} needs "
+                "backend=ray (or auto)"
+            )
+        if self.storage_path and not self.uses_ray:
+            raise ValueError(
+                f"storage_path={self.storage_path!r} is Ray Train's checkpoint storage, and "
+                f"this run trains in process ({self.placement}): set backend=ray to train on "
+                "Ray Train with that storage, or drop storage_path (an in-process run keeps "
+                "its checkpoints under --out)"
             )
         if self.workers > 1 and self.model.bn_mode == "running":
             raise ValueError(
@@ -130,10 +141,17 @@ class TrainConfig:
 
     @property
     def uses_ray(self) -> bool:
-        """Whether the run goes through Ray Train (see `backend`)."""
-        return self.backend == "ray" or (
-            self.backend == "auto" and (self.workers > 1 or bool(self.storage_path))
-        )
+        """Whether the run goes through Ray Train (see `backend`): backend=ray, or auto with
+        workers > 1. No other setting decides it."""
+        return self.backend == "ray" or (self.backend == "auto" and self.workers > 1)
+
+    @property
+    def placement(self) -> str:
+        """Where the run trains and why, as printed at its start: `backend` resolved."""
+        where = f"on Ray Train, {self.workers} worker(s)" if self.uses_ray else "in process"
+        if self.backend != "auto":
+            return f"{where} (backend={self.backend})"
+        return f"{where} (backend=auto, workers={self.workers})"
 
 
 @dataclass(frozen=True)
@@ -265,6 +283,7 @@ def finish(cfg: TrainConfig, out: str, state: dict, data: RunData) -> TrainResul
         "test_episodes": cfg.test_episodes,
         "test_subjects": list(data.split.test),
         "workers": cfg.workers,
+        "backend": "ray" if cfg.uses_ray else "local",  # backend=auto resolved
         "outer_optimizer": cfg.learner.outer_optimizer_name,  # learner.optimizer=auto resolved
     }
     write_results(out, {**{k: v for k, v in meta.items() if k != "learner"}, "metrics": metrics})
@@ -286,6 +305,7 @@ def run_training(
     # in process, this machine trains: no CUDA for device=cuda fails before any work; on Ray
     # the workers' nodes hold the GPUs and the placement check names what is missing
     device = torch.device("cpu") if cfg.uses_ray else resolve_device(cfg.device, "device")
+    print(f"[train] training {cfg.placement}", flush=True)
     root = storage.resolve(out)  # absolute: Ray Train workers run in their own folders
     if cfg.threads and not cfg.uses_ray:  # Ray Train workers set their own; the driver
         torch.set_num_threads(cfg.threads)  # keeps its cores for the final test

@@ -111,3 +111,31 @@ def test_ways_must_cover_every_class(index, pool):
 
     with pytest.raises(ValueError, match="ways=2"):
         megc_loso(replace(MODEL, ways=2), pool, FOLD, 1e-3, 0.0, 0)
+
+
+def test_corruption_reaches_only_the_left_out_subjects_clips(pool, monkeypatch):
+    """corrupt= on megc-loso: every fold trains on clean clips (never a corrupted frame) and
+    predicts its subject's clips as corrupted; a corrupted run differs from a clean one."""
+    from lightman.platform import megc
+    from lightman.tasks.corrupt import corrupt_pool
+
+    bad_pool, bad_ids = corrupt_pool(pool, "mask", 1.0, seed=0)
+    bad = {bytes(c) for c in bad_pool.frames[np.isin(pool.clip_ids, bad_ids)]}
+    clean = {bytes(c) for c in pool.frames}
+    assert bad and not bad & clean
+    calls = []
+    real = megc.to_tensor
+    monkeypatch.setattr(megc, "to_tensor", lambda a: calls.append(a.copy()) or real(a))
+    subject = "casme2/s02"
+    fold = run_fold(MODEL, pool, subject, 2, replace(FOLD, epochs=1), 1e-3, 0.0, 0, tested=bad_pool)
+    *training, test = calls
+    assert all(bytes(c) in clean for batch in training for c in batch)  # clean training
+    own = pool.subjects == subject
+    assert np.array_equal(test, bad_pool.frames[own])  # the corrupted test clips
+    assert fold.clip_ids == tuple(pool.clip_ids[own].tolist())
+    monkeypatch.setattr(megc, "to_tensor", real)
+    small = replace(FOLD, epochs=1)
+    a = megc.megc_loso(MODEL, pool, small, 1e-3, 0.0, 0)
+    b = megc.megc_loso(MODEL, pool, small, 1e-3, 0.0, 0, corrupt=("mask", 1.0))
+    assert a["corrupted_clips"] == [] and len(b["corrupted_clips"]) == len(pool)
+    assert a["predictions"] != b["predictions"]

@@ -425,3 +425,46 @@ def test_aux_draw_pairs_classes_by_name_and_marks_the_rest_unpaired():
     assert (ways == UNPAIRED).sum() == 4  # "others" pairs with nothing
     _, unpaired = draw_aux(pair_aux(micro, aux, "unpaired"), len(aux), 2, np.random.default_rng(1))
     assert (unpaired == UNPAIRED).all()
+
+
+class _Spy:
+    """A learner whose `adapt` and `logits` record what they are given (frames as numpy)."""
+
+    def __init__(self, learner):
+        self.learner, self.seen, self.out = learner, [], []
+
+    def __getattr__(self, name):
+        return getattr(self.learner, name)
+
+    def adapt(self, model, params, buffers, support_x, support_y, aux_x, **kw):
+        self.seen.append(("aux", None if aux_x is None else aux_x.numpy().copy()))
+        return self.learner.adapt(model, params, buffers, support_x, support_y, aux_x, **kw)
+
+    def logits(self, model, adapted, buffers, support_x, support_y, x):
+        out = self.learner.logits(model, adapted, buffers, support_x, support_y, x)
+        self.out.append(out.detach().numpy().copy())
+        return out
+
+
+@pytest.mark.parametrize("protocol", ["loso", "composite"])
+def test_corruption_reaches_the_loso_protocols_test_clips_only(index, composite_ckpt, protocol):
+    """corrupt= on loso / composite: the corrupted clips are test clips (of the run's test
+    subjects), the macro clips stay clean, and the corrupted run's logits differ from the
+    clean run's on the same draws."""
+    model, _, meta = load_checkpoint(composite_ckpt)
+    extra = meta["extra"]
+    learner = build_learner(from_dict(LearnerConfig, extra["learner"]))
+    data = from_dict(DataSelection, {**extra["config"]["data"], "index": index})
+    test = list(extra["split"]["test"])
+    cfg = LosoConfig(shots=1, repeats=1, seed=3, aux_shots=1)
+    clean_spy, bad_spy = _Spy(learner), _Spy(learner)
+    clean = evaluate_protocol(protocol, clean_spy, model, data, test, cfg)
+    bad = evaluate_protocol(protocol, bad_spy, model, data, test, cfg, "mask", 0.5)
+    tested = {c for f in clean.folds for c in f.clip_ids}
+    assert clean.corrupted == () and bad.corrupted
+    assert set(bad.corrupted) <= tested and len(bad.corrupted) == round(0.5 * len(tested))
+    assert [f.support_ids for f in bad.folds] == [f.support_ids for f in clean.folds]
+    for (_, a), (_, b) in zip(clean_spy.seen, bad_spy.seen):  # the macro clips: untouched
+        assert np.array_equal(a, b)
+    diff = sum(np.abs(a - b).sum() for a, b in zip(clean_spy.out, bad_spy.out))
+    assert diff > 0
