@@ -207,7 +207,10 @@ def test_checkpoints_on_s3_and_resume_a_finished_run(s3_endpoint, index, two_wor
         (["episode.shots=40"], "episode.shots + episode.query"),
         (["workers=4"], "workers=4"),  # 2 CPUs
         (["model.image_size=24"], "(M=8, C=3, H=32, W=32), the model reads model.frames=8"),
-        (["storage_path=s3://no-such-bucket/runs"], "storage_path='s3://no-such-bucket/runs'"),
+        (
+            ["backend=ray", "storage_path=s3://no-such-bucket/runs"],
+            "storage_path='s3://no-such-bucket/runs' is unreachable",
+        ),
     ],
 )
 def test_bad_configuration_fails_before_any_worker_starts(

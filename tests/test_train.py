@@ -73,7 +73,9 @@ def test_train_and_eval_cli(small_index, tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| lightman | 3-way 1-shot |" in printed
+    assert "[train] training in process (backend=auto, workers=1)" in printed
     result = json.loads((out / "results.json").read_text())
+    assert result["metrics"]["backend"] == "local"  # backend=auto resolved, recorded
     assert result["config"]["learner"]["name"] == "lightman" and result["versions"]["torch"]
     split = result["split"]
     assert not set(split["train"]) & set(split["test"]) and not set(split["val"]) & set(
@@ -122,6 +124,22 @@ def test_train_and_eval_cli(small_index, tmp_path, capsys):
     assert noisy["corrupt"] == "mask" and noisy["corrupted_clips"]
     test_subjects = {s.split("/")[1] for s in split["test"]}  # clip ids are dataset/subject/clip
     assert {c.split("/")[1] for c in noisy["corrupted_clips"]} <= test_subjects
+
+
+def test_only_backend_and_workers_place_a_run_on_ray():
+    """storage_path is Ray Train's storage; it does not move an in-process run onto Ray."""
+    with pytest.raises(ValueError, match="storage_path='s3://b/runs' is Ray Train's") as e:
+        TrainConfig(storage_path="s3://b/runs")
+    assert "in process (backend=auto, workers=1)" in str(e.value) and "backend=ray" in str(e.value)
+    with pytest.raises(ValueError, match="storage_path="):
+        TrainConfig(storage_path="s3://b/runs", backend="local")
+    on_ray = TrainConfig(storage_path="s3://b/runs", backend="ray")
+    assert on_ray.uses_ray and on_ray.placement == "on Ray Train, 1 worker(s) (backend=ray)"
+    two = TrainConfig(workers=2, storage_path="s3://b/runs")
+    assert two.uses_ray and two.placement == "on Ray Train, 2 worker(s) (backend=auto, workers=2)"
+    assert not TrainConfig().uses_ray and TrainConfig().placement.startswith("in process")
+    with pytest.raises(ValueError, match="workers=2 needs backend=ray"):
+        TrainConfig(workers=2, backend="local")
 
 
 def test_train_rejects_mismatched_ways(small_index, tmp_path):
