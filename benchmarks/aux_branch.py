@@ -80,7 +80,7 @@ from lightman.platform.generated import small_index  # noqa: E402
 from lightman.platform.index import read_manifest  # noqa: E402
 from lightman.platform.kept import KeptRowError, measure_once, read_grid  # noqa: E402
 from lightman.platform.train import TrainConfig, prepare, run_training  # noqa: E402
-from lightman.tasks.episodes import fixed_episodes  # noqa: E402
+from lightman.tasks.episodes import seeded_episodes  # noqa: E402
 from lightman.tasks.metrics import mean_ci  # noqa: E402
 
 RATIO_EPISODES = 8  # training episodes the gradient ratio is averaged over
@@ -168,7 +168,7 @@ def train_config(
 def mean_grad_ratio(cfg: TrainConfig, model, data, seed: int) -> dict[str, float]:
     """Mean gradient ratio and L_aux over RATIO_EPISODES training episodes at the model's θ."""
     learner = build_learner(replace(cfg.learner, log_grad_ratio=True))
-    eps = fixed_episodes(
+    eps = seeded_episodes(
         data.train, cfg.episode, RATIO_EPISODES, seed=(seed, 10**6), aux_pool=data.aux
     )
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
@@ -183,7 +183,7 @@ def episode_accuracies(cfg: TrainConfig, checkpoint: Path, data, n: int) -> np.n
     """(n,) query accuracy of the run's best weights on the seed's fixed test episodes."""
     model, _, _ = load_checkpoint(checkpoint)
     learner = build_learner(cfg.learner)
-    eps = fixed_episodes(data.test, cfg.episode, n, seed=cfg.seed + 2, aux_pool=data.aux)
+    eps = seeded_episodes(data.test, cfg.episode, n, seed=cfg.seed + 2, aux_pool=data.aux)
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
     out = []
     with eval_mode(model):

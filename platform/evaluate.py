@@ -31,7 +31,7 @@ from lightman.platform.protocols import (
 from lightman.platform.selection import DataSelection, auxiliary_pool, primary_pool
 from lightman.tasks import storage
 from lightman.tasks.corrupt import KINDS, corrupt_pool
-from lightman.tasks.episodes import EpisodeConfig, fixed_episodes
+from lightman.tasks.episodes import EpisodeConfig, seeded_episodes
 from lightman.tasks.metrics import episode_summary
 
 METRICS = ("acc", "macro_f1", "uar", "uf1")  # the report's columns, in order
@@ -207,7 +207,7 @@ def evaluate_checkpoint(
     if cfg.corrupt != "none":
         pool, corrupted = corrupt_pool(pool, cfg.corrupt, cfg.corrupt_fraction, seed=cfg.seed)
     aux = auxiliary_pool(data)
-    episodes = fixed_episodes(pool, ep_cfg, cfg.episodes, seed=cfg.seed, aux_pool=aux)
+    episodes = seeded_episodes(pool, ep_cfg, cfg.episodes, seed=cfg.seed, aux_pool=aux)
     summary = evaluate_episodes(
         learner, model, dict(model.named_parameters()), dict(model.named_buffers()), episodes
     )

@@ -31,7 +31,7 @@ from lightman.platform.config import ConfigError
 from lightman.platform.encoder import build_run_model
 from lightman.platform.evaluate import evaluate_episodes
 from lightman.platform.run_log import RunLog, write_logs
-from lightman.tasks.episodes import ClipPool, fixed_episodes
+from lightman.tasks.episodes import ClipPool, seeded_episodes
 from lightman.tasks.splits import SubjectSplit
 
 if TYPE_CHECKING:  # the config is only read here; train.py defines it and imports this module
@@ -162,7 +162,7 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext, data: RunData) -> None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    val_eps = fixed_episodes(
+    val_eps = seeded_episodes(
         data.val, cfg.episode, cfg.val_episodes, seed=cfg.seed + 1, aux_pool=data.aux
     )
     model = build_run_model(cfg.model).to(ctx.device)
@@ -203,11 +203,11 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext, data: RunData) -> None:
             if ctx.train_pool is None:
                 # replicate: the step's global task list depends on (seed, step) only, never
                 # on W or on what ran before; this rank takes tasks rank, rank + W, ...
-                tasks = fixed_episodes(
+                tasks = seeded_episodes(
                     data.train, cfg.episode, cfg.meta_batch, seed=(cfg.seed, it), aux_pool=data.aux
                 )[ctx.rank :: ctx.world_size]
             else:  # shard: this rank's own subjects and seed (seed, step, rank)
-                tasks = fixed_episodes(
+                tasks = seeded_episodes(
                     ctx.train_pool,
                     cfg.episode,
                     share,

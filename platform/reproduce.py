@@ -366,7 +366,7 @@ def measure_arm(config: dict, index: str, steps: int = 2) -> dict:
     from lightman.platform.evaluate import evaluate_episodes
     from lightman.platform.loop import outer_step
     from lightman.platform.train import prepare
-    from lightman.tasks.episodes import fixed_episodes
+    from lightman.tasks.episodes import seeded_episodes
 
     cfg = _with_index(config, index)
     threads = torch.get_num_threads()
@@ -380,14 +380,14 @@ def measure_arm(config: dict, index: str, steps: int = 2) -> dict:
         optimizer = outer_optimizer(params.values(), cfg.learner)
         times = []
         for it in range(steps + 1):  # the first is a warm-up
-            tasks = fixed_episodes(
+            tasks = seeded_episodes(
                 data.train, cfg.episode, cfg.meta_batch, seed=(cfg.seed, it + 1), aux_pool=data.aux
             )
             t0 = time.perf_counter()
             grads, _ = learner.meta_grads(model, params, buffers, list(tasks))
             outer_step(optimizer, params, grads, cfg.meta_batch)
             times.append(time.perf_counter() - t0)
-        eps = fixed_episodes(data.val, cfg.episode, 2, seed=cfg.seed + 1, aux_pool=data.aux)
+        eps = seeded_episodes(data.val, cfg.episode, 2, seed=cfg.seed + 1, aux_pool=data.aux)
         t0 = time.perf_counter()
         evaluate_episodes(learner, model.eval(), params, buffers, eps)
         episode_s = (time.perf_counter() - t0) / 2

@@ -47,7 +47,7 @@ from lightman.platform.selection import (
     primary_pool,
 )
 from lightman.tasks import storage
-from lightman.tasks.episodes import EpisodeConfig, EpisodeSampler, fixed_episodes
+from lightman.tasks.episodes import EpisodeConfig, EpisodeSampler, seeded_episodes
 from lightman.tasks.splits import episode_ready_split, split_pools
 
 Backend = Literal["auto", "local", "ray"]
@@ -265,7 +265,7 @@ def finish(cfg: TrainConfig, out: str, state: dict, data: RunData) -> TrainResul
     save_checkpoint(buf, model, model.cfg, extra)
     storage.write_bytes(root.join(BEST_FILE), buf.getvalue())
     learner = build_learner(cfg.learner)
-    test_eps = fixed_episodes(
+    test_eps = seeded_episodes(
         data.test, cfg.episode, cfg.test_episodes, seed=cfg.seed + 2, aux_pool=data.aux
     )
     test = evaluate_episodes(

@@ -7,8 +7,10 @@ L_aux (Eq. 3). Here:
 
 - `ClipPool` holds the materialised clips of an index (numpy, one row per clip);
 - `EpisodeSampler` draws `Episode`s from a pool, deterministically for a seed;
-- `fixed_episodes` draws a fixed set once, so that every learner is evaluated on the
-  same episodes (paired comparison).
+- `seeded_episodes` draws n episodes as a function of the seed: the same n for the same
+  seed, whoever asks. The evaluation sets are drawn with it once (every learner is
+  evaluated on the same episodes: paired comparison), and so is each training step's
+  meta-batch, at a seed of its own (new episodes every step).
 - `pair_aux` and `draw_aux` pair macro clips with classes and draw a task's auxiliary
   batch, for the sampler and for the LOSO protocols' support sets alike.
 
@@ -648,8 +650,8 @@ class EpisodeSampler:
 
 
 class FixedEpisodes(Sequence[Episode]):
-    """A fixed list of episodes kept as indices and materialised on access (600 evaluation
-    episodes would not fit in memory as tensors)."""
+    """A list of drawn episodes kept as indices and materialised on access (600 evaluation
+    episodes would not fit in memory as tensors): what `seeded_episodes` returns."""
 
     def __init__(self, sampler: EpisodeSampler, plans: list[_Plan]) -> None:
         self._sampler, self._plans = sampler, plans
@@ -666,7 +668,7 @@ class FixedEpisodes(Sequence[Episode]):
         return (self._sampler._materialise(p) for p in self._plans)
 
 
-def fixed_episodes(
+def seeded_episodes(
     pool: ClipPool,
     cfg: EpisodeConfig,
     n: int,
@@ -681,6 +683,6 @@ def fixed_episodes(
     (seed, step, rank), so each training step gets new episodes that any worker, a
     resumed run or a rerun draws again exactly."""
     if n < 1:
-        raise ValueError(f"fixed_episodes needs n >= 1, got {n}")
+        raise ValueError(f"seeded_episodes needs n >= 1, got {n}")
     sampler = EpisodeSampler(pool, cfg, seed, aux_pool=aux_pool, aux_names=aux_names)
     return FixedEpisodes(sampler, [sampler._plan() for _ in range(n)])

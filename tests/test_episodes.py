@@ -14,7 +14,7 @@ from lightman.tasks.episodes import (
     EpisodeSampler,
     PoolError,
     default_aux_names,
-    fixed_episodes,
+    seeded_episodes,
     to_tensor,
 )
 from lightman.tasks.labels import NATIVE, build_scheme
@@ -134,12 +134,12 @@ def test_deterministic_for_seed():
     assert [e.support_ids for e in a] != [e.support_ids for e in c]
 
 
-def test_fixed_episodes_are_the_same_for_every_learner():
+def test_seeded_episodes_are_the_same_for_every_learner():
     pool = make_pool([8, 8, 8, 8])
     aux = make_pool([3] * 8, class_names=CK, dataset="ckplus", name="ck", seed=1)
     cfg = EpisodeConfig(ways=3, shots=1, query=2, aux_shots=2)
-    first = fixed_episodes(pool, cfg, n=7, seed=2, aux_pool=aux)
-    second = fixed_episodes(pool, cfg, n=7, seed=2, aux_pool=aux)
+    first = seeded_episodes(pool, cfg, n=7, seed=2, aux_pool=aux)
+    second = seeded_episodes(pool, cfg, n=7, seed=2, aux_pool=aux)
     assert len(first) == 7
     ids = [(e.support_ids, e.query_ids, e.aux_ids) for e in first]
     assert ids == [(e.support_ids, e.query_ids, e.aux_ids) for e in second]
@@ -149,6 +149,9 @@ def test_fixed_episodes_are_the_same_for_every_learner():
     )
     assert [e.query_ids for e in first[2:4]] == [ids[2][1], ids[3][1]]
     assert len({i[0] for i in ids}) > 1  # not one episode repeated
+    # a training step's meta-batch: the seed (seed, step) draws new episodes every step
+    step1, step2 = (seeded_episodes(pool, cfg, n=4, seed=(2, it)) for it in (1, 2))
+    assert [e.support_ids for e in step1] != [e.support_ids for e in step2]
 
 
 def test_error_names_pool_classes_and_counts():
