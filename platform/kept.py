@@ -68,18 +68,23 @@ def _write_atomically(path: Path, body: dict) -> None:
     tmp.replace(path)
 
 
-def write_row(path: str | Path, figures: dict, config: dict, index_hash: str) -> dict:
-    """Keep `figures` at `path` with their provenance (module docstring); the row written."""
+def _with_provenance(figures: dict, config: dict, index_hash: str) -> dict:
+    """`figures` plus their provenance (module docstring), refusing figures that use its keys."""
     clash = sorted(set(figures) & set(PROVENANCE))
     if clash:
         raise KeptRowError(f"figures may not use the provenance keys {clash}")
-    row = {
+    return {
         **figures,
         "index": index_hash,
         "config": config,
         "versions": versions(),
         "cpus": os.cpu_count(),
     }
+
+
+def write_row(path: str | Path, figures: dict, config: dict, index_hash: str) -> dict:
+    """Keep `figures` at `path` with their provenance (module docstring); the row written."""
+    row = _with_provenance(figures, config, index_hash)
     _write_atomically(Path(path), row)
     return row
 
@@ -162,16 +167,7 @@ def read_cell(loc: storage.Location, index_hash: str) -> dict | None:
 def write_cell(loc: storage.Location, figures: dict, config: dict, index_hash: str) -> dict:
     """Keep a cell's `figures` at `loc` with their provenance, as `write_row` keeps a row
     (written atomically through the storage layer); the row written."""
-    clash = sorted(set(figures) & set(PROVENANCE))
-    if clash:
-        raise KeptRowError(f"figures may not use the provenance keys {clash}")
-    row = {
-        **figures,
-        "index": index_hash,
-        "config": config,
-        "versions": versions(),
-        "cpus": os.cpu_count(),
-    }
+    row = _with_provenance(figures, config, index_hash)
     storage.write_text(loc, json.dumps(row, indent=1))
     return row
 
