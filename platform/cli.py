@@ -122,10 +122,11 @@ EXAMPLES = {
           lightman train --config configs/train/demo.yaml --out runs/sup \\
               learner.name=supervised model.ways=5
           lightman eval --checkpoint runs/sup/best.pt --index runs/demo/index --protocol megc-loso
-          # LOSO on the MEGC 2019 negative/positive/surprise labels
+          # loso on the negative/positive/surprise labels (support: other test subjects)
           lightman train --config configs/train/demo.yaml --out runs/comp \\
               data.labels=composite3 episode.ways=3 model.ways=3
-          lightman eval --checkpoint runs/comp/best.pt --index runs/demo/index --protocol composite
+          lightman eval --checkpoint runs/comp/best.pt --index runs/demo/index \\
+              --protocol loso-composite3
     """,
     "reproduce": """
         example:
@@ -336,9 +337,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--protocol",
         default="fewshot",
-        choices=("fewshot", "loso", "composite", "megc-loso"),
-        help="fewshot: N-way K-shot episodes; loso: leave-one-subject-out over the test subjects; "
-        "composite: LOSO on the MEGC 2019 negative/positive/surprise labels; megc-loso: "
+        choices=("fewshot", "loso", "loso-composite3", "megc-loso"),
+        help="fewshot: N-way K-shot episodes; loso: leave-one-subject-out over the test "
+        "subjects, each adapted on a support set of the other test subjects; loso-composite3: "
+        "loso on the negative/positive/surprise labels (not MEGC 2019's protocol); megc-loso: "
         "MEGC 2019 LOSO, the checkpoint's config retrained once per subject of the primary data",
     )
     e.add_argument(

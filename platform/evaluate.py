@@ -22,6 +22,7 @@ from lightman.platform.megc import PROTOCOL as MEGC_LOSO
 from lightman.platform.megc import MegcConfig, evaluate_megc
 from lightman.platform.protocols import (
     PROTOCOLS,
+    RENAMED,
     LosoConfig,
     evaluate_protocol,
     format_protocol_table,
@@ -132,8 +133,11 @@ def evaluate_checkpoint(
     checkpoint: str, index: str, protocol: str, cfg: EvalConfig, out: str | None
 ) -> EvalResult:
     """Evaluate a training run's checkpoint on the test subjects it recorded: few-shot
-    episodes (fewshot), or LOSO over those subjects (loso, composite: platform/protocols.py)."""
+    episodes (fewshot), or LOSO over those subjects (loso, loso-composite3:
+    platform/protocols.py), or MEGC 2019's LOSO of its config (megc-loso: platform/megc.py)."""
     known = ["fewshot", *PROTOCOLS, MEGC_LOSO]
+    if protocol in RENAMED:
+        raise ValueError(RENAMED[protocol])
     if protocol not in known:
         raise ValueError(f"protocol {protocol!r} is unknown; use one of {known}")
     device = resolve_device(cfg.device, "device")  # before any work

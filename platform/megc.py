@@ -2,7 +2,7 @@
 
 This is the field's LOSO, and not Lightman's few-shot `loso` protocol (protocols.py):
 
-- `loso` / `composite` evaluate ONE meta-trained checkpoint on the run's held-out test
+- `loso` / `loso-composite3` evaluate ONE meta-trained checkpoint on the run's held-out test
   subjects: each fold adapts the checkpoint on a K-shot support set drawn from the other
   test subjects, then predicts the left-out one.
 - `megc-loso` TRAINS one model per subject of the whole primary pool: fold s trains a

@@ -1,4 +1,7 @@
-"""LOSO and composite (MEGC 2019) evaluation of a meta-learned checkpoint (docs/architecture.md).
+"""LOSO over a run's test subjects (`loso`, `loso-composite3`) of a meta-learned checkpoint
+(docs/architecture.md). Neither is MEGC 2019's protocol: each fold adapts on a support set
+of the OTHER TEST subjects; MEGC 2019's leave-one-subject-out, which trains on every other
+subject, is `megc-loso` (platform/megc.py).
 
 Model selection never touches a test subject: these protocols use only the subjects the
 checkpoint's run recorded as TEST, none of which it trained or validated on. For each
@@ -18,8 +21,8 @@ test clip expected exactly once), and the pooled metrics ACC, macro-F1, UAR and 
 as mean ± 95% CI over the R draws; the confusion matrix is summed over the draws.
 
 The classifier predicts every class at once, so its ways must equal the pool's classes
-(5 for the CASME II five-class set, 3 for composite). Way j is class j. `composite` is
-the same evaluation on the negative / positive / surprise relabelling (`composite_pool`)
+(5 for the CASME II five-class set, 3 for composite3). Way j is class j. `loso-composite3`
+is the same evaluation on the negative / positive / surprise relabelling (`composite_pool`)
 of the run's primary datasets, reported per dataset as well, as in the MEGC table.
 
 Batch statistics: with bn_mode "task" a batch is normalised with its own statistics and a
@@ -54,7 +57,15 @@ from lightman.tasks.splits import PooledPredictions, draw_support, loso_folds, p
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("loso", "composite")
+COMPOSITE = "loso-composite3"  # `loso` on the negative / positive / surprise labels
+PROTOCOLS = ("loso", COMPOSITE)
+RENAMED = {
+    "composite": (
+        f"protocol 'composite' is now {COMPOSITE!r}: it adapts on support sets of the other "
+        "test subjects, which MEGC 2019 does not; MEGC 2019's leave-one-subject-out over "
+        "the composite labels is --protocol megc-loso with a run of data.labels=composite3"
+    )
+}
 ALL = "all"  # the group of every test clip, beside one group per dataset
 
 
@@ -116,11 +127,13 @@ class LosoResult:
 def protocol_pool(protocol: str, data: DataSelection, test_subjects: Sequence[str]) -> ClipPool:
     """The test subjects' clips: the run's primary pool under its labels (loso), or the
     composite 3-class relabelling of its primary datasets (composite)."""
+    if protocol in RENAMED:
+        raise ValueError(RENAMED[protocol])
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
-    relabel = protocol == "composite" and data.labels != "composite3"
+    relabel = protocol == COMPOSITE and data.labels != "composite3"
     pool = primary_pool(
-        dataclasses.replace(data, labels="composite3") if protocol == "composite" else data
+        dataclasses.replace(data, labels="composite3") if protocol == COMPOSITE else data
     )
     # Relabelling drops clips outside the scheme (CASME II others, …): a test subject may be
     # left with none.
@@ -138,9 +151,9 @@ def protocol_pool(protocol: str, data: DataSelection, test_subjects: Sequence[st
 
 def check_ways(protocol: str, ways: int, class_names: Sequence[str]) -> None:
     """The classifier must predict every class at once (way j = class j)."""
-    if protocol == "composite" and ways != len(COMPOSITE3):
+    if protocol == COMPOSITE and ways != len(COMPOSITE3):
         raise ValueError(
-            f"the composite protocol predicts {' / '.join(COMPOSITE3)}, but the checkpoint "
+            f"the {COMPOSITE} protocol predicts {' / '.join(COMPOSITE3)}, but the checkpoint "
             f"classifies {ways} ways; train it with data.labels=composite3 episode.ways=3 "
             "model.ways=3"
         )
@@ -279,13 +292,16 @@ def evaluate_protocol(
     corrupt: str = "none",
     corrupt_fraction: float = 0.0,
 ) -> LosoResult:
-    """LOSO (`loso`) or composite (`composite`) evaluation of `model` on the run's test subjects.
+    """LOSO (`loso`; `loso-composite3` on the composite labels) of `model` on the run's
+    test subjects.
 
     `corrupt` (mask | noise | grey, tasks/corrupt.py): `corrupt_fraction` of the test
     subjects' clips are corrupted once (seeded by cfg.seed), before any draw, as the
     fewshot protocol corrupts its test pool: the support sets (other test subjects) and
     the predicted clips are both test clips; the auxiliary macro clips are never touched."""
-    if protocol == "composite":  # before loading any clip
+    if protocol in RENAMED:
+        raise ValueError(RENAMED[protocol])
+    if protocol == COMPOSITE:  # before loading any clip
         check_ways(protocol, model.cfg.ways, COMPOSITE3)
     pool = protocol_pool(protocol, data, test_subjects)
     check_ways(protocol, model.cfg.ways, pool.class_names)

@@ -1,5 +1,6 @@
-"""LOSO and composite protocols end to end: tiny checkpoints trained with `run_training` on a
-generated CASME II + SAMM + SMIC + CK+ index, evaluated through the real CLI and API.
+"""The loso and loso-composite3 protocols end to end: tiny checkpoints trained with
+`run_training` on a generated CASME II + SAMM + SMIC + CK+ index, evaluated through the
+real CLI and API.
 
 Metrics are recomputed here from predictions.csv with independent numpy code, and the
 composite relabelling is checked against the MEGC 2019 mapping written out by hand
@@ -289,7 +290,7 @@ def test_composite_cli_relabels_like_megc_and_reports_each_dataset(
                 "--index",
                 index,
                 "--protocol",
-                "composite",
+                "loso-composite3",
                 "--out",
                 str(out),
                 "repeats=2",
@@ -297,7 +298,7 @@ def test_composite_cli_relabels_like_megc_and_reports_each_dataset(
         )
         == 0
     )
-    assert "| composite | lightman | all |" in capsys.readouterr().out
+    assert "| loso-composite3 | lightman | all |" in capsys.readouterr().out
     metrics = json.loads((out / "results.json").read_text())["metrics"]
     truth = _composite_truth(index, _test_subjects(composite_ckpt))
     rows = _read_csv(out / "predictions.csv")
@@ -326,7 +327,7 @@ def test_composite_of_an_index_labelled_checkpoint_keeps_only_composite_clips(
     index, casme2_ckpt, tmp_path
 ):
     result = evaluate_checkpoint(
-        casme2_ckpt, index, "composite", EvalConfig(repeats=1), str(tmp_path)
+        casme2_ckpt, index, "loso-composite3", EvalConfig(repeats=1), str(tmp_path)
     )
     truth = _composite_truth(index, _test_subjects(casme2_ckpt))
     assert set(truth) and all(c.startswith("casme2/") for c in truth)
@@ -369,7 +370,7 @@ def test_mismatched_ways_fail_with_how_to_train(index, casme2_ckpt, tmp_path, ca
                 "--index",
                 index,
                 "--protocol",
-                "composite",
+                "loso-composite3",
                 "--out",
                 str(tmp_path / "composite"),
             ]
@@ -446,9 +447,9 @@ class _Spy:
         return out
 
 
-@pytest.mark.parametrize("protocol", ["loso", "composite"])
+@pytest.mark.parametrize("protocol", ["loso", "loso-composite3"])
 def test_corruption_reaches_the_loso_protocols_test_clips_only(index, composite_ckpt, protocol):
-    """corrupt= on loso / composite: the corrupted clips are test clips (of the run's test
+    """corrupt= on loso / loso-composite3: the corrupted clips are test clips (of the run's test
     subjects), the macro clips stay clean, and the corrupted run's logits differ from the
     clean run's on the same draws."""
     model, _, meta = load_checkpoint(composite_ckpt)
@@ -468,3 +469,8 @@ def test_corruption_reaches_the_loso_protocols_test_clips_only(index, composite_
         assert np.array_equal(a, b)
     diff = sum(np.abs(a - b).sum() for a, b in zip(clean_spy.out, bad_spy.out))
     assert diff > 0
+
+
+def test_the_old_composite_name_is_refused_naming_its_new_name_and_megc(tmp_path):
+    with pytest.raises(ValueError, match="loso-composite3.*megc-loso"):
+        evaluate_checkpoint(str(tmp_path / "none.pt"), "", "composite", EvalConfig(), None)
