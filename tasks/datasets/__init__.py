@@ -2,8 +2,8 @@
 
 `scan("casme2", "/data/CASME2")` finds the release's annotation and frames, and returns
 a `ScanResult`. Each adapter module keeps its expected layout as data (`LAYOUT`, here
-`LAYOUTS[name]`; its docstring repeats it for readers); a folder in the wrong layout
-raises `LayoutError` showing it.
+`LAYOUTS[name]`), never in its docstring (`python -OO` strips those); a folder in the
+wrong layout raises `LayoutError` showing it.
 """
 
 from __future__ import annotations

@@ -83,13 +83,13 @@ def decided(outcome: Skipped) -> Callable[[], Skipped]:
 # ---------------------------------------------------------------- layout and search
 
 
-def layout_block(*lines: str) -> str:
-    """The expected layout as LayoutError shows it: one entry per line, each indented two spaces.
+def layout_block(text: str) -> str:
+    """The expected layout as LayoutError shows it: `text`'s lines, each indented two spaces.
 
-    Adapters keep their layout as these lines (data) rather than reading it back from
-    their docstrings, which `python -OO` strips; the docstrings repeat it for readers.
+    Adapters keep their layout in a module constant, never in their docstrings, which
+    `python -OO` strips. `text` is written flush left, one entry per line.
     """
-    return "\n".join("  " + line for line in lines)
+    return "\n".join("  " + line for line in text.strip("\n").splitlines())
 
 
 def layout_error(title: str, layout: str, root: Location, problem: str) -> LayoutError:
@@ -293,6 +293,51 @@ def row_reason(error: Exception, where: str) -> str:
     return str(error) if where in str(error) else f"{where}: {error}"
 
 
+def unusable_row(
+    dataset: str, clip_id: str, subject: str, expression: str, where: str, error: Exception
+) -> Candidate:
+    """The candidate of a row that names a clip but whose values cannot be used (onset
+    after offset, unknown emotion...): skipped, the reason naming the row."""
+    return Candidate(
+        clip_id,
+        subject,
+        expression,
+        where,
+        decided(Skipped(dataset, clip_id, row_reason(error, where))),
+    )
+
+
+def annotated_record(
+    names: tuple[str, str, str, str],
+    emotion: str,
+    frames: tuple[int, int | None, int],
+    fps: float,
+    repairs: tuple[str, ...],
+    action_units: str = "",
+) -> ClipRecord:
+    """A clip as its annotation row gives it, before its frames are listed.
+
+    names: (dataset, prefixed subject, filename, expression); frames: (onset, apex,
+    offset) as annotated, a None apex being missing (preprocessing estimates it).
+    """
+    dataset, subject, filename, expression = names
+    onset, apex, offset = frames
+    return ClipRecord(
+        dataset=dataset,
+        subject=subject,
+        filename=filename,
+        expression=expression,
+        emotion=emotion,
+        onset=onset,
+        apex=apex,
+        offset=offset,
+        fps=fps,
+        action_units=action_units,
+        apex_source="annotated" if apex is not None else "missing",
+        repairs=repairs,
+    )
+
+
 # ---------------------------------------------------------------- frames
 
 
@@ -483,23 +528,16 @@ def coding_candidates(
             )
             emotion, emotion_notes = canonical_emotion(dataset, cell(row, c["emotion"]), where)
         except ValueError as e:  # RowError or UnknownEmotion
-            skip = Skipped(dataset, clip_id, row_reason(e, where))
-            candidates.append(Candidate(clip_id, subject, "micro", where, decided(skip)))
+            candidates.append(unusable_row(dataset, clip_id, subject, "micro", where, e))
             continue
         apex, apex_notes = parse_apex(cell(row, c["apex"]), where, sheet.label("apex"))
-        rec = ClipRecord(
-            dataset=dataset,
-            subject=subject,
-            filename=filename,
-            expression="micro",
-            emotion=emotion,
-            onset=onset,
-            apex=apex,
-            offset=offset,
-            fps=fps,
-            action_units=text(cell(row, c.get("action_units"))),
-            apex_source="annotated" if apex is not None else "missing",
-            repairs=apex_notes + emotion_notes,
+        rec = annotated_record(
+            (dataset, subject, filename, "micro"),
+            emotion,
+            (onset, apex, offset),
+            fps,
+            apex_notes + emotion_notes,
+            text(cell(row, c.get("action_units"))),
         )
         folder_loc = frames.join(folder, filename)
         candidates.append(
@@ -521,6 +559,11 @@ def numbered_folder(prefix: str, width: int) -> Callable[[object, str], str]:
     return parse
 
 
+# The columns named alike in every coding sheet; the other spellings differ per release.
+SUBJECT_AND_FILENAME: Spellings = {"subject": ("Subject",), "filename": ("Filename",)}
+ACTION_UNITS: Spellings = {"action_units": ("Action Units", "AUs")}
+
+
 @dataclass(frozen=True)
 class CodingRelease:
     """What tells one coding-sheet release (CASME II, CASME, SAMM) from another: the scan
@@ -535,8 +578,13 @@ class CodingRelease:
     frame_dirs: tuple[str, ...]  # frame-root folder patterns, first match wins
     subject_dir: str  # pattern of a subject folder, were the frames directly under root
     subject_folder: Callable[[object, str], str]  # Subject cell -> folder name
-    required: Spellings
-    optional: Spellings
+    # field -> accepted header spellings for onset, apex, offset and emotion (the first
+    # spelling is the one "no header row" messages name)
+    spellings: Spellings
+
+    @property
+    def required(self) -> Spellings:
+        return {**SUBJECT_AND_FILENAME, **self.spellings}
 
 
 def scan_coding_release(
@@ -555,7 +603,7 @@ def scan_coding_release(
         raise layout_error(r.title, r.layout, root, f"no {r.sheet_hint} sheet")
     frames = frames_root(root, infos, r.frame_dirs, r.subject_dir, r.title, r.layout)
     sheet = open_coding_sheet(
-        child(root, sheet_info), r.required, r.optional, r.title, r.layout, root
+        child(root, sheet_info), r.required, ACTION_UNITS, r.title, r.layout, root
     )
     candidates, row_skips = coding_candidates(
         r.dataset, sheet, subject_folder=r.subject_folder, frames=frames, fps=r.fps

@@ -1,13 +1,7 @@
 """CAS(ME)^2 adapter: micro- and macro-expressions of 22 subjects in long videos, 30 fps.
 
-Expected layout (first match wins, in the order listed):
-<root>/CAS(ME)^2code_final.xlsx (any CAS(ME)^2*.xlsx or CAS(ME)2*.xlsx; last in name order):
-  sheet CASFEcode_final, no header row: participant, clip name, onset, apex, offset,
-    AUs, category, type, fine emotion
-  sheet naming rule1: subject folder (s15), folder number (15), participant (1)
-  sheet naming rule2: video code (101 or 0101), video name (disgust1)
-<root>/rawpic/sNN/NN_CCCC<description>/imgN.jpg,
-  e.g. rawpic/s15/15_0101disgustingteeth/img1.jpg
+Expected layout: `LAYOUT` below (first match wins, in the order listed), which a
+folder in another layout fails with.
 
 How a row finds its frames: the participant (1) gives the folder number (15) through
 `naming rule1`; the clip name's video part (`disgust1` of `disgust1_1`) gives the
@@ -37,11 +31,11 @@ from lightman.tasks.datasets.base import (
     FrameError,
     RowError,
     ScanResult,
+    annotated_record,
     canonical_emotion,
     cell,
     child,
     collect,
-    decided,
     header_key,
     is_blank,
     layout_block,
@@ -53,24 +47,24 @@ from lightman.tasks.datasets.base import (
     parse_onset_offset,
     pick,
     read_workbook,
-    row_reason,
     subdirs,
     text,
+    unusable_row,
 )
 from lightman.tasks.schema import ClipRecord, Skipped
 from lightman.tasks.storage import Location
 
 DATASET = "casme_sq"
 TITLE = "CAS(ME)^2"
-LAYOUT = layout_block(  # first match wins, in the order listed (the docstring repeats it)
-    "<root>/CAS(ME)^2code_final.xlsx (any CAS(ME)^2*.xlsx or CAS(ME)2*.xlsx; last in name order):",
-    "  sheet CASFEcode_final, no header row: participant, clip name, onset, apex, offset,",
-    "    AUs, category, type, fine emotion",
-    "  sheet naming rule1: subject folder (s15), folder number (15), participant (1)",
-    "  sheet naming rule2: video code (101 or 0101), video name (disgust1)",
-    "<root>/rawpic/sNN/NN_CCCC<description>/imgN.jpg,",
-    "  e.g. rawpic/s15/15_0101disgustingteeth/img1.jpg",
-)
+LAYOUT = layout_block("""
+<root>/CAS(ME)^2code_final.xlsx (any CAS(ME)^2*.xlsx or CAS(ME)2*.xlsx; last in name order):
+  sheet CASFEcode_final, no header row: participant, clip name, onset, apex, offset,
+    AUs, category, type, fine emotion
+  sheet naming rule1: subject folder (s15), folder number (15), participant (1)
+  sheet naming rule2: video code (101 or 0101), video name (disgust1)
+<root>/rawpic/sNN/NN_CCCC<description>/imgN.jpg,
+  e.g. rawpic/s15/15_0101disgustingteeth/img1.jpg
+""")
 FPS = 30.0
 SHEETS = (r"cas\(me\)\^?2.*\.xlsx",)
 CODE_SHEETS = ("casfecodefinal", "casmecodefinal")  # header_key of the name: loaders spell both
@@ -260,23 +254,11 @@ def row_candidate(row: tuple, where: str, naming: Naming, rawpic: Rawpic) -> Can
                 f"for clip {clip_name!r}"
             )
     except ValueError as e:  # RowError or UnknownEmotion
-        skip = Skipped(DATASET, clip_id, row_reason(e, where))
-        return Candidate(clip_id, subject, kind, where, decided(skip))
+        return unusable_row(DATASET, clip_id, subject, kind, where, e)
     fine = text(cell(row, FINE))
-    rec = ClipRecord(
-        dataset=DATASET,
-        subject=subject,
-        filename=clip_name,
-        expression=kind,
-        emotion=emotion,
-        onset=onset,
-        apex=apex,
-        offset=offset,
-        fps=FPS,
-        action_units=text(cell(row, AUS)) + (f"; fine emotion: {fine}" if fine else ""),
-        apex_source="annotated" if apex is not None else "missing",
-        repairs=repairs + notes,
-    )
+    aus = text(cell(row, AUS)) + (f"; fine emotion: {fine}" if fine else "")
+    names = (DATASET, subject, clip_name, kind)
+    rec = annotated_record(names, emotion, (onset, apex, offset), FPS, repairs + notes, aus)
     folder = f"{subject_dir}/{folders[0]}"
     return Candidate(clip_id, subject, kind, where, partial(clip_frames, rec, rawpic, folder))
 
@@ -284,7 +266,7 @@ def row_candidate(row: tuple, where: str, naming: Naming, rawpic: Rawpic) -> Can
 def scan(
     root: Location, *, limit: int | None = None, subjects=None, expression: str | None = None
 ) -> ScanResult:
-    """All CAS(ME)^2 clips under `root` (see the module docstring for the layout)."""
+    """All CAS(ME)^2 clips under `root`, in the layout `LAYOUT` shows."""
     infos = storage.list_dir(root)
     sheet_info = pick(infos, SHEETS, pafs.FileType.File)
     if sheet_info is None:

@@ -1,8 +1,7 @@
 """CK+ adapter: posed macro-expression sequences (neutral -> peak) of 123 subjects.
 
-Expected layout (first match wins, in the order listed):
-<root>/cohn-kanade-images/SNNN/NNN/SNNN_NNN_FFFFFFFF.png
-<root>/Emotion/SNNN/NNN/SNNN_NNN_FFFFFFFF_emotion.txt, else <root>/Emotion_labels/Emotion/...
+Expected layout: `LAYOUT` below (first match wins, in the order listed), which a
+folder in another layout fails with.
 
 Each emotion file holds one float code: 0 neutral, 1 anger, 2 contempt, 3 disgust,
 4 fear, 5 happy, 6 sadness, 7 surprise. Of the 593 sequences only 327 have one;
@@ -38,10 +37,10 @@ from lightman.tasks.storage import Location
 
 DATASET = "ckplus"
 TITLE = "CK+"
-LAYOUT = layout_block(  # first match wins, in the order listed (the docstring repeats it)
-    "<root>/cohn-kanade-images/SNNN/NNN/SNNN_NNN_FFFFFFFF.png",
-    "<root>/Emotion/SNNN/NNN/SNNN_NNN_FFFFFFFF_emotion.txt, else <root>/Emotion_labels/Emotion/...",
-)
+LAYOUT = layout_block("""
+<root>/cohn-kanade-images/SNNN/NNN/SNNN_NNN_FFFFFFFF.png
+<root>/Emotion/SNNN/NNN/SNNN_NNN_FFFFFFFF_emotion.txt, else <root>/Emotion_labels/Emotion/...
+""")
 FPS = 30.0
 CODES = NATIVE["ckplus"]  # index = the float code in an emotion file
 
@@ -103,7 +102,7 @@ def emotion_folder(root: Location, infos: list[pafs.FileInfo]) -> Location | Non
 def scan(
     root: Location, *, limit: int | None = None, subjects=None, expression: str | None = None
 ) -> ScanResult:
-    """All CK+ sequences under `root` (see the module docstring for the layout)."""
+    """All CK+ sequences under `root`, in the layout `LAYOUT` shows."""
     infos = storage.list_dir(root)
     images = pick(infos, (r"cohn-kanade-images",), pafs.FileType.Directory)
     emotions = emotion_folder(root, infos)

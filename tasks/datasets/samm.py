@@ -1,11 +1,7 @@
 """SAMM adapter: 159 micro-movement clips of 32 participants, greyscale, 200 fps (lit.).
 
-Expected layout (first match wins, in the order listed):
-<root>/SAMM_Micro_FACS_Codes*.xlsx (last in name order, so _v2 beats the original)
-<root>/SAMM/NNN/NNN_I_K/NNN_FFFFF.jpg, else <root>/NNN/NNN_I_K/NNN_FFFFF.jpg
-sheet: ~12 text rows, then the header row: Subject, Filename, Inducement Code,
-  Onset Frame, Apex Frame, Offset Frame, Duration, Micro, Action Units, Notes,
-  Estimated Emotion, Objective Classes
+Expected layout: `LAYOUT` below (first match wins, in the order listed), which a
+folder in another layout fails with.
 
 Sheet quirks handled: the header row is found by its 'Subject' and 'Filename' cells,
 not by position; `Subject` may be an integer (6 -> folder `006`); 'Others' and 'others'
@@ -17,54 +13,39 @@ are `samm/NNN`; clip ids `samm/NNN/NNN_I_K`.
 
 from __future__ import annotations
 
+from functools import partial
+
 from lightman.tasks.datasets.base import (
     CodingRelease,
-    ScanResult,
     layout_block,
     numbered_folder,
     scan_coding_release,
 )
-from lightman.tasks.storage import Location
 
 DATASET = "samm"
 TITLE = "SAMM"
-LAYOUT = layout_block(  # first match wins, in the order listed (the docstring repeats it)
-    "<root>/SAMM_Micro_FACS_Codes*.xlsx (last in name order, so _v2 beats the original)",
-    "<root>/SAMM/NNN/NNN_I_K/NNN_FFFFF.jpg, else <root>/NNN/NNN_I_K/NNN_FFFFF.jpg",
-    "sheet: ~12 text rows, then the header row: Subject, Filename, Inducement Code,",
-    "  Onset Frame, Apex Frame, Offset Frame, Duration, Micro, Action Units, Notes,",
-    "  Estimated Emotion, Objective Classes",
-)
-FPS = 200.0
-SHEETS = (r"samm_micro_facs_codes.*\.xlsx",)
-REQUIRED = {
-    "subject": ("Subject",),
-    "filename": ("Filename",),
-    "onset": ("Onset Frame", "Onset"),
-    "apex": ("Apex Frame", "Apex"),
-    "offset": ("Offset Frame", "Offset"),
-    "emotion": ("Estimated Emotion", "Emotion"),
-}
-OPTIONAL = {"action_units": ("Action Units", "AUs")}
-
-
+LAYOUT = layout_block("""
+<root>/SAMM_Micro_FACS_Codes*.xlsx (last in name order, so _v2 beats the original)
+<root>/SAMM/NNN/NNN_I_K/NNN_FFFFF.jpg, else <root>/NNN/NNN_I_K/NNN_FFFFF.jpg
+sheet: ~12 text rows, then the header row: Subject, Filename, Inducement Code,
+  Onset Frame, Apex Frame, Offset Frame, Duration, Micro, Action Units, Notes,
+  Estimated Emotion, Objective Classes
+""")
 RELEASE = CodingRelease(
-    dataset=DATASET,
-    title=TITLE,
-    layout=LAYOUT,
-    fps=FPS,
-    sheets=SHEETS,
+    DATASET,
+    TITLE,
+    LAYOUT,
+    fps=200.0,
+    sheets=(r"samm_micro_facs_codes.*\.xlsx",),
     sheet_hint="SAMM_Micro_FACS_Codes*.xlsx",
     frame_dirs=(r"samm",),
     subject_dir=r"\d+",
     subject_folder=numbered_folder("", 3),
-    required=REQUIRED,
-    optional=OPTIONAL,
+    spellings={
+        "onset": ("Onset Frame", "Onset"),
+        "apex": ("Apex Frame", "Apex"),
+        "offset": ("Offset Frame", "Offset"),
+        "emotion": ("Estimated Emotion", "Emotion"),
+    },
 )
-
-
-def scan(
-    root: Location, *, limit: int | None = None, subjects=None, expression: str | None = None
-) -> ScanResult:
-    """All SAMM clips under `root` (see the module docstring for the layout)."""
-    return scan_coding_release(RELEASE, root, limit=limit, subjects=subjects, expression=expression)
+scan = partial(scan_coding_release, RELEASE)  # (root, *, limit, subjects, expression)

@@ -1,10 +1,7 @@
 """SMIC-HS adapter: 164 micro-expression clips of 16 subjects, 100 fps (lit.), no apex.
 
-Expected layout (first match wins, in the order listed):
-<root>/HS/sN/micro/{negative,positive,surprise}/sN_xx_NN/imageNNNNNN.bmp,
-  else <root>/sN/micro/...
-optional onset/offset sheet: <root>/SMIC*.xlsx, else <root>/HS/SMIC*.xlsx,
-  columns Subject, Filename, Onset, Offset
+Expected layout: `LAYOUT` below (first match wins, in the order listed), which a
+folder in another layout fails with.
 
 The label is the emotion folder's name; frame numbers are absolute (image559740.bmp).
 Onset/offset are the first/last frame in the clip folder, unless a sheet is shipped:
@@ -51,12 +48,12 @@ from lightman.tasks.storage import Location
 
 DATASET = "smic"
 TITLE = "SMIC-HS"
-LAYOUT = layout_block(  # first match wins, in the order listed (the docstring repeats it)
-    "<root>/HS/sN/micro/{negative,positive,surprise}/sN_xx_NN/imageNNNNNN.bmp,",
-    "  else <root>/sN/micro/...",
-    "optional onset/offset sheet: <root>/SMIC*.xlsx, else <root>/HS/SMIC*.xlsx,",
-    "  columns Subject, Filename, Onset, Offset",
-)
+LAYOUT = layout_block("""
+<root>/HS/sN/micro/{negative,positive,surprise}/sN_xx_NN/imageNNNNNN.bmp,
+  else <root>/sN/micro/...
+optional onset/offset sheet: <root>/SMIC*.xlsx, else <root>/HS/SMIC*.xlsx,
+  columns Subject, Filename, Onset, Offset
+""")
 FPS = 100.0
 SHEETS = (r"smic.*\.xlsx",)
 REQUIRED = {
@@ -193,7 +190,7 @@ def candidate(
 def scan(
     root: Location, *, limit: int | None = None, subjects=None, expression: str | None = None
 ) -> ScanResult:
-    """All SMIC-HS clips under `root` (see the module docstring for the layout)."""
+    """All SMIC-HS clips under `root`, in the layout `LAYOUT` shows."""
     infos = storage.list_dir(root)
     hs = frames_root(root, infos, (r"hs",), r"s\d+", TITLE, LAYOUT)
     sheet_dir, sheet_info = root, pick(infos, SHEETS, pafs.FileType.File)

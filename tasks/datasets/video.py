@@ -1,10 +1,7 @@
 """Generic video adapter: a folder of video files plus one CSV row per clip.
 
-Expected layout (first match wins, in the order listed):
-<root>/labels.csv, else the only <root>/*.csv, with a header line naming the columns
-  clip, subject, emotion, onset, apex, offset (optional: fps, expression)
-<root>/<clip>: the video file named by the `clip` column, relative to the root
-  (e.g. carphone.mp4 or videos/p1_01.mp4)
+Expected layout: `LAYOUT` below (first match wins, in the order listed), which a
+folder in another layout fails with.
 
 Frame numbers are 0-based positions of the decoded frames (decord), so onset, apex
 and offset count from 0 and `frame_numbers` is 0..n-1; `video_uri` is the file. A
@@ -33,11 +30,11 @@ from lightman.tasks.datasets.base import (
     LayoutError,
     RowError,
     ScanResult,
+    annotated_record,
     canonical_emotion,
     cell,
     child,
     collect,
-    decided,
     find_header,
     is_blank,
     layout_block,
@@ -46,8 +43,8 @@ from lightman.tasks.datasets.base import (
     parse_apex,
     parse_onset_offset,
     pick,
-    row_reason,
     text,
+    unusable_row,
 )
 from lightman.tasks.frames import FrameReadError, decoder_log, decoder_reason, open_video
 from lightman.tasks.schema import EXPRESSIONS, ClipRecord, Skipped
@@ -55,12 +52,12 @@ from lightman.tasks.storage import Location
 
 DATASET = "video"
 TITLE = "generic video"
-LAYOUT = layout_block(  # first match wins, in the order listed (the docstring repeats it)
-    "<root>/labels.csv, else the only <root>/*.csv, with a header line naming the columns",
-    "  clip, subject, emotion, onset, apex, offset (optional: fps, expression)",
-    "<root>/<clip>: the video file named by the `clip` column, relative to the root",
-    "  (e.g. carphone.mp4 or videos/p1_01.mp4)",
-)
+LAYOUT = layout_block("""
+<root>/labels.csv, else the only <root>/*.csv, with a header line naming the columns
+  clip, subject, emotion, onset, apex, offset (optional: fps, expression)
+<root>/<clip>: the video file named by the `clip` column, relative to the root
+  (e.g. carphone.mp4 or videos/p1_01.mp4)
+""")
 REQUIRED = {name: (name,) for name in ("clip", "subject", "emotion", "onset", "apex", "offset")}
 OPTIONAL = {"fps": ("fps",), "expression": ("expression",)}
 
@@ -146,7 +143,7 @@ def parse_fps(value: object, where: str) -> float | None:
 def scan(
     root: Location, *, limit: int | None = None, subjects=None, expression: str | None = None
 ) -> ScanResult:
-    """All clips listed in the CSV under `root` (see the module docstring for the layout)."""
+    """All clips listed in the CSV under `root`, in the layout `LAYOUT` shows."""
     sheet = read_csv(find_csv(root, storage.list_dir(root)), root)
     candidates: list[Candidate] = []
     row_skips: list[Skipped] = []
@@ -170,22 +167,12 @@ def scan(
             emotion, notes = canonical_emotion(DATASET, cell(row, c["emotion"]), where)
             fps = parse_fps(cell(row, c.get("fps")), where)
         except ValueError as e:  # RowError or UnknownEmotion
-            skip = Skipped(DATASET, clip_id, row_reason(e, where))
-            candidates.append(Candidate(clip_id, subject, kind, where, decided(skip)))
+            candidates.append(unusable_row(DATASET, clip_id, subject, kind, where, e))
             continue
         apex, apex_notes = parse_apex(cell(row, c["apex"]), where, "apex", first_frame=0)
-        rec = ClipRecord(
-            dataset=DATASET,
-            subject=subject,
-            filename=filename,
-            expression=kind,
-            emotion=emotion,
-            onset=onset,
-            apex=apex,
-            offset=offset,
-            fps=fps or 0.0,
-            apex_source="annotated" if apex is not None else "missing",
-            repairs=apex_notes + notes,
+        names = (DATASET, subject, filename, kind)
+        rec = annotated_record(
+            names, emotion, (onset, apex, offset), fps or 0.0, apex_notes + notes
         )
         uri = root.join(clip).uri
         candidates.append(
