@@ -17,14 +17,7 @@ from typing import TYPE_CHECKING
 import ray
 from ray.train import DataConfig
 
-from lightman.platform.index import (
-    INDEX_SCHEMA,
-    check_columns,
-    check_subjects,
-    read_manifest,
-    select_files,
-)
-from lightman.tasks import storage
+from lightman.platform.index import INDEX_SCHEMA, select_read
 
 if TYPE_CHECKING:
     from ray.data import DataIterator, Dataset
@@ -44,11 +37,7 @@ def read_dataset(
     the column projection are Ray Data expressions, which its optimiser pushes into the
     Parquet read.
     """
-    root = storage.resolve(uri)
-    manifest = read_manifest(root.uri)
-    rel = select_files(manifest, root.uri, datasets, expression)
-    cols = check_columns(columns)
-    subjects = check_subjects(subjects)
+    root, rel, cols, subjects = select_read(uri, datasets, expression, subjects, columns)
     if not rel:
         return ray.data.from_arrow(INDEX_SCHEMA.empty_table().select(cols))
     paths = [root.join(p).path for p in rel]

@@ -678,6 +678,22 @@ def check_columns(columns: Iterable[str] | None) -> list[str]:
     return cols
 
 
+def select_read(
+    uri: str,
+    datasets: Iterable[str] | None,
+    expression: str | None,
+    subjects: Iterable[str] | None,
+    columns: Iterable[str] | None,
+) -> tuple[storage.Location, list[str], list[str], list[str] | None]:
+    """A filtered read of the committed index at `uri`, checked: (its root, the relative
+    paths of the files to read, the columns, the subjects or None). What `read_table` and
+    platform/data.py's `read_dataset` read."""
+    root = storage.resolve(uri)
+    manifest = read_manifest(root.uri)
+    rel = select_files(manifest, root.uri, datasets, expression)
+    return root, rel, check_columns(columns), check_subjects(subjects)
+
+
 def index_files(
     uri: str, *, datasets: Iterable[str] | None = None, expression: str | None = None
 ) -> list[str]:
@@ -700,11 +716,7 @@ def read_table(
     Dataset and expression select files (from the manifest); subjects are pushed down
     to the Parquet reader (row-group statistics). Rows come in file order.
     """
-    root = storage.resolve(uri)
-    manifest = read_manifest(root.uri)
-    rel = select_files(manifest, root.uri, datasets, expression)
-    cols = check_columns(columns)
-    subjects = check_subjects(subjects)
+    root, rel, cols, subjects = select_read(uri, datasets, expression, subjects, columns)
     if not rel:
         return INDEX_SCHEMA.empty_table().select(cols)
     _check_files_exist(root, rel)
