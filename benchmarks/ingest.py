@@ -1,6 +1,6 @@
 """Ingest and read throughput, with ratios measured in the same run.
 
-    .venv/bin/python benchmarks/ingest.py            # ~1-2 min on a 2-core laptop-class CPU
+    .venv/bin/python benchmarks/ingest.py            # minutes on a laptop-class CPU
     .venv/bin/python benchmarks/ingest.py --smoke    # toy sizes: it runs (figures mean nothing)
 
 1. ingest (scan + preprocess + write) of a seeded CASME II set with 1 and 2 workers

@@ -1,9 +1,9 @@
 """Meta-step speed and peak memory: lightman against a naive loop, higher and torchopt.
 
-    .venv/bin/python benchmarks/meta_step.py --quick   # 32 px, hidden 32, meta-batch 2 (~2 min)
-    .venv/bin/python benchmarks/meta_step.py --meta-batch 1 --mem-limit-gb 20   # 64 px (~45 min)
+    .venv/bin/python benchmarks/meta_step.py --quick   # 32 px, hidden 32, meta-batch 2 (minutes)
+    .venv/bin/python benchmarks/meta_step.py --meta-batch 1 --mem-limit-gb 20   # 64 px (long)
     .venv/bin/python benchmarks/meta_step.py           # the issue's setting: 64 px, meta-batch 8
-    .venv/bin/python benchmarks/meta_step.py --smoke   # tiny sizes, no peers: does it run (~20 s)
+    .venv/bin/python benchmarks/meta_step.py --smoke   # tiny sizes, no peers: does it run
 
 Every variant but naive loops over the tasks and frees each task's graph before the next,
 so its time grows linearly with the meta-batch and its peak memory does not grow at all;

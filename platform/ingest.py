@@ -201,7 +201,7 @@ def pool_map(jobs: list, cfg: PreprocessConfig, workers: int) -> Iterator[dict |
     """process_clip over jobs in a local process pool, results in job order.
 
     Workers fork from a forkserver that has imported this module once: a fresh process
-    per worker would spend ~1 s importing, and forking the caller itself is unsafe once
+    per worker would import it again (slow), and forking the caller itself is unsafe once
     it has threads (the S3 client's, after a scan of s3://). Like any spawn/forkserver
     pool, a script calling `ingest` needs the `if __name__ == "__main__":` guard.
 
