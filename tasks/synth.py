@@ -396,6 +396,13 @@ def _ids(rng: np.random.Generator, lo: int, hi: int, n: int) -> list[int]:
     return sorted(int(x) for x in rng.choice(np.arange(lo, max(hi, lo + n)), n, replace=False))
 
 
+def _subject_labels(rng: np.random.Generator, size: SetSize, counts: dict[str, int]):
+    """(subject index, label) per clip: the labels keep the shape of `counts`, every
+    subject gets a clip (labels are drawn first: the seeded streams depend on the order)."""
+    labels = _labels(rng, size.clips, counts)
+    return zip(_subjects_of_clips(rng, size.clips, size.subjects), labels, strict=True)
+
+
 def _identities(cfg: SynthConfig, dataset: str, n: int) -> list[Identity]:
     return [draw_identity(_rng(cfg, dataset, 0, i)) for i in range(n)]
 
@@ -456,10 +463,13 @@ def _single(
     i: int,
     subject: str,
     name: str,
-    first: int,
-    pads: tuple[int, int],
+    firsts: tuple[int, int],
+    padded: bool = True,
 ):
-    """One micro-expression in its own recording, with `pads` neutral frames around it."""
+    """One micro-expression in its own recording: its first frame number drawn from
+    [firsts), then (if `padded`) neutral frames before onset and after offset."""
+    first = int(rng.integers(*firsts))
+    pads = _pads(rng, cfg) if padded else (0, 0)
     fps = getattr(cfg, dataset).fps
     proto = _prototype(rng, dataset, label)
     acts, amp = _expression(rng, cfg, ident, proto, "micro")
@@ -490,30 +500,29 @@ def _with_row(rec: Recording, row: tuple, quirks: list[str]) -> Recording:
     return dataclasses.replace(rec, clips=(clip,))
 
 
+# CASME II and CASME sheets have one shape: Subject (an int), Filename, a blank column,
+# the frame columns (onset, apex(es), offset), another blank, Action Units, the emotion.
+def _casme_row(c: Clip, frames: tuple) -> tuple:
+    """A clip's row as written: `frames` are the frame columns, quirks included."""
+    return (int(c.subject[3:]), c.name, None, *frames, None, au_cell(c.aus), c.emotion)
+
+
+def _casme_sheet(recs: list[Recording], frame_columns: tuple[str, ...], emotion: str) -> tuple:
+    """The one-sheet workbook: the header row, then each recording's row."""
+    header = ("Subject", "Filename", None, *frame_columns, None, "Action Units", emotion)
+    return (("Sheet1", (header, *[r.clips[0].row for r in recs])),)
+
+
 def plan_casme2(cfg: SynthConfig) -> DatasetPlan:
     size, rng = cfg.casme2, _rng(cfg, "casme2", 1)
     idents = _identities(cfg, "casme2", size.subjects)
-    labels = _labels(rng, size.clips, CLASS_COUNTS["casme2"])
     recs, seen = [], Counter()
-    for i, (s, label) in enumerate(
-        zip(_subjects_of_clips(rng, size.clips, size.subjects), labels, strict=True)
-    ):
+    for i, (s, label) in enumerate(_subject_labels(rng, size, CLASS_COUNTS["casme2"])):
         ep = int(rng.integers(1, 20))
         seen[(s, ep)] += 1
         suffix = "f" if rng.random() < 0.3 else ""  # EP02_01f: some names end in 'f'
         sub, name = f"sub{s + 1:02d}", f"EP{ep:02d}_{seen[(s, ep)]:02d}{suffix}"
-        clip, motion = _single(
-            rng,
-            cfg,
-            "casme2",
-            idents[s],
-            label,
-            i,
-            sub,
-            name,
-            int(rng.integers(1, 250)),
-            _pads(rng, cfg),
-        )
+        clip, motion = _single(rng, cfg, "casme2", idents[s], label, i, sub, name, (1, 250))
         recs.append(
             Recording(
                 f"CASME2_RAW_selected/{sub}/{name}", "img{n}.jpg", idents[s], motion, (clip,), False
@@ -530,30 +539,9 @@ def plan_casme2(cfg: SynthConfig) -> DatasetPlan:
         if i in late:
             offset = r.last + int(rng.integers(5, 40))
             quirks.append(f"OffsetFrame {offset} is past the last frame on disk {r.last}")
-        row = (
-            int(c.subject[3:]),
-            c.name,
-            None,
-            c.onset,
-            apex,
-            offset,
-            None,
-            au_cell(c.aus),
-            c.emotion,
-        )
+        row = _casme_row(c, (c.onset, apex, offset))
         out.append(_with_row(r, row, quirks))
-    header = (
-        "Subject",
-        "Filename",
-        None,
-        "OnsetFrame",
-        "ApexFrame",
-        "OffsetFrame",
-        None,
-        "Action Units",
-        "Estimated Emotion",
-    )
-    sheet = (("Sheet1", (header, *[r.clips[0].row for r in out])),)
+    sheet = _casme_sheet(out, ("OnsetFrame", "ApexFrame", "OffsetFrame"), "Estimated Emotion")
     return DatasetPlan("casme2", tuple(out), ((SHEETS["casme2"], sheet),))
 
 
@@ -591,26 +579,12 @@ def plan_samm(cfg: SynthConfig) -> DatasetPlan:
     size, rng = cfg.samm, _rng(cfg, "samm", 1)
     idents = _identities(cfg, "samm", size.subjects)
     ids = _ids(rng, 6, 40, size.subjects)
-    labels = _labels(rng, size.clips, CLASS_COUNTS["samm"])
     recs, seen = [], Counter()
-    for i, (s, label) in enumerate(
-        zip(_subjects_of_clips(rng, size.clips, size.subjects), labels, strict=True)
-    ):
+    for i, (s, label) in enumerate(_subject_labels(rng, size, CLASS_COUNTS["samm"])):
         sid, inducement = f"{ids[s]:03d}", int(rng.integers(1, 8))
         seen[(s, inducement)] += 1
         name = f"{sid}_{inducement}_{seen[(s, inducement)]}"
-        clip, motion = _single(
-            rng,
-            cfg,
-            "samm",
-            idents[s],
-            label,
-            i,
-            sid,
-            name,
-            int(rng.integers(1000, 8000)),
-            _pads(rng, cfg),
-        )
+        clip, motion = _single(rng, cfg, "samm", idents[s], label, i, sid, name, (1000, 8000))
         recs.append(
             Recording(f"{sid}/{name}", f"{sid}_{{n:05d}}.jpg", idents[s], motion, (clip,), True)
         )
@@ -657,26 +631,14 @@ def plan_smic(cfg: SynthConfig) -> DatasetPlan:
     size, rng = cfg.smic, _rng(cfg, "smic", 1)
     idents = _identities(cfg, "smic", size.subjects)
     ids = _ids(rng, 1, 21, size.subjects)
-    labels = _labels(rng, size.clips, CLASS_COUNTS["smic"])
     short = {"negative": "ne", "positive": "po", "surprise": "sur"}
     recs, seen = [], Counter()
-    for i, (s, label) in enumerate(
-        zip(_subjects_of_clips(rng, size.clips, size.subjects), labels, strict=True)
-    ):
+    for i, (s, label) in enumerate(_subject_labels(rng, size, CLASS_COUNTS["smic"])):
         seen[(s, label)] += 1
         sid = f"s{ids[s]}"
         name = f"{sid}_{short[label]}_{seen[(s, label)]:02d}"
         clip, motion = _single(
-            rng,
-            cfg,
-            "smic",
-            idents[s],
-            label,
-            i,
-            sid,
-            name,
-            int(rng.integers(100000, 900000)),
-            (0, 0),
+            rng, cfg, "smic", idents[s], label, i, sid, name, (100000, 900000), padded=False
         )  # cut at onset/offset
         recs.append(
             Recording(
@@ -698,24 +660,10 @@ def _casme_name(rng: np.random.Generator, used: set, s: int) -> str:
 def plan_casme(cfg: SynthConfig) -> DatasetPlan:
     size, rng = cfg.casme, _rng(cfg, "casme", 1)
     idents = _identities(cfg, "casme", size.subjects)
-    labels = _labels(rng, size.clips, CLASS_COUNTS["casme"])
     recs, used = [], set()
-    for i, (s, label) in enumerate(
-        zip(_subjects_of_clips(rng, size.clips, size.subjects), labels, strict=True)
-    ):
+    for i, (s, label) in enumerate(_subject_labels(rng, size, CLASS_COUNTS["casme"])):
         sub, name = f"sub{s + 1:02d}", _casme_name(rng, used, s)
-        clip, motion = _single(
-            rng,
-            cfg,
-            "casme",
-            idents[s],
-            label,
-            i,
-            sub,
-            name,
-            int(rng.integers(1, 120)),
-            _pads(rng, cfg),
-        )
+        clip, motion = _single(rng, cfg, "casme", idents[s], label, i, sub, name, (1, 120))
         recs.append(
             Recording(f"{sub}/{name}", f"{name}-1-{{n}}.jpg", idents[s], motion, (clip,), False)
         )
@@ -731,32 +679,9 @@ def plan_casme(cfg: SynthConfig) -> DatasetPlan:
             offset = r.last + int(rng.integers(3, 20))
             quirks.append(f"OffsetF {offset} is past the last frame on disk {r.last}")
         apex2 = c.apex + 2 if rng.random() < 0.1 and c.apex + 2 < c.offset else None
-        row = (
-            int(c.subject[3:]),
-            c.name,
-            None,
-            onset,
-            c.apex,
-            apex2,
-            offset,
-            None,
-            au_cell(c.aus),
-            c.emotion,
-        )
+        row = _casme_row(c, (onset, c.apex, apex2, offset))
         out.append(_with_row(r, row, quirks))
-    header = (
-        "Subject",
-        "Filename",
-        None,
-        "OnsetF",
-        "ApexF1",
-        "ApexF2",
-        "OffsetF",
-        None,
-        "Action Units",
-        "Emotion",
-    )
-    sheet = (("Sheet1", (header, *[r.clips[0].row for r in out])),)
+    sheet = _casme_sheet(out, ("OnsetF", "ApexF1", "ApexF2", "OffsetF"), "Emotion")
     return DatasetPlan("casme", tuple(out), ((SHEETS["casme"], sheet),))
 
 
