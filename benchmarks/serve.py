@@ -1,7 +1,7 @@
 """Serving and batch-scoring throughput, with ratios measured in the same run.
 
-    .venv/bin/python benchmarks/serve.py              # ~5-10 min on a 2-core machine
-    .venv/bin/python benchmarks/serve.py --quick      # fewer requests, ~3 min
+    .venv/bin/python benchmarks/serve.py              # minutes on a laptop-class CPU
+    .venv/bin/python benchmarks/serve.py --quick      # fewer requests and clips
     .venv/bin/python benchmarks/serve.py --smoke      # toy sizes: only that it runs (tests)
 
 1. the Serve app over real HTTP (one replica): clips/s and p50 / p99 latency with 1 and 8
@@ -57,9 +57,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _clips(n: int) -> list[bytes]:
+def clips_of(n: int) -> list[bytes]:
+    """`n` npz request bodies: generated clips of M frames (tests/serve_fixtures.py)."""
     sampled = sample_indices(0, sf.LENGTH - 1, sf.M)
     return [sf.npz_bytes(sf.clip_frames(i % 3, 0.3, seed=i)[sampled]) for i in range(n)]
+
+
+def start(
+    root: Path, subjects: range, clips_per_class: int, overrides=(), gpus: int = 0
+) -> tuple[str, str, int]:
+    """The tests' tiny index and untrained checkpoint (model `overrides`) under `root`, Ray
+    on this machine and Serve's HTTP proxy on a free local port: (index, checkpoint, port).
+    Also benchmarks/serve_hostile.py's set-up."""
+    import ray
+    from ray import serve
+
+    index = sf.write_tiny_index(
+        str(root / "index"), subjects=subjects, clips_per_class=clips_per_class
+    )
+    checkpoint = sf.untrained_checkpoint(str(root / "best.pt"), index, overrides=tuple(overrides))
+    ray.init(
+        num_cpus=os.cpu_count(),
+        num_gpus=gpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return index, checkpoint, port
 
 
 def load(url: str, clips: list[bytes], clients: int, requests_n: int) -> dict:
@@ -149,19 +175,9 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="lightman-bench-serve-"))
     subjects = range(4 if a.smoke else 20 if a.quick else 60)
-    index = sf.write_tiny_index(str(root / "index"), subjects=subjects, clips_per_class=4)
-    checkpoint = sf.untrained_checkpoint(
-        str(root / "best.pt"), index, overrides=(f"model.hidden={a.hidden}",)
+    index, checkpoint, port = start(
+        root, subjects, 4, [f"model.hidden={a.hidden}"], gpus=0 if a.device == "cpu" else 1
     )
-    ray.init(
-        num_cpus=os.cpu_count(),
-        num_gpus=0 if a.device == "cpu" else 1,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
     base = load_config(
         ServeConfig,
@@ -173,7 +189,7 @@ def main() -> None:
             f"predictor.device={a.device}",
         ],
     )
-    clips = _clips(64)
+    clips = clips_of(64)
     one, eight = (4, 8) if a.smoke else (20, 80) if a.quick else (60, 240)
     rows = {}
     for batch in (8, 1):

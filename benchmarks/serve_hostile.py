@@ -21,7 +21,6 @@ import concurrent.futures
 import io
 import os
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -31,22 +30,14 @@ from pathlib import Path
 from lightman.platform.runtime import setup  # noqa: E402
 
 setup()  # an entry point: process-wide settings before torch loads (runtime.py)
-sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # the generated clips
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import requests  # noqa: E402
-import serve_fixtures as sf  # noqa: E402
+from serve import clips_of, start  # noqa: E402  benchmarks/serve.py: the same set-up
 
 from lightman.platform.config import load_config  # noqa: E402
 from lightman.platform.serve import ServeConfig, build_app  # noqa: E402
-from lightman.tasks.preprocess import sample_indices  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stalling_zip(frames: int, height: int, width: int) -> bytes:
@@ -198,16 +189,7 @@ def main() -> None:
     from ray import serve
 
     root = Path(tempfile.mkdtemp(prefix="lightman-bench-hostile-"))
-    index = sf.write_tiny_index(str(root / "index"), subjects=range(6), clips_per_class=3)
-    checkpoint = sf.untrained_checkpoint(str(root / "best.pt"), index)
-    ray.init(
-        num_cpus=os.cpu_count(),
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    _, checkpoint, port = start(root, range(6), 3)
     url = f"http://127.0.0.1:{port}"
     over = [f"predictor.checkpoint={checkpoint}", f"predictor.store={root / 'adapted'}"]
     if a.smoke:
@@ -216,8 +198,7 @@ def main() -> None:
     serve.run(build_app(cfg), name="lightman", route_prefix="/", blocking=False)
     requests.get(f"{url}/healthz", timeout=120).raise_for_status()
 
-    sampled = sample_indices(0, sf.LENGTH - 1, sf.M)
-    clips = [sf.npz_bytes(sf.clip_frames(i % 3, 0.3, seed=i)[sampled]) for i in range(32)]
+    clips = clips_of(32)
     h, w = (480, 640) if a.smoke else (1080, 1920)
     frames = min(cfg.limits.max_frames, cfg.limits.max_total_pixels // (h * w))
     stall = _stalling_zip(frames, h, w)
