@@ -109,7 +109,8 @@ SMOKE_LINE = "smoke run: toy sizes, only that the benchmark runs; its figures me
 
 def variants(base: TrainConfig, classes: int) -> dict[str, list[str]]:
     """Variant name -> its overrides of the base training config (module docstring). The
-    lightman variants start from the old defaults, pinned (`old`), and change one thing."""
+    lightman variants start from the old defaults, pinned (`old`), and change one thing;
+    the maml variants unset the base's auxiliary keys (`no_aux`: maml reads none of them)."""
     alpha, lam = base.learner.inner_lr, base.learner.lambda_pri
     old = [
         "learner.name=lightman",
@@ -120,9 +121,11 @@ def variants(base: TrainConfig, classes: int) -> dict[str, list[str]]:
     ]
     joint, median = "learner.aux_norm=joint", "learner.bandwidth=median"
     cls = "learner.aux_align=class"
+    aux_keys = ("lambda_pri", "sigma", "aux_loss", "aux_norm", "bandwidth", "aux_align")
+    no_aux = ["learner.name=maml", *(f"learner.{k}=null" for k in aux_keys)]
     return {
-        "maml": ["learner.name=maml"],
-        "maml_step": ["learner.name=maml", f"learner.inner_lr={alpha * lam!r}"],
+        "maml": no_aux,
+        "maml_step": [*no_aux, f"learner.inner_lr={alpha * lam!r}"],
         "lightman": old,
         "lightman_step": [*old, f"learner.inner_lr={alpha / lam!r}"],
         "lightman_joint": [*old, joint],

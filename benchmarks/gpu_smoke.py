@@ -54,7 +54,7 @@ from meta_step import (  # noqa: E402
     use_torch_layers,
 )
 
-from lightman.models.learners import LearnerConfig, build_learner  # noqa: E402
+from lightman.models.learners import build_learner, learner_config  # noqa: E402
 from lightman.platform.runtime import setup  # noqa: E402
 
 
@@ -272,7 +272,7 @@ def meta_grads(setting: Setting, device: str, steps: int) -> tuple[dict, float]:
         )
         for t in make_tasks(setting)
     ]
-    learner = build_learner(LearnerConfig())
+    learner = build_learner(learner_config())
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
     grads, _ = learner.meta_grads(model, params, buffers, tasks)  # warm-up (kernels, allocator)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)

@@ -170,7 +170,7 @@ def meta_step_need(size: int, frames: int, smoke: bool) -> tuple[float, int, flo
     from meta_step import SMOKE as STEP_SMOKE
     from meta_step import Setting, lightman, make_model, make_tasks
 
-    from lightman.models.learners import LearnerConfig
+    from lightman.models.learners import learner_config
 
     if smoke:
         setting = Setting(shots=1, steps=1, frames=frames, **STEP_SMOKE)
@@ -178,7 +178,7 @@ def meta_step_need(size: int, frames: int, smoke: bool) -> tuple[float, int, flo
         setting = Setting(shots=1, steps=1, image_size=size, frames=frames, meta_batch=1)
     model, tasks = make_model(setting), make_tasks(setting, seed=0)
     step = lightman("fast")
-    cfg = LearnerConfig(inner_steps=setting.steps)
+    cfg = learner_config(inner_steps=setting.steps)
     step(model, make_tasks(setting, seed=1)[:1], cfg)  # warm-up
     seconds, _ = timed(lambda: step(model, tasks, cfg))
     s = setting

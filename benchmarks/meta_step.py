@@ -99,7 +99,7 @@ from torch import Tensor, nn
 
 from lightman.models import backbones, norm
 from lightman.models.graph_memory import SavedBytes
-from lightman.models.learners import LearnerConfig, build_learner
+from lightman.models.learners import LearnerConfig, build_learner, learner_config
 from lightman.models.learners.functional import forward
 from lightman.models.learners.params import Params, trainable
 from lightman.models.mmd import mmd2
@@ -312,7 +312,7 @@ def measure(setting: Setting, variant: str, grads_path: str) -> dict:
     """Warm-up on one task, then one timed meta-step; saves its meta-gradient."""
     run = VARIANTS[variant]
     model, tasks = make_model(setting), make_tasks(setting)
-    cfg = LearnerConfig(inner_steps=setting.steps)
+    cfg = learner_config(inner_steps=setting.steps)
     gc.collect()
     base = rss_mb()
     saved = SavedBytes()

@@ -113,8 +113,22 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def _is_variant_type(tp: Any) -> bool:
+    """A config base whose mapping picks one of several classes (LearnerConfig: by name)."""
+    return _is_dataclass_type(tp) and hasattr(tp, "config_variant")
+
+
 def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
-    """Build dataclass `cls` from a (nested) dict; unknown keys fail with the valid list."""
+    """Build dataclass `cls` from a (nested) dict; unknown keys fail with the valid list.
+
+    A class with a `config_variant(data, prefix)` classmethod (LearnerConfig) first says
+    which of its subclasses `data` builds and with which keys (it refuses a key that
+    subclass does not have, naming who has it)."""
+    if _is_variant_type(cls):
+        try:
+            cls, data = cls.config_variant(data, prefix)  # type: ignore[attr-defined]
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
     types_ = _field_types(cls)
     unknown = sorted(set(data) - set(types_))
     if unknown:
@@ -124,7 +138,10 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
         )
     for f in dataclasses.fields(cls):  # a partial nested mapping updates the field's default
         value = data.get(f.name)
-        if isinstance(value, dict) and _is_dataclass_type(types_[f.name]):
+        # (a variant type starts from its chosen class's defaults: another class's default
+        # would bring keys the chosen one does not have)
+        tp = types_[f.name]
+        if isinstance(value, dict) and _is_dataclass_type(tp) and not _is_variant_type(tp):
             default = (
                 f.default
                 if f.default is not dataclasses.MISSING
@@ -141,15 +158,34 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from e
 
 
+def _all_field_types(cls: type) -> dict[str, Any]:
+    """The fields of `cls`, or of every variant of a variant type (first one wins)."""
+    if _is_variant_type(cls):
+        out: dict[str, Any] = {}
+        for variant in cls.config_variants():  # type: ignore[attr-defined]
+            for name, tp in _field_types(variant).items():
+                out.setdefault(name, tp)
+        return out
+    return _field_types(cls)
+
+
 def valid_keys(cls: type) -> list[str]:
-    """All dotted keys of a (nested) config dataclass."""
+    """All dotted keys of a (nested) config dataclass (of a variant type: every variant's)."""
     keys = []
-    for name, tp in _field_types(cls).items():
+    for name, tp in _all_field_types(cls).items():
         if _is_dataclass_type(tp):
             keys += [f"{name}.{k}" for k in valid_keys(tp)]
         else:
             keys.append(name)
     return keys
+
+
+def key_type(cls: type, key: str) -> Any:
+    """The annotated type of dotted key `key` of config `cls` (known to be valid)."""
+    tp: Any = cls
+    for part in key.split("."):
+        tp = _all_field_types(tp)[part]
+    return tp
 
 
 def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
@@ -213,9 +249,9 @@ def field_meanings(cls: type) -> dict[str, str]:
     whose source is not installed) has "".
     """
     meanings: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):  # a subclass's words win
+    for klass in reversed(cls.__mro__):  # a subclass's words win, where it has any
         if dataclasses.is_dataclass(klass):
-            meanings.update(_own_meanings(klass))
+            meanings.update({k: v for k, v in _own_meanings(klass).items() if v})
     return {f.name: meanings.get(f.name, "") for f in dataclasses.fields(cls)}
 
 

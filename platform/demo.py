@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from lightman.models.learners.config import for_learner
 from lightman.models.provenance import to_dict, versions
 from lightman.platform.evaluate import format_table
 from lightman.platform.generated import build_index
@@ -54,6 +55,8 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if not self.learners:
             raise ValueError("learners must name at least one learner")
+        for name in self.learners:  # train.learner's keys must be read by each (before work)
+            for_learner(self.train.learner, name)
 
 
 def sample_video(path: str = "") -> Path:
@@ -140,7 +143,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> str:
             cfg.train,
             seed=cfg.seed,
             data=replace(cfg.train.data, index=index),
-            learner=replace(cfg.train.learner, name=name),
+            learner=for_learner(cfg.train.learner, name),  # train's keys, each read by `name`
         )
         print(
             f"[demo] meta-training {name} ({tcfg.iterations} outer steps, "

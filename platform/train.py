@@ -25,6 +25,7 @@ import yaml
 
 from lightman.models.checkpoint import save_checkpoint
 from lightman.models.learners import LearnerConfig, build_learner
+from lightman.models.learners.config import LightmanConfig, SupervisedConfig
 from lightman.models.net import ModelConfig, build_model
 from lightman.models.provenance import to_dict, versions
 from lightman.platform.config import ConfigError
@@ -66,7 +67,8 @@ class TrainConfig:
     data: DataSelection = field(default_factory=DataSelection)
     episode: EpisodeConfig = field(default_factory=EpisodeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    # learner.name picks the algorithm and with it the other learner.* keys
+    learner: LearnerConfig = field(default_factory=LightmanConfig)
     meta_batch: int = 4  # T, tasks per outer step (global, over all workers)
     iterations: int = 300  # outer steps
     eval_every: int = 50  # validate every N outer steps (rank 0)
@@ -94,8 +96,18 @@ class TrainConfig:
     debug_checksum: bool = False  # all-reduce a parameter checksum every step; fail if ranks differ
 
     def __post_init__(self) -> None:
-        # supervised trains h_pri on the pool's global classes: model.ways = their count
-        supervised = self.learner.name == "supervised"
+        # supervised trains h_pri on the pool's global classes, learner.classes of them:
+        # model.ways (h_pri's outputs) equals that count, which 0 takes from model.ways
+        supervised = isinstance(self.learner, SupervisedConfig)
+        if supervised and self.learner.classes == 0:
+            object.__setattr__(
+                self, "learner", dataclasses.replace(self.learner, classes=self.model.ways)
+            )
+        if supervised and self.learner.classes != self.model.ways:
+            raise ValueError(
+                f"learner.classes ({self.learner.classes}) is the class count supervised "
+                f"trains h_pri on: set model.ways={self.learner.classes} (h_pri's outputs)"
+            )
         if self.model.ways != self.episode.ways and not (
             supervised and self.model.ways > self.episode.ways
         ):

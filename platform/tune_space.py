@@ -25,7 +25,14 @@ from typing import Any, Literal
 
 import yaml
 
-from lightman.platform.config import ConfigError, _merge, from_dict, load_yaml, valid_keys
+from lightman.platform.config import (
+    ConfigError,
+    _merge,
+    from_dict,
+    key_type,
+    load_yaml,
+    valid_keys,
+)
 from lightman.platform.train import TrainConfig
 
 Kind = Literal["uniform", "loguniform", "int", "choice"]
@@ -63,10 +70,7 @@ class Space:
 
 def _field_type(key: str) -> Any:
     """The annotated type of a dotted TrainConfig key (the key is known to be valid)."""
-    cls: Any = TrainConfig
-    for part in key.split("."):
-        cls = typing.get_type_hints(cls)[part]
-    return cls
+    return key_type(TrainConfig, key)
 
 
 def nested(flat: dict[str, Any]) -> dict:
@@ -142,13 +146,20 @@ def parse_space(data: Any, where: str = "space") -> Space:
 
 def check_values(space: Space, base: dict, where: str) -> None:
     """Every bound and choice must build a valid TrainConfig on `base` (a config mapping;
-    {} = the defaults), so a bad value fails before any trial starts, naming the key."""
-    for p in space.params:
-        for value in p.values():
-            try:
-                apply_params(base, {p.key: value})
-            except ConfigError as e:
-                raise ConfigError(f"{where}: {p.key}={value!r} is not a valid value: {e}") from e
+    {} = the defaults), with each learner the space names (`learner.name`), so a bad value,
+    or a key a learner of the space does not read, fails before any trial starts, naming
+    the key."""
+    names = next((p.values() for p in space.params if p.key == "learner.name"), (None,))
+    for name in names:
+        learner = {} if name is None else {"learner.name": name}
+        for p in space.params:
+            for value in p.values():
+                try:
+                    apply_params(base, {**learner, p.key: value})
+                except ConfigError as e:
+                    raise ConfigError(
+                        f"{where}: {p.key}={value!r} is not a valid value: {e}"
+                    ) from e
 
 
 def load_space(path: str | Path) -> Space:

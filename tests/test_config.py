@@ -148,6 +148,29 @@ def test_every_repo_config_loads(path):
     load_config(_config_class(path), path)
 
 
+STUDIES = sorted((REPO / "configs" / "studies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=_config_id)
+def test_every_study_arm_is_a_training_config(path):
+    """Each arm's config (the study's base and train sections with the arm's overrides)
+    loads: no arm sets a learner key its learner does not read (platform/reproduce.py
+    builds cells the same way; model.ways=classes stands for the pool's class count)."""
+    from lightman.platform.config import _merge, from_dict
+    from lightman.platform.reproduce import _arm, _base, load_study
+    from lightman.platform.train import TrainConfig
+
+    study = load_study(str(path))
+    for budget in ("quick", "full"):
+        common = _merge(_merge(_base(study), study.train), study.budget(budget).train)
+        for arm in study.learners:
+            data = _merge(common, _arm(study, arm))
+            if data.get("model", {}).get("ways") == "classes":
+                data = _merge(data, {"model": {"ways": 12}})
+            cfg = from_dict(TrainConfig, data)
+            assert cfg.learner.name == data.get("learner", {}).get("name", "lightman"), arm
+
+
 @pytest.mark.parametrize(
     "path",
     sorted((REPO / "tune_spaces").glob("*.yaml")) + sorted((REPO / "deploy").glob("*.yaml")),

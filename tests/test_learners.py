@@ -5,7 +5,7 @@ logits and the registry/config checks."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import get_args
 
 import pytest
@@ -13,9 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightman.models.learners import LEARNERS, LearnerConfig, build_learner
+from lightman.models.learners import LEARNERS, LearnerConfig, build_learner, learner_config
 from lightman.models.learners.anil import ANIL
-from lightman.models.learners.config import LearnerName
+from lightman.models.learners.config import (
+    LEARNER_CONFIGS,
+    LearnerName,
+    ProtoNetConfig,
+    for_learner,
+)
 from lightman.models.learners.functional import forward, inner_loop
 from lightman.models.learners.lightman import (
     Lightman,
@@ -31,7 +36,8 @@ from lightman.models.learners.reptile import Reptile
 from lightman.models.learners.supervised import Supervised
 from lightman.models.modes import eval_mode
 from lightman.models.net import PRESETS, build_model
-from lightman.platform.config import ConfigError, from_dict, load_config
+from lightman.platform.config import ConfigError, describe_config, from_dict, load_config
+from lightman.platform.train import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,7 @@ def dropped(before: float, after: float) -> bool:
 @pytest.mark.parametrize("name", ["lightman", "maml", "anil"])
 def test_one_inner_step_lowers_the_inner_loss(setup, name):
     model, params, buffers, tasks = setup
-    learner = build_learner(LearnerConfig(name=name, inner_lr=0.01))
+    learner = build_learner(learner_config(name=name, inner_lr=0.01))
     names = learner.adapted_names(model, params)
     for t in tasks:
         theta = trainable(params, names)
@@ -109,7 +115,7 @@ def test_adapt_lowers_the_support_cross_entropy(setup):
     model, params, buffers, tasks = setup
     t = tasks[0]
     for name in ("maml", "anil", "reptile", "supervised"):
-        learner = build_learner(LearnerConfig(name=name, inner_lr=0.05))
+        learner = build_learner(learner_config(name=name, inner_lr=0.05))
         adapted = learner.adapt(model, params, buffers, t.support_x, t.support_y, steps=3)
         with torch.no_grad():
             before = F.cross_entropy(
@@ -137,7 +143,7 @@ def test_adapt_with_zero_steps_returns_theta(setup):
 
 def test_lightman_gradient_reaches_every_parameter_second_order_only_for_the_aux_head(setup):
     model, params, buffers, tasks = setup
-    cfg = LearnerConfig(inner_lr=0.1)
+    cfg = learner_config(inner_lr=0.1)
     second, _ = build_learner(cfg).meta_grads(model, params, buffers, tasks)
     # L_aux compares micro and macro features through ||x - y|| only, so it is blind to a
     # shift of both: the bias of h_aux's output layer gets no gradient (float noise only).
@@ -160,11 +166,22 @@ def test_lightman_gradient_reaches_every_parameter_second_order_only_for_the_aux
             assert torch.isfinite(g).all() and g.abs().max() > 1e-3, name
 
 
+# each learner's keys for the contract tests: α = 0.05 where it adapts, 2 Reptile steps
+CONTRACT_KEYS: dict[str, dict] = {
+    "lightman": {"inner_lr": 0.05},
+    "maml": {"inner_lr": 0.05},
+    "anil": {"inner_lr": 0.05},
+    "reptile": {"inner_lr": 0.05, "reptile_steps": 2},
+    "protonet": {},
+    "supervised": {"inner_lr": 0.05},
+}
+
+
 @pytest.mark.parametrize("name", list(get_args(LearnerName)))
 def test_meta_grads_contract(setup, name):
     """Sums over tasks (split meta-batches add up), deterministic, params untouched."""
     model, params, buffers, tasks = setup
-    learner = build_learner(LearnerConfig(name=name, inner_lr=0.05, reptile_steps=2))
+    learner = build_learner(learner_config(name, **CONTRACT_KEYS[name]))
     before = {k: v.detach().clone() for k, v in params.items()}
     whole, metrics = learner.meta_grads(model, params, buffers, tasks)
     again, metrics_again = learner.meta_grads(model, params, buffers, tasks)
@@ -192,7 +209,7 @@ def test_meta_grads_writes_running_norm_statistics_in_place_and_only_those(setup
     model = build_model(replace(PRESETS["tiny"], bn_mode="running")).train()
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
     assert buffers and all(k.endswith(("running_mean", "running_var")) for k in buffers)
-    learner = build_learner(LearnerConfig(name=name, inner_lr=0.05, reptile_steps=2))
+    learner = build_learner(learner_config(name, **CONTRACT_KEYS[name]))
     initial = {k: b.clone() for k, b in buffers.items()}
     first, _ = learner.meta_grads(model, params, buffers, tasks)
     written = {k: b.clone() for k, b in buffers.items()}
@@ -209,7 +226,7 @@ def test_meta_grads_writes_running_norm_statistics_in_place_and_only_those(setup
 @pytest.mark.parametrize("name", ["lightman", "maml", "anil"])
 def test_support_loss_after_is_logged_on_request(setup, name):
     model, params, buffers, tasks = setup
-    cfg = LearnerConfig(name=name, inner_lr=0.01)
+    cfg = learner_config(name=name, inner_lr=0.01)
     _, quiet = build_learner(cfg).meta_grads(model, params, buffers, tasks)
     assert "support_loss_after" not in quiet
     _, logged = build_learner(replace(cfg, log_support_after=True)).meta_grads(
@@ -253,7 +270,7 @@ def test_predict_returns_query_logits(setup, name):
     model, params, buffers, tasks = setup
     t = tasks[0]
     with torch.no_grad():  # as an evaluator calls it; adaptation still gets its gradients
-        logits = build_learner(LearnerConfig(name=name)).predict(model, params, buffers, t)
+        logits = build_learner(learner_config(name=name)).predict(model, params, buffers, t)
     assert logits.shape == (t.query_x.shape[0], model.cfg.ways)
     assert torch.isfinite(logits).all() and not logits.requires_grad
 
@@ -297,7 +314,7 @@ def supervised_loss(model, params, buffers, task, cfg: LearnerConfig) -> Tensor:
 
 def test_supervised_trains_on_global_classes(setup):
     model, params, buffers, tasks = setup
-    cfg = LearnerConfig(name="supervised")
+    cfg = learner_config(name="supervised")
     learner = build_learner(cfg)
     grads, metrics = learner.meta_grads(model, params, buffers, tasks)
     theta = trainable(params)
@@ -331,7 +348,7 @@ def test_supervised_fine_tunes_a_fresh_zero_head(setup):
     t = tasks[0]
     keep = t.support_y < 3  # a 3-way support set: the fresh head has 3 outputs
     x, y = t.support_x[keep], t.support_y[keep]
-    learner = build_learner(LearnerConfig(name="supervised", inner_lr=0.3))
+    learner = build_learner(learner_config(name="supervised", inner_lr=0.3))
     adapted = learner.adapt(model, params, buffers, x, y, steps=1)
     with torch.no_grad():
         z = forward(model, params, buffers, x, "embed")  # (S, D)
@@ -348,7 +365,7 @@ def test_supervised_fine_tunes_a_fresh_zero_head(setup):
 def test_dual_branch_objective_weighs_the_two_losses(setup):
     model, params, buffers, tasks = setup
     t = tasks[0]
-    cfg = LearnerConfig(lambda_pri=0.3)
+    cfg = learner_config(lambda_pri=0.3)
     with torch.no_grad():
         total, metrics = dual_branch_objective(
             model, buffers, t.support_x, t.support_y, t.aux_x, 0.3, aux_loss_fn(cfg)
@@ -368,7 +385,7 @@ def test_aux_loss_fn_median_class_form_is_the_direct_computation():
     micro = torch.randn(6, 3, generator=g, dtype=torch.float64)
     macro = torch.randn(5, 3, generator=g, dtype=torch.float64)
     y, aux_y = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([0, 0, 2, -1, 2])  # way 1 unpaired
-    cfg = LearnerConfig(bandwidth="median", sigma=(0.5, 2.0), aux_align="class")
+    cfg = learner_config(bandwidth="median", sigma=(0.5, 2.0), aux_align="class")
     z = torch.cat((micro, macro)).tolist()
     dists = sorted(math.dist(z[i], z[j]) for i in range(11) for j in range(i + 1, 11))
     sigmas = [0.5 * dists[27], 2.0 * dists[27]]  # 55 pairs: the middle one
@@ -395,7 +412,7 @@ def test_joint_pass_is_one_batch_split(setup):
     rows; aux_joint: the CE of the support clips alone, L_aux of that joint batch."""
     model, params, buffers, tasks = setup
     t = tasks[0]
-    cfg = LearnerConfig(aux_norm="joint")
+    cfg = learner_config(aux_norm="joint")
 
     def loss(aux_norm: str):
         return dual_branch_loss(
@@ -428,7 +445,7 @@ def test_joint_pass_is_one_batch_split(setup):
 def test_grad_ratio_is_logged_on_request(setup):
     """aux_ce_grad_ratio = ‖∇θ λ2·L_aux‖ / ‖∇θ λ1·CE‖ at θ, summed over tasks like every metric."""
     model, params, buffers, tasks = setup
-    cfg = LearnerConfig(inner_lr=0.05)
+    cfg = learner_config(inner_lr=0.05)
     _, quiet = build_learner(cfg).meta_grads(model, params, buffers, tasks)
     assert "aux_ce_grad_ratio" not in quiet
     logging = build_learner(replace(cfg, log_grad_ratio=True))
@@ -454,7 +471,7 @@ def test_adamw_keeps_h_aux_alive_in_first_order_mode(setup):
     decoupled decay multiplies it by (1 − outer_lr·wd). 100 steps on the first-order
     meta-gradient (h_aux's part is 0 at every step in this mode; the rest is held fixed)."""
     model, params, buffers, tasks = setup
-    cfg = LearnerConfig(first_order=True, outer_lr=1e-3, weight_decay=1e-4)
+    cfg = learner_config(first_order=True, outer_lr=1e-3, weight_decay=1e-4)
     grads, _ = build_learner(cfg).meta_grads(model, params, buffers, tasks)
     aux = [n for n in params if n.startswith("head_aux.") and n.endswith("weight")]
     assert all(torch.equal(grads[n], torch.zeros_like(grads[n])) for n in aux)
@@ -492,9 +509,9 @@ def test_registry_covers_every_name():
         "supervised": Supervised,
     }
     for name, cls in classes.items():
-        learner = build_learner(LearnerConfig(name=name))
+        learner = build_learner(learner_config(name=name))
         assert type(learner) is cls and learner.cfg.name == name
-    assert build_learner("maml").cfg == LearnerConfig(name="maml")
+    assert build_learner("maml").cfg == learner_config(name="maml")
     with pytest.raises(TypeError, match="LearnerConfig"):
         build_learner(3)
 
@@ -521,22 +538,23 @@ def test_registry_covers_every_name():
     ],
 )
 def test_config_rejects_bad_values(field, value, message):
+    name = "reptile" if field == "reptile_steps" else "lightman"  # a learner that reads it
     with pytest.raises(ValueError, match=message):
-        LearnerConfig(**{field: value})
+        learner_config(**{"name": name, field: value})
 
 
 def test_paper_eq3_takes_one_bandwidth():
     with pytest.raises(ValueError, match="exactly one sigma"):
-        LearnerConfig(aux_loss="paper_eq3", sigma=(1.0, 2.0))
-    assert LearnerConfig(aux_loss="mmd", sigma=(1.0, 2.0)).sigma == (1.0, 2.0)
+        learner_config(aux_loss="paper_eq3", sigma=(1.0, 2.0))
+    assert learner_config(aux_loss="mmd", sigma=(1.0, 2.0)).sigma == (1.0, 2.0)
 
 
 def test_config_loads_from_yaml_and_overrides(tmp_path):
     path = tmp_path / "learner.yaml"
-    path.write_text("name: anil\ninner_lr: 0.2\nsigma: [0.5, 2.0]\n")
+    path.write_text("name: lightman\ninner_lr: 0.2\nsigma: [0.5, 2.0]\n")
     cfg = load_config(LearnerConfig, path, ["lambda_pri=0.7", "first_order=true"])
     assert (cfg.name, cfg.inner_lr, cfg.sigma, cfg.lambda_pri, cfg.first_order) == (
-        "anil",
+        "lightman",
         0.2,
         (0.5, 2.0),
         0.7,
@@ -547,3 +565,56 @@ def test_config_loads_from_yaml_and_overrides(tmp_path):
         from_dict(LearnerConfig, {"lamda_pri": 0.5})
     with pytest.raises(ConfigError, match="lambda_pri"):
         from_dict(LearnerConfig, {"lambda_pri": 2})
+    with pytest.raises(ConfigError, match="anil does not read it"):  # anil has no L_aux
+        load_config(LearnerConfig, path, ["name=anil"])
+
+
+def test_a_key_the_learner_does_not_read_is_an_error_naming_who_reads_it():
+    with pytest.raises(ValueError, match=r"lambda_pri=0.5 is set, but maml does not read it") as e:
+        learner_config("maml", lambda_pri=0.5)
+    assert "(read by lightman, supervised)" in str(e.value)
+    with pytest.raises(ConfigError, match=r"learner.inner_lr=0.2 is set, but protonet") as e:
+        load_config(TrainConfig, None, ["learner.name=protonet", "learner.inner_lr=0.2"])
+    assert "learner.inner_lr=null" not in str(e.value) and "learner.KEY=null" in str(e.value)
+    # null unsets a key: how one base config is narrowed for a learner that lacks it
+    cfg = load_config(
+        TrainConfig,
+        None,
+        ["learner.inner_lr=0.2", "learner.name=protonet", "learner.inner_lr=null"],
+    )
+    assert cfg.learner == learner_config("protonet") and type(cfg.learner) is ProtoNetConfig
+    # each learner's config holds exactly the keys its code reads
+    assert [f.name for f in fields(LEARNER_CONFIGS["reptile"])] == [
+        "name",
+        "outer_lr",
+        "weight_decay",
+        "optimizer",
+        "inner_lr",
+        "test_inner_steps",
+        "reptile_steps",
+    ]
+    assert "inner_lr" not in {f.name for f in fields(ProtoNetConfig)}
+
+
+def test_for_learner_carries_the_keys_a_config_sets():
+    cfg = learner_config("lightman", inner_lr=0.2, lambda_pri=0.55)  # 0.55: the default
+    assert for_learner(cfg, "maml") == learner_config("maml", inner_lr=0.2)
+    with pytest.raises(ValueError, match="lambda_pri=0.3 is set, but maml"):
+        for_learner(replace(cfg, lambda_pri=0.3), "maml")
+
+
+def test_supervised_names_its_class_count_and_model_ways_must_match():
+    cfg = load_config(TrainConfig, None, ["learner.name=supervised", "model.ways=12"])
+    assert cfg.learner.classes == 12  # 0 (unset) resolved from model.ways, printed by --cfg
+    assert "classes: 12" in describe_config(cfg)
+    with pytest.raises(ConfigError, match=r"learner.classes \(12\) .* set model.ways=12"):
+        load_config(
+            TrainConfig, None, ["learner.name=supervised", "learner.classes=12", "model.ways=7"]
+        )
+
+
+def test_outer_optimizer_auto_stays_named_and_resolves_per_learner():
+    assert learner_config("lightman").optimizer == "auto"
+    assert learner_config("lightman", first_order=True).outer_optimizer_name == "adamw"
+    assert learner_config("maml").outer_optimizer_name == "adam"
+    assert learner_config("protonet").outer_optimizer_name == "adam"  # no first-order mode

@@ -19,7 +19,7 @@ from torch.func import functional_call
 
 from lightman.models import backbones, norm
 from lightman.models.graph_memory import SavedBytes
-from lightman.models.learners import LearnerConfig, build_learner
+from lightman.models.learners import LearnerConfig, build_learner, learner_config
 from lightman.models.learners.anil import head_objective
 from lightman.models.learners.functional import inner_loop
 from lightman.models.learners.lightman import aux_loss_fn, dual_branch_objective
@@ -227,7 +227,7 @@ def tiny():
 @pytest.mark.parametrize("aux_loss", ["mmd", "mmd_unbiased", "paper_eq3"])
 def test_lightman_matches_plain_loop_on_smooth_model(smooth, steps, aux_loss):
     model, params, tasks = smooth
-    cfg = LearnerConfig(
+    cfg = learner_config(
         inner_lr=0.3, inner_steps=steps, lambda_pri=0.55, sigma=(1.5,), aux_loss=aux_loss
     )
     got, metrics = build_learner(cfg).meta_grads(model, params, {}, tasks)
@@ -243,7 +243,7 @@ def test_lightman_matches_plain_loop_on_tiny_lightmannet(tiny, steps, aux_loss):
     def fwd(p, x, head):
         return functional_call(model, (p, buffers), (x,), {"head": head})
 
-    cfg = LearnerConfig(inner_lr=0.1, inner_steps=steps, sigma=(2.0,), aux_loss=aux_loss)
+    cfg = learner_config(inner_lr=0.1, inner_steps=steps, sigma=(2.0,), aux_loss=aux_loss)
     got, _ = build_learner(cfg).meta_grads(model, params, buffers, tasks)
     assert_close(got, ref_meta_grad(fwd, params, tasks, cfg), rtol=1e-7, atol=1e-10)
 
@@ -266,7 +266,7 @@ def outer_loss(model, params: dict[str, Tensor], tasks: list[Task], cfg: Learner
 @pytest.mark.parametrize("steps", [1, 2])
 def test_lightman_matches_finite_differences(smooth, steps):
     model, params, tasks = smooth
-    cfg = LearnerConfig(inner_lr=0.3, inner_steps=steps, sigma=(1.5,))
+    cfg = learner_config(inner_lr=0.3, inner_steps=steps, sigma=(1.5,))
     got, _ = build_learner(cfg).meta_grads(model, params, {}, tasks)
     g = torch.Generator().manual_seed(1)
     eps = 1e-5
@@ -301,7 +301,7 @@ def test_aux_options_match_plain_loop_on_tiny_lightmannet(tiny, option, memory):
         return functional_call(model, (p, buffers), (x,), {"head": head})
 
     options = {"sigma": (2.0,), **AUX_OPTIONS[option]}
-    cfg = LearnerConfig(inner_lr=0.1, inner_steps=2, memory=memory, **options)
+    cfg = learner_config(inner_lr=0.1, inner_steps=2, memory=memory, **options)
     got, metrics = build_learner(cfg).meta_grads(model, params, buffers, tasks)
     assert_close(got, ref_meta_grad(fwd, params, tasks, cfg), rtol=1e-7, atol=1e-10)
     with torch.no_grad():  # λ1 = 0: the inner loss is L_aux alone
@@ -312,7 +312,7 @@ def test_aux_options_match_plain_loop_on_tiny_lightmannet(tiny, option, memory):
 
 def test_joint_normalisation_changes_the_aux_loss(tiny):
     model, params, buffers, tasks = tiny
-    cfg = LearnerConfig(sigma=(2.0,))
+    cfg = learner_config(sigma=(2.0,))
     _, separate = build_learner(cfg).meta_grads(model, params, buffers, tasks)
     joint_learner = build_learner(replace(cfg, aux_norm="joint"))
     _, joint = joint_learner.meta_grads(model, params, buffers, tasks)
@@ -326,7 +326,7 @@ def test_aux_options_match_finite_differences(smooth, option, memory):
     treats σ as a constant, which the numerical derivative would not)."""
     model, params, tasks = smooth
     options = {"sigma": (1.5,), **AUX_OPTIONS[option]}
-    cfg = LearnerConfig(inner_lr=0.3, inner_steps=2, memory=memory, **options)
+    cfg = learner_config(inner_lr=0.3, inner_steps=2, memory=memory, **options)
     got, _ = build_learner(cfg).meta_grads(model, params, {}, tasks)
     g = torch.Generator().manual_seed(4)
     eps = 1e-5
@@ -339,7 +339,7 @@ def test_aux_options_match_finite_differences(smooth, option, memory):
 
 def test_first_order_is_the_query_gradient_at_the_adapted_parameters(smooth):
     model, params, tasks = smooth
-    cfg = LearnerConfig(inner_lr=0.3, inner_steps=2, first_order=True, sigma=(1.5,))
+    cfg = learner_config(inner_lr=0.3, inner_steps=2, first_order=True, sigma=(1.5,))
     got, _ = build_learner(cfg).meta_grads(model, params, {}, tasks)
     want = {k: torch.zeros_like(v) for k, v in params.items()}
     for t in tasks:
@@ -366,9 +366,9 @@ def test_first_order_is_the_query_gradient_at_the_adapted_parameters(smooth):
 def test_lambda_pri_one_is_maml_exactly(tiny):
     model, params, buffers, tasks = tiny
     no_aux = [replace(t, aux_x=None) for t in tasks]  # λ2 = 0 needs no macro clips
-    cfg = LearnerConfig(inner_lr=0.1, inner_steps=2, lambda_pri=1.0)
+    cfg = learner_config(inner_lr=0.1, inner_steps=2, lambda_pri=1.0)
     light, light_m = build_learner(cfg).meta_grads(model, params, buffers, no_aux)
-    maml, maml_m = build_learner(replace(cfg, name="maml")).meta_grads(
+    maml, maml_m = build_learner(learner_config("maml", inner_lr=0.1, inner_steps=2)).meta_grads(
         model, params, buffers, tasks
     )
     assert all(torch.equal(light[k], maml[k]) for k in params)
@@ -377,14 +377,15 @@ def test_lambda_pri_one_is_maml_exactly(tiny):
 
 def test_maml_matches_plain_loop(tiny):
     model, params, buffers, tasks = tiny
-    cfg = LearnerConfig(name="maml", inner_lr=0.1, inner_steps=2, lambda_pri=1.0)
+    cfg = learner_config("maml", inner_lr=0.1, inner_steps=2)  # no lambda_pri: no L_aux
+    ref = learner_config("lightman", inner_lr=0.1, inner_steps=2, lambda_pri=1.0)
 
     def fwd(p, x, head):
         return functional_call(model, (p, buffers), (x,), {"head": head})
 
     # λ1 = 1 makes the reference's inner loss the plain CE; its aux term has weight 0.
-    got, _ = build_learner(replace(cfg, lambda_pri=0.3)).meta_grads(model, params, buffers, tasks)
-    assert_close(got, ref_meta_grad(fwd, params, tasks, cfg), rtol=1e-7, atol=1e-10)
+    got, _ = build_learner(cfg).meta_grads(model, params, buffers, tasks)
+    assert_close(got, ref_meta_grad(fwd, params, tasks, ref), rtol=1e-7, atol=1e-10)
 
 
 # ---- ANIL -------------------------------------------------------------------------------
@@ -407,7 +408,7 @@ def test_anil_inner_loop_leaves_the_backbone_unchanged(tiny):
 def test_anil_matches_plain_loop_over_the_full_model(tiny):
     model, params, buffers, tasks = tiny
     head = model.head_param_names()
-    cfg = LearnerConfig(name="anil", inner_lr=0.2, inner_steps=2)
+    cfg = learner_config(name="anil", inner_lr=0.2, inner_steps=2)
     got, _ = build_learner(cfg).meta_grads(model, params, buffers, tasks)
     theta = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
     want = {k: torch.zeros_like(v) for k, v in theta.items()}
@@ -433,7 +434,7 @@ def test_anil_matches_plain_loop_over_the_full_model(tiny):
 
 def test_reptile_meta_gradient_is_theta_minus_sgd_result(tiny):
     model, params, buffers, tasks = tiny
-    cfg = LearnerConfig(name="reptile", inner_lr=0.05, reptile_steps=3)
+    cfg = learner_config(name="reptile", inner_lr=0.05, reptile_steps=3)
     got, metrics = build_learner(cfg).meta_grads(model, params, buffers, tasks)
     want = {k: torch.zeros_like(v) for k, v in params.items()}
     for t in tasks:
@@ -459,7 +460,7 @@ def test_checkpointed_backward_matches_plain_loop_on_tiny_lightmannet(tiny):
     def fwd(p, x, head):
         return functional_call(model, (p, buffers), (x,), {"head": head})
 
-    cfg = LearnerConfig(inner_lr=0.1, inner_steps=2, sigma=(2.0,), memory="low")
+    cfg = learner_config(inner_lr=0.1, inner_steps=2, sigma=(2.0,), memory="low")
     got, _ = build_learner(cfg).meta_grads(model, params, buffers, tasks)
     assert_close(got, ref_meta_grad(fwd, params, tasks, cfg), rtol=1e-7, atol=1e-10)
 
@@ -467,7 +468,7 @@ def test_checkpointed_backward_matches_plain_loop_on_tiny_lightmannet(tiny):
 @pytest.mark.parametrize("steps", [1, 2])
 def test_checkpointed_backward_matches_finite_differences(smooth, steps):
     model, params, tasks = smooth
-    cfg = LearnerConfig(inner_lr=0.3, inner_steps=steps, sigma=(1.5,), memory="low")
+    cfg = learner_config(inner_lr=0.3, inner_steps=steps, sigma=(1.5,), memory="low")
     got, _ = build_learner(cfg).meta_grads(model, params, {}, tasks)
     assert_close(got, ref_meta_grad(ref_forward, params, tasks, cfg))
     g = torch.Generator().manual_seed(2)
@@ -482,7 +483,7 @@ def test_checkpointed_backward_matches_finite_differences(smooth, steps):
 @pytest.mark.parametrize("name", ["lightman", "maml", "anil"])
 def test_low_and_fast_memory_give_the_same_gradients_and_metrics(tiny, name):
     model, params, buffers, tasks = tiny
-    cfg = LearnerConfig(name=name, inner_lr=0.2, inner_steps=3, log_support_after=True)
+    cfg = learner_config(name=name, inner_lr=0.2, inner_steps=3, log_support_after=True)
     fast, fast_m = build_learner(cfg).meta_grads(model, params, buffers, tasks)
     low, low_m = build_learner(replace(cfg, memory="low")).meta_grads(model, params, buffers, tasks)
     assert_close(low, fast, rtol=1e-9, atol=1e-13)
@@ -493,7 +494,7 @@ def test_low_and_fast_memory_give_the_same_gradients_and_metrics(tiny, name):
 
 def test_low_memory_first_order_is_first_order(tiny):
     model, params, buffers, tasks = tiny
-    cfg = LearnerConfig(inner_lr=0.1, inner_steps=2, first_order=True)
+    cfg = learner_config(inner_lr=0.1, inner_steps=2, first_order=True)
     fast, _ = build_learner(cfg).meta_grads(model, params, buffers, tasks)
     low, _ = build_learner(replace(cfg, memory="low")).meta_grads(model, params, buffers, tasks)
     assert all(torch.equal(low[k], fast[k]) for k in params)
@@ -523,7 +524,7 @@ def test_low_memory_holds_one_inner_step_not_all_of_them():
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
     peak = {
         (steps, memory): saved_peak(
-            build_learner(LearnerConfig(inner_steps=steps, memory=memory)),
+            build_learner(learner_config(inner_steps=steps, memory=memory)),
             model,
             params,
             buffers,
@@ -543,7 +544,7 @@ def test_split_gradient_and_hvp_equal_the_whole_objectives(tiny):
     whole dual-branch loss, and the graphs they hold against the whole loss's."""
     model, params, buffers, tasks = tiny
     t = tasks[0]
-    cfg = LearnerConfig(sigma=(2.0,))
+    cfg = learner_config(sigma=(2.0,))
     objective = dual_branch_objective(
         model, buffers, t.support_x, t.support_y, t.aux_x, cfg.lambda_pri, aux_loss_fn(cfg)
     )
@@ -581,7 +582,7 @@ def test_split_gradient_and_hvp_equal_the_whole_objectives(tiny):
 
 def test_memory_mode_is_checked():
     with pytest.raises(ValueError, match=r"memory must be one of \['fast', 'low'\], got 'small'"):
-        LearnerConfig(memory="small")
+        learner_config(memory="small")
 
 
 def test_meta_gradient_is_the_same_on_pytorch_layers(tiny, monkeypatch):
@@ -589,7 +590,7 @@ def test_meta_gradient_is_the_same_on_pytorch_layers(tiny, monkeypatch):
     maxpool.py, input_conv.py; Conv4 block as conv -> norm+pool -> ReLU) against the same
     model built from PyTorch's layers (conv -> F.batch_norm -> ReLU -> F.max_pool2d)."""
     model, params, buffers, tasks = tiny
-    learner = build_learner(LearnerConfig(inner_steps=2))
+    learner = build_learner(learner_config(inner_steps=2))
     ours, _ = learner.meta_grads(model, params, buffers, tasks)
 
     def batch_norm(x, weight, bias, running_mean, running_var, momentum, eps):

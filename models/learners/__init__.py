@@ -16,18 +16,20 @@ default configuration makes 5 calls:
 (bandwidth=median and aux_align=class put one call each between the objective and mmd2;
 memory="low" replaces the inner loop with low_memory.py's checkpointed reverse mode).
 
-Modules: config.py (LearnerConfig), base.py (the interface, the meta-batch loop and the
-MAML family's task loss), functional.py (the model call, SGD steps, the inner loop, the
-query loss), lightman.py (the dual-branch loss and L_aux), maml.py, anil.py, reptile.py,
-protonet.py, supervised.py (the algorithms), optimizer.py (the outer optimiser),
-low_memory.py and passes.py (the opt-in memory-saving second-order gradient), params.py.
+Modules: config.py (the `learner.*` keys: LearnerConfig, the common part, and one config
+class per algorithm, `learner_config(name, **keys)`), base.py (the interface, the
+meta-batch loop and the MAML family's task loss), functional.py (the model call, SGD
+steps, the inner loop, the query loss), lightman.py (the dual-branch loss and L_aux),
+maml.py, anil.py, reptile.py, protonet.py, supervised.py (the algorithms), optimizer.py
+(the outer optimiser), low_memory.py and passes.py (the opt-in memory-saving second-order
+gradient), params.py.
 """
 
 from __future__ import annotations
 
 from lightman.models.learners.anil import ANIL
 from lightman.models.learners.base import Learner, TaskLike
-from lightman.models.learners.config import LearnerConfig
+from lightman.models.learners.config import LEARNER_CONFIGS, LearnerConfig, learner_config
 from lightman.models.learners.lightman import Lightman
 from lightman.models.learners.maml import MAML
 from lightman.models.learners.optimizer import outer_optimizer
@@ -48,7 +50,7 @@ LEARNERS: dict[str, type[Learner]] = {
 def build_learner(cfg: LearnerConfig | str) -> Learner:
     """The learner `cfg.name` with config `cfg` (a bare name takes every default)."""
     if isinstance(cfg, str):
-        cfg = LearnerConfig(name=cfg)
+        cfg = learner_config(cfg)
     if not isinstance(cfg, LearnerConfig):
         raise TypeError(
             f"build_learner takes a LearnerConfig or a learner name, got {type(cfg).__name__}"
@@ -58,9 +60,11 @@ def build_learner(cfg: LearnerConfig | str) -> Learner:
 
 __all__ = [
     "LEARNERS",
+    "LEARNER_CONFIGS",
     "Learner",
     "LearnerConfig",
     "TaskLike",
     "build_learner",
+    "learner_config",
     "outer_optimizer",
 ]

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lightman.models.learners.base import BilevelLearner
+from lightman.models.learners.config import ANILConfig
 from lightman.models.learners.functional import Objective, forward
 from lightman.models.learners.params import Params
 
@@ -58,6 +59,8 @@ def head_objective(
 
 class ANIL(BilevelLearner):
     """Inner loss: the primary CE; only h_pri's parameters adapt."""
+
+    cfg: ANILConfig
 
     def make_objective(self, model, params, buffers, x, y, aux_x, where, aux_y=None):
         return head_objective(model, params, buffers, x, y)

@@ -27,7 +27,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from lightman.models.learners.config import LearnerConfig
+from lightman.models.learners.config import AdaptConfig, BilevelConfig, LearnerConfig
 from lightman.models.learners.functional import (
     Objective,
     detached,
@@ -138,8 +138,13 @@ class Learner(ABC):
         return self.logits(model, adapted, buffers, task.support_x, task.support_y, task.query_x)
 
     def adapt_steps(self, steps: int | None) -> int:
-        """`steps` of test-time adaptation, `cfg.test_inner_steps` if None."""
-        return self.cfg.test_inner_steps if steps is None else steps
+        """`steps` of test-time adaptation, `cfg.test_inner_steps` if None (a learner that
+        adapts by SGD: its config is an AdaptConfig)."""
+        if steps is not None:
+            return steps
+        if not isinstance(self.cfg, AdaptConfig):
+            raise TypeError(f"{self.cfg.name} does not adapt by SGD steps (no test_inner_steps)")
+        return self.cfg.test_inner_steps
 
 
 def sum_metrics(rows: Sequence[dict[str, Tensor]]) -> dict[str, float]:
@@ -156,7 +161,9 @@ class BilevelLearner(Learner):
     """The MAML family (lightman, maml, anil): one task's outer loss is the query CE after
     an SGD inner loop on an inner objective, and test-time adaptation runs the same loop.
     Subclasses say which objective the inner loop minimises (`make_objective`) and which
-    parameters it updates (`adapted_names`)."""
+    parameters it updates (`adapted_names`). Its config is a BilevelConfig."""
+
+    cfg: BilevelConfig
 
     @abstractmethod
     def make_objective(

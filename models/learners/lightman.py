@@ -12,7 +12,7 @@ h_aux's output layer, which shifts micro and macro features alike, never gets on
 
 The dual-branch loss is written once, `DualBranchObjective.__call__`; the supervised
 learner trains on it too (`dual_branch_loss`). Options of the auxiliary branch
-(LearnerConfig, defaults first): aux_norm separate|joint|aux_joint (two backbone passes;
+(AuxBranchConfig, defaults first): aux_norm separate|joint|aux_joint (two backbone passes;
 one over support + macro clips split after it; or the support clips alone for the CE and
 support + macro clips together for L_aux), bandwidth fixed|median and aux_align
 marginal|class (`aux_loss_fn`, mmd.py); log_grad_ratio reports ‖∇θ λ2·L_aux‖ / ‖∇θ λ1·CE‖
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightman.models.learners.base import BilevelLearner
-from lightman.models.learners.config import AuxNorm, LearnerConfig
+from lightman.models.learners.config import AuxBranchConfig, AuxNorm, LightmanConfig
 from lightman.models.learners.functional import forward
 from lightman.models.learners.params import Params, trainable
 from lightman.models.learners.passes import Output
@@ -41,7 +41,7 @@ AuxLossFn = Callable[[Tensor, Tensor], Tensor]  # (micro (n, d), macro (m, d)) -
 
 
 def aux_loss_fn(
-    cfg: LearnerConfig, y: Tensor | None = None, aux_y: Tensor | None = None
+    cfg: AuxBranchConfig, y: Tensor | None = None, aux_y: Tensor | None = None
 ) -> AuxLossFn:
     """L_aux(micro features (n, d), macro features (m, d)) -> 0-d tensor, as configured:
     the kernel loss (aux_loss) at σ = sigma (bandwidth=fixed) or at σ_k = sigma[k] ·
@@ -240,6 +240,8 @@ def l2(grads: tuple[Tensor, ...]) -> Tensor:
 
 class Lightman(BilevelLearner):
     """Inner loss λ1 CE + λ2 L_aux; every parameter adapts (h_aux included)."""
+
+    cfg: LightmanConfig
 
     def make_objective(self, model, params, buffers, x, y, aux_x, where, aux_y=None):
         cfg = self.cfg

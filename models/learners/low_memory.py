@@ -1,4 +1,4 @@
-"""The memory-saving second-order outer gradient, opt-in: LearnerConfig.memory="low".
+"""The memory-saving second-order outer gradient, opt-in: learner.memory="low" (BilevelConfig).
 
 The default (memory="fast") differentiates one autograd graph through the unrolled inner
 loop: every step's create_graph backward stays alive until the query loss is

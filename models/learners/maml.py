@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightman.models.learners.base import BilevelLearner
+from lightman.models.learners.config import MAMLConfig
 from lightman.models.learners.functional import Objective, forward, sgd_adapt
 from lightman.models.learners.params import Params
 
@@ -37,6 +38,8 @@ def fine_tune(
 
 class MAML(BilevelLearner):
     """Inner loss: the primary CE only; every parameter adapts."""
+
+    cfg: MAMLConfig
 
     def make_objective(self, model, params, buffers, x, y, aux_x, where, aux_y=None):
         return cross_entropy_objective(model, buffers, x, y)

@@ -1,5 +1,5 @@
 """An inner loss split into forward passes, and its gradient and Hessian-vector product
-taken with one pass's graph alive at a time (used by LearnerConfig.memory="low").
+taken with one pass's graph alive at a time (used by learner.memory="low").
 
 LightmanNet's inner loss (paper Eq. 4, first level) depends on θ only through separate
 forward passes of the model, each over its own batch and normalised with its own

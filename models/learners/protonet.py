@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightman.models.learners.base import Learner, TaskLike
+from lightman.models.learners.config import ProtoNetConfig
 from lightman.models.learners.functional import forward, hit_rate
 from lightman.models.learners.params import Params
 
@@ -71,6 +72,8 @@ def proto_task_loss(
 
 class ProtoNet(Learner):
     """Outer loss CE(−||g(query) − c||², y_query) per task; no inner loop."""
+
+    cfg: ProtoNetConfig
 
     def task_loss(self, model, params, buffers, task, where):
         return proto_task_loss(model, params, buffers, task, where)

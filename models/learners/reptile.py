@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightman.models.learners.base import Learner
+from lightman.models.learners.config import ReptileConfig
 from lightman.models.learners.functional import Objective, forward, hit_rate, inner_loop
 from lightman.models.learners.maml import fine_tune
 from lightman.models.learners.params import Params, trainable
@@ -41,6 +42,8 @@ def labelled_objective(
 
 class Reptile(Learner):
     """Meta-gradient Σ_i (θ − θ_i); adapts at test time like MAML (CE, every parameter)."""
+
+    cfg: ReptileConfig
 
     def task_loss(self, model, params, buffers, task, where):
         x = torch.cat((task.support_x, task.query_x))  # (N*K + N*Q, M, C, H, W)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from lightman.models.learners.base import Learner, TaskLike
-from lightman.models.learners.config import LearnerConfig
+from lightman.models.learners.config import SupervisedConfig
 from lightman.models.learners.functional import hit_rate
 from lightman.models.learners.lightman import aux_loss_fn, dual_branch_loss
 from lightman.models.learners.maml import fine_tune
@@ -54,7 +54,7 @@ def joint_task_loss(
     params: Params,
     buffers: Params,
     task: TaskLike,
-    cfg: LearnerConfig,
+    cfg: SupervisedConfig,
     where: str,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """(The joint loss at θ = params, metrics) on the task's support + query clips with
@@ -94,6 +94,8 @@ def fresh_head(model: nn.Module, params: Params, ways: int) -> Params:
 class Supervised(Learner):
     """Per task the joint loss at θ on global classes; at test time a fresh N-way head is
     fine-tuned with the model like MAML adapts (CE, every parameter)."""
+
+    cfg: SupervisedConfig
 
     def task_loss(self, model, params, buffers, task, where):
         return joint_task_loss(model, params, buffers, task, self.cfg, where)
