@@ -66,9 +66,13 @@ class MegcConfig:
     lr: float = 0.0  # 0: the checkpoint run's learner.outer_lr
     workers: int = 1  # > 1: folds run as Ray tasks, this many at once
     threads: int = 1  # torch threads per fold
+    # a meta-learner's fold (`learner_fold`, lightman reproduce): support clips per class,
+    # drawn from the fold's training subjects, that it adapts on before predicting
+    shots: int = 5
 
     def __post_init__(self) -> None:
-        for name, low in (("epochs", 1), ("batch_size", 2), ("workers", 1), ("threads", 1)):
+        checks = (("epochs", 1), ("batch_size", 2), ("workers", 1), ("threads", 1), ("shots", 1))
+        for name, low in checks:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"megc.{name} must be an integer >= {low}, got {value!r}")
@@ -310,3 +314,169 @@ def evaluate_megc(
     write_megc_results(out, result, {**record, **meta})
     metrics = {k: v for k, v in result.items() if k != "predictions"}
     return metrics, format_megc_table(result, model_cfg.backbone, model_cfg.init)
+
+
+# --- held-out folds of any learner (Table 1, the cross-dataset study) ----------------------
+
+HOLDOUTS = {
+    "megc-loso": "subject",
+    "lodo": "dataset",
+}  # a study's protocol -> what a fold holds out
+
+
+def fold_names(pool: ClipPool, protocol: str) -> list[str]:
+    """The folds of `protocol`: every subject (megc-loso) or every dataset (lodo), sorted."""
+    if protocol not in HOLDOUTS:
+        raise ValueError(f"protocol must be one of {list(HOLDOUTS)}, got {protocol!r}")
+    names = sorted(set(pool.subjects if HOLDOUTS[protocol] == "subject" else pool.datasets))
+    if len(names) < 2:
+        raise ValueError(f"{protocol}: needs at least 2 {HOLDOUTS[protocol]}s, got {names}")
+    return [str(n) for n in names]
+
+
+def held_rows(pool: ClipPool, protocol: str, fold: str) -> np.ndarray:
+    """(n,) bool: the clips fold `fold` holds out (its subject's, or its dataset's)."""
+    column = pool.subjects if HOLDOUTS[protocol] == "subject" else pool.datasets
+    return column == fold
+
+
+def holdout_split(
+    pool: ClipPool,
+    held: np.ndarray,
+    val_fraction: float,
+    seed: int,
+    ways: int,
+    min_clips: int,
+    attempts: int = 500,
+):
+    """A `SubjectSplit` whose test part is the held-out clips' subjects and whose validation
+    subjects (`val_fraction` of the others, at least one) are drawn from the others only,
+    the first draw (seed, seed + 1, ...) in which meta-train and validation can each serve
+    `ways`-way episodes of `min_clips` clips per class; -> (split, attempt)."""
+    from lightman.tasks.splits import SplitError, SubjectSplit, assert_disjoint
+
+    test = tuple(sorted(set(pool.subjects[held].tolist())))
+    others = sorted(set(pool.subjects[~held].tolist()))
+    n_val = max(int(np.floor(val_fraction * len(others) + 0.5)), 1)
+    if n_val >= len(others):
+        raise SplitError(f"{len(others)} training subjects cannot spare {n_val} for validation")
+
+    def ready(subjects) -> bool:
+        counts = pool.by_subjects(subjects).class_counts()
+        return int((counts >= min_clips).sum()) >= ways
+
+    for attempt in range(attempts):
+        val = sorted(np.random.default_rng(seed + attempt).permutation(others)[:n_val].tolist())
+        train = tuple(s for s in others if s not in set(val))
+        if ready(train) and ready(val):
+            split = SubjectSplit(train, tuple(val), test)
+            assert_disjoint(split, pool.subjects.tolist())
+            return split, attempt
+    raise SplitError(
+        f"no validation draw of the {len(others)} training subjects in {attempts} gives "
+        f"meta-train and validation {ways} classes with >= {min_clips} clips each"
+    )
+
+
+def learner_fold(
+    cfg,
+    pool: ClipPool,
+    aux: ClipPool | None,
+    held: np.ndarray,
+    fold: str,
+    out: str,
+    shots: int,
+    batch_size: int = 64,
+    resume: bool = False,
+    device: torch.device = CPU,
+) -> dict:
+    """One held-out fold of a meta-learner (`cfg`: its TrainConfig): meta-train on the clips
+    not `held` (model selection on validation subjects drawn from them, as `lightman train`
+    selects), then adapt the chosen weights on a support set of `shots` clips per class drawn
+    from the meta-training subjects (with the macro clips its episodes had), as the served
+    model adapts, and predict every held-out clip. The run's files go under `out`.
+
+    -> {"fold", "clip_ids", "y_true", "y_pred" (held-out clips), "train_clips" (every clip
+    of the meta-training and validation subjects), "split", "train_seconds"}."""
+    import dataclasses
+
+    from lightman.models.learners import build_learner
+    from lightman.models.modes import eval_mode
+    from lightman.models.net import build_model
+    from lightman.platform.loop import RunData
+    from lightman.platform.protocols import check_ways, predict_fold
+    from lightman.platform.train import _local_run
+    from lightman.tasks.episodes import draw_aux, pair_aux
+    from lightman.tasks.splits import draw_support
+
+    check_ways(PROTOCOL, cfg.model.ways, pool.class_names)
+    ep = cfg.episode
+    split, attempt = holdout_split(
+        pool, held, cfg.data.val_fraction, cfg.seed, ep.ways, ep.shots + ep.query
+    )
+    train_pool = pool.by_subjects(split.train, name="train")
+    val_pool = pool.by_subjects(split.val, name="val")
+    t0 = time.perf_counter()
+    state = _local_run(
+        cfg, out, resume, RunData(train_pool, val_pool, None, aux, split, attempt), device
+    )
+    seconds = round(time.perf_counter() - t0, 1)
+    best = state["best"]
+    model = build_model(dataclasses.replace(cfg.model, init="")).to(device)
+    model.load_state_dict(best["model"] if best["model"] is not None else state["model"])
+    learner = build_learner(cfg.learner)
+    rng = np.random.default_rng((cfg.seed, 2))
+    train_rows = np.flatnonzero(np.isin(pool.subjects, split.train))
+    support = draw_support(pool, train_rows, shots, rng, fold)
+    aux_rows = aux_ways = None
+    if aux is not None and ep.aux_shots:
+        paired = pair_aux(pool, aux, ep.aux_pairing)
+        aux_rows, aux_ways = draw_aux(paired, len(aux), ep.aux_shots, rng)
+    target = np.flatnonzero(held)
+    with eval_mode(model):
+        y_pred = predict_fold(
+            learner, model, pool, support, target, batch_size, aux, aux_rows, aux_ways
+        )
+    return {
+        "fold": fold,
+        "clip_ids": pool.clip_ids[target].tolist(),
+        "y_true": pool.labels[target].tolist(),
+        "y_pred": y_pred.tolist(),
+        "support": pool.clip_ids[support].tolist(),
+        "train_clips": sorted(pool.by_subjects([*split.train, *split.val]).clip_ids.tolist()),
+        "split": {"train": list(split.train), "val": list(split.val), "test": list(split.test)},
+        "train_seconds": seconds,
+    }
+
+
+def supervised_fold(
+    cfg, pool: ClipPool, held: np.ndarray, fold: str, megc: MegcConfig, device: torch.device = CPU
+) -> dict:
+    """One held-out fold of the supervised baseline as `megc-loso` trains it (`run_fold`:
+    cross-entropy on every clip not `held`, fixed `megc.epochs`, no selection), then every
+    held-out clip predicted; the dict of `learner_fold`."""
+    check_classes(cfg.model, pool)
+    lr = megc.lr or cfg.learner.outer_lr
+    decay = getattr(cfg.learner, "weight_decay", 0.0)
+    marked = _held_as_subject(pool, held, fold)
+    r = run_fold(cfg.model, marked, fold, 0, megc, lr, decay, cfg.seed, device)
+    return {
+        "fold": fold,
+        "clip_ids": list(r.clip_ids),
+        "y_true": r.y_true.tolist(),
+        "y_pred": r.y_pred.tolist(),
+        "support": [],
+        "train_clips": sorted(pool.clip_ids[~held].tolist()),
+        "split": {"test": sorted(set(pool.subjects[held].tolist()))},
+        "train_seconds": r.seconds,
+    }
+
+
+def _held_as_subject(pool: ClipPool, held: np.ndarray, fold: str) -> ClipPool:
+    """The pool with every held-out clip's subject named `fold` (run_fold holds out one
+    subject: a held-out dataset becomes one)."""
+    import dataclasses
+
+    subjects = pool.subjects.copy().astype(object)
+    subjects[held] = fold
+    return dataclasses.replace(pool, subjects=subjects)

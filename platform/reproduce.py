@@ -10,6 +10,13 @@ published numbers (`paper`), and two budgets: `quick` (a smoke run of the machin
 fits 15 minutes on a 2-core machine and decides nothing) and `full` (the seeds and
 schedule the claims are judged on).
 
+Held-out studies (`protocol: megc-loso`, Table 1; `protocol: lodo`, cross-dataset): cells
+are arm × seed × fold, a fold holding out one subject or one primary dataset
+(platform/megc.py: the supervised arm trains as megc-loso trains, any other learner
+meta-trains on the rest and adapts on a support set of its training subjects); each arm
+and seed's fold predictions are joined by clip id and scored once on the pooled counts
+(`pool_folds`), then analysed as below, per dataset too, beside the study's `reference`.
+
 Cells are arm × seed (seeds `--seed` .. `--seed` + budget.seeds − 1; the seed draws the
 subject split, the episodes and the initialisation, so the arms of one seed are tested on
 the same test subjects and episodes: the pairs of the paired contrasts). Each cell is one
@@ -79,6 +86,8 @@ BUDGETS = ("quick", "full")
 CELLS_DIR = "cells"
 RUNS_DIR = "runs"
 NAMES = {"acc": "ACC", "macro_f1": "F1", "uar": "UAR", "uf1": "UF1"}
+PROTOCOLS = ("fewshot", "megc-loso", "lodo")  # lodo: leave one (primary) dataset out
+HELD_UNIT = {"megc-loso": "left-out subject", "lodo": "held-out dataset"}
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,10 @@ class Budget:
 
     seeds: int = 2  # seeds per arm: the cells are arms × seeds
     train: dict = field(default_factory=dict)  # TrainConfig keys over the study's `train`
+    megc: dict = field(default_factory=dict)  # MegcConfig keys over the study's `megc`
+    # held-out protocols: the first `folds` folds (sorted) only, 0 = every fold; fewer
+    # folds is a smoke run (its pooled metrics cover those folds' clips alone)
+    folds: int = 0
 
 
 @dataclass(frozen=True)
@@ -109,7 +122,10 @@ class StudyConfig:
 
     name: str = ""  # the study's name (the report's title line)
     title: str = ""  # the part of the paper it stands for
-    protocol: str = "fewshot"  # the test: few-shot episodes on the run's test subjects
+    # the test: fewshot (episodes on the run's test subjects), megc-loso (one cell per
+    # subject held out, trained on every other subject) or lodo (one cell per primary
+    # dataset held out, trained on the others); module docstring
+    protocol: str = "fewshot"
     base: str = ""  # a YAML file whose `base_key` section is the starting TrainConfig
     base_key: str = ""  # the section of `base` ("" = the whole file)
     train: dict = field(default_factory=dict)  # TrainConfig keys over `base` (every arm)
@@ -130,13 +146,16 @@ class StudyConfig:
     full: Budget = field(default_factory=lambda: Budget(seeds=5))  # what decides
     cpus_per_cell: float = 1.0  # CPUs Tune reserves per cell (its threads)
     confidence: float = 0.95  # of every interval; α = 1 − confidence
+    # held-out protocols: the supervised arm's training (platform/megc.MegcConfig: epochs,
+    # batch_size, lr) and the meta-learners' support shots per class (shots)
+    megc: dict = field(default_factory=dict)
+    # published figures of methods that are not arms (name -> {metric: %}), shown beside
+    reference: dict = field(default_factory=dict)
+    reference_source: str = ""
 
     def __post_init__(self) -> None:
-        if self.protocol != "fewshot":
-            raise ValueError(
-                "protocol: only fewshot runs in this version (loso, composite and megc-loso, "
-                "Table 1's protocols, come later)"
-            )
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {self.protocol!r}")
         if self.primary not in self.learners:
             raise ValueError(f"primary {self.primary!r} is not one of learners {self.learners}")
         if len(set(self.learners)) != len(self.learners):
@@ -207,6 +226,8 @@ class Cell:
     seed: int
     config: dict
     hash: str
+    fold: str = ""  # the held-out subject or dataset (megc-loso, lodo); "" for fewshot
+    protocol: str = "fewshot"
 
 
 def _base(study: StudyConfig) -> dict:
@@ -235,14 +256,20 @@ def build_cells(study: StudyConfig, budget: str, index: str, seed: int = 0) -> l
 
     b = study.budget(budget)
     common = _merge(_merge(_base(study), study.train), b.train)
+    megc = _megc(study, budget)
     classes = None
     cells = []
     for arm in study.learners:
         data = _merge(common, _arm(study, arm))
-        if data.get("model", {}).get("ways") == "classes":
-            if classes is None:
-                classes = _class_count(data, index)
-            data = _merge(data, {"model": {"ways": classes}})
+        for section in ("model", "episode"):  # ways=classes: the primary pool's class count
+            if data.get(section, {}).get("ways") == "classes":
+                if classes is None:
+                    classes = _class_count(data, index)
+                data = _merge(data, {section: {"ways": classes}})
+        folds = [""]
+        if study.protocol != "fewshot":
+            folds = _folds(study.protocol, data, index)
+            folds = folds[: b.folds] if b.folds else folds
         for s in range(seed, seed + b.seeds):
             cfg = from_dict(TrainConfig, _merge(data, {"seed": s, "data": {"index": index}}))
             if cfg.uses_ray:
@@ -252,9 +279,33 @@ def build_cells(study: StudyConfig, budget: str, index: str, seed: int = 0) -> l
                 )
             config = to_dict(cfg)
             config["data"]["index"] = ""  # path-free: the index is named by its hash
-            chash = kept.config_hash({"train": config, "protocol": study.protocol})
-            cells.append(Cell(f"{arm}-s{s}", arm, s, config, chash))
+            for fold in folds:
+                key = {"train": config, "protocol": study.protocol}
+                if fold:
+                    key |= {"fold": fold, "megc": to_dict(megc)}
+                cid = f"{arm}-s{s}" + (f"-{fold.replace('/', '_')}" if fold else "")
+                cells.append(Cell(cid, arm, s, config, kept.config_hash(key), fold, study.protocol))
     return cells
+
+
+def _megc(study: StudyConfig, budget: str):
+    """The held-out folds' MegcConfig: the study's `megc`, then the budget's."""
+    from lightman.platform.megc import MegcConfig
+
+    return from_dict(MegcConfig, _merge(study.megc, study.budget(budget).megc))
+
+
+def _fold_pool(data: dict, index: str, frames: bool = True):
+    from lightman.platform.selection import DataSelection, primary_pool
+
+    sel = from_dict(DataSelection, {**data.get("data", {}), "index": index})
+    return primary_pool(sel, frames=frames)
+
+
+def _folds(protocol: str, data: dict, index: str) -> list[str]:
+    from lightman.platform.megc import fold_names
+
+    return fold_names(_fold_pool(data, index, frames=False), protocol)
 
 
 def _class_count(data: dict, index: str) -> int:
@@ -270,9 +321,40 @@ def _with_index(config: dict, index: str):
     return from_dict(TrainConfig, _merge(config, {"data": {"index": index}}))
 
 
-def run_cell(cell: Cell, index: str, index_hash: str, out: str) -> dict:
+def run_fold_cell(cell: Cell, cfg, out: str, resume: bool, megc) -> dict:
+    """One held-out fold (platform/megc.py): the supervised arm trained as `megc-loso`
+    trains it, any other learner meta-trained on the other subjects / datasets and adapted
+    on a support set of its training subjects; the fold's predictions by clip id."""
+    import torch
+
+    from lightman.platform import megc as folds
+    from lightman.platform.selection import auxiliary_pool, primary_pool
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    pool = primary_pool(cfg.data)
+    held = folds.held_rows(pool, cell.protocol, cell.fold)
+    if cfg.learner.name == "supervised":
+        r = folds.supervised_fold(cfg, pool, held, cell.fold, megc)
+    else:
+        aux = auxiliary_pool(cfg.data) if cfg.episode.aux_shots else None
+        r = folds.learner_fold(cfg, pool, aux, held, cell.fold, out, megc.shots, resume=resume)
+    datasets = dict(zip(pool.clip_ids.tolist(), pool.datasets.tolist()))
+    return {
+        "cell": cell.id,
+        "arm": cell.arm,
+        "seed": cell.seed,
+        "fold": cell.fold,
+        "classes": list(pool.class_names),
+        "datasets": [datasets[c] for c in r["clip_ids"]],
+        **r,
+        "resumed": resume,
+    }
+
+
+def run_cell(cell: Cell, index: str, index_hash: str, out: str, megc=None) -> dict:
     """Train and test one cell (`run_training`, resuming its run from a checkpoint when one
-    is there) and keep its row; the row."""
+    is there; a held-out fold: `run_fold_cell`) and keep its row; the row."""
     from lightman.platform.run_state import latest_checkpoint
     from lightman.platform.train import CHECKPOINTS_DIR, run_training
 
@@ -280,6 +362,11 @@ def run_cell(cell: Cell, index: str, index_hash: str, out: str) -> dict:
     run = storage.resolve(out).join(RUNS_DIR, f"{cell.id}-{cell.hash}")
     resume = latest_checkpoint(run.join(CHECKPOINTS_DIR)) is not None
     t0 = time.perf_counter()
+    if cell.fold:
+        figures = run_fold_cell(cell, cfg, run.uri, resume, megc)
+        figures |= {"cell_seconds": round(time.perf_counter() - t0, 1), "run": run.uri}
+        loc = kept.cell_location(storage.resolve(out).join(CELLS_DIR).uri, cell.hash)
+        return kept.write_cell(loc, figures, cell.config, index_hash)
     m = run_training(cfg, run.uri, resume=resume).metrics
     figures = {
         "cell": cell.id,
@@ -301,7 +388,7 @@ def run_cell(cell: Cell, index: str, index_hash: str, out: str) -> dict:
     return kept.write_cell(loc, figures, cell.config, index_hash)
 
 
-def _trial(params: dict, *, cells: dict, index: str, index_hash: str, out: str) -> None:
+def _trial(params: dict, *, cells: dict, index: str, index_hash: str, out: str, megc=None) -> None:
     """Tune's function trainable: run the cell `params["cell"]` (kept: read it back)."""
     import ray.tune
 
@@ -310,11 +397,13 @@ def _trial(params: dict, *, cells: dict, index: str, index_hash: str, out: str) 
     setup()
     cell = cells[params["cell"]]
     loc = kept.cell_location(storage.resolve(out).join(CELLS_DIR).uri, cell.hash)
-    row = kept.read_cell(loc, index_hash) or run_cell(cell, index, index_hash, out)
-    ray.tune.report({"cell": cell.id, **row["figures"]})
+    row = kept.read_cell(loc, index_hash) or run_cell(cell, index, index_hash, out, megc)
+    ray.tune.report({"cell": cell.id, **row.get("figures", {})})
 
 
-def run_grid(cells: list[Cell], index: str, index_hash: str, out: str, cpus: float) -> list:
+def run_grid(
+    cells: list[Cell], index: str, index_hash: str, out: str, cpus: float, megc=None
+) -> list:
     """The pending cells as one Ray Tune grid (module docstring); Tune's errors, if any."""
     import ray
     import ray.tune
@@ -332,6 +421,7 @@ def run_grid(cells: list[Cell], index: str, index_hash: str, out: str, cpus: flo
                 index=index,
                 index_hash=index_hash,
                 out=root.uri,
+                megc=megc,
             ),
             {"cpu": cpus},
         )
@@ -458,8 +548,13 @@ def reproduce(
     done = {c.id: kept.read_cell(kept.cell_location(cells_dir, c.hash), index_hash) for c in cells}
     pending = [c for c in cells if done[c.id] is None]
     b = cfg.budget(budget)
+    per = (
+        f" x {len({c.fold for c in cells})} {cfg.protocol} folds"
+        if cfg.protocol != "fewshot"
+        else ""
+    )
     echo(
-        f"[reproduce] {cfg.name} ({budget}): {len(cfg.learners)} arms x {b.seeds} seeds = "
+        f"[reproduce] {cfg.name} ({budget}): {len(cfg.learners)} arms x {b.seeds} seeds{per} = "
         f"{len(cells)} cells, {len(cells) - len(pending)} kept, {len(pending)} to run; "
         f"index {index_hash}"
     )
@@ -479,7 +574,8 @@ def reproduce(
         return ReproduceResult(root.uri, [], [c.id for c in cells if done[c.id]], "", [], cost)
     storage.make_dirs(root)
     if pending:
-        errors = run_grid(pending, index, index_hash, root.uri, cfg.cpus_per_cell)
+        megc = _megc(cfg, budget) if cfg.protocol != "fewshot" else None
+        errors = run_grid(pending, index, index_hash, root.uri, cfg.cpus_per_cell, megc)
         for e in errors:
             echo(f"[reproduce] a cell failed: {e}")
     rows = {c.id: kept.read_cell(kept.cell_location(cells_dir, c.hash), index_hash) for c in cells}
@@ -500,8 +596,11 @@ def reproduce(
         "ran": [c.id for c in pending],
         "overrides": list(overrides),
     }
-    analysis = analyse(cfg, cells, rows, decisive=budget == "full")
-    report = write_report(cfg, cells, rows, analysis, meta, root)
+    shown = cells
+    if cfg.protocol != "fewshot":  # one unit per arm and seed: its folds' predictions pooled
+        shown, rows = pool_folds(cells, rows)
+    analysis = analyse(cfg, shown, rows, decisive=budget == "full")
+    report = write_report(cfg, shown, rows, analysis, meta, root)
     echo(f"[reproduce] {len(cells)} cells in {meta['seconds']:.0f} s; report: {report}")
     for c in analysis["claims"]:
         echo(f"[reproduce] claim {c['contrast']}: {c['verdict']} ({c['reason']})")
@@ -513,6 +612,49 @@ def reproduce(
         analysis["claims"],
         cost,
     )
+
+
+def pool_folds(cells: list[Cell], rows: dict) -> tuple[list[Cell], dict]:
+    """Each (arm, seed)'s fold rows joined by clip id (every clip once: `pool_predictions`)
+    and scored on the pooled counts (MEGC 2019's UF1 / UAR): one Cell per arm and seed (id
+    arm-s<seed>) and its row, whose `figures` are the whole pool's scores in % and
+    `groups` the scores of each dataset's clips."""
+    import numpy as np
+
+    from lightman.tasks.metrics import SCORES
+    from lightman.tasks.splits import pool_predictions
+
+    units: dict[tuple[str, int], list[Cell]] = {}
+    for c in cells:
+        units.setdefault((c.arm, c.seed), []).append(c)
+    shown, out = [], {}
+    for (arm, seed), members in units.items():
+        fold_rows = [rows[c.id] for c in members]
+        expected = {cid: y for r in fold_rows for cid, y in zip(r["clip_ids"], r["y_true"])}
+        pooled = pool_predictions(
+            [dict(zip(r["clip_ids"], zip(r["y_true"], r["y_pred"]))) for r in fold_rows],
+            expected,
+        )
+        dataset_of = {c: d for r in fold_rows for c, d in zip(r["clip_ids"], r["datasets"])}
+        datasets = np.array([dataset_of[c] for c in pooled.clip_ids])
+        groups = {"all": np.ones(datasets.size, dtype=bool)}
+        groups |= {d: datasets == d for d in sorted(set(datasets.tolist()))}
+        scores = {
+            g: {k: 100 * fn(pooled.y_true[m], pooled.y_pred[m]) for k, fn in SCORES.items()}
+            for g, m in groups.items()
+        }
+        uid = f"{arm}-s{seed}"
+        first = members[0]
+        shown.append(Cell(uid, arm, seed, first.config, first.hash, "", first.protocol))
+        out[uid] = {
+            "figures": scores["all"],
+            "groups": scores,
+            "clips": {g: int(m.sum()) for g, m in groups.items()},
+            "folds": len(members),
+            "train_seconds": sum(r.get("train_seconds") or 0 for r in fold_rows),
+            "cell_hashes": [c.hash for c in members],
+        }
+    return shown, out
 
 
 def analyse(cfg: StudyConfig, cells: list[Cell], rows: dict, decisive: bool) -> dict:
@@ -626,20 +768,61 @@ def _tables(cfg: StudyConfig, cells: list[Cell], rows: dict, analysis: dict, met
         ]
         for a in cfg.learners
     ]
-    episodes = sorted({rows[c.id]["test_episodes"] for c in cells})
+    if cfg.protocol == "fewshot":
+        episodes = sorted({rows[c.id]["test_episodes"] for c in cells})
+        what = (
+            f"the mean over its {'/'.join(map(str, episodes))} test episodes on test "
+            "subjects never seen in training or model selection"
+        )
+    else:
+        unit = HELD_UNIT[cfg.protocol]
+        folds = sorted({rows[c.id]["folds"] for c in cells})
+        what = (
+            f"scored once on the predictions of its {'/'.join(map(str, folds))} folds joined "
+            f"by clip id (UF1 and UAR from the pooled counts, as MEGC 2019), each fold's "
+            f"{unit} never seen in its training or model selection; the supervised arm trains "
+            "as megc-loso trains, every other learner meta-trains and adapts on a support "
+            "set of the fold's training subjects"
+        )
     sections.append(
         (
             "Results",
             [
                 f"Mean ± {cfg.confidence:.0%} Student t CI across {len(seeds)} seeds "
-                f"({seeds[0]}..{seeds[-1]}), in %; each seed's figure is the mean over its "
-                f"{'/'.join(map(str, episodes))} test episodes on test subjects never seen in "
-                "training or model selection."
+                f"({seeds[0]}..{seeds[-1]}), in %; each seed's figure is {what}."
             ],
             head,
             body,
         )
     )
+    if cfg.protocol != "fewshot":
+        groups = sorted({g for c in cells for g in rows[c.id]["groups"]} - {"all"})
+        head = ["arm", "data", "clips", *[NAMES[m] for m in cfg.metrics]]
+        body = []
+        for a in cfg.learners:
+            mine = [c for c in cells if c.arm == a]
+            for g in ["all", *groups]:
+                ivs = [
+                    stats.t_interval(
+                        [rows[c.id]["groups"][g][m] for c in mine if g in rows[c.id]["groups"]],
+                        cfg.confidence,
+                    )
+                    for m in cfg.metrics
+                ]
+                body.append(
+                    [a, g, str(rows[mine[0].id]["clips"].get(g, 0)), *[_pm(iv) for iv in ivs]]
+                )
+        sections.append(
+            (
+                "Per dataset",
+                [
+                    "Each dataset's clips scored from the same pooled predictions (mean ± "
+                    f"{cfg.confidence:.0%} CI across seeds, in %); 'all' is the whole pool."
+                ],
+                head,
+                body,
+            )
+        )
     head = ["contrast", "mean difference (points)", "CI", "p (paired t)", "p (Holm)", "survives"]
     body = []
     for c in analysis["contrasts"]:
@@ -697,6 +880,31 @@ def _tables(cfg: StudyConfig, cells: list[Cell], rows: dict, analysis: dict, met
             body,
         )
     )
+    if cfg.reference:
+        shown = [m for m in METRICS if any(m in v for v in cfg.reference.values())]
+        head = ["method", *[NAMES[m] for m in shown]]
+        body = [
+            [name, *["-" if v.get(m) is None else f"{v[m]:.2f}" for m in shown]]
+            for name, v in cfg.reference.items()
+        ]
+        body += [
+            [
+                f"{a} (this run)",
+                *[_pm(analysis["arms"][a][m]) if m in analysis["arms"][a] else "-" for m in shown],
+            ]
+            for a in cfg.learners
+        ]
+        sections.append(
+            (
+                "Beside the published reference",
+                [
+                    f"Published: {cfg.reference_source or 'see the study file'}. Side by side, "
+                    "not one to one: this run's data, model and schedule are the study's."
+                ],
+                head,
+                body,
+            )
+        )
     if cfg.paper:
         shown = sorted({m for v in cfg.paper.values() for m in v}, key=list(METRICS).index)
         head = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,27 @@ def test_shipped_studies_load_and_their_cells_build(index):
         for budget in ("quick", "full"):
             cells = reproduce.build_cells(study, budget, index)
             assert len(cells) == len(study.learners) * study.budget(budget).seeds
+    for name, protocol in (("table1", "megc-loso"), ("cross_dataset", "lodo")):
+        study = reproduce.load_study(name, ["train.data.primary=[casme2]"])
+        assert study.protocol == protocol and study.primary_contrast and study.claims
+        assert set(t2_learners := study.learners) == {
+            "lightman",
+            "maml",
+            "anil",
+            "reptile",
+            "protonet",
+            "supervised",
+        }, t2_learners
+        if protocol == "megc-loso":  # the tiny index's 10 CASME II subjects
+            full = reproduce.build_cells(study, "full", index)
+            assert len(full) == len(study.learners) * study.full.seeds * 10
+            assert {c.config["model"]["ways"] for c in full} == {3}  # composite3 classes
+            quick = reproduce.build_cells(study, "quick", index)
+            assert len(quick) == len(study.learners) * study.quick.seeds * study.quick.folds
+    assert reproduce.load_study("table1").reference["MEGC 2019 LBP-TOP baseline"] == {
+        "uf1": 58.82,
+        "uar": 57.85,
+    }
     t2 = reproduce.load_study("table2")
     full = reproduce.build_cells(t2, "full", index)
     assert t2.full.seeds >= 5 and min(c.config["test_episodes"] for c in full) >= 600
@@ -218,3 +240,84 @@ def test_the_html_report_opens_in_headless_chromium_with_its_figures(first, tmp_
         check=True,
     )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+# --- held-out protocols: Table 1 (megc-loso) and the cross-dataset study (lodo) ----------
+
+SMALL = [
+    "learners=[lightman,supervised]",
+    "primary_contrast=lightman-supervised:uf1",
+    "claims=[]",
+    "train.model.image_size=16",
+    "train.model.frames=6",
+    "train.model.hidden=8",
+    "train.model.aux_dim=8",
+    "train.meta_batch=2",
+    "train.episode.query=1",
+    "quick.train.iterations=2",
+]
+
+
+def _folds_never_train_on_what_they_hold_out(out: str, column) -> list[dict]:
+    """Every kept fold row: its held-out clips are exactly those of its fold (a subject or
+    a dataset), and none of them is among the clips it trained or validated on."""
+    rows = [r for r in _cells(out).values() if r.get("fold")]
+    for r in rows:
+        assert r["clip_ids"] and {column(c) for c in r["clip_ids"]} == {r["fold"]}
+        assert not set(r["clip_ids"]) & set(r["train_clips"])
+        assert all(column(c) != r["fold"] for c in r["train_clips"])
+        assert not {column(c) for c in r["support"]} & {r["fold"]}
+    return rows
+
+
+def test_table1_megc_loso_runs_end_to_end_and_no_fold_trains_on_its_subject(
+    ray_local, index, tmp_path
+):
+    out = str(tmp_path / "table1")
+    over = [*SMALL, "train.data.primary=[casme2]", "quick.seeds=1", "quick.folds=2"]
+    result = reproduce.reproduce("table1", index, out, budget="quick", overrides=over)
+    assert len(result.ran) == 2 * 2  # arms x folds, one seed
+    rows = _folds_never_train_on_what_they_hold_out(out, lambda c: c.rsplit("/", 1)[0])
+    assert {r["fold"] for r in rows} == {"casme2/sub01", "casme2/sub02"}
+    md = (Path(out) / "report.md").read_text()
+    for needed in ("Per dataset", "MEGC 2019 LBP-TOP baseline", "58.82", "joined by clip id"):
+        assert needed in md, needed
+
+
+def test_cross_dataset_holds_each_dataset_out_of_training(tmp_path):
+    """In process (no Tune: the grid is the Table 1 test's): each fold cell of the shipped
+    study on a toy CASME II + SAMM index, pooled by `pool_folds`."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from toy_clips import toy_index
+
+    uri = str(tmp_path / "index")
+    for k, d in enumerate(("casme2", "samm")):
+        toy_index(uri, d, "micro", subjects=4, per_class=2, classes=3, seed=k)
+    over = [
+        *SMALL[3:],
+        "learners=[maml,supervised]",
+        "primary=maml",
+        "primary_contrast=maml-supervised:uf1",
+        "claims=[]",
+        "train.data.primary=[casme2,samm]",
+        "train.data.labels=index",
+        "train.data.auxiliary=[]",
+        "train.episode.aux_shots=0",
+        "quick.seeds=1",
+    ]
+    study = reproduce.load_study("cross_dataset", over)
+    cells = reproduce.build_cells(study, "quick", uri)
+    assert sorted(c.id for c in cells) == [
+        "maml-s0-casme2",
+        "maml-s0-samm",
+        "supervised-s0-casme2",
+        "supervised-s0-samm",
+    ]
+    out = str(tmp_path / "lodo")
+    megc = reproduce._megc(study, "quick")
+    rows = {c.id: reproduce.run_cell(c, uri, "h", out, megc) for c in cells}
+    kept_rows = _folds_never_train_on_what_they_hold_out(out, lambda c: c.split("/", 1)[0])
+    assert sorted(r["fold"] for r in kept_rows) == ["casme2", "casme2", "samm", "samm"]
+    shown, pooled = reproduce.pool_folds(cells, rows)
+    assert [c.id for c in shown] == ["maml-s0", "supervised-s0"]
+    assert pooled["maml-s0"]["clips"] == {"all": 48, "casme2": 24, "samm": 24}
