@@ -60,6 +60,7 @@ from ray.tune.search.optuna import OptunaSearch
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from lightman.models.learners.config import set_keys
 from lightman.models.provenance import to_dict
 from lightman.platform.config import ConfigError
 from lightman.platform.distributed import fit, free_orphaned_placement_groups
@@ -407,6 +408,7 @@ def run_search(
 
     root = storage.resolve(out)  # local or s3://: everything of the search lives under it
     base = to_dict(base_cfg)
+    base["learner"] = set_keys(base_cfg.learner)  # not every default: the space may switch learner
     check_values(space, base, space.name)  # every bound and choice fits this experiment
     trial_config(base, {})  # and the experiment runs as a trial
     storage.make_dirs(root)  # the default SQLite study lives in it

@@ -338,18 +338,22 @@ def learner_config(name: str = "lightman", **keys: Any) -> LearnerConfig:
     return cls(**kept)
 
 
-def for_learner(cfg: LearnerConfig, name: str) -> LearnerConfig:
-    """`cfg`'s settings as learner `name`'s config: every key of `cfg` whose value differs
-    from its class's default (a key at its default sets nothing), each of which `name`
-    must read: a ValueError as `learner_config`'s otherwise. How one training config runs
-    several learners (`lightman demo`'s learners)."""
+def set_keys(cfg: LearnerConfig) -> dict[str, Any]:
+    """`name` and every key of `cfg` whose value differs from its class's default (a key at
+    its default sets nothing): what another learner built from `cfg` must read."""
     default = type(cfg)()
-    keys = {
+    return {
         f.name: getattr(cfg, f.name)
         for f in dataclasses.fields(cfg)
-        if f.name != "name" and getattr(cfg, f.name) != getattr(default, f.name)
+        if f.name == "name" or getattr(cfg, f.name) != getattr(default, f.name)
     }
-    return learner_config(name, **keys)
+
+
+def for_learner(cfg: LearnerConfig, name: str) -> LearnerConfig:
+    """`cfg`'s settings as learner `name`'s config: every key `cfg` sets (`set_keys`), each
+    of which `name` must read (a ValueError as `learner_config`'s otherwise). How one
+    training config runs several learners (`lightman demo`'s learners)."""
+    return learner_config(**{**set_keys(cfg), "name": name})
 
 
 __all__ = [
@@ -366,4 +370,5 @@ __all__ = [
     "SupervisedConfig",
     "for_learner",
     "learner_config",
+    "set_keys",
 ]
