@@ -14,6 +14,7 @@ import torch
 
 from lightman.models.checkpoint import load_checkpoint
 from lightman.models.learners import LearnerConfig, build_learner
+from lightman.models.learners.config import record_keys
 from lightman.models.modes import eval_mode
 from lightman.models.provenance import versions
 from lightman.platform.config import from_dict
@@ -159,7 +160,7 @@ def evaluate_checkpoint(
             corrupt=(cfg.corrupt, cfg.corrupt_fraction),
         )
         return EvalResult(metrics, table)
-    learner_dict = dict(meta["learner"])
+    learner_dict = record_keys(meta["learner"])
     if cfg.test_inner_steps:
         learner_dict["test_inner_steps"] = cfg.test_inner_steps
     learner = build_learner(from_dict(LearnerConfig, learner_dict))

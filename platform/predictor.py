@@ -42,6 +42,7 @@ from torch import Tensor
 
 from lightman.models.checkpoint import load_checkpoint
 from lightman.models.learners import LearnerConfig, build_learner
+from lightman.models.learners.config import record_keys
 from lightman.models.modes import eval_mode
 from lightman.models.net import build_model
 from lightman.platform.config import from_dict
@@ -275,7 +276,7 @@ class Predictor:
         model, self.model_cfg, meta = load_checkpoint(io.BytesIO(raw))  # weights_only=True
         extra = meta["extra"]
         train = extra["config"]
-        self.learner = build_learner(from_dict(LearnerConfig, dict(extra["learner"])))
+        self.learner = build_learner(from_dict(LearnerConfig, record_keys(extra["learner"])))
         self.episode = from_dict(EpisodeConfig, dict(train["episode"]))
         self.index = cfg.index or train["data"]["index"]
         data = from_dict(DataSelection, {**train["data"], "index": self.index})

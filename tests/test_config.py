@@ -259,3 +259,44 @@ def test_meanings_come_from_the_source_so_python_OO_prints_them_too(tmp_path):
     assert "# lightman synth: SynthConfig: The seeded generator's settings" in oo.stdout
     assert "seed: 0  # every pixel and sheet cell follows from it" in oo.stdout
     assert not (tmp_path / "s").exists()  # --cfg does no work
+
+
+def test_a_checkpoint_record_from_before_the_split_loads_as_its_learner_reads_it():
+    """Checkpoints written while one flat config held every algorithm's keys record all of
+    them; a maml run's record loads with the keys maml reads, and a key maml reads keeps
+    its recorded value."""
+    from lightman.models.learners import LearnerConfig
+    from lightman.models.learners.config import record_keys
+    from lightman.platform.config import from_dict
+
+    flat = {  # the flat record's keys, as the old checkpoints hold them
+        "name": "maml",
+        "inner_lr": 0.05,
+        "outer_lr": 0.002,
+        "weight_decay": 1e-4,
+        "optimizer": "auto",
+        "inner_steps": 2,
+        "test_inner_steps": 3,
+        "lambda_pri": 0.55,
+        "sigma": [1.0],
+        "bandwidth": "fixed",
+        "aux_loss": "mmd",
+        "aux_norm": "separate",
+        "aux_align": "marginal",
+        "first_order": False,
+        "reptile_steps": 5,
+        "memory": "fast",
+        "log_support_after": False,
+        "log_grad_ratio": False,
+    }
+    with pytest.raises(ValueError, match="lambda_pri"):
+        from_dict(LearnerConfig, flat)  # a user's config with these keys is refused
+    cfg = from_dict(LearnerConfig, record_keys(flat))
+    assert (cfg.name, cfg.inner_lr, cfg.outer_lr, cfg.inner_steps, cfg.test_inner_steps) == (
+        "maml",
+        0.05,
+        0.002,
+        2,
+        3,
+    )
+    assert not hasattr(cfg, "lambda_pri") and not hasattr(cfg, "reptile_steps")

@@ -338,6 +338,18 @@ def learner_config(name: str = "lightman", **keys: Any) -> LearnerConfig:
     return cls(**kept)
 
 
+def record_keys(record: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a checkpoint's learner record that its learner reads. Records written
+    before the configs were split per algorithm hold every algorithm's keys, of which the
+    learner read only its own: the others are dropped here, and only here (a config a user
+    writes is checked by `config_variant`)."""
+    name = record.get("name") or LearnerConfig.__dataclass_fields__["name"].default
+    if name not in LEARNER_CONFIGS:
+        raise ValueError(f"name must be one of {list(LEARNER_CONFIGS)}, got {name!r}")
+    own = _names(LEARNER_CONFIGS[name])
+    return {k: v for k, v in record.items() if k in own}
+
+
 def set_keys(cfg: LearnerConfig) -> dict[str, Any]:
     """`name` and every key of `cfg` whose value differs from its class's default (a key at
     its default sets nothing): what another learner built from `cfg` must read."""
@@ -370,5 +382,6 @@ __all__ = [
     "SupervisedConfig",
     "for_learner",
     "learner_config",
+    "record_keys",
     "set_keys",
 ]
