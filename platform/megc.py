@@ -299,6 +299,16 @@ def evaluate_megc(
     data = from_dict(DataSelection, {**train_cfg["data"], "index": index})
     model_cfg = from_dict(ModelConfig, train_cfg["model"])
     learner = train_cfg["learner"]
+    if learner["name"] != "supervised":
+        # Training a meta-learner's config with cross-entropy would report a supervised
+        # model under the run's learner name; its LOSO meta-trains each fold (learner_fold).
+        raise ValueError(
+            f"--protocol {PROTOCOL} trains each fold with cross-entropy for megc.epochs, as "
+            f"MEGC 2019's baseline is trained, but the checkpoint is a "
+            f"learner.name={learner['name']} run. Its leave-one-subject-out meta-trains every "
+            "fold: `lightman reproduce --study table1` (or a study file with this run's "
+            "config), or evaluate a learner.name=supervised checkpoint here"
+        )
     lr = cfg.lr or learner["outer_lr"]
     pool = primary_pool(data)
     result = megc_loso(model_cfg, pool, cfg, lr, learner["weight_decay"], seed, device, corrupt)

@@ -139,3 +139,17 @@ def test_corruption_reaches_only_the_left_out_subjects_clips(pool, monkeypatch):
     b = megc.megc_loso(MODEL, pool, small, 1e-3, 0.0, 0, corrupt=("mask", 1.0))
     assert a["corrupted_clips"] == [] and len(b["corrupted_clips"]) == len(pool)
     assert a["predictions"] != b["predictions"]
+
+
+def test_a_meta_learner_run_is_refused_with_the_study_that_evaluates_it(index, tmp_path):
+    """megc-loso trains each fold with cross-entropy: on a maml run it would report a
+    supervised model as maml's, so it refuses, naming the study that meta-trains the folds."""
+    from lightman.models.learners import learner_config
+    from lightman.platform.config import to_dict
+    from lightman.platform.megc import MegcConfig, evaluate_megc
+    from lightman.platform.train import TrainConfig
+
+    run = to_dict(TrainConfig(learner=learner_config("maml")))
+    with pytest.raises(ValueError, match=r"learner.name=maml run.*reproduce --study table1"):
+        evaluate_megc(run, index, MegcConfig(), 0, str(tmp_path / "megc"), {})
+    assert not (tmp_path / "megc").exists()
