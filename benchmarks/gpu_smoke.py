@@ -92,8 +92,8 @@ SMOKE = Sizes(
     size=16,
     frames=8,  # a served clip is normalised alone (bn_mode=clip): 6 frames of 16 px leave
     # one value per channel after the 3D convolution, too few to normalise
-    casme2=(10, 90),
-    ckplus=(6, 72),
+    casme2=(6, 54),  # 6 subjects: the training splits, and 6 MEGC LOSO folds
+    ckplus=(4, 16),
     hidden=16,
     pretrain_steps=3,
     iterations=2,
