@@ -53,11 +53,12 @@ MODEL = [
 ]
 
 
-# --smoke: a smaller index at 16 px, 6 frames, a narrow model and 3 steps of 2 tasks (the
+# --smoke: a smaller index at 16 px, 6 frames (generating and ingesting clips is most of a
+# smoke run), 3-way episodes that it can split, a narrow model and 3 steps of 2 tasks (the
 # first two steps are warm-up, so 3 is the fewest that leave a measured one)
-SMOKE_SYNTH = ["casme2.subjects=12", "casme2.clips=120"]
+SMOKE_SYNTH = ["casme2.subjects=8", "casme2.clips=64", "ckplus.subjects=4", "ckplus.clips=16"]
 SMOKE_MODEL = ["model.image_size=16", "model.frames=6", "model.hidden=8", "model.aux_dim=8"]
-SMOKE_MODEL += ["val_episodes=2", "test_episodes=2"]
+SMOKE_MODEL += ["episode.ways=3", "model.ways=3", "val_episodes=2", "test_episodes=2"]
 SMOKE_LINE = "smoke run: toy sizes, only that the benchmark runs; its figures mean nothing"
 
 
