@@ -359,9 +359,10 @@ def test_errors_match_the_schema_with_every_schemathesis_check(guarded, tmp_path
     assert requests.get(f"{url}/healthz", timeout=30).status_code == 200
 
 
-def _serve_process(checkpoint: str, *extra: str) -> subprocess.Popen:
-    """`lightman serve` in a session of its own, with a Ray of its own."""
+def _serve_process(checkpoint: str, *extra: str, **env_vars: str) -> subprocess.Popen:
+    """`lightman serve` in a session of its own, with a Ray of its own (and `env_vars`)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", TOKEN_FILE_ENV)}
+    env.update(env_vars)
     return subprocess.Popen(
         [sys.executable, "-m", "lightman.platform.cli", "serve", "--checkpoint", checkpoint]
         + ["--port", str(_free_port()), *extra],
@@ -399,7 +400,10 @@ def test_serve_stops_cleanly_on_sigterm_and_sigint(guarded, tmp_path, sig, code)
 def test_a_failed_start_prints_its_cause_in_one_line(guarded, tmp_path):
     bad = tmp_path / "best.pt"
     bad.write_bytes(b"not a checkpoint at all" * 100)
-    proc = _serve_process(str(bad))
+    # Serve starts a replica whose constructor fails up to 3 times (each a new worker
+    # process that imports torch) before it gives up; the first failure's cause is the
+    # same, so one attempt is enough to prove how it is reported
+    proc = _serve_process(str(bad), RAY_SERVE_MAX_PER_REPLICA_RETRY_COUNT="1")
     try:
         _, err = proc.communicate(timeout=600)
     finally:
