@@ -1,7 +1,7 @@
 """A soak of normal clients with one hostile client among them (issue 28).
 
     .venv/bin/python benchmarks/serve_hostile.py            # 8 clients, 60 s per phase
-    .venv/bin/python benchmarks/serve_hostile.py --smoke    # 2 clients, 4 s per phase
+    .venv/bin/python benchmarks/serve_hostile.py --smoke    # 2 clients, 2 s per phase
 
 One replica of the tests' tiny ProtoNet (tests/serve_fixtures.py; npz clips of M frames,
 face_crop=none, as benchmarks/serve.py), with the shipped limits. Two phases on the same
@@ -180,11 +180,11 @@ def hostile(url: str, port: int, stall: bytes, limit: int, stop: threading.Event
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--smoke", action="store_true", help="2 clients, 4 s per phase, small clips")
+    p.add_argument("--smoke", action="store_true", help="2 clients, 2 s per phase, small clips")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=60.0, help="length of each phase")
     a = p.parse_args()
-    clients, seconds = (2, 4.0) if a.smoke else (a.clients, a.seconds)
+    clients, seconds = (2, 2.0) if a.smoke else (a.clients, a.seconds)
     import ray
     from ray import serve
 
@@ -202,7 +202,7 @@ def main() -> None:
     h, w = (480, 640) if a.smoke else (1080, 1920)
     frames = min(cfg.limits.max_frames, cfg.limits.max_total_pixels // (h * w))
     stall = _stalling_zip(frames, h, w)
-    normal_load(url, clips, clients, 2.0)  # warm-up: first forward passes, connections
+    normal_load(url, clips, clients, 1.0 if a.smoke else 2.0)  # warm-up: first passes, connections
 
     watch = MemoryWatch()
     watch.start()
