@@ -370,15 +370,16 @@ def test_submit_sh_trains_on_a_head_whose_python_lacks_lightman_with_token_auth(
     """deploy/submit.sh as docs/deployment.md runs it: the wheel built, `ray job submit` to a head
     on 127.0.0.1 with token auth on, a 2-worker training of configs/train/cluster_gpu.yaml (sized
     down by overrides) that finds the `lightman` command and the config only in the upload."""
+    # 8 subjects: with 6, no subject split leaves 3 classes of 3 clips in every part
     index = generated.small_index(
         tmp_path / "data",
         [
             "datasets=[casme2,ckplus]",
             "seed=5",
-            "casme2.subjects=10",
-            "casme2.clips=90",
+            "casme2.subjects=8",
+            "casme2.clips=64",
             "ckplus.subjects=4",
-            "ckplus.clips=20",
+            "ckplus.clips=12",
         ],
     )
     node_bin = node_python(tmp_path / "node")
