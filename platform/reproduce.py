@@ -35,6 +35,18 @@ started again runs only the cells not kept (a finished cell is never rerun). An 
 folder holding a cell of another index is refused before anything runs, naming the cell
 and both indexes.
 
+Stages run before the cells, each kept like a cell (<out>/pretrain|tune/<hash>.json, its
+path-free config's hash, the index's content hash), so a resumed study reads them back:
+`pretrain:` names MA2MI pre-trainings (`run_pretraining`, the code of `lightman pretrain`),
+one per stage and cell seed, shared by every cell whose model.init is `pretrain:<name>`
+(the cell's config then names the stage by hash, so its own hash follows the stage's);
+`tune:` names the arms searched first (`run_search`, the code of `lightman tune`, on the
+validation subjects of the split the study's first seed draws; every arm the same trials),
+whose best values become their cells' configs, every cell on that split (data.split_seed).
+The report states each tuned arm's space, searched dimensions, trials and best values.
+`grad_ratio`: a LightmanNet cell also measures ‖∇θ λ2·L_aux‖ / ‖∇θ λ1·CE‖ and L_aux of the
+first inner step at initialisation and at its trained weights.
+
 The cost of `full` is printed before it starts (and by `--plan` for any budget): on this
 machine, each arm's seconds per outer step (the mean of 2 timed `meta_grads` + optimiser
 steps after a warm-up, on the cell's own model, learner and episodes) and seconds per
@@ -114,6 +126,18 @@ class Budget:
     # held-out protocols: the first `folds` folds (sorted) only, 0 = every fold; fewer
     # folds is a smoke run (its pooled metrics cover those folds' clips alone)
     folds: int = 0
+    pretrain: dict = field(default_factory=dict)  # PretrainConfig keys over every pretrain stage
+    tune: dict = field(default_factory=dict)  # TuneStage keys (trials, ...) over the study's
+
+
+@dataclass(frozen=True)
+class TuneStage:
+    """A study's `tune:` block: the arms searched before their cells run (module docstring)."""
+
+    spaces: dict = field(default_factory=dict)  # arm -> its space file (tune_spaces/*.yaml)
+    trials: int = 12  # every searched arm's budget: the same number of trials
+    concurrent: int = 2  # trials at once (0: what the cluster could place)
+    metric: str = "val_uar"  # the validation metric the search maximises
 
 
 @dataclass(frozen=True)
@@ -152,6 +176,14 @@ class StudyConfig:
     # published figures of methods that are not arms (name -> {metric: %}), shown beside
     reference: dict = field(default_factory=dict)
     reference_source: str = ""
+    # stages run before the cells, each kept under its own config hash (module docstring):
+    # name -> PretrainConfig keys (`base`: a YAML PretrainConfig they override); an arm
+    # whose model.init is `pretrain:<name>` starts from that stage's encoder (at its seed)
+    pretrain: dict = field(default_factory=dict)
+    tune: dict = field(default_factory=dict)  # TuneStage keys: which arms are tuned first
+    # fewshot: for the lightman arms, ‖∇θ λ2·L_aux‖ / ‖∇θ λ1·CE‖ and L_aux of the first inner
+    # step at initialisation and at the trained weights (mean over 8 training episodes)
+    grad_ratio: bool = False
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -175,6 +207,20 @@ class StudyConfig:
                 raise ValueError(f"claim contrast {claim.contrast!r} is not A-B:metric")
         if self.quick.seeds < 1 or self.full.seeds < 1 or self.cpus_per_cell <= 0:
             raise ValueError("budgets need seeds >= 1 and cpus_per_cell > 0")
+        for b in (self.quick, self.full):
+            stage = from_dict(TuneStage, _merge(self.tune, b.tune), "tune.")
+            if stage.trials < 1 or stage.metric not in ("val_uar", "val_acc"):
+                raise ValueError("tune: trials >= 1, metric val_uar or val_acc")
+        for arm in self.tune_stage("quick").spaces:
+            if arm not in self.learners and arm not in self.overrides:
+                raise ValueError(f"tune.spaces names {arm!r}, not an arm of the study")
+        for name, spec in self.pretrain.items():
+            if not isinstance(spec, dict):
+                raise ValueError(f"pretrain.{name}: a mapping of PretrainConfig keys")
+
+    def tune_stage(self, budget: str) -> TuneStage:
+        """The `tune:` block with the budget's keys over it."""
+        return from_dict(TuneStage, _merge(self.tune, self.budget(budget).tune), "tune.")
 
     def contrasts_named(self) -> list[stats.Contrast]:
         """The family's (empty) contrasts: primary − every other arm on each contrast metric."""
@@ -228,16 +274,42 @@ class Cell:
     hash: str
     fold: str = ""  # the held-out subject or dataset (megc-loso, lodo); "" for fewshot
     protocol: str = "fewshot"
+    pretrain: str = ""  # the pretrain stage its model.init names ("" = none)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A step run before the cells: a pre-training (`lightman pretrain`'s code) or an arm's
+    search (`lightman tune`'s), kept at <out>/<kind>/<hash>.json like a cell."""
+
+    kind: str  # pretrain | tune
+    name: str  # the pretrain stage's name, or the tuned arm
+    seed: int
+    config: dict  # path-free (the index is named by its hash)
+    hash: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}-{self.name}-s{self.seed}"
+
+
+PRETRAIN_DIR = "pretrain"
+TUNE_DIR = "tune"
+INIT_PREFIX = "pretrain:"  # model.init=pretrain:<stage name> in a study, <stage hash> in a cell
 
 
 def _base(study: StudyConfig) -> dict:
     if not study.base:
         return {}
-    path = Path(study.base)
+    return _yaml_file(study.base, study.base_key)
+
+
+def _yaml_file(name: str, key: str = "") -> dict:
+    path = Path(name)
     if not path.is_file():
-        path = REPO / study.base
+        path = REPO / name
     data = load_yaml(path.read_text()) or {}
-    return data.get(study.base_key, {}) if study.base_key else data
+    return data.get(key, {}) if key else data
 
 
 def _arm(study: StudyConfig, arm: str) -> dict:
@@ -249,29 +321,101 @@ def _arm(study: StudyConfig, arm: str) -> dict:
     return parse_overrides(list(over))
 
 
-def build_cells(study: StudyConfig, budget: str, index: str, seed: int = 0) -> list[Cell]:
-    """The study's cells for `budget`: every arm at seeds seed .. seed + seeds − 1, each
-    config checked by TrainConfig (a bad key fails here, before anything runs)."""
+def pretrain_stage(study: StudyConfig, budget: str, name: str, seed: int) -> Stage:
+    """The pretrain stage `name` at `seed`: its PretrainConfig (the stage's `base` file, its
+    keys, the budget's `pretrain` keys), path-free, and that config's hash."""
+    from lightman.platform.pretrain import PretrainConfig
+
+    if name not in study.pretrain:
+        raise ConfigError(
+            f"model.init={INIT_PREFIX}{name}: no such pretrain stage {list(study.pretrain)}"
+        )
+    spec = dict(study.pretrain[name])
+    data = _yaml_file(spec.pop("base")) if "base" in spec else {}
+    data = _merge(_merge(data, spec), study.budget(budget).pretrain)
+    cfg = from_dict(PretrainConfig, _merge(data, {"seed": seed, "index": ""}))
+    config = to_dict(cfg)
+    return Stage("pretrain", name, seed, config, kept.config_hash({"pretrain": config}))
+
+
+def _arm_data(study: StudyConfig, budget: str, arm: str, index: str, classes: list) -> dict:
+    """An arm's TrainConfig mapping before its seed: base, train, budget, the arm's keys."""
+    common = _merge(_merge(_base(study), study.train), study.budget(budget).train)
+    data = _merge(common, _arm(study, arm))
+    for section in ("model", "episode"):  # ways=classes: the primary pool's class count
+        if data.get(section, {}).get("ways") == "classes":
+            if not classes:
+                classes.append(_class_count(data, index))
+            data = _merge(data, {section: {"ways": classes[0]}})
+    return data
+
+
+def tune_stages(study: StudyConfig, budget: str, index: str, seed: int = 0) -> list[Stage]:
+    """One search per tuned arm (the study's `tune.spaces`, arms of `learners` only), each on
+    the arm's config at the study's first seed (which draws the one subject split every
+    search and every cell shares), with its space and the same trials."""
     from lightman.platform.train import TrainConfig
+    from lightman.platform.tune_space import parse_space
+
+    t = study.tune_stage(budget)
+    stages, classes = [], []
+    for arm, space_file in t.spaces.items():
+        if arm not in study.learners:
+            continue
+        data = _arm_data(study, budget, arm, index, classes)
+        cfg = from_dict(TrainConfig, _merge(data, {"seed": seed, "data": {"index": index}}))
+        config = to_dict(cfg)
+        config["data"]["index"] = ""
+        space = _yaml_file(space_file)
+        parse_space(space, space_file)  # a bad space fails before anything runs
+        key = {
+            "train": config,
+            "space": space,
+            "space_file": space_file,
+            "search": {"trials": t.trials, "concurrent": t.concurrent, "metric": t.metric},
+        }
+        stages.append(Stage("tune", arm, seed, key, kept.config_hash(key)))
+    return stages
+
+
+def build_cells(
+    study: StudyConfig,
+    budget: str,
+    index: str,
+    seed: int = 0,
+    tuned: dict[str, dict] | None = None,
+) -> list[Cell]:
+    """The study's cells for `budget`: every arm at seeds seed .. seed + seeds − 1, each
+    config checked by TrainConfig (a bad key fails here, before anything runs). `tuned`:
+    a tuned arm's best values (its search's `best_params`), over its config; without them
+    a tuned arm's cells carry its untuned config (a plan). With a `tune:` block every cell
+    draws its subject split from `seed` (data.split_seed), the searches' split."""
+    from lightman.platform.train import TrainConfig
+    from lightman.platform.tune_space import nested
 
     b = study.budget(budget)
-    common = _merge(_merge(_base(study), study.train), b.train)
     megc = _megc(study, budget)
-    classes = None
+    classes: list = []
+    searched = study.tune_stage(budget).spaces
     cells = []
     for arm in study.learners:
-        data = _merge(common, _arm(study, arm))
-        for section in ("model", "episode"):  # ways=classes: the primary pool's class count
-            if data.get(section, {}).get("ways") == "classes":
-                if classes is None:
-                    classes = _class_count(data, index)
-                data = _merge(data, {section: {"ways": classes}})
+        data = _arm_data(study, budget, arm, index, classes)
+        if arm in searched and tuned and arm in tuned:
+            data = _merge(data, nested(tuned[arm]))
+        if searched:
+            data = _merge(data, {"data": {"split_seed": seed}})
+        init = str(data.get("model", {}).get("init") or "")
+        stage_name = init[len(INIT_PREFIX) :] if init.startswith(INIT_PREFIX) else ""
         folds = [""]
         if study.protocol != "fewshot":
             folds = _folds(study.protocol, data, index)
             folds = folds[: b.folds] if b.folds else folds
         for s in range(seed, seed + b.seeds):
-            cfg = from_dict(TrainConfig, _merge(data, {"seed": s, "data": {"index": index}}))
+            at = _merge(data, {"seed": s, "data": {"index": index}})
+            if stage_name:  # the stage's hash, so that the cell's hash follows its encoder
+                h = pretrain_stage(study, budget, stage_name, s).hash
+                at = _merge(at, {"model": {"init": INIT_PREFIX + h}})
+            cfg = from_dict(TrainConfig, at)
             if cfg.uses_ray:
                 raise ConfigError(
                     f"arm {arm}: a cell trains in its Tune trial's process: workers=1, "
@@ -284,8 +428,25 @@ def build_cells(study: StudyConfig, budget: str, index: str, seed: int = 0) -> l
                 if fold:
                     key |= {"fold": fold, "megc": to_dict(megc)}
                 cid = f"{arm}-s{s}" + (f"-{fold.replace('/', '_')}" if fold else "")
-                cells.append(Cell(cid, arm, s, config, kept.config_hash(key), fold, study.protocol))
+                cells.append(
+                    Cell(
+                        cid,
+                        arm,
+                        s,
+                        config,
+                        kept.config_hash(key),
+                        fold,
+                        study.protocol,
+                        stage_name,
+                    )
+                )
     return cells
+
+
+def pretrain_stages(study: StudyConfig, budget: str, cells: list[Cell]) -> list[Stage]:
+    """The pretrain stages `cells` need: one per (stage, seed), shared by every cell of it."""
+    need = sorted({(c.pretrain, c.seed) for c in cells if c.pretrain})
+    return [pretrain_stage(study, budget, name, s) for name, s in need]
 
 
 def _megc(study: StudyConfig, budget: str):
@@ -315,10 +476,131 @@ def _class_count(data: dict, index: str) -> int:
     return len(primary_pool(sel, frames=False).class_names)
 
 
-def _with_index(config: dict, index: str):
+def _with_index(config: dict, index: str, out: str = ""):
+    """The cell's TrainConfig on `index`; a model.init naming a pretrain stage (by hash) is
+    that stage's encoder under `out` (without `out`: no init, as the cost estimate runs)."""
     from lightman.platform.train import TrainConfig
 
-    return from_dict(TrainConfig, _merge(config, {"data": {"index": index}}))
+    over: dict = {"data": {"index": index}}
+    init = str(config.get("model", {}).get("init") or "")
+    if init.startswith(INIT_PREFIX):
+        over["model"] = {"init": _encoder(out, init[len(INIT_PREFIX) :]) if out else ""}
+    return from_dict(TrainConfig, _merge(config, over))
+
+
+def _encoder(out: str, stage_hash: str) -> str:
+    """A local path of the encoder the pretrain stage `stage_hash` kept under `out` (copied
+    from s3:// to a local cache folder once: model.init reads a local file)."""
+    import tempfile
+
+    loc = storage.resolve(out).join(PRETRAIN_DIR, stage_hash, "encoder.pt")
+    if not loc.is_s3:
+        return loc.path
+    local = Path(tempfile.gettempdir(), "lightman-pretrain", f"{stage_hash}.pt")
+    if not local.is_file():
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.{os.getpid()}")
+        tmp.write_bytes(storage.read_bytes(loc))
+        tmp.replace(local)
+    return str(local)
+
+
+def run_pretrain_stage(stage: Stage, index: str, index_hash: str, out: str) -> dict:
+    """The stage's kept row, else `run_pretraining` (the code of `lightman pretrain`) into
+    <out>/pretrain/<hash>/ (encoder.pt, metrics.jsonl, pretrain.json), kept."""
+    from lightman.platform.pretrain import PretrainConfig, run_pretraining
+
+    root = storage.resolve(out)
+    loc = kept.cell_location(root.join(PRETRAIN_DIR).uri, stage.hash)
+    row = kept.read_cell(loc, index_hash)
+    if row is not None:
+        return row
+    cfg = from_dict(PretrainConfig, _merge(stage.config, {"index": index}))
+    run = root.join(PRETRAIN_DIR, stage.hash)
+    summary = run_pretraining(cfg, run.uri).summary
+    figures = {
+        "stage": stage.id,
+        "loss": summary["loss"],
+        "check": summary["check"],
+        "train_seconds": summary["train_seconds"],
+        "train_clips": summary["train_clips"],
+        "datasets": summary["datasets"],
+        "encoder": run.join("encoder.pt").uri,
+    }
+    return kept.write_cell(loc, figures, stage.config, index_hash)
+
+
+def searched_dimensions(space: dict) -> list[str]:
+    """The keys a space searches: every key but a choice of one value (which only sets it)."""
+    return [
+        k
+        for k, v in space.items()
+        if not (isinstance(v, dict) and len(v.get("choice", [0, 0])) < 2)
+    ]
+
+
+def run_tune_stage(stage: Stage, index: str, index_hash: str, out: str) -> dict:
+    """The stage's kept row, else `run_search` (the code of `lightman tune`: its trials
+    train on the split's training subjects and are scored on its validation subjects; no
+    trial receives the test subjects) into <out>/tune/<hash>/, its best values kept."""
+    from lightman.platform.tune import SearchConfig, run_search
+    from lightman.platform.tune_space import parse_space
+
+    root = storage.resolve(out)
+    loc = kept.cell_location(root.join(TUNE_DIR).uri, stage.hash)
+    row = kept.read_cell(loc, index_hash)
+    if row is not None:
+        return row
+    cfg = _with_index(stage.config["train"], index)
+    space = parse_space(stage.config["space"], stage.config["space_file"])
+    search = stage.config["search"]
+    scfg = SearchConfig(
+        trials=search["trials"],
+        concurrent=search["concurrent"],
+        metric=search["metric"],
+        study=stage.name,
+    )
+    run = root.join(TUNE_DIR, stage.hash)
+    best = run_search(cfg, space, run.uri, scfg).best
+    seen = json.loads(storage.read_bytes(run.join("trials", best["trial"], "seen.json")))
+    figures = {
+        "stage": stage.id,
+        "arm": stage.name,
+        "space_file": stage.config["space_file"],
+        "dimensions": searched_dimensions(stage.config["space"]),
+        "trials": search["trials"],
+        "metric": search["metric"],
+        "best_value": best[search["metric"]],
+        "best_trial": best["trial"],
+        "best_step": best["iteration"],
+        "best_params": best["params"],
+        "train_subjects": seen["train_subjects"],
+        "val_subjects": seen["val_subjects"],
+        "test_pool_seen": seen["test_pool"],
+        "search": run.uri,
+    }
+    return kept.write_cell(loc, figures, stage.config, index_hash)
+
+
+RATIO_EPISODES = 8  # training episodes the gradient ratio is averaged over
+
+
+def grad_ratio(cfg, model, data) -> dict[str, float]:
+    """‖∇θ λ2·L_aux‖ / ‖∇θ λ1·CE‖ and L_aux of the first inner step, each the mean over
+    RATIO_EPISODES training episodes, at the model's weights (LearnerConfig.log_grad_ratio)."""
+    from lightman.models.learners import build_learner
+    from lightman.tasks.episodes import seeded_episodes
+
+    learner = build_learner(dataclasses.replace(cfg.learner, log_grad_ratio=True))
+    eps = seeded_episodes(
+        data.train, cfg.episode, RATIO_EPISODES, seed=(cfg.seed, 10**6), aux_pool=data.aux
+    )
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    _, m = learner.meta_grads(model, params, buffers, list(eps))
+    return {
+        "grad_ratio": m["aux_ce_grad_ratio"] / m["tasks"],
+        "aux_loss": m["aux_loss"] / m["tasks"],
+    }
 
 
 def run_fold_cell(cell: Cell, cfg, out: str, resume: bool, megc) -> dict:
@@ -352,13 +634,15 @@ def run_fold_cell(cell: Cell, cfg, out: str, resume: bool, megc) -> dict:
     }
 
 
-def run_cell(cell: Cell, index: str, index_hash: str, out: str, megc=None) -> dict:
+def run_cell(
+    cell: Cell, index: str, index_hash: str, out: str, megc=None, grad_ratios: bool = False
+) -> dict:
     """Train and test one cell (`run_training`, resuming its run from a checkpoint when one
     is there; a held-out fold: `run_fold_cell`) and keep its row; the row."""
     from lightman.platform.run_state import latest_checkpoint
     from lightman.platform.train import CHECKPOINTS_DIR, run_training
 
-    cfg = _with_index(cell.config, index)
+    cfg = _with_index(cell.config, index, out)
     run = storage.resolve(out).join(RUNS_DIR, f"{cell.id}-{cell.hash}")
     resume = latest_checkpoint(run.join(CHECKPOINTS_DIR)) is not None
     t0 = time.perf_counter()
@@ -367,7 +651,23 @@ def run_cell(cell: Cell, index: str, index_hash: str, out: str, megc=None) -> di
         figures |= {"cell_seconds": round(time.perf_counter() - t0, 1), "run": run.uri}
         loc = kept.cell_location(storage.resolve(out).join(CELLS_DIR).uri, cell.hash)
         return kept.write_cell(loc, figures, cell.config, index_hash)
+    ratios = {}
+    if grad_ratios and cfg.learner.name == "lightman":
+        import torch
+
+        from lightman.models.net import build_model
+        from lightman.platform.train import prepare
+
+        data = prepare(cfg)
+        torch.manual_seed(cfg.seed)  # the trainer's initialisation
+        ratios["init"] = grad_ratio(cfg, build_model(cfg.model).train(), data)
     m = run_training(cfg, run.uri, resume=resume).metrics
+    if ratios:
+        from lightman.models.checkpoint import load_checkpoint
+
+        best = run.join("best.pt")
+        model, _, _ = load_checkpoint(io.BytesIO(storage.read_bytes(best)), best.uri)
+        ratios["trained"] = grad_ratio(cfg, model.train(), data)
     figures = {
         "cell": cell.id,
         "arm": cell.arm,
@@ -383,12 +683,22 @@ def run_cell(cell: Cell, index: str, index_hash: str, out: str, megc=None) -> di
         "cell_seconds": round(time.perf_counter() - t0, 1),
         "resumed": resume,
         "run": run.uri,
+        **({"grad_ratio": ratios} if ratios else {}),
     }
     loc = kept.cell_location(storage.resolve(out).join(CELLS_DIR).uri, cell.hash)
     return kept.write_cell(loc, figures, cell.config, index_hash)
 
 
-def _trial(params: dict, *, cells: dict, index: str, index_hash: str, out: str, megc=None) -> None:
+def _trial(
+    params: dict,
+    *,
+    cells: dict,
+    index: str,
+    index_hash: str,
+    out: str,
+    megc=None,
+    grad_ratios: bool = False,
+) -> None:
     """Tune's function trainable: run the cell `params["cell"]` (kept: read it back)."""
     import ray.tune
 
@@ -397,12 +707,20 @@ def _trial(params: dict, *, cells: dict, index: str, index_hash: str, out: str, 
     setup()
     cell = cells[params["cell"]]
     loc = kept.cell_location(storage.resolve(out).join(CELLS_DIR).uri, cell.hash)
-    row = kept.read_cell(loc, index_hash) or run_cell(cell, index, index_hash, out, megc)
+    row = kept.read_cell(loc, index_hash) or run_cell(
+        cell, index, index_hash, out, megc, grad_ratios
+    )
     ray.tune.report({"cell": cell.id, **row.get("figures", {})})
 
 
 def run_grid(
-    cells: list[Cell], index: str, index_hash: str, out: str, cpus: float, megc=None
+    cells: list[Cell],
+    index: str,
+    index_hash: str,
+    out: str,
+    cpus: float,
+    megc=None,
+    grad_ratios: bool = False,
 ) -> list:
     """The pending cells as one Ray Tune grid (module docstring); Tune's errors, if any."""
     import ray
@@ -422,6 +740,7 @@ def run_grid(
                 index_hash=index_hash,
                 out=root.uri,
                 megc=megc,
+                grad_ratios=grad_ratios,
             ),
             {"cpu": cpus},
         )
@@ -516,6 +835,8 @@ class ReproduceResult:
     report: str  # report.md's URI ("" with plan_only)
     claims: list[dict]
     estimate: dict | None
+    stages_ran: list[str] = field(default_factory=list)  # the stages this call ran
+    stages_kept: list[str] = field(default_factory=list)  # the stages read back
 
 
 def reproduce(
@@ -536,15 +857,30 @@ def reproduce(
     cfg = load_config(StudyConfig, path, overrides)
     index = storage.resolve(index).uri  # absolute: Tune's trials run in their own folders
     index_hash = read_manifest(index)["content_hash"]
-    cells = build_cells(cfg, budget, index, seed)
+    cells = build_cells(cfg, budget, index, seed)  # tuned arms untuned: a plan, checked
     root = storage.resolve(out)
     cells_dir = root.join(CELLS_DIR).uri
-    for row in kept.kept_cells(cells_dir):  # another index's cell: refused before any work
-        if row.get("index") != index_hash:
-            raise kept.KeptRowError(
-                f"{root.uri} holds cell {row.get('cell', '?')} ({row['_uri']}) measured on "
-                f"index {row.get('index')}; this index is {index_hash}: use another --out"
-            )
+    for folder in (CELLS_DIR, PRETRAIN_DIR, TUNE_DIR):  # another index's: refused up front
+        for row in kept.kept_cells(root.join(folder).uri):
+            if row.get("index") != index_hash:
+                what = row.get("cell") or row.get("stage", "?")
+                raise kept.KeptRowError(
+                    f"{root.uri} holds cell {what} ({row['_uri']}) measured on "
+                    f"index {row.get('index')}; this index is {index_hash}: use another --out"
+                )
+    stages = [*pretrain_stages(cfg, budget, cells), *tune_stages(cfg, budget, index, seed)]
+    stage_rows = kept_stages(stages, root.uri, index_hash)
+    if stages:
+        echo(
+            f"[reproduce] {len(stages)} stage(s) before the cells, {len(stage_rows)} kept: "
+            + ", ".join(st.id for st in stages)
+        )
+    stage_ran: list[str] = []
+    if not plan_only:
+        stage_ran = _run_stages(stages, stage_rows, index, index_hash, root.uri, echo)
+        tuned = {st.name: stage_rows[st.id]["best_params"] for st in stages if st.kind == "tune"}
+        if tuned:  # the tuned arms' cells: their best values over their configs
+            cells = build_cells(cfg, budget, index, seed, tuned)
     done = {c.id: kept.read_cell(kept.cell_location(cells_dir, c.hash), index_hash) for c in cells}
     pending = [c for c in cells if done[c.id] is None]
     b = cfg.budget(budget)
@@ -575,7 +911,9 @@ def reproduce(
     storage.make_dirs(root)
     if pending:
         megc = _megc(cfg, budget) if cfg.protocol != "fewshot" else None
-        errors = run_grid(pending, index, index_hash, root.uri, cfg.cpus_per_cell, megc)
+        errors = run_grid(
+            pending, index, index_hash, root.uri, cfg.cpus_per_cell, megc, cfg.grad_ratio
+        )
         for e in errors:
             echo(f"[reproduce] a cell failed: {e}")
     rows = {c.id: kept.read_cell(kept.cell_location(cells_dir, c.hash), index_hash) for c in cells}
@@ -595,6 +933,8 @@ def reproduce(
         "seconds": round(time.perf_counter() - t_start, 1),
         "ran": [c.id for c in pending],
         "overrides": list(overrides),
+        "stages": {st.id: {"hash": st.hash, **stage_rows[st.id]} for st in stages},
+        "stages_ran": stage_ran,
     }
     shown = cells
     if cfg.protocol != "fewshot":  # one unit per arm and seed: its folds' predictions pooled
@@ -611,7 +951,45 @@ def reproduce(
         report,
         analysis["claims"],
         cost,
+        stage_ran,
+        [st.id for st in stages if st.id not in stage_ran],
     )
+
+
+def kept_stages(stages: list[Stage], out: str, index_hash: str) -> dict[str, dict]:
+    """The stages kept under `out` (<out>/pretrain|tune/<hash>.json), by stage id."""
+    rows = {}
+    root = storage.resolve(out)
+    for st in stages:
+        folder = root.join(PRETRAIN_DIR if st.kind == "pretrain" else TUNE_DIR).uri
+        row = kept.read_cell(kept.cell_location(folder, st.hash), index_hash)
+        if row is not None:
+            rows[st.id] = row
+    return rows
+
+
+def _run_stages(
+    stages: list[Stage], rows: dict, index: str, index_hash: str, out: str, echo
+) -> list[str]:
+    """Run the stages not kept (pre-trainings in this process, then each search as its own
+    Ray Tune search), filling `rows`; the ids of those run."""
+    import ray
+
+    todo = [st for st in stages if st.id not in rows]
+    started = False
+    if any(st.kind == "tune" for st in todo) and not ray.is_initialized():
+        # one Ray for every search (each would start and stop its own)
+        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+        started = True
+    try:
+        for st in todo:
+            echo(f"[reproduce] stage {st.id} ({st.hash}) ...")
+            run = run_pretrain_stage if st.kind == "pretrain" else run_tune_stage
+            rows[st.id] = run(st, index, index_hash, out)
+    finally:
+        if started:
+            ray.shutdown()
+    return [st.id for st in todo]
 
 
 def pool_folds(cells: list[Cell], rows: dict) -> tuple[list[Cell], dict]:
@@ -823,6 +1201,7 @@ def _tables(cfg: StudyConfig, cells: list[Cell], rows: dict, analysis: dict, met
                 body,
             )
         )
+    sections += _stage_sections(cfg, cells, rows, meta)
     head = ["contrast", "mean difference (points)", "CI", "p (paired t)", "p (Holm)", "survives"]
     body = []
     for c in analysis["contrasts"]:
@@ -930,6 +1309,141 @@ def _tables(cfg: StudyConfig, cells: list[Cell], rows: dict, analysis: dict, met
                     f"Published: {cfg.paper_source or 'the paper'}. This run's data, model and "
                     "schedule are the study's, not the paper's: the numbers are side by side, "
                     "not comparable one to one."
+                ],
+                head,
+                body,
+            )
+        )
+    return sections
+
+
+def _stage_sections(cfg: StudyConfig, cells: list[Cell], rows: dict, meta: dict) -> list:
+    """The report's sections on the tuning, the pre-training stages and the gradient ratios."""
+    sections = []
+    stages = meta.get("stages", {})
+    tuned = {r["arm"]: r for r in stages.values() if r["stage"].startswith("tune-")}
+    if tuned:
+        head = [
+            "arm",
+            "space",
+            "searched dimensions",
+            "trials",
+            "best validation (step)",
+            "best values",
+        ]
+        body = []
+        for a in cfg.learners:
+            r = tuned.get(a)
+            if r is None:
+                body.append([a, "not tuned: the study's config", "0", "0", "-", "-"])
+                continue
+            values = ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in r["best_params"].items()
+            )
+            body.append(
+                [
+                    a,
+                    r["space_file"],
+                    f"{len(r['dimensions'])}: {', '.join(r['dimensions'])}",
+                    str(r["trials"]),
+                    f"{r['metric']} {100 * r['best_value']:.1f} (step {r['best_step']})",
+                    values,
+                ]
+            )
+        dims = {a: len(r["dimensions"]) for a, r in tuned.items()}
+        trials = {r["trials"] for r in tuned.values()}
+        same = (
+            "the same number of searched dimensions"
+            if len(set(dims.values())) == 1
+            else (
+                "different numbers of searched dimensions ("
+                + ", ".join(f"{a} {n}" for a, n in dims.items())
+                + ")"
+            )
+        )
+        subjects = next(iter(tuned.values()))["val_subjects"]
+        sections.append(
+            (
+                "Tuning",
+                [
+                    f"Each tuned arm was searched (`lightman tune`'s code: TPE, ASHA on the "
+                    f"validation metric) with a budget of {'/'.join(map(str, sorted(trials)))} "
+                    f"trials and {same}, scored on the {len(subjects)} validation subjects of "
+                    f"the split drawn by seed {meta['seeds'][0]} ({', '.join(subjects)}); no "
+                    "trial saw a test subject. Every cell uses that split (data.split_seed), "
+                    "its seed drawing the initialisation and episodes; a tuned arm's cells run "
+                    "its best values."
+                ],
+                head,
+                body,
+            )
+        )
+    pre = {k: r for k, r in stages.items() if r["stage"].startswith("pretrain-")}
+    if pre:
+        head = [
+            "stage",
+            "config hash",
+            "loss first → last",
+            "held-out class acc random → pretrained",
+            "seconds",
+            "used by",
+        ]
+        body = []
+        for sid, r in pre.items():
+            users = sorted(
+                {c.arm for c in cells if c.pretrain and sid == f"pretrain-{c.pretrain}-s{c.seed}"}
+            )
+            chk = r.get("check", {})
+            probe = " → ".join(
+                f"{chk[k].get('class_acc', float('nan')):.2f}"
+                if isinstance(chk.get(k), dict)
+                else "-"
+                for k in ("random", "pretrained")
+            )
+            body.append(
+                [
+                    sid,
+                    f"`{r['hash']}`",
+                    f"{r['loss']['first']:.4g} → {r['loss']['last']:.4g}",
+                    probe,
+                    f"{r['train_seconds']:.0f}",
+                    ", ".join(users),
+                ]
+            )
+        sections.append(
+            (
+                "Pre-training",
+                [
+                    "MA2MI pre-training stages (`lightman pretrain`'s code on the index's macro "
+                    "clips), one per stage and seed, each run once and kept under its config "
+                    "hash; the arms listed start from its encoder (model.init)."
+                ],
+                head,
+                body,
+            )
+        )
+    ratio = [c for c in cells if "grad_ratio" in rows.get(c.id, {})]
+    if ratio:
+        head = ["arm", "ratio init", "ratio trained", "L_aux init", "L_aux trained"]
+        body = []
+        for a in cfg.learners:
+            mine = [rows[c.id]["grad_ratio"] for c in ratio if c.arm == a]
+            if not mine:
+                continue
+            cols = [
+                f"{sum(m[w][k] for m in mine) / len(mine):.3g}"
+                for k in ("grad_ratio", "aux_loss")
+                for w in ("init", "trained")
+            ]
+            body.append([a, cols[0], cols[1], cols[2], cols[3]])
+        sections.append(
+            (
+                "Gradient ratio",
+                [
+                    "‖∇θ λ2·L_aux‖ / ‖∇θ λ1·CE‖ and L_aux of the first inner step, at "
+                    f"initialisation and at the trained weights: the mean over {RATIO_EPISODES} "
+                    "training episodes, then over seeds."
                 ],
                 head,
                 body,

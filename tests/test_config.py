@@ -165,8 +165,9 @@ def test_every_study_arm_is_a_training_config(path):
         common = _merge(_merge(_base(study), study.train), study.budget(budget).train)
         for arm in study.learners:
             data = _merge(common, _arm(study, arm))
-            if data.get("model", {}).get("ways") == "classes":
-                data = _merge(data, {"model": {"ways": 12}})
+            for section in ("model", "episode"):  # ways=classes: the pool's class count
+                if data.get(section, {}).get("ways") == "classes":
+                    data = _merge(data, {section: {"ways": 12}})
             cfg = from_dict(TrainConfig, data)
             assert cfg.learner.name == data.get("learner", {}).get("name", "lightman"), arm
 

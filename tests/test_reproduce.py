@@ -95,7 +95,7 @@ def _cells(out: str) -> dict[str, dict]:
 
 
 def test_shipped_studies_load_and_their_cells_build(index):
-    for name in ("table2", "aux_branch"):
+    for name in ("table2", "aux_branch", "table3_macro", "table2_tuned"):
         study = reproduce.load_study(name)
         assert study.primary_contrast and study.claims
         for budget in ("quick", "full"):
@@ -118,6 +118,10 @@ def test_shipped_studies_load_and_their_cells_build(index):
             assert {c.config["model"]["ways"] for c in full} == {3}  # composite3 classes
             quick = reproduce.build_cells(study, "quick", index)
             assert len(quick) == len(study.learners) * study.quick.seeds * study.quick.folds
+    macro = reproduce.load_study("table3_macro_megc")  # its pretrain stages: one per seed
+    cells = reproduce.build_cells(macro, "quick", index)
+    assert len(cells) == len(macro.learners) * macro.quick.seeds * macro.quick.folds
+    assert len(reproduce.pretrain_stages(macro, "quick", cells)) == 2 * macro.quick.seeds
     assert reproduce.load_study("table1").reference["MEGC 2019 LBP-TOP baseline"] == {
         "uf1": 58.82,
         "uar": 57.85,
@@ -321,3 +325,108 @@ def test_cross_dataset_holds_each_dataset_out_of_training(tmp_path):
     shown, pooled = reproduce.pool_folds(cells, rows)
     assert [c.id for c in shown] == ["maml-s0", "supervised-s0"]
     assert pooled["maml-s0"]["clips"] == {"all": 48, "casme2": 24, "samm": 24}
+
+
+# --- stages: pre-training (the macro-data table) and tuning (Table 2, tuned) --------------
+
+TINY_MIA = {**TINY["model"], "backbone": "miacnet", "input_mode": "frames", "bn_mode": "task"}
+PRE_STUDY = {
+    **STUDY,
+    "name": "tiny-pretrain",
+    "train": {**TINY, "model": TINY_MIA},
+    "pretrain": {
+        "enc": {
+            "base": "configs/pretrain/ma2mi.yaml",
+            "model": TINY_MIA,
+            "datasets": ["ckplus"],
+            "holdout_fraction": 0.5,
+            "batch_size": 4,
+            "steps": 2,
+            "log_every": 1,
+        }
+    },
+    "learners": ["pre_lightman", "pre_maml"],
+    "primary": "pre_lightman",
+    "overrides": {
+        "pre_lightman": ["learner.name=lightman", "model.init=pretrain:enc"],
+        "pre_maml": ["learner.name=maml", "model.init=pretrain:enc"],
+    },
+    "contrast_metrics": ["acc"],
+    "primary_contrast": "pre_lightman-pre_maml:acc",
+    "claims": [],
+    "paper": {},
+    "quick": {"seeds": 1},
+}
+
+
+def test_a_pretrain_stage_runs_once_feeds_its_cells_and_is_kept(index, tmp_path):
+    """In process (no Tune: the grid is the tests' above): the stage both arms name is one
+    stage, run once by `lightman pretrain`'s code, kept, read back instead of rerun, and its
+    encoder is what a cell's model.init loads."""
+    path = tmp_path / "pre.yaml"
+    path.write_text(yaml.safe_dump(PRE_STUDY))
+    study = reproduce.load_study(str(path))
+    cells = reproduce.build_cells(study, "quick", index)
+    (stage,) = reproduce.pretrain_stages(study, "quick", cells)  # shared by both arms
+    assert {c.config["model"]["init"] for c in cells} == {f"pretrain:{stage.hash}"}
+    out = str(tmp_path / "out")
+    assert reproduce.kept_stages([stage], out, "h") == {}
+    rows: dict = {}
+    assert reproduce._run_stages([stage], rows, index, "h", out, print) == [stage.id]
+    encoder = Path(rows[stage.id]["encoder"])
+    mtime = encoder.stat().st_mtime_ns
+    again = reproduce.kept_stages([stage], out, "h")  # a resumed study reads it back
+    assert again == {stage.id: rows[stage.id]}
+    assert reproduce._run_stages([stage], again, index, "h", out, print) == []
+    assert encoder.stat().st_mtime_ns == mtime  # not rerun
+    cell = next(c for c in cells if c.arm == "pre_maml")
+    cfg = reproduce._with_index(cell.config, index, out)
+    assert cfg.model.init == str(encoder)  # what the cell's training loads
+    row = reproduce.run_cell(cell, index, "h", out)
+    assert row["figures"]["acc"] >= 0
+    with pytest.raises(kept.KeptRowError):  # another index's stage is refused
+        reproduce.kept_stages([stage], out, "other")
+
+
+TUNE_STUDY = {
+    **STUDY,
+    "name": "tiny-tuned",
+    "tune": {"spaces": {"lightman": "tune_spaces/tiny.yaml"}, "trials": 1, "concurrent": 1},
+    "grad_ratio": True,
+    "contrast_metrics": ["acc"],
+    "claims": [],
+    "paper": {},
+    "quick": {"seeds": 1},
+}
+
+
+def test_the_tune_stage_searches_validation_subjects_and_feeds_the_cells(
+    ray_local, index, tmp_path
+):
+    """The search (`lightman tune`'s code, one trial) runs before the cells, on validation
+    subjects only; its best values are the tuned arm's cells' config, every arm on the
+    search's split; the report states each arm's searched dimensions and budget."""
+    path = tmp_path / "tuned.yaml"
+    path.write_text(yaml.safe_dump(TUNE_STUDY))
+    study = reproduce.load_study(str(path))
+    (stage,) = reproduce.tune_stages(study, "quick", index)
+    out = str(tmp_path / "out")
+    rows: dict = {}
+    assert reproduce._run_stages([stage], rows, index, "h", out, print) == [stage.id]
+    search = rows[stage.id]
+    assert search["dimensions"] == ["learner.lambda_pri", "learner.inner_lr", "learner.aux_norm"]
+    cells = reproduce.build_cells(study, "quick", index, tuned={"lightman": search["best_params"]})
+    tuned = next(c for c in cells if c.arm == "lightman")
+    for key, value in search["best_params"].items():  # the best config is the cell's
+        got = tuned.config["learner"][key.split(".")[-1]]
+        assert got == value or got == [value], (key, got, value)
+    assert {c.config["data"]["split_seed"] for c in cells} == {0}  # the search's split
+    row = reproduce.run_cell(tuned, index, "h", out, grad_ratios=True)
+    tested = set(row["test_subjects"])
+    assert search["val_subjects"] and not search["test_pool_seen"]
+    assert not tested & set(search["val_subjects"]) and not tested & set(search["train_subjects"])
+    assert set(row["grad_ratio"]) == {"init", "trained"}
+    meta = {"stages": {stage.id: {"hash": stage.hash, **search}}, "seeds": [0]}
+    text = str(reproduce._stage_sections(study, cells, {tuned.id: row}, meta))
+    for needed in ("Tuning", "3: learner.lambda_pri", "not tuned", "Gradient ratio"):
+        assert needed in text, needed
