@@ -1,25 +1,15 @@
-"""Kept result rows: one JSON file per finished benchmark run, so a table of many seeds
-prints without training, resumes where it stopped on any machine, and refuses a row that
-was measured on other data.
+"""Kept results: one JSON file per finished unit of a study (platform/reproduce.py: a
+cell, a pre-training or a search), so that a study resumes where it stopped on any machine
+and refuses a result that was measured on other data.
 
-A row holds the run's figures plus `index` (the content hash of the index it ran on,
-never a path of one machine: see platform/index.py), `config` (what the caller says made
-it, with paths replaced by that hash), `versions` and `cpus`. Files are written
-atomically (temporary file and rename), so an interrupted run leaves no half row.
-
-`measure_once` is how a benchmark gets one run's figures: the kept row, else the row.json a
-finished run left in its run folder, else the run itself, and in every case the row is
-kept if it was not yet. `read_rows` reads a whole table's rows without the index (to
-print it on a machine that does not have, or cannot rebuild, that exact index): every row
-must be kept, and all of them measured on one index; `read_grid` reads them from a folder
-of <name>/seed<k>.json, the layout every benchmark keeps.
-
-A study's cells (platform/reproduce.py) are kept rows too, in the output storage (a local
-folder or s3://, through lightman.tasks.storage): `cell_location` puts a cell at
-<folder>/<config hash>.json, the hash (`config_hash`) of its path-free config, so that a
-finished cell is found again on any machine; `read_cell` refuses, naming the cell and
-both indexes, a cell kept there that was measured on another index; `kept_cells` reads
-every cell of a folder (to refuse a study's output folder that holds another index's).
+A kept row holds the figures plus `index` (the content hash of the index it ran on, never a
+path of one machine: see platform/index.py), `config` (what made it, path-free), `versions`
+and `cpus`. They live in the output storage (a local folder or s3://, through
+lightman.tasks.storage): `cell_location` puts one at <folder>/<config hash>.json, the hash
+(`config_hash`) of its path-free config, so that a finished one is found again on any
+machine; `read_cell` refuses, naming it and both indexes, one kept there that was measured
+on another index; `kept_cells` reads every one of a folder (to refuse a study's output
+folder that holds another index's).
 """
 
 from __future__ import annotations
@@ -27,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
-from pathlib import Path
 
 from lightman.models.provenance import versions
 from lightman.tasks import storage
@@ -38,34 +26,6 @@ PROVENANCE = ("index", "config", "versions", "cpus")
 
 class KeptRowError(ValueError):
     """A kept row that cannot be used: unreadable, or measured on another index."""
-
-
-def _parse(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise KeptRowError(f"{path}: not a kept row ({e})") from e
-
-
-def _same_index(path: Path, row: dict, index_hash: str) -> dict:
-    made_on = row.get("index")
-    if made_on != index_hash:
-        raise KeptRowError(f"{path} was measured on index {made_on}, not {index_hash}")
-    return row
-
-
-def read_row(path: str | Path, index_hash: str) -> dict | None:
-    """The kept row at `path`, None if there is none; an error naming the file if it does not
-    parse or was measured on an index other than `index_hash`."""
-    path = Path(path)
-    return _same_index(path, _parse(path), index_hash) if path.is_file() else None
-
-
-def _write_atomically(path: Path, body: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(body))
-    tmp.replace(path)
 
 
 def _with_provenance(figures: dict, config: dict, index_hash: str) -> dict:
@@ -80,56 +40,6 @@ def _with_provenance(figures: dict, config: dict, index_hash: str) -> dict:
         "versions": versions(),
         "cpus": os.cpu_count(),
     }
-
-
-def write_row(path: str | Path, figures: dict, config: dict, index_hash: str) -> dict:
-    """Keep `figures` at `path` with their provenance (module docstring); the row written."""
-    row = _with_provenance(figures, config, index_hash)
-    _write_atomically(Path(path), row)
-    return row
-
-
-def measure_once(
-    kept: str | Path | None,
-    done: str | Path,
-    index_hash: str,
-    config: dict,
-    run: Callable[[], dict],
-) -> dict:
-    """One benchmark run's figures, measured at most once: the row kept at `kept` (None: no
-    results folder), else the row at `done` that a finished run left, else `run()`'s
-    figures, written to `done`. A row not yet at `kept` is kept there with `config`."""
-    row = read_row(kept, index_hash) if kept else None
-    done = Path(done)
-    if row is None and done.is_file():
-        row = json.loads(done.read_text())
-    elif row is None:
-        row = run()
-        _write_atomically(done, row)
-    if kept and not Path(kept).is_file():
-        row = write_row(kept, row, config, index_hash)
-    return row
-
-
-def read_rows(paths: list[str | Path]) -> list[dict]:
-    """The kept rows at `paths`, in order: an error naming the first that is not kept, or
-    the first measured on another index than the first row's."""
-    paths = [Path(p) for p in paths]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise KeptRowError(
-            f"{missing[0]} is not kept ({len(missing)} of {len(paths)} rows missing): "
-            "measuring them needs the index"
-        )
-    rows = [_parse(p) for p in paths]
-    return [_same_index(p, r, rows[0].get("index")) for p, r in zip(paths, rows, strict=True)]
-
-
-def read_grid(folder: str | Path, names: list[str], seeds: list[int]) -> dict[str, dict[int, dict]]:
-    """A table's kept rows `folder`/<name>/seed<k>.json as {name: {seed: row}}, read as
-    `read_rows` reads them (all kept, one index)."""
-    rows = iter(read_rows([Path(folder, n, f"seed{s}.json") for n in names for s in seeds]))
-    return {n: {s: next(rows) for s in seeds} for n in names}
 
 
 def config_hash(config: dict) -> str:
