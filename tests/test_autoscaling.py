@@ -129,7 +129,7 @@ CPU1 = {"cpu1": {"resources": {"CPU": 1}, "max_workers": 2}}
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory) -> str:
-    return tiny.index(tmp_path_factory.mktemp("autoscaling-data"), size=16)
+    return tiny.shared_index(tmp_path_factory, size=16)
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,7 @@ def bucket(s3_endpoint) -> str:
 @pytest.fixture(scope="module")
 def s3_index(bucket, tmp_path_factory) -> str:
     """The generated index, copied to S3: the runs read it from there alone."""
-    local = tiny.index(tmp_path_factory.mktemp("cluster-data"))
+    local = tiny.shared_index(tmp_path_factory)
     uri = f"s3://{bucket}/cluster/index"
     dest = storage.resolve(uri)
     pafs.copy_files(local, dest.path, destination_filesystem=dest.fs)

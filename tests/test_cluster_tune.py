@@ -55,7 +55,7 @@ RUN_FILES = ("state.pt", "checkpoint_*", "metrics.jsonl", "events.out.tfevents.*
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory) -> str:
-    return tiny.index(tmp_path_factory.mktemp("cluster-tune-data"), size=16)
+    return tiny.shared_index(tmp_path_factory, size=16)
 
 
 def run_files(root: Path) -> list[Path]:

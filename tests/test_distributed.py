@@ -62,7 +62,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory) -> str:
-    return tiny.index(tmp_path_factory.mktemp("dist-data"))
+    return tiny.shared_index(tmp_path_factory)
 
 
 def config(index: str, *extra: str) -> TrainConfig:

@@ -27,7 +27,6 @@ import yaml
 from lightman.platform import tune
 from lightman.platform.cli import main
 from lightman.platform.config import ConfigError, load_config
-from lightman.platform.ingest import IngestConfig, ingest
 from lightman.platform.train import TrainConfig, prepare, run_training
 from lightman.platform.tune import (
     SearchConfig,
@@ -38,7 +37,6 @@ from lightman.platform.tune import (
 )
 from lightman.platform.tune_space import load_space, parse_space
 from lightman.tasks import storage
-from lightman.tasks.synth import SynthConfig, synthesize
 
 sys.path.insert(0, str(Path(__file__).parent))  # pytest runs with --import-mode=importlib
 import tiny  # noqa: E402
@@ -61,30 +59,9 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("tune-data")
-    synth = load_config(
-        SynthConfig,
-        None,
-        [
-            "datasets=[casme2,ckplus]",
-            "seed=5",
-            "casme2.subjects=10",
-            "casme2.clips=90",
-            "ckplus.subjects=4",
-            "ckplus.clips=20",
-        ],
-    )
-    roots = dict(synthesize(root / "synth", synth).roots)
-    uri = str(root / "index")
-    small = ["preprocess.size=16", "preprocess.frames=6"]
-    ingest(
-        "casme2",
-        roots["casme2"],
-        uri,
-        load_config(IngestConfig, None, ["label_scheme=five", *small]),
-    )
-    ingest("ckplus", roots["ckplus"], uri, load_config(IngestConfig, None, small))
-    return uri
+    """tiny.SYNTH at 16 px and 6 frames (the 5-class CASME II scheme, CK+ native), the one
+    the cluster tests read too: built once per session."""
+    return tiny.shared_index(tmp_path_factory, size=16)
 
 
 def base_config(index: str) -> TrainConfig:

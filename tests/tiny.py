@@ -7,7 +7,12 @@ change of what "tiny" means is made once.
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
 from pathlib import Path
+
+import pytest
 
 from lightman.platform import generated
 
@@ -44,3 +49,20 @@ SYNTH = [
 def index(root: str | Path, size: int = 32) -> str:
     """The SYNTH release ingested at `size` px (16 px: 6 frames, as MODEL_16 reads)."""
     return generated.small_index(root, SYNTH, size=size, frames=6 if size == 16 else None)
+
+
+def shared_index(factory: pytest.TempPathFactory, size: int = 32) -> str:
+    """`index(..., size)` built once per test session and read by every file that asks for
+    it (the test files only read their index): in the session's temp root, which the
+    pytest-xdist workers share (each worker's own temp folder lies below it), under a file
+    lock, so that a worker asking while the other builds waits for it instead of building
+    a second copy. A build cut short is built again."""
+    base = factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, done = root / f"tiny-index-{size}", root / f"tiny-index-{size}.done"
+    with (root / f"tiny-index-{size}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            done.write_text(index(folder, size=size))
+        return done.read_text()
