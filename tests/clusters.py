@@ -255,9 +255,9 @@ class FakeAutoscalingCluster(AutoscalingCluster):
             for pid in reversed(pids):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-            if sig == signal.SIGTERM:
+            if sig == signal.SIGTERM:  # 3 s for a clean exit, as job_head: then SIGKILL
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.head.wait(timeout=10)
+                    self.head.wait(timeout=3)
         self.head.wait(timeout=30)
         self.head = None
         shutil.rmtree(self.temp or "", ignore_errors=True)
@@ -394,7 +394,8 @@ def job_head(node_bin: Path, env: dict[str, str]):
             for pid in reversed(stray):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-            if sig == signal.SIGTERM:
-                time.sleep(3)
+            if sig == signal.SIGTERM:  # up to 3 s for a clean exit, not 3 s always
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    head.wait(timeout=3)
         head.wait(timeout=30)
         shutil.rmtree(temp, ignore_errors=True)
