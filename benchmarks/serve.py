@@ -168,8 +168,9 @@ def main() -> None:
         "--device", default="cpu", help="cuda: the replica on one GPU (scoring stays on CPU)"
     )
     a = p.parse_args()
+    warm_up = 16  # requests before each measured pair: the first forward passes, connections
     if a.smoke:  # every step of the full run, with the fewest clips and requests
-        a.hidden, a.soak = 8, 16
+        a.hidden, a.soak, warm_up = 8, 8, 4
     import ray
     from ray import serve
 
@@ -189,12 +190,12 @@ def main() -> None:
             f"predictor.device={a.device}",
         ],
     )
-    clips = clips_of(64)
+    clips = clips_of(16 if a.smoke else 64)
     one, eight = (4, 8) if a.smoke else (20, 80) if a.quick else (60, 240)
     rows = {}
     for batch in (8, 1):
         deploy(base, batch)
-        load(url, clips, 4, 16)  # warm-up: the first forward passes and connections
+        load(url, clips, 4, warm_up)
         rows[(batch, 1)] = load(url, clips, 1, one)
         rows[(batch, 8)] = load(url, clips, 8, eight)
     deploy(base, 8)
