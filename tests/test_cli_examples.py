@@ -114,7 +114,11 @@ REDUCED = {
         {"10": "10 --plan"},
         "the same: its plan, with the study's overrides and the S3 output",
     ),
-    ("tune", "--trials 6"): ({"6": "2"}, "2 trials show the search; 6 take minutes"),
+    ("tune", "--trials 6"): (
+        {"6": "1"},
+        "one trial runs the example end to end (--final too); searches of several trials, "
+        "their resume and extension are tests/test_tune.py's and test_cluster_tune.py's",
+    ),
     ("score", "--gpus 1"): ({"--gpus": "--cfg --gpus"}, "needs a GPU: its config only"),
     ("demo", "runs/demo-defaults"): (
         {"seed=1": "seed=1 --cfg"},
