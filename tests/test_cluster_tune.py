@@ -2,12 +2,11 @@
 and two 1-CPU worker nodes, token authentication on), run as a user runs it: a separate
 driver process joining the cluster through RAY_ADDRESS.
 
-One search of 3 tiny trials, 2 at a time, one Ray Train worker each; its driver is killed
-with SIGKILL once a trial has finished (the third has started, the second still runs), and
-the same command run again:
-- the search ends with 3 trials, none lost and none run twice: each trial is recorded once,
+One search of 4 tiny trials, 2 at a time, one Ray Train worker each; its driver is killed
+with SIGKILL once a trial has finished, and the same command run again:
+- the search ends with 4 trials, none lost and none run twice: each trial is recorded once,
   the trials finished before the kill keep their records (Tune may restore one as running:
-  it reports its recorded result again), and the Optuna study counts exactly these 3;
+  it reports its recorded result again), and the Optuna study counts exactly these 4;
 - its trials' workers ran on more than one node (the node ids each trial records);
 - everything the search wrote lies under its folder: each trial's Ray Train checkpoints
   under <search>/trials/<trial id>/, and no checkpoint, run state or metrics file in the
@@ -48,7 +47,6 @@ TINY = [
     "test_episodes=6",
     "max_failures=0",
 ]
-TRIALS = 3  # 2 at a time: when the first finishes, one runs on and the last starts
 # what only a run writes: a run state, its checkpoint folders, its metrics and event files
 RUN_FILES = ("state.pt", "checkpoint_*", "metrics.jsonl", "events.out.tfevents.*")
 
@@ -78,7 +76,7 @@ def killed_and_resumed(index, tmp_path_factory):
             "--space",
             str(REPO / "tune_spaces" / "tiny.yaml"),
             "--trials",
-            str(TRIALS),
+            "4",
             "--concurrent",
             "2",
             "--out",
@@ -114,25 +112,25 @@ def killed_and_resumed(index, tmp_path_factory):
 def test_a_killed_search_resumes_with_no_trial_lost_or_run_twice(killed_and_resumed):
     s = killed_and_resumed
     out = s["out"]
-    assert s["first_rc"] == -signal.SIGKILL and 1 <= len(s["before_kill"]) < TRIALS
+    assert s["first_rc"] == -signal.SIGKILL and 1 <= len(s["before_kill"]) < 4
     assert "resuming the interrupted search" in s["second"]
     lines = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     ids = [r["trial"] for r in lines]
-    assert len(ids) == TRIALS and len(set(ids)) == TRIALS, ids  # each trial recorded once
+    assert len(ids) == 4 and len(set(ids)) == 4, ids  # each trial recorded once
     final = {r["trial"]: r for r in read_records(out)}
     for trial, record in s["before_kill"].items():  # finished before the kill, not re-run
         assert final[trial] == record
     assert all(r["status"] in ("ok", "stopped") for r in lines), lines
     study = optuna.load_study(study_name="lightman", storage=f"sqlite:///{out / 'study.db'}")
     states = [(t.state.name, t.user_attrs.get("interrupted", False)) for t in study.trials]
-    # TRIALS trials told to Optuna; any other is one the killed driver had asked for but Tune's
+    # 4 trials told to Optuna; any other is one the killed driver had asked for but Tune's
     # saved state did not hold yet: marked interrupted and FAIL, its budget run again
     counted = [t for t in study.trials if "interrupted" not in t.user_attrs]
-    assert len(counted) == TRIALS and all(t.state.is_finished() for t in counted), states
+    assert len(counted) == 4 and all(t.state.is_finished() for t in counted), states
     assert all(t.state.name == "FAIL" for t in study.trials if t not in counted), states
     assert sorted(t.params["learner.lambda_pri"] for t in counted) == sorted(
         r["params"]["learner.lambda_pri"] for r in lines
-    )  # the ones counted are the ones recorded
+    )  # the 4 counted are the 4 recorded
     searches = json.loads((out / "searches.json").read_text())
     assert [s["name"] for s in searches] == ["search-001"] and searches[0]["finished"]
 
