@@ -399,6 +399,15 @@ def _finished_trials(storage, study: str) -> int:
     return n
 
 
+def searched_base(base_cfg: TrainConfig) -> dict:
+    """The experiment config as a search's trials and its best config start from: the
+    learner's keys the config sets, not every default of its learner (a space may switch
+    learner.name, and another learner refuses the keys it does not read)."""
+    base = to_dict(base_cfg)
+    base["learner"] = set_keys(base_cfg.learner)
+    return base
+
+
 def run_search(
     base_cfg: TrainConfig, space: Space, out: str | Path, scfg: SearchConfig
 ) -> SearchResult:
@@ -407,8 +416,7 @@ def run_search(
     from ray.tune.schedulers import ASHAScheduler
 
     root = storage.resolve(out)  # local or s3://: everything of the search lives under it
-    base = to_dict(base_cfg)
-    base["learner"] = set_keys(base_cfg.learner)  # not every default: the space may switch learner
+    base = searched_base(base_cfg)
     check_values(space, base, space.name)  # every bound and choice fits this experiment
     trial_config(base, {})  # and the experiment runs as a trial
     storage.make_dirs(root)  # the default SQLite study lives in it
@@ -525,7 +533,7 @@ def finish_search(
         raise RuntimeError(f"no trial of {root.uri} finished with a {scfg.metric}: see trials.md")
     table = write_table(root, records, space, scfg.metric)
     best = max(scored, key=lambda r: r[scfg.metric])
-    best_cfg = apply_params(to_dict(base_cfg), best["params"])
+    best_cfg = apply_params(searched_base(base_cfg), best["params"])
     header = (
         f"# lightman train --config {_from_here(root.join('best.yaml'))} --out runs/best\n"
         f"# best of {len(records)} trials ({space.name}): {scfg.metric}={best[scfg.metric]:.4f} "
