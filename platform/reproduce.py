@@ -505,18 +505,23 @@ def _encoder(out: str, stage_hash: str) -> str:
     return str(local)
 
 
+def _stage_folder(stage: Stage, out: str) -> storage.Location:
+    """<out>/pretrain or <out>/tune: where a stage's kept row (<hash>.json) and its run
+    (<hash>/) live."""
+    return storage.resolve(out).join(PRETRAIN_DIR if stage.kind == "pretrain" else TUNE_DIR)
+
+
+def _stage_row(stage: Stage, out: str) -> storage.Location:
+    return kept.cell_location(_stage_folder(stage, out).uri, stage.hash)
+
+
 def run_pretrain_stage(stage: Stage, index: str, index_hash: str, out: str) -> dict:
-    """The stage's kept row, else `run_pretraining` (the code of `lightman pretrain`) into
-    <out>/pretrain/<hash>/ (encoder.pt, metrics.jsonl, pretrain.json), kept."""
+    """`run_pretraining` (the code of `lightman pretrain`) into <out>/pretrain/<hash>/
+    (encoder.pt, metrics.jsonl, pretrain.json); its row kept (`kept_stages` reads it back)."""
     from lightman.platform.pretrain import PretrainConfig, run_pretraining
 
-    root = storage.resolve(out)
-    loc = kept.cell_location(root.join(PRETRAIN_DIR).uri, stage.hash)
-    row = kept.read_cell(loc, index_hash)
-    if row is not None:
-        return row
     cfg = from_dict(PretrainConfig, _merge(stage.config, {"index": index}))
-    run = root.join(PRETRAIN_DIR, stage.hash)
+    run = _stage_folder(stage, out).join(stage.hash)
     summary = run_pretraining(cfg, run.uri).summary
     figures = {
         "stage": stage.id,
@@ -527,7 +532,7 @@ def run_pretrain_stage(stage: Stage, index: str, index_hash: str, out: str) -> d
         "datasets": summary["datasets"],
         "encoder": run.join("encoder.pt").uri,
     }
-    return kept.write_cell(loc, figures, stage.config, index_hash)
+    return kept.write_cell(_stage_row(stage, out), figures, stage.config, index_hash)
 
 
 def searched_dimensions(space: dict) -> list[str]:
@@ -540,17 +545,12 @@ def searched_dimensions(space: dict) -> list[str]:
 
 
 def run_tune_stage(stage: Stage, index: str, index_hash: str, out: str) -> dict:
-    """The stage's kept row, else `run_search` (the code of `lightman tune`: its trials
-    train on the split's training subjects and are scored on its validation subjects; no
-    trial receives the test subjects) into <out>/tune/<hash>/, its best values kept."""
+    """`run_search` (the code of `lightman tune`: its trials train on the split's training
+    subjects and are scored on its validation subjects; no trial receives the test
+    subjects) into <out>/tune/<hash>/; its best values kept (`kept_stages` reads them back)."""
     from lightman.platform.tune import SearchConfig, run_search
     from lightman.platform.tune_space import parse_space
 
-    root = storage.resolve(out)
-    loc = kept.cell_location(root.join(TUNE_DIR).uri, stage.hash)
-    row = kept.read_cell(loc, index_hash)
-    if row is not None:
-        return row
     cfg = _with_index(stage.config["train"], index)
     space = parse_space(stage.config["space"], stage.config["space_file"])
     search = stage.config["search"]
@@ -560,7 +560,7 @@ def run_tune_stage(stage: Stage, index: str, index_hash: str, out: str) -> dict:
         metric=search["metric"],
         study=stage.name,
     )
-    run = root.join(TUNE_DIR, stage.hash)
+    run = _stage_folder(stage, out).join(stage.hash)
     best = run_search(cfg, space, run.uri, scfg).best
     seen = json.loads(storage.read_bytes(run.join("trials", best["trial"], "seen.json")))
     figures = {
@@ -579,7 +579,7 @@ def run_tune_stage(stage: Stage, index: str, index_hash: str, out: str) -> dict:
         "test_pool_seen": seen["test_pool"],
         "search": run.uri,
     }
-    return kept.write_cell(loc, figures, stage.config, index_hash)
+    return kept.write_cell(_stage_row(stage, out), figures, stage.config, index_hash)
 
 
 RATIO_EPISODES = 8  # training episodes the gradient ratio is averaged over
@@ -959,10 +959,8 @@ def reproduce(
 def kept_stages(stages: list[Stage], out: str, index_hash: str) -> dict[str, dict]:
     """The stages kept under `out` (<out>/pretrain|tune/<hash>.json), by stage id."""
     rows = {}
-    root = storage.resolve(out)
     for st in stages:
-        folder = root.join(PRETRAIN_DIR if st.kind == "pretrain" else TUNE_DIR).uri
-        row = kept.read_cell(kept.cell_location(folder, st.hash), index_hash)
+        row = kept.read_cell(_stage_row(st, out), index_hash)
         if row is not None:
             rows[st.id] = row
     return rows
