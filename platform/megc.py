@@ -467,9 +467,8 @@ def supervised_fold(
     held-out clip predicted; the dict of `learner_fold`."""
     check_classes(cfg.model, pool)
     lr = megc.lr or cfg.learner.outer_lr
-    decay = getattr(cfg.learner, "weight_decay", 0.0)
     marked = _held_as_subject(pool, held, fold)
-    r = run_fold(cfg.model, marked, fold, 0, megc, lr, decay, cfg.seed, device)
+    r = run_fold(cfg.model, marked, fold, 0, megc, lr, cfg.learner.weight_decay, cfg.seed, device)
     return {
         "fold": fold,
         "clip_ids": list(r.clip_ids),
